@@ -1,0 +1,102 @@
+"""ckflow: asyncio-native orchestration with checkpoints and partial revert.
+
+Layering (each layer imports only the ones above it):
+
+    _errors, _states, _failure, _checkpoint   definitions of the vocabulary
+    _task, _patterns                          what users write: tasks and flows
+    _compile, _region                         flow tree -> execution graph; the walker's pure decisions
+    _events, _context, _models                records at the engine's edges
+    _runtime, _run, _engine                   running: scheduler, revert walker, handles
+"""
+
+from __future__ import annotations
+
+from ckflow._checkpoint import Checkpoint as Checkpoint
+from ckflow._checkpoint import Retry as Retry
+from ckflow._context import TaskContext as TaskContext
+from ckflow._context import current as current
+from ckflow._engine import Engine as Engine
+from ckflow._engine import run as run
+from ckflow._errors import AmbiguousProviderError as AmbiguousProviderError
+from ckflow._errors import Cancelled as Cancelled
+from ckflow._errors import CkflowError as CkflowError
+from ckflow._errors import CkflowInternalError as CkflowInternalError
+from ckflow._errors import CycleError as CycleError
+from ckflow._errors import DuplicateTaskError as DuplicateTaskError
+from ckflow._errors import EventsOverflowError as EventsOverflowError
+from ckflow._errors import FlowDefinitionError as FlowDefinitionError
+from ckflow._errors import MisplacedCheckpointError as MisplacedCheckpointError
+from ckflow._errors import MissingRequirementError as MissingRequirementError
+from ckflow._errors import ProviderOrderError as ProviderOrderError
+from ckflow._errors import RunFailedError as RunFailedError
+from ckflow._errors import RunStateError as RunStateError
+from ckflow._errors import SiblingDependencyError as SiblingDependencyError
+from ckflow._errors import TaskDefinitionError as TaskDefinitionError
+from ckflow._events import Event as Event
+from ckflow._events import EventStream as EventStream
+from ckflow._failure import Failure as Failure
+from ckflow._models import RegionReport as RegionReport
+from ckflow._models import RunResult as RunResult
+from ckflow._models import TaskSummary as TaskSummary
+from ckflow._patterns import Flow as Flow
+from ckflow._patterns import Graph as Graph
+from ckflow._patterns import Linear as Linear
+from ckflow._patterns import Parallel as Parallel
+from ckflow._run import Run as Run
+from ckflow._states import FlowState as FlowState
+from ckflow._states import TaskState as TaskState
+from ckflow._task import FunctionTask as FunctionTask
+from ckflow._task import Task as Task
+from ckflow._task import task as task
+from ckflow._version import __version__ as __version__
+
+__all__ = (
+    "AmbiguousProviderError",
+    "Cancelled",
+    "Checkpoint",
+    "CkflowError",
+    "CkflowInternalError",
+    "CycleError",
+    "DuplicateTaskError",
+    "Engine",
+    "Event",
+    "EventStream",
+    "EventsOverflowError",
+    "Failure",
+    "Flow",
+    "FlowDefinitionError",
+    "FlowState",
+    "FunctionTask",
+    "Graph",
+    "Linear",
+    "MisplacedCheckpointError",
+    "MissingRequirementError",
+    "Parallel",
+    "ProviderOrderError",
+    "RegionReport",
+    "Retry",
+    "Run",
+    "RunFailedError",
+    "RunResult",
+    "RunStateError",
+    "SiblingDependencyError",
+    "Task",
+    "TaskContext",
+    "TaskDefinitionError",
+    "TaskState",
+    "TaskSummary",
+    "__version__",
+    "current",
+    "run",
+    "task",
+)
+
+# Public objects report the package, not the private module that defines them.
+for _name in __all__:
+    _obj = globals()[_name]
+    if hasattr(_obj, "__module__") and not isinstance(_obj, str):
+        try:
+            _obj.__module__ = "ckflow"
+        except (AttributeError, TypeError):
+            pass
+del _name, _obj

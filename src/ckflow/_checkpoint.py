@@ -1,0 +1,209 @@
+"""``Retry`` and ``Checkpoint``: frozen policies, validated where they are written."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from typing import Final, Literal, TypeAlias, final
+
+__all__ = ["Checkpoint", "OnExhausted", "RevertMode", "Retry", "RetryOn"]
+
+RetryOn: TypeAlias = "type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]"
+OnExhausted: TypeAlias = Literal["escalate", "revert_all", "suspend"]
+RevertMode: TypeAlias = Literal["branch", "scope"]
+
+_ON_EXHAUSTED: Final = ("escalate", "revert_all", "suspend")
+_REVERT_MODES: Final = ("branch", "scope")
+
+
+class _Testing:
+    """Process-wide test mode, switched by ``ckflow.testing.set_testing``."""
+
+    zero_delays = False
+
+
+_TESTING: Final = _Testing()
+_RNG: Final = random.Random()
+
+
+def _check_number(owner: str, name: str, value: float, *, minimum: float, allow_inf: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{owner}({name}=...) must be a number, got {value!r}.")
+    if math.isnan(value) or (math.isinf(value) and not allow_inf) or value < minimum:
+        raise ValueError(f"{owner}({name}={value!r}) must be a finite number >= {minimum}.")
+    return float(value)
+
+
+@final
+class Retry:
+    """How often, and how soon, a checkpoint's failed branch is run again.
+
+    ``attempts`` bounds how many times each task of the checkpoint's scope
+    executes per activation of the checkpoint, the first execution included,
+    so ``Retry(attempts=1)`` never retries.
+
+    The wait before retry ``n`` (n = 1 for the first retry) is
+    ``min(delay * backoff ** (n - 1), max_delay)``, counted from the moment the
+    failed branch has been reverted; with ``jitter`` it is drawn uniformly from
+    ``[d / 2, d]``. Waiting never blocks other branches.
+
+    ``retry_on`` is an exception type, a tuple of them, or a predicate taking
+    the exception; a failure it rejects counts as retries exhausted.
+    ``timeout`` (seconds) stops retrying once that much time has passed since
+    the checkpoint's scope first started in this activation.
+
+    When retries run out the checkpoint's ``on_exhausted`` policy applies: by
+    default the failure escalates to the enclosing checkpoint, and at the root
+    everything that ran is reverted and the run ends ``REVERTED``.
+    """
+
+    __slots__ = ("attempts", "backoff", "delay", "jitter", "max_delay", "retry_on", "timeout")
+
+    attempts: int
+    delay: float
+    backoff: float
+    max_delay: float
+    jitter: bool
+    retry_on: RetryOn
+    timeout: float | None
+
+    def __init__(
+        self,
+        *,
+        attempts: int = 3,
+        delay: float = 0.0,
+        backoff: float = 2.0,
+        max_delay: float = 60.0,
+        jitter: bool = True,
+        retry_on: RetryOn = (Exception,),
+        timeout: float | None = None,
+    ) -> None:
+        if isinstance(attempts, bool) or not isinstance(attempts, int):
+            raise TypeError(f"Retry(attempts=...) must be an int, got {attempts!r}.")
+        if attempts < 1:
+            raise ValueError(
+                f"Retry(attempts={attempts}) must be >= 1: it counts the first execution too, "
+                "so attempts=1 means no retry."
+            )
+        set_ = object.__setattr__
+        set_(self, "attempts", attempts)
+        set_(self, "delay", _check_number("Retry", "delay", delay, minimum=0.0))
+        set_(self, "backoff", _check_number("Retry", "backoff", backoff, minimum=1.0))
+        set_(self, "max_delay", _check_number("Retry", "max_delay", max_delay, minimum=0.0, allow_inf=True))
+        set_(self, "jitter", bool(jitter))
+        if isinstance(retry_on, type):
+            retry_on = (retry_on,)
+        if isinstance(retry_on, tuple):
+            for item in retry_on:
+                if not (isinstance(item, type) and issubclass(item, BaseException)):
+                    raise TypeError(f"Retry(retry_on=...) holds {item!r}, which is not an exception type.")
+        elif not callable(retry_on):
+            raise TypeError(
+                "Retry(retry_on=...) must be an exception type, a tuple of them or a predicate, "
+                f"got {retry_on!r}."
+            )
+        set_(self, "retry_on", retry_on)
+        if timeout is not None:
+            timeout = _check_number("Retry", "timeout", timeout, minimum=0.0)
+            if timeout == 0:
+                raise ValueError("Retry(timeout=0) would never retry; use attempts=1 instead.")
+        set_(self, "timeout", timeout)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Retry is frozen; build a new one instead of setting {name!r}.")
+
+    def should_retry(self, exc: BaseException) -> bool:
+        """True if ``retry_on`` accepts ``exc``."""
+        if isinstance(self.retry_on, tuple):
+            return isinstance(exc, self.retry_on)
+        return bool(self.retry_on(exc))
+
+    def delay_for(self, retry_number: int, rng: random.Random | None = None) -> float:
+        """The wait before retry ``retry_number`` (1-based), jitter applied; 0 in test mode."""
+        if self.delay == 0 or _TESTING.zero_delays:
+            return 0.0
+        try:
+            d = min(self.delay * self.backoff ** (retry_number - 1), self.max_delay)
+        except OverflowError:
+            d = self.max_delay
+        if self.jitter:
+            return (rng or _RNG).uniform(d / 2, d)
+        return d
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Retry):
+            return NotImplemented
+        return all(getattr(self, s) == getattr(other, s) for s in self.__slots__)
+
+    def __hash__(self) -> int:
+        return hash((self.attempts, self.delay, self.backoff, self.max_delay, self.jitter, self.timeout))
+
+    def __repr__(self) -> str:
+        return (
+            f"Retry(attempts={self.attempts}, delay={self.delay}, backoff={self.backoff}, "
+            f"max_delay={self.max_delay}, jitter={self.jitter}, timeout={self.timeout})"
+        )
+
+
+_NO_RETRY: Final = Retry(attempts=1)
+
+
+@final
+class Checkpoint:
+    """A named point a failure is undone back to, and the policy that retries from it.
+
+    As an item of a ``Linear`` it scopes the items after it in that Linear; as
+    ``checkpoint=`` on any flow it scopes the whole flow. Checkpoints nest. The
+    defaults are one attempt (no retry), ``on_exhausted="escalate"`` and
+    ``revert="branch"``.
+
+    Args:
+        name: unique within the flow tree; used by ``run.goto(name)``.
+        retry: the retry policy of the scope.
+        on_exhausted: ``"escalate"`` treats the checkpoint as failed in its
+            parent scope; ``"revert_all"`` reverts the whole run;
+            ``"suspend"`` reverts the scope and parks the run ``SUSPENDED``.
+        revert: ``"branch"`` reverts only the failed task's causal region;
+            ``"scope"`` reverts everything of the scope that ran.
+    """
+
+    __slots__ = ("name", "on_exhausted", "retry", "revert")
+
+    name: str
+    retry: Retry
+    on_exhausted: OnExhausted
+    revert: RevertMode
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        retry: Retry | None = None,
+        on_exhausted: OnExhausted = "escalate",
+        revert: RevertMode = "branch",
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"Checkpoint(name) must be a non-empty string, got {name!r}.")
+        if retry is not None and not isinstance(retry, Retry):
+            raise TypeError(f"Checkpoint({name!r}, retry=...) must be a ckflow.Retry, got {retry!r}.")
+        if on_exhausted not in _ON_EXHAUSTED:
+            raise ValueError(
+                f"Checkpoint({name!r}, on_exhausted={on_exhausted!r}) must be one of {_ON_EXHAUSTED}."
+            )
+        if revert not in _REVERT_MODES:
+            raise ValueError(f"Checkpoint({name!r}, revert={revert!r}) must be one of {_REVERT_MODES}.")
+        set_ = object.__setattr__
+        set_(self, "name", name)
+        set_(self, "retry", retry if retry is not None else _NO_RETRY)
+        set_(self, "on_exhausted", on_exhausted)
+        set_(self, "revert", revert)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Checkpoint is frozen; build a new one instead of setting {name!r}.")
+
+    def __repr__(self) -> str:
+        return (
+            f"Checkpoint({self.name!r}, retry={self.retry!r}, on_exhausted={self.on_exhausted!r}, "
+            f"revert={self.revert!r})"
+        )

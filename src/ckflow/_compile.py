@@ -1,0 +1,416 @@
+"""Compile a flow tree into an immutable ``ExecutionGraph``, once per flow object.
+
+The graph holds one ``Node`` per task plus *join* nodes, which do no work:
+they stand where a fragment with several exits (or entries) is connected to
+another, so that a Linear of two Parallels of n tasks costs 2n edges rather
+than n², and so that a checkpoint's scope is a unit to the outside (a
+consumer outside waits for the scope's exit join, never for single members).
+
+Compilation is O(V + E + V·depth): every task is visited once, every input
+once (with an O(depth) walk to find where its provider sits), every edge once.
+Run-time code never walks the pattern tree again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, final
+
+from ckflow._checkpoint import Checkpoint
+from ckflow._errors import (
+    CycleError,
+    MisplacedCheckpointError,
+    ProviderOrderError,
+    SiblingDependencyError,
+)
+from ckflow._patterns import Flow, Graph, Linear, Parallel
+from ckflow._task import Task
+
+__all__ = ["JOIN", "TASK", "ExecutionGraph", "Node", "Scope", "compile_flow"]
+
+TASK: Final = 0
+JOIN: Final = 1
+
+#: Scope id of the implicit root checkpoint: the flow itself.
+ROOT: Final = 0
+
+
+@final
+class Scope:
+    """A checkpoint's scope in the execution graph. Scope 0 is the implicit root."""
+
+    __slots__ = ("checkpoint", "children", "depth", "id", "name", "parent")
+
+    def __init__(self, id: int, name: str, checkpoint: Checkpoint | None, parent: int, depth: int) -> None:
+        self.id = id
+        self.name = name
+        #: None for the root, which never retries
+        self.checkpoint = checkpoint
+        #: -1 for the root
+        self.parent = parent
+        self.depth = depth
+        self.children: list[int] = []
+
+    def __repr__(self) -> str:
+        return f"<Scope {self.id} {self.name!r} parent={self.parent}>"
+
+
+@final
+class Node:
+    """One vertex of the execution graph: a task, or a join that does no work."""
+
+    __slots__ = (
+        "const_in",
+        "id",
+        "input_in",
+        "is_async",
+        "kind",
+        "name",
+        "preds",
+        "provides",
+        "scope",
+        "shield",
+        "succs",
+        "task",
+        "timeout",
+        "value_in",
+    )
+
+    def __init__(self, id: int, name: str, kind: int, scope: int, task: Task | None) -> None:
+        self.id = id
+        self.name = name
+        self.kind = kind
+        self.scope = scope
+        self.task = task
+        self.preds: tuple[int, ...] = ()
+        self.succs: tuple[int, ...] = ()
+        #: (parameter, value name) read from the run's values, made upstream
+        self.value_in: tuple[tuple[str, str], ...] = ()
+        #: parameter -> constant, from inject
+        self.const_in: Mapping[str, Any] | None = None
+        #: (parameter, input name, required) read from the run's inputs
+        self.input_in: tuple[tuple[str, str, bool], ...] = ()
+        self.provides: tuple[str, ...] = () if task is None else task.provided
+        self.is_async = True if task is None else task._sig.is_async
+        self.shield = False if task is None else bool(task.shield)
+        self.timeout: float | None = None if task is None else task.timeout
+
+    def __repr__(self) -> str:
+        return f"<Node {self.id} {self.name!r}>"
+
+
+@final
+class ExecutionGraph:
+    """The compiled, immutable form of a flow; shared by every run of it."""
+
+    __slots__ = ("flow_name", "index", "input_names", "nodes", "required_inputs", "scope_index", "scopes", "task_count")
+
+    def __init__(
+        self,
+        flow_name: str,
+        nodes: list[Node],
+        scopes: list[Scope],
+        required_inputs: dict[str, tuple[str, ...]],
+        input_names: frozenset[str],
+    ) -> None:
+        self.flow_name = flow_name
+        self.nodes = nodes
+        self.scopes = scopes
+        #: value name -> the tasks that need it from the run's inputs
+        self.required_inputs = required_inputs
+        #: every name the run's inputs may supply (required or optional)
+        self.input_names = input_names
+        self.index = {n.name: n.id for n in nodes if n.kind == TASK}
+        self.scope_index = {s.name: s.id for s in scopes}
+        self.task_count = len(self.index)
+
+    def in_scope(self, node: int, scope: int) -> bool:
+        """True if ``node`` lies in ``scope`` (directly or in a nested scope)."""
+        s = self.nodes[node].scope
+        scopes = self.scopes
+        while s >= 0:
+            if s == scope:
+                return True
+            s = scopes[s].parent
+        return False
+
+    def scope_chain(self, node: int) -> list[int]:
+        """The scopes holding ``node``, innermost first, root last."""
+        chain = []
+        s = self.nodes[node].scope
+        while s >= 0:
+            chain.append(s)
+            s = self.scopes[s].parent
+        return chain
+
+    def __repr__(self) -> str:
+        return f"<ExecutionGraph {self.flow_name!r} {self.task_count} tasks, {len(self.scopes)} scopes>"
+
+
+@dataclass(eq=False)
+class _Fragment:
+    """The compiled shape of one item: where edges go in and come out."""
+
+    entries: list[int]
+    exits: list[int]
+    scope: int
+    label: str
+    entry_join: int = -1
+    exit_join: int = -1
+    #: item-level edges of a Graph, kept for cycle reporting
+    item_edges: set[tuple[int, int]] = field(default_factory=set)
+
+
+class _Compiler:
+    def __init__(self, flow: Flow) -> None:
+        self.root = flow
+        self.nodes: list[Node] = []
+        self.scopes: list[Scope] = [Scope(ROOT, flow.name, None, -1, 0)]
+        self.succ: list[list[int]] = []
+        self.pred_count: list[int] = []
+        #: task node -> its path from the root: ((flow, item index), ...)
+        self.paths: list[tuple[tuple[Flow, int], ...]] = []
+        #: task node -> the injects of its enclosing flows, innermost first
+        self.flow_injects: list[tuple[Mapping[str, Any], ...]] = []
+        self.provider: dict[str, int] = {}
+        #: Graph -> set of (provider item, consumer item) data edges
+        self.graph_edges: dict[int, set[tuple[int, int]]] = {}
+        self.required: dict[str, list[str]] = {}
+        self.input_names: set[str] = set()
+
+    # -- nodes and scopes ----------------------------------------------------
+
+    def _new_node(self, name: str, kind: int, scope: int, task: Task | None) -> int:
+        node = Node(len(self.nodes), name, kind, scope, task)
+        self.nodes.append(node)
+        self.succ.append([])
+        self.pred_count.append(0)
+        return node.id
+
+    def _new_scope(self, checkpoint: Checkpoint, parent: int) -> int:
+        scope = Scope(len(self.scopes), checkpoint.name, checkpoint, parent, self.scopes[parent].depth + 1)
+        self.scopes.append(scope)
+        self.scopes[parent].children.append(scope.id)
+        return scope.id
+
+    def _edge(self, a: int, b: int) -> None:
+        self.succ[a].append(b)
+        self.pred_count[b] += 1
+
+    def collect(
+        self,
+        flow: Flow,
+        scope: int,
+        path: tuple[tuple[Flow, int], ...],
+        injects: tuple[Mapping[str, Any], ...],
+    ) -> None:
+        """First pass: one node per task, scopes, paths and providers."""
+        if flow.checkpoint is not None:
+            scope = self._new_scope(flow.checkpoint, scope)
+        if flow.inject:
+            injects = (flow.inject, *injects)
+        for index, item in enumerate(flow.items):
+            here = (*path, (flow, index))
+            if isinstance(item, Checkpoint):
+                scope = self._new_scope(item, scope)
+            elif isinstance(item, Task):
+                task_scope = scope
+                if item.retry is not None:
+                    task_scope = self._new_scope(Checkpoint(item.name, retry=item.retry), scope)
+                node = self._new_node(item.name, TASK, task_scope, item)
+                self.paths.append(here)
+                self.flow_injects.append(injects)
+                for value in item.provided:
+                    self.provider[value] = node
+            else:
+                self.collect(item, scope, here, injects)
+
+    # -- data ----------------------------------------------------------------
+
+    def resolve_inputs(self) -> None:
+        """Second pass: where every input of every task comes from, and the data edges of Graphs."""
+        for node in self.nodes:
+            task = node.task
+            assert task is not None
+            own_inject = task.inject or {}
+            defaults = task._sig.defaults
+            values: list[tuple[str, str]] = []
+            consts: dict[str, Any] = {}
+            inputs: list[tuple[str, str, bool]] = []
+            for param, name in task._inputs:
+                if name in own_inject:
+                    consts[param] = own_inject[name]
+                    continue
+                provider = self.provider.get(name)
+                if provider is not None:
+                    if provider == node.id:
+                        raise CycleError(self.root.name, [node.name])
+                    self._order(provider, node.id, name)
+                    values.append((param, name))
+                    continue
+                flow_inject = next((inj for inj in self.flow_injects[node.id] if name in inj), None)
+                if flow_inject is not None:
+                    consts[param] = flow_inject[name]
+                    continue
+                required = param not in defaults
+                inputs.append((param, name, required))
+                self.input_names.add(name)
+                if required:
+                    self.required.setdefault(name, []).append(node.name)
+            node.value_in = tuple(values)
+            node.const_in = consts or None
+            node.input_in = tuple(inputs)
+
+    def _order(self, provider: int, consumer: int, name: str) -> None:
+        """Check that ``provider`` runs before ``consumer``; in a Graph, make it so."""
+        p_path, c_path = self.paths[provider], self.paths[consumer]
+        depth = 0
+        while p_path[depth] == c_path[depth]:
+            depth += 1
+        flow, p_index = p_path[depth]
+        c_index = c_path[depth][1]
+        if isinstance(flow, Linear):
+            if p_index > c_index:
+                raise ProviderOrderError(flow.name, self.nodes[consumer].name, name, self.nodes[provider].name)
+        elif isinstance(flow, Parallel):
+            raise SiblingDependencyError(flow.name, self.nodes[consumer].name, name, self.nodes[provider].name)
+        else:
+            assert isinstance(flow, Graph)
+            self.graph_edges.setdefault(id(flow), set()).add((p_index, c_index))
+
+    # -- structure -------------------------------------------------------------
+
+    def build(self, flow: Flow, scope: int, next_task: list[int]) -> _Fragment:
+        """Third pass: structural edges. ``next_task`` walks task nodes in collect() order."""
+        if flow.checkpoint is not None:
+            scope = self._scope_of_checkpoint(flow.checkpoint)
+        pieces: list[_Fragment] = []
+        item_scope = scope
+        for item in flow.items:
+            if isinstance(item, Checkpoint):
+                item_scope = self._scope_of_checkpoint(item)
+                continue
+            if isinstance(item, Task):
+                node = next_task[0]
+                next_task[0] += 1
+                pieces.append(_Fragment([node], [node], item_scope, item.name))
+            else:
+                pieces.append(self.build(item, item_scope, next_task))
+        if isinstance(flow, Linear):
+            real = [p for p in pieces if p.entries]
+            for before, after in zip(real, real[1:], strict=False):
+                self._connect(before, after)
+            if not real:
+                return _Fragment([], [], scope, flow.name)
+            return _Fragment(real[0].entries, real[-1].exits, scope, flow.name)
+        if isinstance(flow, Parallel):
+            return _Fragment(
+                [n for p in pieces for n in p.entries], [n for p in pieces for n in p.exits], scope, flow.name
+            )
+        assert isinstance(flow, Graph)
+        # Items keep their positions so that data edges (by item index) and links line up.
+        edges = set(self.graph_edges.get(id(flow), ()))
+        edges.update(flow._links)
+        by_index = self._index_pieces(flow, pieces)
+        edges = {(a, b) for a, b in edges if by_index[a].entries and by_index[b].entries}
+        self._check_acyclic(flow, by_index, edges)
+        has_in = {b for _, b in edges}
+        has_out = {a for a, _ in edges}
+        for a, b in sorted(edges):
+            self._connect(by_index[a], by_index[b])
+        entries = [n for i, p in by_index.items() if i not in has_in for n in p.entries]
+        exits = [n for i, p in by_index.items() if i not in has_out for n in p.exits]
+        return _Fragment(entries, exits, scope, flow.name)
+
+    def _index_pieces(self, flow: Flow, pieces: list[_Fragment]) -> dict[int, _Fragment]:
+        by_index: dict[int, _Fragment] = {}
+        it = iter(pieces)
+        for index, item in enumerate(flow.items):
+            if not isinstance(item, Checkpoint):
+                by_index[index] = next(it)
+        return by_index
+
+    def _scope_of_checkpoint(self, checkpoint: Checkpoint) -> int:
+        return self._scope_ids[id(checkpoint)]
+
+    def _connect(self, a: _Fragment, b: _Fragment) -> None:
+        """Make every entry of ``b`` wait for every exit of ``a`` through at most one join each."""
+        if len(a.exits) == 1:
+            out = a.exits[0]
+        else:
+            if a.exit_join < 0:
+                a.exit_join = self._new_node(f"{a.label}.exit", JOIN, a.scope, None)
+                for n in a.exits:
+                    self._edge(n, a.exit_join)
+            out = a.exit_join
+        if len(b.entries) == 1:
+            self._edge(out, b.entries[0])
+            return
+        if b.entry_join < 0:
+            b.entry_join = self._new_node(f"{b.label}.entry", JOIN, b.scope, None)
+            for n in b.entries:
+                self._edge(b.entry_join, n)
+        self._edge(out, b.entry_join)
+
+    def _check_acyclic(self, flow: Flow, by_index: dict[int, _Fragment], edges: set[tuple[int, int]]) -> None:
+        succ: dict[int, list[int]] = {i: [] for i in by_index}
+        indegree = dict.fromkeys(by_index, 0)
+        for a, b in edges:
+            succ[a].append(b)
+            indegree[b] += 1
+        ready = [i for i, d in indegree.items() if d == 0]
+        seen = 0
+        while ready:
+            i = ready.pop()
+            seen += 1
+            for j in succ[i]:
+                indegree[j] -= 1
+                if indegree[j] == 0:
+                    ready.append(j)
+        if seen == len(by_index):
+            return
+        # Walk forward inside what is left until an item repeats: that stretch is a cycle.
+        start = next(i for i, d in indegree.items() if d > 0)
+        order: list[int] = []
+        position: dict[int, int] = {}
+        i = start
+        while i not in position:
+            position[i] = len(order)
+            order.append(i)
+            i = next(j for j in succ[i] if indegree[j] > 0)
+        cycle = order[position[i] :]
+        raise CycleError(flow.name, [by_index[k].label for k in cycle])
+
+    def compile(self) -> ExecutionGraph:
+        self.collect(self.root, ROOT, (), ())
+        self._scope_ids = {id(s.checkpoint): s.id for s in self.scopes if s.checkpoint is not None}
+        self._check_scope_names()
+        self.resolve_inputs()
+        self.build(self.root, ROOT, [0])
+        succ, nodes = self.succ, self.nodes
+        preds: list[list[int]] = [[] for _ in nodes]
+        for a, targets in enumerate(succ):
+            for b in targets:
+                preds[b].append(a)
+        for node in nodes:
+            node.succs = tuple(succ[node.id])
+            node.preds = tuple(preds[node.id])
+        required = {name: tuple(tasks) for name, tasks in self.required.items()}
+        return ExecutionGraph(self.root.name, nodes, self.scopes, required, frozenset(self.input_names))
+
+    def _check_scope_names(self) -> None:
+        seen: set[str] = set()
+        for scope in self.scopes[1:]:
+            if scope.name in seen:
+                raise MisplacedCheckpointError(
+                    self.root.name,
+                    scope.name,
+                    "is used twice (a task with retry= gets a checkpoint named after it); rename one.",
+                )
+            seen.add(scope.name)
+
+
+def compile_flow(flow: Flow) -> ExecutionGraph:
+    """Compile ``flow``; prefer ``flow.compile()``, which caches the result on the flow."""
+    return _Compiler(flow).compile()

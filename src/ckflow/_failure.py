@@ -1,0 +1,71 @@
+"""``Failure``: a serialisable record of an exception raised by a task."""
+
+from __future__ import annotations
+
+import traceback
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, PrivateAttr
+
+from ckflow._errors import Cancelled
+
+__all__ = ["Failure", "FailureKind"]
+
+#: What failed: the task's execute, its revert, or nothing at all (ckflow cancelled it).
+FailureKind = Literal["execute", "revert", "timeout", "cancelled"]
+
+
+class Failure(BaseModel):
+    """What went wrong in one task, in a form that survives JSON.
+
+    ``exception`` is the live exception object while the process lives; it is
+    not serialised (``exc_type``, ``message`` and ``traceback`` are).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    task: str
+    kind: FailureKind
+    exc_type: str
+    message: str
+    traceback: str = ""
+    attempt: int = 1
+
+    _exception: BaseException | None = PrivateAttr(default=None)
+
+    @property
+    def exception(self) -> BaseException | None:
+        """The original exception, when this failure was recorded in this process."""
+        return self._exception
+
+    @property
+    def cancelled(self) -> bool:
+        """True when ckflow cancelled the task rather than the task failing by itself."""
+        return self.kind == "cancelled"
+
+    @classmethod
+    def from_exception(
+        cls, task: str, kind: FailureKind, exc: BaseException, attempt: int = 1
+    ) -> Failure:
+        """Record ``exc``, raised by ``task``, with its formatted traceback."""
+        exc_cls = type(exc)
+        qualname = exc_cls.__qualname__
+        module = exc_cls.__module__
+        failure = cls(
+            task=task,
+            kind=kind,
+            exc_type=qualname if module == "builtins" else f"{module}.{qualname}",
+            message=str(exc),
+            traceback="".join(traceback.format_exception(exc)),
+            attempt=attempt,
+        )
+        failure._exception = exc
+        return failure
+
+    @classmethod
+    def cancellation(cls, task: str, attempt: int, why: str) -> Failure:
+        """The failure recorded for a task that ckflow cancelled."""
+        return cls.from_exception(task, "cancelled", Cancelled(why), attempt)
+
+    def __str__(self) -> str:
+        return f"{self.task}: {self.exc_type}: {self.message}"

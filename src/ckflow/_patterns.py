@@ -1,0 +1,217 @@
+"""Flow patterns: ``Linear``, ``Parallel`` and ``Graph``. Pure structure, no engine code.
+
+A flow is a tree whose leaves are tasks and ``Checkpoint`` markers. Problems
+that can be seen in the tree alone (duplicate names, misplaced markers,
+objects that are not tasks) are raised by the constructor, where the flow is
+written. What needs the data flow (missing, ambiguous or misordered
+providers, cycles) is found by the compiler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, TypeAlias, final
+
+from ckflow._checkpoint import Checkpoint
+from ckflow._errors import AmbiguousProviderError, DuplicateTaskError, MisplacedCheckpointError
+from ckflow._task import Task, check_task_item
+
+if TYPE_CHECKING:
+    from ckflow._compile import ExecutionGraph
+
+__all__ = ["Flow", "Graph", "Item", "Linear", "Parallel"]
+
+Item: TypeAlias = "Task | Flow | Checkpoint"
+
+
+class Flow:
+    """Base of ``Linear``, ``Parallel`` and ``Graph``; not instantiated directly."""
+
+    __slots__ = ("_checkpoint_names", "_compiled", "_providers", "_task_names", "checkpoint", "inject", "items", "name")
+
+    kind: str = "Flow"
+
+    def __init__(
+        self,
+        name: str,
+        *items: Item,
+        inject: Mapping[str, Any] | None = None,
+        checkpoint: Checkpoint | None = None,
+    ) -> None:
+        if type(self) is Flow:
+            raise TypeError("ckflow.Flow is a base class; use Linear, Parallel or Graph.")
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"A flow's first argument is its name (a non-empty string), got {name!r}.")
+        if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
+            raise TypeError(f"{self.kind} {name!r}: checkpoint= must be a ckflow.Checkpoint, got {checkpoint!r}.")
+        if inject is not None and not isinstance(inject, Mapping):
+            raise TypeError(f"{self.kind} {name!r}: inject= must be a mapping of names to values.")
+        self.name = name
+        self.items: tuple[Item, ...] = items
+        self.inject: Mapping[str, Any] = dict(inject or {})
+        self.checkpoint = checkpoint
+        self._compiled: ExecutionGraph | None = None
+        task_names: set[str] = set()
+        cp_names: set[str] = set()
+        providers: dict[str, str] = {}
+        if checkpoint is not None:
+            cp_names.add(checkpoint.name)
+        for item in items:
+            if isinstance(item, Task):
+                self._add_name(task_names, item.name)
+                for value in item.provided:
+                    self._add_provider(providers, value, item.name)
+            elif isinstance(item, Flow):
+                for n in item._task_names:
+                    self._add_name(task_names, n)
+                for value, provider in item._providers.items():
+                    self._add_provider(providers, value, provider)
+                for n in item._checkpoint_names:
+                    self._add_checkpoint_name(cp_names, n)
+            elif isinstance(item, Checkpoint):
+                self._check_marker(item)
+                self._add_checkpoint_name(cp_names, item.name)
+            else:
+                check_task_item(name, item)
+        self._task_names = frozenset(task_names)
+        self._providers: Mapping[str, str] = providers
+        self._checkpoint_names = frozenset(cp_names)
+
+    def _add_name(self, seen: set[str], name: str) -> None:
+        if name in seen:
+            raise DuplicateTaskError(self.name, name)
+        seen.add(name)
+
+    def _add_provider(self, providers: dict[str, str], value: str, task: str) -> None:
+        other = providers.setdefault(value, task)
+        if other != task:
+            raise AmbiguousProviderError(self.name, value, (other, task))
+
+    def _add_checkpoint_name(self, seen: set[str], name: str) -> None:
+        if name in seen:
+            raise MisplacedCheckpointError(
+                self.name, name, "appears twice; checkpoint names must be unique within a flow."
+            )
+        seen.add(name)
+
+    def _check_marker(self, marker: Checkpoint) -> None:
+        raise MisplacedCheckpointError(
+            self.name,
+            marker.name,
+            f"is a marker inside {self.kind} {self.name!r}, where nothing comes after it; put it in a "
+            f"Linear, or pass `checkpoint=` to the flow it should scope.",
+        )
+
+    @property
+    def task_names(self) -> frozenset[str]:
+        """The names of every task in this flow tree."""
+        return self._task_names
+
+    @property
+    def providers(self) -> Mapping[str, str]:
+        """Value name -> the task of this tree that provides it."""
+        return self._providers
+
+    @property
+    def checkpoint_names(self) -> frozenset[str]:
+        """The names of every checkpoint in this flow tree."""
+        return self._checkpoint_names
+
+    def iter_tasks(self) -> Iterator[Task]:
+        """Every task of the tree, depth first, in the order written."""
+        for item in self.items:
+            if isinstance(item, Task):
+                yield item
+            elif isinstance(item, Flow):
+                yield from item.iter_tasks()
+
+    def compile(self) -> ExecutionGraph:
+        """The execution graph of this flow, compiled once and cached on the flow object.
+
+        Raises:
+            FlowDefinitionError: a provider is ambiguous or misplaced, or a Graph has a cycle.
+        """
+        graph = self._compiled
+        if graph is None:
+            from ckflow._compile import compile_flow
+
+            graph = self._compiled = compile_flow(self)
+        return graph
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[Item]:
+        return iter(self.items)
+
+    def __repr__(self) -> str:
+        return f"<ckflow.{self.kind} {self.name!r} with {len(self.items)} items>"
+
+
+@final
+class Linear(Flow):
+    """Items run one after the other; each may consume what earlier items provided.
+
+    A ``Checkpoint`` marker among the items scopes every item after it.
+    """
+
+    __slots__ = ()
+    kind = "Linear"
+
+    def _check_marker(self, marker: Checkpoint) -> None:
+        return None
+
+
+@final
+class Parallel(Flow):
+    """Items run concurrently and may not depend on each other."""
+
+    __slots__ = ()
+    kind = "Parallel"
+
+
+@final
+class Graph(Flow):
+    """Items are ordered by their data: a consumer runs after the provider it reads.
+
+    ``link(a, b)`` adds an ordering edge that carries no data.
+    """
+
+    __slots__ = ("_links",)
+    kind = "Graph"
+
+    def __init__(
+        self,
+        name: str,
+        *items: Item,
+        inject: Mapping[str, Any] | None = None,
+        checkpoint: Checkpoint | None = None,
+    ) -> None:
+        super().__init__(name, *items, inject=inject, checkpoint=checkpoint)
+        self._links: list[tuple[int, int]] = []
+
+    @property
+    def links(self) -> tuple[tuple[Item, Item], ...]:
+        """The explicit ``(before, after)`` edges added with ``link``."""
+        return tuple((self.items[a], self.items[b]) for a, b in self._links)
+
+    def _index(self, item: Item | str) -> int:
+        for i, candidate in enumerate(self.items):
+            if candidate is item or (isinstance(item, str) and getattr(candidate, "name", None) == item):
+                return i
+        label = item if isinstance(item, str) else getattr(item, "name", repr(item))
+        raise TypeError(
+            f"Graph {self.name!r}: link() names {label!r}, which is not a direct item of this graph."
+        )
+
+    def link(self, before: Item | str, after: Item | str) -> Graph:
+        """Make ``after`` start only once ``before`` has succeeded; returns the graph.
+
+        Both are direct items of this graph, given as objects or by name.
+        """
+        a, b = self._index(before), self._index(after)
+        if a == b:
+            raise TypeError(f"Graph {self.name!r}: link() of {self.items[a]!r} to itself.")
+        self._links.append((a, b))
+        self._compiled = None
+        return self

@@ -1,0 +1,128 @@
+"""The revert walker's decisions as pure functions: which tasks a failure undoes, and what next.
+
+Nothing here touches an event loop, so the rules of DESIGN §4-§5 can be
+tested (and property-tested) on a graph and a list of states alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from enum import Enum
+from typing import Final
+
+from ckflow._compile import ROOT, ExecutionGraph
+from ckflow._states import TaskState
+
+__all__ = [
+    "Action",
+    "Decision",
+    "decide",
+    "region",
+    "scope_members",
+]
+
+#: States of a task whose execute was called in its current attempt: such a task is reverted.
+STARTED: Final = frozenset({TaskState.RUNNING, TaskState.SUCCESS, TaskState.FAILURE})
+
+
+class Action(Enum):
+    """What the walker does once a region is reverted."""
+
+    RETRY = "retry"  # reset the region to PENDING and run it again
+    SUSPEND = "suspend"  # park the run SUSPENDED at the checkpoint
+    END = "end"  # the failure reached the root: everything is reverted, the run ends REVERTED
+
+
+def scope_members(graph: ExecutionGraph, scope: int) -> list[int]:
+    """Every node in ``scope``, nested scopes included, in id order."""
+    if scope == ROOT:
+        return list(range(len(graph.nodes)))
+    return [n.id for n in graph.nodes if graph.in_scope(n.id, scope)]
+
+
+def region(graph: ExecutionGraph, seeds: Iterable[int], scope: int, mode: str = "branch") -> set[int]:
+    """The nodes a failure of ``seeds`` undoes under checkpoint ``scope`` (DESIGN §4 step 2).
+
+    ``mode="branch"``: the seeds, their causal ancestors inside the scope, and
+    everything of the scope downstream of any of those. ``mode="scope"``, or
+    the root: the whole scope. Tasks of the scope that share no path with the
+    seeds are left out: they keep their results and keep running.
+    """
+    if scope == ROOT or mode == "scope":
+        return set(scope_members(graph, scope))
+    nodes = graph.nodes
+    inside: dict[int, bool] = {}
+
+    def in_scope(n: int) -> bool:
+        known = inside.get(n)
+        if known is None:
+            known = inside[n] = graph.in_scope(n, scope)
+        return known
+
+    stack = [s for s in seeds if in_scope(s)]
+    found = set(stack)
+    while stack:
+        for p in nodes[stack.pop()].preds:
+            if p not in found and in_scope(p):
+                found.add(p)
+                stack.append(p)
+    result = set(found)
+    stack = list(found)
+    while stack:
+        for s in nodes[stack.pop()].succs:
+            if s not in result and in_scope(s):
+                result.add(s)
+                stack.append(s)
+    return result
+
+
+class Decision:
+    """The walker's decision for one failure: the checkpoint that handles it, its region and action."""
+
+    __slots__ = ("action", "exhausted", "members", "scope")
+
+    def __init__(self, scope: int, members: set[int], action: Action, exhausted: tuple[int, ...]) -> None:
+        self.scope = scope
+        self.members = members
+        self.action = action
+        #: the checkpoints whose budget ran out on the way, innermost first
+        self.exhausted = exhausted
+
+    def __repr__(self) -> str:
+        return f"<Decision scope={self.scope} {self.action.name} {len(self.members)} nodes>"
+
+
+def decide(
+    graph: ExecutionGraph,
+    failed: int,
+    exc: BaseException,
+    attempt_of: Callable[[int, int], int],
+    timed_out: Callable[[int], bool] = lambda scope: False,
+) -> Decision:
+    """Apply DESIGN §4 step 5 at the moment a failure arrives.
+
+    ``attempt_of(node, scope)`` is the node's attempt (1-based) under the
+    checkpoint ``scope``; ``timed_out(scope)`` tells whether the checkpoint's
+    ``Retry.timeout`` has passed. Exhausted or rejected failures climb to the
+    enclosing checkpoint at once, so doomed work is cancelled now.
+    """
+    seeds: set[int] = {failed}
+    scope = graph.nodes[failed].scope
+    exhausted: list[int] = []
+    while scope != ROOT:
+        info = graph.scopes[scope]
+        checkpoint = info.checkpoint
+        assert checkpoint is not None
+        members = region(graph, seeds, scope, checkpoint.revert)
+        policy = checkpoint.retry
+        highest = max(attempt_of(n, scope) for n in members)
+        if policy.should_retry(exc) and highest < policy.attempts and not timed_out(scope):
+            return Decision(scope, members, Action.RETRY, tuple(exhausted))
+        exhausted.append(scope)
+        if checkpoint.on_exhausted == "suspend":
+            return Decision(scope, set(scope_members(graph, scope)), Action.SUSPEND, tuple(exhausted))
+        if checkpoint.on_exhausted == "revert_all":
+            break
+        seeds = set(scope_members(graph, scope))
+        scope = info.parent
+    return Decision(ROOT, set(scope_members(graph, ROOT)), Action.END, tuple(exhausted))

@@ -1,0 +1,940 @@
+"""One run of a compiled flow: the scheduler and the revert walker.
+
+How tasks run without an anyio task each
+-----------------------------------------
+A *worker* is a coroutine that takes ready jobs (an execute or a revert) one
+after the other. It drives a task's coroutine by hand: the first
+``coro.send(None)`` runs the task up to its first real await. A task that
+finishes without suspending (most small tasks) costs no task spawn, no cancel
+scope and no trip through the event loop. A task that suspends is awaited by
+the same worker through ``_resume``, inside a cancel scope opened only then,
+and at that moment, if more jobs are ready, helper workers are spawned so
+that every ready task starts at once. Cancellation can only arrive at an
+await, so a cancel scope opened at the first suspension covers every point
+where the task can be cancelled.
+
+The revert walker
+-----------------
+``_region.decide`` picks the checkpoint and region when a failure arrives
+(pure code). ``_open_region`` cancels the running members, then reverts every
+member that started in reverse topological order by counting, for each
+member, the successors in the region whose revert is still outstanding (the
+forward scheduler's predecessor count, mirrored). When the count of
+outstanding members reaches zero the region is retried, parked or, at the
+root, the run ends REVERTED. Nothing outside the region is touched.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import types
+from collections import deque
+from collections.abc import Callable, Coroutine, Generator, Mapping
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+import anyio.to_thread
+from anyio.lowlevel import RunVar, checkpoint
+
+from ckflow._compile import JOIN, ROOT, ExecutionGraph, Node
+from ckflow._context import CURRENT, TaskContext
+from ckflow._errors import CkflowInternalError
+from ckflow._events import DEBUG, ERROR, INFO, WARNING, Event, EventHub
+from ckflow._failure import Failure, FailureKind
+from ckflow._models import RegionReport, RunResult, TaskSummary, _LazyTasks
+from ckflow._region import Action, decide
+from ckflow._states import TASK_TRANSITIONS, FlowState, TaskState, check_flow_transition
+
+if TYPE_CHECKING:
+    from ckflow._task import Task
+
+__all__ = ["RunCore", "thread_limiter"]
+
+PENDING: Final = TaskState.PENDING
+RUNNING: Final = TaskState.RUNNING
+SUCCESS: Final = TaskState.SUCCESS
+FAILURE: Final = TaskState.FAILURE
+REVERTING: Final = TaskState.REVERTING
+REVERTED: Final = TaskState.REVERTED
+REVERT_FAILURE: Final = TaskState.REVERT_FAILURE
+
+#: states of a node whose revert is still owed once it is in a region
+_OUTSTANDING: Final = frozenset({RUNNING, SUCCESS, FAILURE, REVERTING})
+#: states from which a revert can start
+_REVERTIBLE: Final = frozenset({SUCCESS, FAILURE})
+_TERMINAL: Final = frozenset({FlowState.SUCCESS, FlowState.REVERTED, FlowState.FAILURE})
+#: a worker that ran this many jobs without suspending lets the event loop breathe
+_FAIRNESS_STEPS: Final = 128
+#: how much more severe one action is than another, when regions merge
+_SEVERITY: Final = {Action.RETRY: 0, Action.SUSPEND: 1, Action.END: 2}
+
+_THREADS: RunVar[anyio.CapacityLimiter] = RunVar("ckflow_threads")
+
+
+def thread_limiter() -> anyio.CapacityLimiter:
+    """ckflow's own limiter for plain ``def`` tasks, one per event loop (40 threads)."""
+    try:
+        return _THREADS.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(40)
+        _THREADS.set(limiter)
+        return limiter
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any, Any]:
+    """Await ``coro`` from where its first step stopped (what ``yield from`` does, started late)."""
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # cancellation thrown in by the event loop
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
+class Region:
+    """A set of nodes being undone together, and what happens once they are."""
+
+    __slots__ = (
+        "action",
+        "backoff",
+        "depth",
+        "failures",
+        "members",
+        "outstanding",
+        "parked",
+        "report",
+        "rev_wait",
+        "scope",
+    )
+
+    def __init__(self, scope: int, depth: int, action: Action, members: set[int], report: RegionReport) -> None:
+        self.scope = scope
+        self.depth = depth
+        self.action = action
+        self.members = members
+        self.report = report
+        #: member -> successors in the region whose revert is still outstanding
+        self.rev_wait: dict[int, int] = {}
+        #: members whose revert is owed and not yet done
+        self.outstanding = 0
+        self.failures: list[Failure] = []
+        self.backoff: anyio.CancelScope | None = None
+        self.parked = False
+
+
+class RunCore:
+    """The state and the machinery of one run. The public handle is ``ckflow.Run``."""
+
+    def __init__(
+        self,
+        graph: ExecutionGraph,
+        run_id: str,
+        inputs: Mapping[str, Any],
+        *,
+        max_concurrency: int | None = None,
+        on_event: Callable[[Event], object] | None = None,
+    ) -> None:
+        self.graph = graph
+        self.nodes: list[Node] = graph.nodes
+        self.run_id = run_id
+        self.flow = graph.flow_name
+        self.inputs = dict(inputs)
+        self.limit = max_concurrency or 0
+        self.hub = EventHub(run_id, graph.flow_name)
+        if on_event is not None:
+            self.hub.add_callback(on_event)
+        n = len(graph.nodes)
+        self.total = n
+        self.state: list[TaskState] = [PENDING] * n
+        self.waiting: list[int] = [len(node.preds) for node in graph.nodes]
+        self.queued = bytearray(n)
+        self.values: dict[str, Any] = {}
+        self.results: list[Any] = [None] * n
+        self.kwargs: list[dict[str, Any] | None] = [None] * n
+        self.executions: list[int] = [0] * n
+        self.started: list[float | None] = [None] * n
+        self.ended: list[float | None] = [None] * n
+        self.rev_started: dict[int, float] = {}
+        self.rev_ended: dict[int, float] = {}
+        self.region_of: list[Region | None] = [None] * n
+        self.failures: list[Failure] = []
+        self.reports: list[RegionReport] = []
+        #: (node, scope) -> retries of that node by that checkpoint in its current activation
+        self.retries: dict[tuple[int, int], int] = {}
+        #: scope -> failures of earlier attempts in its current activation
+        self.history: dict[int, list[Failure]] = {}
+        #: scope -> time.monotonic() of its first failure in this activation (for Retry.timeout)
+        self.first_failure: dict[int, float] = {}
+        #: node -> report whose retry_at its next execute sets
+        self.retry_watch: dict[int, RegionReport] = {}
+        self.cancel_requested: set[int] = set()
+        self.exec_scopes: dict[int, anyio.CancelScope] = {}
+        self.regions: set[Region] = set()
+        self.root_region: Region | None = None
+        self.ready: deque[int] = deque()
+        self.revert_ready: deque[int] = deque()
+        self.executing = 0
+        self.reverting = 0
+        self.n_success = 0
+        self.idle_helpers = 0
+        self.halted = False
+        self.failure_mode = False
+        self.flow_state = FlowState.PENDING
+        self.stop_on_suspend = False
+        self.t_start = 0.0
+        self.t_end = 0.0
+        self.limiter: anyio.CapacityLimiter | None = None
+        self.tg: anyio.abc.TaskGroup | None = None
+        self.settled = anyio.Event()
+        self.terminal = anyio.Event()
+        self.suspended = anyio.Event()
+        self._result: RunResult | None = None
+
+    # -- transitions -------------------------------------------------------------
+
+    def _set(self, n: int, new: TaskState) -> None:
+        old = self.state[n]
+        if (old, new) not in TASK_TRANSITIONS:
+            raise CkflowInternalError(f"Illegal transition of task {self.nodes[n].name!r}: {old} -> {new}.")
+        self.state[n] = new
+        hub = self.hub
+        if hub.active:
+            level = ERROR if new is REVERT_FAILURE else DEBUG
+            failure = self.results[n] if new is FAILURE else None
+            if new is FAILURE and not (isinstance(failure, Failure) and failure.cancelled):
+                level = WARNING
+            if hub.wants(level):
+                node = self.nodes[n]
+                hub.emit(
+                    level,
+                    f"ckflow.task.{new.lower()}",
+                    task=node.name,
+                    old=old,
+                    new=new,
+                    attempt=self._attempt(n),
+                    checkpoint=self.graph.scopes[node.scope].name,
+                    failure=failure if isinstance(failure, Failure) else None,
+                )
+
+    def _set_flow(self, new: FlowState) -> None:
+        old = self.flow_state
+        check_flow_transition(self.flow, old, new)
+        self.flow_state = new
+        level = WARNING if new is FlowState.FAILURE else INFO
+        if self.hub.active and self.hub.wants(level):
+            self.hub.emit(level, f"ckflow.run.{new.lower()}", old=old, new=new)
+
+    def _walker_event(self, name: str, level: int = INFO, **fields: Any) -> None:
+        if self.hub.active and self.hub.wants(level):
+            self.hub.emit(level, name, **fields)
+
+    # -- attempts ------------------------------------------------------------------
+
+    def _attempt_under(self, n: int, scope: int) -> int:
+        return 1 + self.retries.get((n, scope), 0)
+
+    def _attempt(self, n: int) -> int:
+        return 1 + self.retries.get((n, self.nodes[n].scope), 0) if self.retries else 1
+
+    def _timed_out(self, scope: int) -> bool:
+        checkpoint = self.graph.scopes[scope].checkpoint
+        if checkpoint is None or checkpoint.retry.timeout is None:
+            return False
+        first = self.first_failure.setdefault(scope, time.monotonic())
+        return time.monotonic() - first >= checkpoint.retry.timeout
+
+    def task_context(self, n: int) -> TaskContext:
+        scope = self.nodes[n].scope
+        return TaskContext(
+            self.run_id,
+            self.nodes[n].name,
+            self._attempt(n),
+            self.graph.scopes[scope].name,
+            tuple(self.history.get(scope, ())),
+        )
+
+    # -- driving the run ---------------------------------------------------------
+
+    async def main(self, *, stop_on_suspend: bool = False) -> RunResult:
+        """Run to the end (or to SUSPENDED if asked); revert everything if cancelled from outside."""
+        self.stop_on_suspend = stop_on_suspend
+        self.limiter = thread_limiter()
+        self.t_start = time.monotonic()
+        if self.flow_state is FlowState.PENDING and self.root_region is None:
+            self._set_flow(FlowState.RUNNING)
+            for n in range(self.total):
+                if self.waiting[n] == 0:
+                    self._make_ready(n)
+        try:
+            await self._drive(self.settled)
+        except anyio.get_cancelled_exc_class():
+            # The caller hung up: undo everything that ran, shielded, then let the cancellation go on.
+            with anyio.CancelScope(shield=True):
+                self.request_cancel(spawn=False)
+                await self._drive(self.terminal)
+            raise
+        return self.result()
+
+    async def _drive(self, until: anyio.Event) -> None:
+        async with anyio.create_task_group() as tg:
+            self.tg = tg
+            self._maybe_finish()
+            await self._worker()
+            await until.wait()
+        self.tg = None
+
+    async def _helper(self) -> None:
+        self.idle_helpers -= 1
+        await self._worker()
+
+    def _spawn_helpers(self) -> None:
+        """Called when a worker's task suspends: make sure every ready job has a worker."""
+        jobs = len(self.revert_ready)
+        if not self.halted:
+            ready = len(self.ready)
+            if self.limit:
+                ready = min(ready, max(self.limit - self.executing, 0))
+            jobs += ready
+        tg = self.tg
+        if tg is None:
+            return
+        for _ in range(jobs - self.idle_helpers):
+            self.idle_helpers += 1
+            tg.start_soon(self._helper)
+
+    def _kick(self) -> None:
+        """Start a worker for jobs that appeared outside any worker (control requests)."""
+        if self.tg is not None and self.idle_helpers == 0:
+            self.idle_helpers += 1
+            self.tg.start_soon(self._helper)
+
+    async def _worker(self) -> None:
+        steps = 0
+        revert_ready = self.revert_ready
+        ready = self.ready
+        region_of = self.region_of
+        state = self.state
+        queued = self.queued
+        while True:
+            if revert_ready:
+                await self._revert(revert_ready.popleft())
+            else:
+                if self.halted or (self.limit and self.executing >= self.limit):
+                    return
+                n = -1
+                while ready:
+                    candidate = ready.popleft()
+                    queued[candidate] = 0
+                    if region_of[candidate] is None and state[candidate] is PENDING:
+                        n = candidate
+                        break
+                if n < 0:
+                    return
+                await self._execute(n)
+            steps += 1
+            if steps >= _FAIRNESS_STEPS:
+                steps = 0
+                await checkpoint()
+
+    def _make_ready(self, n: int) -> None:
+        """``n`` has no unfinished predecessor: queue it, or pass straight through a join."""
+        if self.region_of[n] is not None:
+            return
+        nodes = self.nodes
+        if nodes[n].kind != JOIN:
+            if not self.queued[n]:
+                self.queued[n] = 1
+                self.ready.append(n)
+            return
+        stack = [n]
+        while stack:
+            j = stack.pop()
+            # A join does no work: it succeeds the moment its last predecessor has.
+            self.state[j] = SUCCESS
+            self.n_success += 1
+            for s in nodes[j].succs:
+                w = self.waiting[s] - 1
+                self.waiting[s] = w
+                if w == 0 and self.region_of[s] is None:
+                    if nodes[s].kind == JOIN:
+                        stack.append(s)
+                    elif not self.queued[s]:
+                        self.queued[s] = 1
+                        self.ready.append(s)
+        if self.n_success == self.total:
+            self._maybe_finish()
+
+    # -- execute -----------------------------------------------------------------
+
+    def _kwargs(self, node: Node) -> dict[str, Any]:
+        kw: dict[str, Any] = dict(node.const_in) if node.const_in else {}
+        if node.value_in:
+            values = self.values
+            for param, name in node.value_in:
+                kw[param] = values[name]
+        if node.input_in:
+            inputs = self.inputs
+            for param, name, _required in node.input_in:
+                if name in inputs:
+                    kw[param] = inputs[name]
+        return kw
+
+    def _start_call(self, task: Task, call: Callable[[dict[str, Any]], Any], kw: dict[str, Any], is_async: bool) -> Any:
+        if is_async:
+            return call(kw)
+        return anyio.to_thread.run_sync(partial(call, kw), limiter=self.limiter)
+
+    async def _execute(self, n: int) -> None:
+        node = self.nodes[n]
+        task = node.task
+        assert task is not None
+        self._set(n, RUNNING)
+        self.executions[n] += 1
+        self.executing += 1
+        t0 = self.started[n] = time.monotonic()
+        if self.retry_watch:
+            report = self.retry_watch.pop(n, None)
+            if report is not None and report.retry_at is None:
+                report.retry_at = t0
+        token = CURRENT.set((self, n))
+        try:
+            try:
+                kw = self.kwargs[n] = self._kwargs(node)
+                coro = self._start_call(task, task._call_execute, kw, node.is_async)
+                yielded = coro.send(None)
+            except StopIteration as stop:
+                self._succeed(n, stop.value)
+                return
+            except Exception as exc:
+                self._fail(n, exc, "execute")
+                return
+            await self._await_execute(n, node, coro, yielded, t0)
+        finally:
+            CURRENT.reset(token)
+
+    async def _await_execute(
+        self, n: int, node: Node, coro: Coroutine[Any, Any, Any], yielded: Any, t0: float
+    ) -> None:
+        """The task suspended: await the rest of it in its own cancel scope."""
+        self._spawn_helpers()
+        deadline = math.inf
+        if node.timeout is not None:
+            deadline = anyio.current_time() + node.timeout - (time.monotonic() - t0)
+        scope = anyio.CancelScope(deadline=deadline)
+        self.exec_scopes[n] = scope
+        error: Exception | None = None
+        value: Any = None
+        try:
+            with scope:
+                try:
+                    value = await _resume(coro, yielded)
+                except Exception as exc:
+                    error = exc
+        except BaseException:
+            # An enclosing scope (the caller of ckflow.run, the engine) cancelled the run itself.
+            del self.exec_scopes[n]
+            self._cancelled(n, "the run was cancelled from outside")
+            raise
+        del self.exec_scopes[n]
+        if n in self.cancel_requested:
+            self.cancel_requested.discard(n)
+            self._cancelled(n, "cancelled by the revert walker")
+        elif scope.cancelled_caught:
+            self._fail(n, TimeoutError(f"task {node.name!r} timed out after {node.timeout} s"), "timeout")
+        elif error is not None:
+            self._fail(n, error, "execute")
+        else:
+            self._succeed(n, value)
+
+    def _succeed(self, n: int, value: Any) -> None:
+        node = self.nodes[n]
+        provides = node.provides
+        if provides:
+            if len(provides) == 1:
+                self.values[provides[0]] = value
+            else:
+                try:
+                    unpacked = _unpack(node.name, provides, value)
+                except (TypeError, KeyError) as exc:
+                    self._fail(n, exc, "execute")
+                    return
+                self.values.update(unpacked)
+        self.results[n] = value
+        self._set(n, SUCCESS)
+        self.executing -= 1
+        self.ended[n] = time.monotonic()
+        self.n_success += 1
+        region = self.region_of[n]
+        if region is not None:
+            # A shielded member finished while its region reverts: now revert it too.
+            self._member_settled(region, n)
+            self._maybe_finish()
+            return
+        waiting = self.waiting
+        for s in node.succs:
+            w = waiting[s] - 1
+            waiting[s] = w
+            if w == 0:
+                self._make_ready(s)
+        if self.n_success == self.total or self.halted:
+            self._maybe_finish()
+
+    def _fail(self, n: int, exc: BaseException, kind: FailureKind) -> None:
+        node = self.nodes[n]
+        failure = Failure.from_exception(node.name, kind, exc, self._attempt(n))
+        self.failures.append(failure)
+        self.results[n] = failure
+        self._set(n, FAILURE)
+        self.executing -= 1
+        self.ended[n] = time.monotonic()
+        region = self.region_of[n]
+        if region is not None:
+            # A failure inside a region that is already reverting joins that region.
+            region.failures.append(failure)
+            self._member_settled(region, n)
+        elif not self.failure_mode:
+            self._on_failure(n, exc, failure)
+        self._maybe_finish()
+
+    def _cancelled(self, n: int, why: str) -> None:
+        failure = Failure.cancellation(self.nodes[n].name, self._attempt(n), why)
+        self.results[n] = failure
+        self._set(n, FAILURE)
+        self.executing -= 1
+        self.ended[n] = time.monotonic()
+        region = self.region_of[n]
+        if region is not None:
+            self._member_settled(region, n)
+        self._maybe_finish()
+
+    # -- the revert walker -----------------------------------------------------
+
+    def _on_failure(self, n: int, exc: BaseException, failure: Failure) -> None:
+        decision = decide(self.graph, n, exc, self._attempt_under, self._timed_out)
+        scopes = self.graph.scopes
+        for s in decision.exhausted:
+            self._walker_event(
+                "ckflow.walker.exhausted",
+                WARNING,
+                task=self.nodes[n].name,
+                checkpoint=scopes[s].name,
+                detail={"on_exhausted": scopes[s].checkpoint.on_exhausted if scopes[s].checkpoint else "end"},
+            )
+        self._open_region(decision.scope, decision.members, decision.action, n, failure)
+
+    def _open_region(
+        self, scope: int, members: set[int], action: Action, cause: int | None, failure: Failure | None
+    ) -> Region:
+        now = time.monotonic()
+        scopes = self.graph.scopes
+        depth = scopes[scope].depth
+        old: dict[int, Region] = {}
+        region_of = self.region_of
+        for m in members:
+            r = region_of[m]
+            if r is not None:
+                old[id(r)] = r
+        failure_at = now
+        carried: list[Failure] = []
+        for r in old.values():
+            # Overlapping regions merge under the outermost checkpoint involved.
+            members |= r.members
+            if r.depth < depth or (r.depth == depth and _SEVERITY[r.action] > _SEVERITY[action]):
+                scope, depth, action = r.scope, r.depth, r.action
+            if r.backoff is not None:
+                r.backoff.cancel()
+            carried.extend(r.failures)
+            failure_at = min(failure_at, r.report.failure_at)
+            self.regions.discard(r)
+            r.report.action = f"merged into {scopes[scope].name}"
+        nodes = self.nodes
+        report = RegionReport(
+            checkpoint=scopes[scope].name,
+            action=action.value,
+            cause=None if cause is None else nodes[cause].name,
+            members=sorted(nodes[m].name for m in members if nodes[m].kind != JOIN),
+            failure_at=failure_at,
+        )
+        self.reports.append(report)
+        region = Region(scope, depth, action, members, report)
+        region.failures = carried
+        if failure is not None:
+            region.failures.append(failure)
+        self.regions.add(region)
+        if scope == ROOT:
+            self.root_region = region
+        for m in members:
+            region_of[m] = region
+        self._walker_event(
+            "ckflow.walker.region",
+            task=report.cause,
+            checkpoint=report.checkpoint,
+            detail={"action": action.value, "members": report.members},
+        )
+        state = self.state
+        for m in members:
+            if state[m] is RUNNING and not nodes[m].shield and m not in self.cancel_requested:
+                exec_scope = self.exec_scopes.get(m)
+                if exec_scope is not None:
+                    self.cancel_requested.add(m)
+                    exec_scope.cancel()
+                    self._walker_event("ckflow.walker.cancel", task=nodes[m].name, checkpoint=report.checkpoint)
+        rev_wait = region.rev_wait
+        outstanding = 0
+        for m in members:
+            st = state[m]
+            if st in _OUTSTANDING:
+                outstanding += 1
+                if st is not REVERTING:
+                    rev_wait[m] = sum(1 for s in nodes[m].succs if s in members and state[s] in _OUTSTANDING)
+        region.outstanding = outstanding
+        for m in [m for m, w in rev_wait.items() if w == 0 and state[m] in _REVERTIBLE]:
+            self._schedule_revert(region, m)
+        if region.outstanding == 0:
+            self._region_done(region)
+        return region
+
+    def _member_settled(self, region: Region, n: int) -> None:
+        """A running member of ``region`` stopped executing: its revert may start now."""
+        if region.rev_wait.get(n) == 0:
+            self._schedule_revert(region, n)
+
+    def _schedule_revert(self, region: Region, n: int) -> None:
+        if self.failure_mode:
+            return
+        if self.nodes[n].kind != JOIN:
+            self.revert_ready.append(n)
+            return
+        # Undoing a join is instant.
+        self.state[n] = REVERTED
+        self.n_success -= 1
+        self._revert_finished(region, n)
+
+    async def _revert(self, n: int) -> None:
+        region = self.region_of[n]
+        if region is None or self.state[n] not in _REVERTIBLE:
+            raise CkflowInternalError(f"revert of {self.nodes[n].name!r} scheduled outside a region")
+        node = self.nodes[n]
+        task = node.task
+        assert task is not None
+        if self.state[n] is SUCCESS:
+            self.n_success -= 1
+        self._set(n, REVERTING)
+        self.reverting += 1
+        t0 = self.rev_started[n] = time.monotonic()
+        if region.report.first_revert_at is None:
+            region.report.first_revert_at = t0
+        params = task._sig.revert_params
+        if params is None:
+            self._revert_returned(region, n, None)
+            return
+        given = self.kwargs[n] or {}
+        kw = {p: given[p] for p in params if p in given}
+        if "result" in params:
+            kw["result"] = self.results[n]
+        token = CURRENT.set((self, n))
+        error: Exception | None = None
+        try:
+            try:
+                coro = self._start_call(task, task._call_revert, kw, task._sig.revert_is_async)
+                yielded = coro.send(None)
+            except StopIteration:
+                pass
+            except Exception as exc:
+                error = exc
+            else:
+                self._spawn_helpers()
+                # Reverts always finish: they are shielded from the cancellation of the run.
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await _resume(coro, yielded)
+                    except Exception as exc:
+                        error = exc
+        finally:
+            CURRENT.reset(token)
+        self._revert_returned(region, n, error)
+
+    def _revert_returned(self, region: Region, n: int, error: Exception | None) -> None:
+        self.reverting -= 1
+        self.rev_ended[n] = time.monotonic()
+        region = self.region_of[n] or region  # it may have merged into a wider region meanwhile
+        if error is not None:
+            failure = Failure.from_exception(self.nodes[n].name, "revert", error, self._attempt(n))
+            self.failures.append(failure)
+            self.results[n] = failure
+            self._set(n, REVERT_FAILURE)
+            region.outstanding -= 1
+            self._enter_failure_mode()
+            self._maybe_finish()
+            return
+        self._set(n, REVERTED)
+        self._revert_finished(region, n)
+        self._maybe_finish()
+
+    def _revert_finished(self, region: Region, n: int) -> None:
+        region.outstanding -= 1
+        rev_wait = region.rev_wait
+        state = self.state
+        for p in self.nodes[n].preds:
+            w = rev_wait.get(p)
+            if w is not None:
+                w -= 1
+                rev_wait[p] = w
+                if w == 0 and state[p] in _REVERTIBLE:
+                    self._schedule_revert(region, p)
+        if region.outstanding == 0:
+            self._region_done(region)
+
+    def _region_done(self, region: Region) -> None:
+        """Every member of ``region`` that ran has been reverted: retry, park or end."""
+        if region not in self.regions:
+            return  # merged away meanwhile
+        report = region.report
+        report.reverts_done_at = time.monotonic() if report.first_revert_at is not None else None
+        if self.failure_mode or region.action is Action.END:
+            return
+        scope = self.graph.scopes[region.scope]
+        if region.action is Action.SUSPEND:
+            region.parked = True
+            self.halted = True
+            self._walker_event("ckflow.walker.parked", checkpoint=scope.name)
+            return
+        checkpoint = scope.checkpoint
+        assert checkpoint is not None
+        tasks = [m for m in region.members if self.nodes[m].kind != JOIN and self.state[m] is REVERTED]
+        retry_number = max((self._attempt_under(m, region.scope) for m in tasks), default=1)
+        delay = checkpoint.retry.delay_for(retry_number)
+        self._walker_event(
+            "ckflow.walker.retry",
+            checkpoint=scope.name,
+            attempt=retry_number + 1,
+            detail={"delay": delay, "members": report.members},
+        )
+        if delay <= 0 or self.tg is None:
+            self._reset_region(region, fresh=False)
+            return
+        region.backoff = anyio.CancelScope()
+        self.tg.start_soon(self._backoff, region, delay)
+
+    async def _backoff(self, region: Region, delay: float) -> None:
+        scope = region.backoff
+        assert scope is not None
+        with scope:
+            await anyio.sleep(delay)
+        if scope.cancel_called or region not in self.regions:
+            return  # the run was cancelled, or the region merged into a wider one
+        self._reset_region(region, fresh=False)
+        await self._worker()
+
+    def _reset_region(self, region: Region, *, fresh: bool) -> None:
+        """Hand ``region`` back to the scheduler: its members are PENDING again.
+
+        ``fresh`` starts a new activation of the checkpoint (an operator resumed a
+        parked run): its budget starts over instead of counting this retry.
+        """
+        self.regions.discard(region)
+        scope = region.scope
+        nodes, state, region_of = self.nodes, self.state, self.region_of
+        members = region.members
+        chain_cache: dict[int, list[int]] = {}
+        for m in members:
+            region_of[m] = None
+            node = nodes[m]
+            if node.kind == JOIN:
+                if state[m] is REVERTED:
+                    state[m] = PENDING
+                continue
+            ran = state[m] is REVERTED
+            if ran:
+                self._set(m, PENDING)
+                self.results[m] = None
+                self.kwargs[m] = None
+                self.retry_watch[m] = region.report
+            # Nested checkpoints start a new activation whenever an enclosing scope retries.
+            chain = chain_cache.get(node.scope)
+            if chain is None:
+                chain = chain_cache[node.scope] = self.graph.scope_chain(m)
+            for s in chain:
+                if s == scope:
+                    break
+                self.retries.pop((m, s), None)
+            if fresh:
+                self.retries.pop((m, scope), None)
+            elif ran:
+                self.retries[(m, scope)] = self.retries.get((m, scope), 0) + 1
+        for inner in {s for chain in chain_cache.values() for s in chain[: chain.index(scope)]}:
+            self.history.pop(inner, None)
+            self.first_failure.pop(inner, None)
+        if fresh:
+            self.history.pop(scope, None)
+            self.first_failure.pop(scope, None)
+        else:
+            self.history.setdefault(scope, []).extend(region.failures)
+        waiting = self.waiting
+        touched = set(members)
+        for m in members:
+            touched.update(nodes[m].succs)
+        for m in touched:
+            waiting[m] = sum(1 for p in nodes[m].preds if state[p] is not SUCCESS)
+        for m in sorted(members):
+            if waiting[m] == 0 and state[m] is PENDING:
+                self._make_ready(m)
+
+    def _enter_failure_mode(self) -> None:
+        """A revert raised: the run can neither go on nor go back. Stop what executes; start nothing."""
+        if self.failure_mode:
+            return
+        self.failure_mode = True
+        self.revert_ready.clear()
+        for n, scope in self.exec_scopes.items():
+            if not self.nodes[n].shield and n not in self.cancel_requested:
+                self.cancel_requested.add(n)
+                scope.cancel()
+        for region in self.regions:
+            if region.backoff is not None:
+                region.backoff.cancel()
+
+    # -- control ---------------------------------------------------------------
+
+    def request_cancel(self, *, spawn: bool = True) -> None:
+        """Revert everything that ran; the run ends REVERTED. Idempotent."""
+        if self.flow_state in _TERMINAL or self.failure_mode or self.root_region is not None:
+            return
+        self._walker_event("ckflow.control.cancel")
+        if self.flow_state is FlowState.PENDING:
+            self._set_flow(FlowState.REVERTED)
+            self._finish_events()
+            return
+        if self.flow_state is FlowState.SUSPENDED:
+            self._set_flow(FlowState.RUNNING)
+            self.suspended = anyio.Event()
+        self.halted = False
+        for region in list(self.regions):
+            if region.parked:
+                region.parked = False
+        self._open_region(ROOT, set(range(self.total)), Action.END, None, None)
+        if spawn:
+            self._kick()
+        self._maybe_finish()
+
+    def request_suspend(self) -> None:
+        """Let running tasks finish and start nothing new; the run becomes SUSPENDED."""
+        if self.flow_state in _TERMINAL or self.halted:
+            return
+        self._walker_event("ckflow.control.suspend")
+        self.halted = True
+        self._maybe_finish()
+
+    def request_resume(self) -> None:
+        """Go on after a suspension; a parked checkpoint starts a fresh budget."""
+        if self.flow_state in _TERMINAL or not self.halted or self.failure_mode:
+            return
+        self._walker_event("ckflow.control.resume")
+        self.halted = False
+        if self.flow_state is FlowState.SUSPENDED:
+            self._set_flow(FlowState.RUNNING)
+            self.suspended = anyio.Event()
+            if self.stop_on_suspend:
+                self.settled = anyio.Event()
+        for region in [r for r in self.regions if r.parked]:
+            self._reset_region(region, fresh=True)
+        for n in range(self.total):
+            if self.state[n] is PENDING and self.waiting[n] == 0:
+                self._make_ready(n)
+        self._kick()
+
+    # -- the end -----------------------------------------------------------------
+
+    def _maybe_finish(self) -> None:
+        if self.executing or self.reverting or self.revert_ready:
+            return
+        if self.flow_state in _TERMINAL:
+            return
+        if self.failure_mode:
+            self._finish(FlowState.FAILURE)
+        elif self.root_region is not None:
+            if self.root_region.outstanding == 0:
+                self._finish(FlowState.REVERTED)
+        elif self.n_success == self.total:
+            self._finish(FlowState.SUCCESS)
+        elif self.halted and self.flow_state is FlowState.RUNNING:
+            self._set_flow(FlowState.SUSPENDED)
+            self.suspended.set()
+            if self.stop_on_suspend:
+                self.settled.set()
+
+    def _finish(self, state: FlowState) -> None:
+        self._set_flow(state)
+        for region in self.regions:
+            if region.backoff is not None:
+                region.backoff.cancel()
+        self._finish_events()
+
+    def _finish_events(self) -> None:
+        self.t_end = time.monotonic()
+        self.hub.close()
+        self.settled.set()
+        self.terminal.set()
+        self.suspended.set()
+
+    # -- reading -----------------------------------------------------------------
+
+    def summary(self, n: int) -> TaskSummary:
+        result = self.results[n]
+        return TaskSummary(
+            name=self.nodes[n].name,
+            state=self.state[n],
+            attempts=self.executions[n],
+            started=self.started[n],
+            ended=self.ended[n],
+            revert_started=self.rev_started.get(n),
+            revert_ended=self.rev_ended.get(n),
+            failure=result if isinstance(result, Failure) else None,
+        )
+
+    def task_summaries(self) -> Mapping[str, TaskSummary]:
+        return _LazyTasks(self.graph.index, self.summary)
+
+    def result(self) -> RunResult:
+        if self._result is not None and self.flow_state in _TERMINAL:
+            return self._result
+        result = RunResult(
+            run_id=self.run_id,
+            flow=self.flow,
+            state=self.flow_state,
+            outputs=dict(self.values) if self.flow_state is FlowState.SUCCESS else {},
+            tasks=self.task_summaries(),
+            failures=list(self.failures),
+            regions=list(self.reports),
+            duration=(self.t_end or time.monotonic()) - self.t_start,
+        )
+        if self.flow_state in _TERMINAL:
+            self._result = result
+        return result
+
+
+def _unpack(task: str, provides: tuple[str, ...], value: Any) -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        missing = [p for p in provides if p not in value]
+        if missing:
+            raise KeyError(f"task {task!r} provides {list(provides)} but its returned mapping lacks {missing}")
+        return {p: value[p] for p in provides}
+    if isinstance(value, tuple | list) and len(value) == len(provides):
+        return dict(zip(provides, value, strict=True))
+    raise TypeError(
+        f"task {task!r} provides {list(provides)}, so it must return a tuple of {len(provides)} values "
+        f"or a mapping with those keys, not {type(value).__name__}"
+    )
