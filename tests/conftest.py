@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+import structlog
+
+from ckflow.testing import set_testing
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_structlog() -> Iterator[None]:
+    """Keep ckflow's debug events out of test output; tests that read logs use capture_logs()."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.fixture(autouse=True)
+def _production_mode() -> Iterator[None]:
+    """Every test starts with ckflow's test mode off; tests that want it turn it on."""
+    set_testing(False)
+    yield
+    set_testing(False)
