@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
-from typing import Final, Literal, TypeAlias, final
+from typing import TYPE_CHECKING, Final, Literal, TypeAlias, final
 
-__all__ = ["Checkpoint", "OnExhausted", "RevertMode", "Retry", "RetryOn"]
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["Checkpoint", "OnExhausted", "Retry", "RetryOn", "RevertMode"]
 
 RetryOn: TypeAlias = "type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]"
 OnExhausted: TypeAlias = Literal["escalate", "revert_all", "suspend"]
@@ -15,6 +17,15 @@ RevertMode: TypeAlias = Literal["branch", "scope"]
 
 _ON_EXHAUSTED: Final = ("escalate", "revert_all", "suspend")
 _REVERT_MODES: Final = ("branch", "scope")
+
+
+def _is_name(value: object) -> bool:
+    """True for a non-empty string (names reach us from untyped code too)."""
+    return isinstance(value, str) and bool(value)
+
+
+def _is_exception_type(value: object) -> bool:
+    return isinstance(value, type) and issubclass(value, BaseException)
 
 
 class _Testing:
@@ -96,12 +107,11 @@ class Retry:
             retry_on = (retry_on,)
         if isinstance(retry_on, tuple):
             for item in retry_on:
-                if not (isinstance(item, type) and issubclass(item, BaseException)):
+                if not _is_exception_type(item):
                     raise TypeError(f"Retry(retry_on=...) holds {item!r}, which is not an exception type.")
         elif not callable(retry_on):
             raise TypeError(
-                "Retry(retry_on=...) must be an exception type, a tuple of them or a predicate, "
-                f"got {retry_on!r}."
+                f"Retry(retry_on=...) must be an exception type, a tuple of them or a predicate, got {retry_on!r}."
             )
         set_(self, "retry_on", retry_on)
         if timeout is not None:
@@ -183,14 +193,12 @@ class Checkpoint:
         on_exhausted: OnExhausted = "escalate",
         revert: RevertMode = "branch",
     ) -> None:
-        if not isinstance(name, str) or not name:
+        if not _is_name(name):
             raise TypeError(f"Checkpoint(name) must be a non-empty string, got {name!r}.")
         if retry is not None and not isinstance(retry, Retry):
             raise TypeError(f"Checkpoint({name!r}, retry=...) must be a ckflow.Retry, got {retry!r}.")
         if on_exhausted not in _ON_EXHAUSTED:
-            raise ValueError(
-                f"Checkpoint({name!r}, on_exhausted={on_exhausted!r}) must be one of {_ON_EXHAUSTED}."
-            )
+            raise ValueError(f"Checkpoint({name!r}, on_exhausted={on_exhausted!r}) must be one of {_ON_EXHAUSTED}.")
         if revert not in _REVERT_MODES:
             raise ValueError(f"Checkpoint({name!r}, revert={revert!r}) must be one of {_REVERT_MODES}.")
         set_ = object.__setattr__

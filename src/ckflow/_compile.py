@@ -13,9 +13,9 @@ Run-time code never walks the pattern tree again.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import itertools
 from dataclasses import dataclass, field
-from typing import Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 from ckflow._checkpoint import Checkpoint
 from ckflow._errors import (
@@ -26,6 +26,9 @@ from ckflow._errors import (
 )
 from ckflow._patterns import Flow, Graph, Linear, Parallel
 from ckflow._task import Task
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = ["JOIN", "TASK", "ExecutionGraph", "Node", "Scope", "compile_flow"]
 
@@ -299,7 +302,7 @@ class _Compiler:
                 pieces.append(self.build(item, item_scope, next_task))
         if isinstance(flow, Linear):
             real = [p for p in pieces if p.entries]
-            for before, after in zip(real, real[1:], strict=False):
+            for before, after in itertools.pairwise(real):
                 self._connect(before, after)
             if not real:
                 return _Fragment([], [], scope, flow.name)

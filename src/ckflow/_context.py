@@ -6,9 +6,9 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, final
 
 from ckflow._errors import CkflowError
-from ckflow._failure import Failure
 
 if TYPE_CHECKING:
+    from ckflow._failure import Failure
     from ckflow._runtime import RunCore
 
 __all__ = ["CURRENT", "TaskContext", "current"]
@@ -23,9 +23,7 @@ class TaskContext:
 
     __slots__ = ("attempt", "checkpoint", "history", "run_id", "task")
 
-    def __init__(
-        self, run_id: str, task: str, attempt: int, checkpoint: str, history: tuple[Failure, ...]
-    ) -> None:
+    def __init__(self, run_id: str, task: str, attempt: int, checkpoint: str, history: tuple[Failure, ...]) -> None:
         #: the run's id
         self.run_id = run_id
         #: the task's name

@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
-from types import TracebackType
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
 import anyio
-from anyio.abc import TaskGroup
 
 from ckflow._errors import MissingRequirementError, RunStateError
-from ckflow._events import Event
-from ckflow._models import RunResult
 from ckflow._patterns import Flow
 from ckflow._run import Run
 from ckflow._runtime import RunCore
 
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from types import TracebackType
+
+    from anyio.abc import TaskGroup
+
+    from ckflow._events import Event
+    from ckflow._models import RunResult
+
 __all__ = ["Engine", "run"]
+
+
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _core(
@@ -29,7 +37,7 @@ def _core(
 ) -> RunCore:
     if not isinstance(flow, Flow):
         raise TypeError(f"ckflow runs a flow (Linear, Parallel or Graph), got {flow!r}.")
-    if max_concurrency is not None and (not isinstance(max_concurrency, int) or max_concurrency < 1):
+    if max_concurrency is not None and not _is_positive_int(max_concurrency):
         raise ValueError(f"max_concurrency must be a positive int or None, got {max_concurrency!r}.")
     graph = flow.compile()
     given = dict(inputs or {})

@@ -25,7 +25,10 @@ than parse text.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = [
     "AmbiguousProviderError",
@@ -75,8 +78,7 @@ class DuplicateTaskError(FlowDefinitionError):
         self.flow = flow
         self.task = task
         super().__init__(
-            f"Flow {flow!r} holds two tasks named {task!r}; give one another name with "
-            f"`.with_options(name=...)`."
+            f"Flow {flow!r} holds two tasks named {task!r}; give one another name with `.with_options(name=...)`."
         )
 
 
@@ -180,7 +182,7 @@ class Cancelled(CkflowError):
     """Recorded as the failure of a task that ckflow cancelled (never raised to users)."""
 
 
-class RunFailedError(ExceptionGroup, CkflowError):  # type: ignore[type-arg]
+class RunFailedError(ExceptionGroup[Exception], CkflowError):
     """Raised by ``RunResult.raise_for_state()``: the original causes of a run that did not succeed."""
 
 

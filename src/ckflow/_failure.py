@@ -44,9 +44,7 @@ class Failure(BaseModel):
         return self.kind == "cancelled"
 
     @classmethod
-    def from_exception(
-        cls, task: str, kind: FailureKind, exc: BaseException, attempt: int = 1
-    ) -> Failure:
+    def from_exception(cls, task: str, kind: FailureKind, exc: BaseException, attempt: int = 1) -> Failure:
         """Record ``exc``, raised by ``task``, with its formatted traceback."""
         exc_cls = type(exc)
         qualname = exc_cls.__qualname__

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeAlias, final
 
-from ckflow._checkpoint import Checkpoint
+from ckflow._checkpoint import Checkpoint, _is_name
 from ckflow._errors import AmbiguousProviderError, DuplicateTaskError, MisplacedCheckpointError
 from ckflow._task import Task, check_task_item
 
@@ -40,7 +40,7 @@ class Flow:
     ) -> None:
         if type(self) is Flow:
             raise TypeError("ckflow.Flow is a base class; use Linear, Parallel or Graph.")
-        if not isinstance(name, str) or not name:
+        if not _is_name(name):
             raise TypeError(f"A flow's first argument is its name (a non-empty string), got {name!r}.")
         if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
             raise TypeError(f"{self.kind} {name!r}: checkpoint= must be a ckflow.Checkpoint, got {checkpoint!r}.")
@@ -51,6 +51,8 @@ class Flow:
         self.inject: Mapping[str, Any] = dict(inject or {})
         self.checkpoint = checkpoint
         self._compiled: ExecutionGraph | None = None
+        self._task_names: frozenset[str]
+        self._checkpoint_names: frozenset[str]
         task_names: set[str] = set()
         cp_names: set[str] = set()
         providers: dict[str, str] = {}
@@ -72,7 +74,7 @@ class Flow:
                 self._check_marker(item)
                 self._add_checkpoint_name(cp_names, item.name)
             else:
-                check_task_item(name, item)
+                check_task_item(name, item)  # type: ignore[unreachable]  # untyped callers pass anything
         self._task_names = frozenset(task_names)
         self._providers: Mapping[str, str] = providers
         self._checkpoint_names = frozenset(cp_names)
@@ -200,9 +202,7 @@ class Graph(Flow):
             if candidate is item or (isinstance(item, str) and getattr(candidate, "name", None) == item):
                 return i
         label = item if isinstance(item, str) else getattr(item, "name", repr(item))
-        raise TypeError(
-            f"Graph {self.name!r}: link() names {label!r}, which is not a direct item of this graph."
-        )
+        raise TypeError(f"Graph {self.name!r}: link() names {label!r}, which is not a direct item of this graph.")
 
     def link(self, before: Item | str, after: Item | str) -> Graph:
         """Make ``after`` start only once ``before`` has succeeded; returns the graph.

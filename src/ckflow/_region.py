@@ -6,12 +6,14 @@ tested (and property-tested) on a graph and a list of states alone.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from enum import Enum
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from ckflow._compile import ROOT, ExecutionGraph
 from ckflow._states import TaskState
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
 
 __all__ = [
     "Action",

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, final
 
 from ckflow._errors import RunStateError
 from ckflow._events import DEFAULT_BUFFER, Event, EventStream
-from ckflow._models import RunResult, TaskSummary
-from ckflow._states import FlowState
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from ckflow._models import RunResult, TaskSummary
     from ckflow._runtime import RunCore
+    from ckflow._states import FlowState
 
 __all__ = ["Run"]
 

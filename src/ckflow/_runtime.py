@@ -48,6 +48,7 @@ from ckflow._region import Action, decide
 from ckflow._states import TASK_TRANSITIONS, FlowState, TaskState, check_flow_transition
 
 if TYPE_CHECKING:
+    from ckflow._checkpoint import Checkpoint
     from ckflow._task import Task
 
 __all__ = ["RunCore", "thread_limiter"]
@@ -425,9 +426,7 @@ class RunCore:
         finally:
             CURRENT.reset(token)
 
-    async def _await_execute(
-        self, n: int, node: Node, coro: Coroutine[Any, Any, Any], yielded: Any, t0: float
-    ) -> None:
+    async def _await_execute(self, n: int, node: Node, coro: Coroutine[Any, Any, Any], yielded: Any, t0: float) -> None:
         """The task suspended: await the rest of it in its own cancel scope."""
         self._spawn_helpers()
         deadline = math.inf
@@ -531,7 +530,7 @@ class RunCore:
                 WARNING,
                 task=self.nodes[n].name,
                 checkpoint=scopes[s].name,
-                detail={"on_exhausted": scopes[s].checkpoint.on_exhausted if scopes[s].checkpoint else "end"},
+                detail={"on_exhausted": _on_exhausted(scopes[s].checkpoint)},
             )
         self._open_region(decision.scope, decision.members, decision.action, n, failure)
 
@@ -924,6 +923,10 @@ class RunCore:
         if self.flow_state in _TERMINAL:
             self._result = result
         return result
+
+
+def _on_exhausted(checkpoint: Checkpoint | None) -> str:
+    return "end" if checkpoint is None else checkpoint.on_exhausted
 
 
 def _unpack(task: str, provides: tuple[str, ...], value: Any) -> dict[str, Any]:

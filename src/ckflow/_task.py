@@ -11,11 +11,13 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, ClassVar, Final, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, ParamSpec, TypeVar, overload
 
-from ckflow._checkpoint import Retry
+from ckflow._checkpoint import Retry, _is_name
 from ckflow._errors import TaskDefinitionError
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Mapping
 
 __all__ = ["FunctionTask", "Task", "check_task_item", "is_async_callable", "task"]
 
@@ -75,7 +77,7 @@ class _Signature:
         self.revert_params: tuple[str, ...] | None = None
         self.revert_is_async = False
 
-    def set_revert(self, task_name: str, revert: Callable[..., Any], *, bound: bool) -> None:
+    def set_revert(self, task_name: str, revert: object, *, bound: bool) -> None:
         if inspect.iscoroutine(revert):
             revert.close()
             raise TaskDefinitionError(
@@ -113,6 +115,10 @@ class _Signature:
             names.append(p.name)
         self.revert_params = (*self.params, "result") if takes_all else tuple(names)
         self.revert_is_async = is_async
+
+
+def _is_positive_number(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and value > 0
 
 
 def _normalise_provides(task_name: str, provides: object) -> tuple[str, ...]:
@@ -205,7 +211,7 @@ class Task:
     ) -> None:
         """Set and validate the options; anything unset keeps its current value."""
         name = self.name
-        if not isinstance(name, str) or not name:
+        if not _is_name(name):
             raise TaskDefinitionError(repr(name), "a task name must be a non-empty string.")
         if provides is not _UNSET:
             self.provides = provides
@@ -220,9 +226,7 @@ class Task:
         if inject is not None:
             self.inject = {**(self.inject or {}), **inject}
         self._provides = _normalise_provides(name, self.provides)
-        if self.timeout is not None and (
-            isinstance(self.timeout, bool) or not isinstance(self.timeout, int | float) or self.timeout <= 0
-        ):
+        if self.timeout is not None and not _is_positive_number(self.timeout):
             raise TaskDefinitionError(name, f"timeout must be a positive number of seconds, got {self.timeout!r}.")
         if self.retry is not None and not isinstance(self.retry, Retry):
             raise TaskDefinitionError(name, f"retry must be a ckflow.Retry, got {self.retry!r}.")
@@ -233,7 +237,7 @@ class Task:
                 raise TaskDefinitionError(
                     name, f"rebind names {param!r}, which is not a parameter of execute {list(params)}."
                 )
-            if not isinstance(target, str) or not target:
+            if not _is_name(target):
                 raise TaskDefinitionError(name, f"rebind[{param!r}] must be a value name, got {target!r}.")
         self._inputs = tuple((p, rebind_map.get(p, p)) for p in params)
         input_names = {n for _, n in self._inputs}
@@ -311,7 +315,7 @@ class FunctionTask(Task, Generic[P, R]):
         self._fn = fn
         self._revert_fn: Callable[..., Any] | None = None
         self._sig = _Signature(name, fn)
-        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        functools.update_wrapper(self, fn)
         self.name = name  # update_wrapper may not touch it, but keep the task's name explicit
         self._apply(**options)
 
@@ -445,4 +449,3 @@ def check_task_item(flow: str, item: object) -> None:
             item.__name__, f"flow {flow!r} got the class {item.__name__}; pass an instance: `{item.__name__}()`."
         )
     raise TypeError(f"Flow {flow!r} cannot hold {item!r}: items are tasks, flows and checkpoints.")
-

@@ -12,12 +12,15 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import final
+from typing import TYPE_CHECKING, final
 
 from ckflow._checkpoint import _TESTING
-from ckflow._events import Event
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from ckflow._events import Event
 
 __all__ = ["EventRecorder", "is_testing", "set_testing", "testing"]
 
