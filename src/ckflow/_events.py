@@ -124,8 +124,9 @@ class EventHub:
         self._refresh()
 
     def _refresh(self) -> None:
-        #: True when anything at all would see an event: the engine's only check on its hot path.
-        self.active = bool(self._streams or self._callbacks or any(self._levels.values()))
+        #: True when a debug-level transition would reach anyone: the engine's only check on its hot path.
+        #: (Failures and walker steps are rare and always ask ``wants``.)
+        self.active = bool(self._streams or self._callbacks or self._levels[DEBUG])
 
     def wants(self, level: int) -> bool:
         """True if an event of this level would reach anyone."""

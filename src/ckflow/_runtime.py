@@ -212,7 +212,7 @@ class RunCore:
             raise CkflowInternalError(f"Illegal transition of task {self.nodes[n].name!r}: {old} -> {new}.")
         self.state[n] = new
         hub = self.hub
-        if hub.active:
+        if hub.active or new is FAILURE or new is REVERT_FAILURE:
             level = ERROR if new is REVERT_FAILURE else DEBUG
             failure = self.results[n] if new is FAILURE else None
             if new is FAILURE and not (isinstance(failure, Failure) and failure.cancelled):
@@ -235,11 +235,11 @@ class RunCore:
         check_flow_transition(self.flow, old, new)
         self.flow_state = new
         level = WARNING if new is FlowState.FAILURE else INFO
-        if self.hub.active and self.hub.wants(level):
+        if self.hub.wants(level):
             self.hub.emit(level, f"ckflow.run.{new.lower()}", old=old, new=new)
 
     def _walker_event(self, name: str, level: int = INFO, **fields: Any) -> None:
-        if self.hub.active and self.hub.wants(level):
+        if self.hub.wants(level):
             self.hub.emit(level, name, **fields)
 
     # -- attempts ------------------------------------------------------------------
