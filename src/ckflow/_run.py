@@ -84,6 +84,33 @@ class Run:
         self._core.request_suspend()
         await self._core.suspended.wait()
 
+    async def goto(self, checkpoint: str) -> None:
+        """Run forward until ``checkpoint`` is reached, or revert back to it if the run is past it.
+
+        Returns once the run is SUSPENDED there (or has ended); ``resume()`` goes on.
+
+        Raises:
+            RunStateError: the flow has no such checkpoint, or the run has ended.
+        """
+        self._core.request_goto(checkpoint)
+        await self._core.suspended.wait()
+
+    async def revert_to(self, checkpoint: str, *, retry: bool = True) -> None:
+        """Revert everything of ``checkpoint``'s scope that ran, other branches untouched.
+
+        With ``retry=True`` the scope then runs again with a fresh budget, and
+        this returns once its reverts are done; with ``retry=False`` the run
+        is parked SUSPENDED at the checkpoint and this returns once it is.
+
+        Raises:
+            RunStateError: the flow has no such checkpoint, or the run has ended.
+        """
+        region = self._core.request_revert_to(checkpoint, retry=retry)
+        if retry:
+            await region.settled.wait()
+        else:
+            await self._core.suspended.wait()
+
     async def resume(self) -> None:
         """Go on after a suspension; a checkpoint that parked the run starts with a fresh budget."""
         self._core.request_resume()

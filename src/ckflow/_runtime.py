@@ -40,11 +40,11 @@ from anyio.lowlevel import RunVar, checkpoint
 
 from ckflow._compile import JOIN, ROOT, ExecutionGraph, Node
 from ckflow._context import CURRENT, TaskContext
-from ckflow._errors import CkflowInternalError
+from ckflow._errors import CkflowInternalError, RunStateError
 from ckflow._events import DEBUG, ERROR, INFO, WARNING, Event, EventHub
 from ckflow._failure import Failure, FailureKind
 from ckflow._models import RegionReport, RunResult, TaskSummary, _LazyTasks
-from ckflow._region import Action, decide
+from ckflow._region import Action, decide, scope_members
 from ckflow._states import TASK_TRANSITIONS, FlowState, TaskState, check_flow_transition
 
 if TYPE_CHECKING:
@@ -110,6 +110,7 @@ class Region:
 
     __slots__ = (
         "action",
+        "auto_resume",
         "backoff",
         "depth",
         "failures",
@@ -119,6 +120,7 @@ class Region:
         "report",
         "rev_wait",
         "scope",
+        "settled",
     )
 
     def __init__(self, scope: int, depth: int, action: Action, members: set[int], report: RegionReport) -> None:
@@ -134,6 +136,10 @@ class Region:
         self.failures: list[Failure] = []
         self.backoff: anyio.CancelScope | None = None
         self.parked = False
+        #: revert_to(..., retry=True): start the scope afresh instead of parking
+        self.auto_resume = False
+        #: set once every member that ran has been reverted
+        self.settled = anyio.Event()
 
 
 class RunCore:
@@ -185,6 +191,8 @@ class RunCore:
         self.exec_scopes: dict[int, anyio.CancelScope] = {}
         self.regions: set[Region] = set()
         self.root_region: Region | None = None
+        #: goto(): the members of the checkpoint's scope, which nothing may start until resume()
+        self.barrier: frozenset[int] = frozenset()
         self.ready: deque[int] = deque()
         self.revert_ready: deque[int] = deque()
         self.executing = 0
@@ -340,6 +348,9 @@ class RunCore:
                     candidate = ready.popleft()
                     queued[candidate] = 0
                     if region_of[candidate] is None and state[candidate] is PENDING:
+                        if candidate in self.barrier:
+                            self._reach_barrier(candidate)
+                            return
                         n = candidate
                         break
                 if n < 0:
@@ -703,9 +714,13 @@ class RunCore:
             return  # merged away meanwhile
         report = region.report
         report.reverts_done_at = time.monotonic() if report.first_revert_at is not None else None
+        region.settled.set()
         if self.failure_mode or region.action is Action.END:
             return
         scope = self.graph.scopes[region.scope]
+        if region.auto_resume:
+            self._reset_region(region, fresh=True)
+            return
         if region.action is Action.SUSPEND:
             region.parked = True
             self.halted = True
@@ -829,6 +844,73 @@ class RunCore:
             self._kick()
         self._maybe_finish()
 
+    def scope_named(self, name: str) -> int:
+        """The scope id of checkpoint ``name``; ``RunStateError`` naming the known ones otherwise."""
+        scope = self.graph.scope_index.get(name)
+        if scope is None or scope == ROOT:
+            known = sorted(s.name for s in self.graph.scopes[1:])
+            raise RunStateError(
+                f"Run {self.run_id!r} of flow {self.flow!r} has no checkpoint {name!r}; its checkpoints are {known}."
+            )
+        return scope
+
+    def _check_controllable(self, operation: str) -> None:
+        if self.flow_state in _TERMINAL or self.failure_mode or self.root_region is not None:
+            raise RunStateError(
+                f"Run {self.run_id!r} cannot {operation}: it is {self.flow_state}"
+                f"{' and reverting everything' if self.root_region is not None else ''}."
+            )
+
+    def request_revert_to(self, name: str, *, retry: bool) -> Region:
+        """Revert everything of checkpoint ``name``'s scope that ran; then run it afresh or park there."""
+        scope = self.scope_named(name)
+        self._check_controllable(f"revert to {name!r}")
+        self._walker_event("ckflow.control.revert_to", checkpoint=name, detail={"retry": retry})
+        if self.flow_state is FlowState.SUSPENDED:
+            self._set_flow(FlowState.RUNNING)
+            self.suspended = anyio.Event()
+        self.barrier = frozenset()
+        if not retry:
+            self.halted = True
+        for region in [r for r in self.regions if r.parked]:
+            region.parked = False
+        region = self._open_region(scope, set(scope_members(self.graph, scope)), Action.SUSPEND, None, None)
+        region.auto_resume = retry
+        if retry and region.settled.is_set():
+            # Nothing of the scope had run: there is nothing to undo, so it starts afresh at once.
+            self._reset_region(region, fresh=True)
+        self._kick()
+        self._maybe_finish()
+        return region
+
+    def request_goto(self, name: str) -> None:
+        """Run forward until checkpoint ``name`` is reached (or revert back to it), then suspend there."""
+        scope = self.scope_named(name)
+        self._check_controllable(f"go to {name!r}")
+        members = scope_members(self.graph, scope)
+        if any(self.state[m] is not PENDING for m in members):
+            self.request_revert_to(name, retry=False)
+            return
+        self._walker_event("ckflow.control.goto", checkpoint=name)
+        self.barrier = frozenset(members)
+        if self.flow_state is FlowState.SUSPENDED:
+            # Suspended before the checkpoint: go forward to it.
+            self._set_flow(FlowState.RUNNING)
+            self.suspended = anyio.Event()
+        self.halted = False
+        for n in range(self.total):
+            if self.state[n] is PENDING and self.waiting[n] == 0:
+                self._make_ready(n)
+        self._kick()
+        self._maybe_finish()
+
+    def _reach_barrier(self, n: int) -> None:
+        """A task of the goto checkpoint's scope is ready: the checkpoint is reached; suspend."""
+        self.queued[n] = 1
+        self.ready.appendleft(n)
+        self.halted = True
+        self._maybe_finish()
+
     def request_suspend(self) -> None:
         """Let running tasks finish and start nothing new; the run becomes SUSPENDED."""
         if self.flow_state in _TERMINAL or self.halted:
@@ -843,6 +925,7 @@ class RunCore:
             return
         self._walker_event("ckflow.control.resume")
         self.halted = False
+        self.barrier = frozenset()
         if self.flow_state is FlowState.SUSPENDED:
             self._set_flow(FlowState.RUNNING)
             self.suspended = anyio.Event()
