@@ -1,0 +1,197 @@
+"""External control of a live run: suspend, resume, cancel, goto, revert_to (DESIGN §6)."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+import ckflow
+from ckflow import Checkpoint, FlowState, Linear, Parallel, TaskState, task
+
+
+def provisioning(log: list[object], gate: anyio.Event, started: anyio.Event) -> ckflow.Flow:
+    """create -> [checkpoint disk] attach (blocks on gate) -> boot, with net in parallel to the disk branch."""
+
+    @task(provides="volume")
+    async def create() -> str:
+        log.append("create")
+        return "vol"
+
+    @create.revert
+    async def _(result: object) -> None:
+        log.append("undo create")
+
+    @task(provides="attachment")
+    async def attach(volume: str) -> str:
+        log.append(("attach", ckflow.current().attempt))
+        started.set()
+        await gate.wait()
+        return f"{volume}-attached"
+
+    @attach.revert
+    async def _(result: object) -> None:
+        cancelled = isinstance(result, ckflow.Failure) and result.cancelled
+        log.append(("undo attach", "cancelled" if cancelled else "done"))
+
+    @task(provides="booted")
+    async def boot(attachment: str) -> str:
+        log.append("boot")
+        return "up"
+
+    @task(provides="net")
+    async def net() -> str:
+        log.append("net")
+        return "net"
+
+    @net.revert
+    async def _(result: object) -> None:
+        log.append("undo net")
+
+    return Linear(
+        "provision",
+        create,
+        Parallel("prepare", Linear("disk-branch", Checkpoint("disk"), attach, boot), net),
+    )
+
+
+class TestGoto:
+    async def test_goto_before_the_checkpoint_stops_there(self) -> None:
+        """goto(cp) runs forward to the checkpoint, starts nothing of its scope, and suspends."""
+        log: list[object] = []
+        gate, started = anyio.Event(), anyio.Event()
+        async with ckflow.Engine() as engine:
+            run = await engine.start(provisioning(log, gate, started))
+            await run.goto("disk")
+            assert run.state is FlowState.SUSPENDED
+            assert run.tasks["create"].state is TaskState.SUCCESS
+            assert run.tasks["attach"].state is TaskState.PENDING
+            assert ("attach", 1) not in log
+            gate.set()
+            await run.resume()
+            result = await run.wait()
+        assert result.state is FlowState.SUCCESS
+        assert result.outputs["booted"] == "up"
+
+    async def test_goto_past_the_checkpoint_reverts_back_to_it(self) -> None:
+        """goto(cp) on a run already inside the checkpoint's scope reverts that scope, then suspends."""
+        log: list[object] = []
+        gate, started = anyio.Event(), anyio.Event()
+        async with ckflow.Engine() as engine:
+            run = await engine.start(provisioning(log, gate, started))
+            await started.wait()
+            await run.goto("disk")
+            assert run.state is FlowState.SUSPENDED
+            assert run.tasks["attach"].state is TaskState.REVERTED
+            assert run.tasks["create"].state is TaskState.SUCCESS
+            assert "undo create" not in log
+            gate.set()
+            await run.resume()
+            result = await run.wait()
+        assert result.state is FlowState.SUCCESS
+        assert result.tasks["attach"].attempts == 2
+
+    async def test_goto_twice_is_idempotent(self) -> None:
+        """A second goto to the checkpoint the run is parked at changes nothing."""
+        log: list[object] = []
+        gate, started = anyio.Event(), anyio.Event()
+        async with ckflow.Engine() as engine:
+            run = await engine.start(provisioning(log, gate, started))
+            await run.goto("disk")
+            before = list(log)
+            await run.goto("disk")
+            assert run.state is FlowState.SUSPENDED
+            assert log == before
+            gate.set()
+            await run.resume()
+            assert (await run.wait()).state is FlowState.SUCCESS
+
+    async def test_unknown_checkpoint_is_a_clear_error(self) -> None:
+        """goto to a checkpoint the flow does not have raises RunStateError naming the known ones."""
+        log: list[object] = []
+        gate, started = anyio.Event(), anyio.Event()
+        gate.set()
+        async with ckflow.Engine() as engine:
+            run = await engine.start(provisioning(log, gate, started))
+            with pytest.raises(ckflow.RunStateError, match=r"no checkpoint 'nope'.*\['disk'\]"):
+                await run.goto("nope")
+            await run.wait()
+
+
+class TestRevertTo:
+    async def test_revert_to_without_retry_parks_at_the_checkpoint(self) -> None:
+        """revert_to(cp, retry=False) cancels and reverts the scope only, then the run is SUSPENDED."""
+        log: list[object] = []
+        gate, started = anyio.Event(), anyio.Event()
+        async with ckflow.Engine() as engine:
+            run = await engine.start(provisioning(log, gate, started))
+            await started.wait()
+            await run.revert_to("disk", retry=False)
+            assert run.state is FlowState.SUSPENDED
+            assert ("undo attach", "cancelled") in log
+            assert "undo create" not in log
+            assert "undo net" not in log
+            gate.set()
+            await run.resume()
+            result = await run.wait()
+        assert result.state is FlowState.SUCCESS
+
+    async def test_revert_to_with_retry_runs_the_scope_again_with_a_fresh_budget(self) -> None:
+        """revert_to(cp, retry=True) reverts the scope and runs it again at attempt 1; siblings untouched."""
+        log: list[object] = []
+        gate, started = anyio.Event(), anyio.Event()
+        async with ckflow.Engine() as engine:
+            run = await engine.start(provisioning(log, gate, started))
+            await started.wait()
+            await run.revert_to("disk", retry=True)
+            assert run.state is FlowState.RUNNING
+            gate.set()
+            result = await run.wait()
+        assert result.state is FlowState.SUCCESS
+        assert result.tasks["attach"].attempts == 2
+        assert result.tasks["net"].attempts == 1
+        assert log.count(("attach", 1)) == 2
+        assert "undo net" not in log
+
+    async def test_control_of_an_ended_run_is_refused(self) -> None:
+        """revert_to on a run that has ended raises RunStateError."""
+        log: list[object] = []
+        gate, started = anyio.Event(), anyio.Event()
+        gate.set()
+        async with ckflow.Engine() as engine:
+            run = await engine.start(provisioning(log, gate, started))
+            await run.wait()
+            with pytest.raises(ckflow.RunStateError, match="SUCCESS"):
+                await run.revert_to("disk")
+
+
+class TestSuspendResumeCancel:
+    async def test_suspend_then_cancel_reverts_everything(self) -> None:
+        """cancel() of a SUSPENDED run reverts what ran and ends REVERTED."""
+        log: list[object] = []
+        gate, started = anyio.Event(), anyio.Event()
+        async with ckflow.Engine() as engine:
+            run = await engine.start(provisioning(log, gate, started))
+            await run.goto("disk")
+            await run.cancel()
+            result = await run.wait()
+        assert result.state is FlowState.REVERTED
+        ran = [name for name, summary in result.tasks.items() if summary.attempts]
+        assert ran == ["create"]
+        assert log == ["create", "undo create"]
+
+    async def test_concurrent_control_calls_agree(self) -> None:
+        """suspend() from two tasks at once both return once the run is SUSPENDED."""
+        log: list[object] = []
+        gate, started = anyio.Event(), anyio.Event()
+        async with ckflow.Engine() as engine:
+            run = await engine.start(provisioning(log, gate, started))
+            await started.wait()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run.suspend)
+                tg.start_soon(run.suspend)
+                await anyio.lowlevel.checkpoint()
+                gate.set()
+            assert run.state is FlowState.SUSPENDED
+            await run.resume()
+            await run.resume()
+            assert (await run.wait()).state is FlowState.SUCCESS
