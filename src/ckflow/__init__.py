@@ -5,7 +5,7 @@ Layering (each layer imports only the ones above it):
     _errors, _states, _failure, _checkpoint   definitions of the vocabulary
     _task, _patterns                          what users write: tasks and flows
     _compile, _region                         flow tree -> execution graph; the walker's pure decisions
-    _events, _context, _models                records at the engine's edges
+    _events, _context, _models, _mermaid      records and renderings at the engine's edges
     _runtime, _run, _engine                   running: scheduler, revert walker, handles
 """
 
@@ -35,6 +35,7 @@ from ckflow._errors import TaskDefinitionError as TaskDefinitionError
 from ckflow._events import Event as Event
 from ckflow._events import EventStream as EventStream
 from ckflow._failure import Failure as Failure
+from ckflow._mermaid import to_mermaid as to_mermaid
 from ckflow._models import RegionReport as RegionReport
 from ckflow._models import RunResult as RunResult
 from ckflow._models import TaskSummary as TaskSummary
@@ -89,6 +90,7 @@ __all__ = (
     "current",
     "run",
     "task",
+    "to_mermaid",
 )
 
 # Public objects report the package, not the private module that defines them.
