@@ -62,7 +62,7 @@ class Retry:
     ``retry_on`` is an exception type, a tuple of them, or a predicate taking
     the exception; a failure it rejects counts as retries exhausted.
     ``timeout`` (seconds) stops retrying once that much time has passed since
-    the checkpoint's scope first started in this activation.
+    the first failure under the checkpoint in its current activation.
 
     When retries run out the checkpoint's ``on_exhausted`` policy applies: by
     default the failure escalates to the enclosing checkpoint, and at the root

@@ -166,14 +166,14 @@ class EventHub:
             kw = {k: v for k, v in fields.items() if v is not None and k != "failure"}
             if event.failure is not None:
                 kw["error"] = str(event.failure)
-            self._log.log(level, name, **kw)
+            self._log_safely(level, name, **kw)
         for callback in tuple(self._callbacks):
             try:
                 callback(event)
             except Exception:
-                self._log.exception("ckflow.events.callback_failed", callback=repr(callback))
                 self._callbacks.remove(callback)
                 self._refresh()
+                self._log_safely(ERROR, "ckflow.events.callback_failed", callback=repr(callback), exc_info=True)
         if self._streams:
             dropped = False
             for entry in self._streams:
@@ -190,6 +190,14 @@ class EventHub:
             if dropped:
                 self._streams = [e for e in self._streams if not e[0]._closed]
                 self._refresh()
+
+    def _log_safely(self, level: int, name: str, **kw: Any) -> None:
+        # Observability must never break a run: a logging pipeline that raises (a closed pipe, a
+        # processor bug) loses this line, not the run.
+        try:
+            self._log.log(level, name, **kw)
+        except Exception:
+            pass
 
     def close(self) -> None:
         """End every stream: the run is over."""

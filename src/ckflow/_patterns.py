@@ -179,7 +179,7 @@ class Graph(Flow):
     ``link(a, b)`` adds an ordering edge that carries no data.
     """
 
-    __slots__ = ("_links",)
+    __slots__ = ("_item_index", "_links")
     kind = "Graph"
 
     def __init__(
@@ -191,6 +191,8 @@ class Graph(Flow):
     ) -> None:
         super().__init__(name, *items, inject=inject, checkpoint=checkpoint)
         self._links: list[tuple[int, int]] = []
+        #: id(item) and item name -> position, built on the first link()
+        self._item_index: dict[int | str, int] | None = None
 
     @property
     def links(self) -> tuple[tuple[Item, Item], ...]:
@@ -198,9 +200,17 @@ class Graph(Flow):
         return tuple((self.items[a], self.items[b]) for a, b in self._links)
 
     def _index(self, item: Item | str) -> int:
-        for i, candidate in enumerate(self.items):
-            if candidate is item or (isinstance(item, str) and getattr(candidate, "name", None) == item):
-                return i
+        index = self._item_index
+        if index is None:
+            index = self._item_index = {}
+            for i, candidate in enumerate(self.items):
+                index[id(candidate)] = i
+                name = getattr(candidate, "name", None)
+                if isinstance(name, str):
+                    index.setdefault(name, i)
+        found = index.get(item if isinstance(item, str) else id(item))
+        if found is not None:
+            return found
         label = item if isinstance(item, str) else getattr(item, "name", repr(item))
         raise TypeError(f"Graph {self.name!r}: link() names {label!r}, which is not a direct item of this graph.")
 

@@ -3,15 +3,12 @@
 How tasks run without an anyio task each
 -----------------------------------------
 A *worker* is a coroutine that takes ready jobs (an execute or a revert) one
-after the other. It drives a task's coroutine by hand: the first
-``coro.send(None)`` runs the task up to its first real await. A task that
-finishes without suspending (most small tasks) costs no task spawn, no cancel
-scope and no trip through the event loop. A task that suspends is awaited by
-the same worker through ``_resume``, inside a cancel scope opened only then,
-and at that moment, if more jobs are ready, helper workers are spawned so
-that every ready task starts at once. Cancellation can only arrive at an
-await, so a cancel scope opened at the first suspension covers every point
-where the task can be cancelled.
+after the other. It drives a task's coroutine by hand inside the task's own
+cancel scope: the first ``coro.send(None)`` runs the task up to its first real
+await. A task that finishes without suspending (most small tasks) costs no
+task spawn and no trip through the event loop. A task that suspends is awaited
+by the same worker through ``_resume``, and at that moment, if more jobs are
+ready, helper workers are spawned so that every ready task starts at once.
 
 The revert walker
 -----------------
@@ -168,6 +165,8 @@ class RunCore:
         self.state: list[TaskState] = [PENDING] * n
         self.waiting: list[int] = [len(node.preds) for node in graph.nodes]
         self.queued = bytearray(n)
+        #: 1 while the node's revert waits in revert_ready, so that merging regions never queue it twice
+        self.revert_queued = bytearray(n)
         self.values: dict[str, Any] = {}
         self.results: list[Any] = [None] * n
         self.kwargs: list[dict[str, Any] | None] = [None] * n
@@ -421,48 +420,44 @@ class RunCore:
             report = self.retry_watch.pop(n, None)
             if report is not None and report.retry_at is None:
                 report.retry_at = t0
-        token = CURRENT.set((self, n))
-        try:
-            try:
-                kw = self.kwargs[n] = self._kwargs(node)
-                coro = self._start_call(task, task._call_execute, kw, node.is_async)
-                yielded = coro.send(None)
-            except StopIteration as stop:
-                self._succeed(n, stop.value)
-                return
-            except Exception as exc:
-                self._fail(n, exc, "execute")
-                return
-            await self._await_execute(n, node, coro, yielded, t0)
-        finally:
-            CURRENT.reset(token)
-
-    async def _await_execute(self, n: int, node: Node, coro: Coroutine[Any, Any, Any], yielded: Any, t0: float) -> None:
-        """The task suspended: await the rest of it in its own cancel scope."""
-        self._spawn_helpers()
-        deadline = math.inf
-        if node.timeout is not None:
-            deadline = anyio.current_time() + node.timeout - (time.monotonic() - t0)
+        # The cancel scope is entered before the task's first step, so that any scope or task group the
+        # task itself opens nests inside it; anyio needs scopes to exit in the reverse order of entry.
+        deadline = math.inf if node.timeout is None else anyio.current_time() + node.timeout
         scope = anyio.CancelScope(deadline=deadline)
-        self.exec_scopes[n] = scope
         error: Exception | None = None
         value: Any = None
+        token = CURRENT.set((self, n))
         try:
             with scope:
                 try:
-                    value = await _resume(coro, yielded)
+                    kw = self.kwargs[n] = self._kwargs(node)
+                    coro = self._start_call(task, task._call_execute, kw, node.is_async)
+                    try:
+                        yielded = coro.send(None)
+                    except StopIteration as stop:
+                        value = stop.value
+                    else:
+                        # The task suspended: from here on it can be cancelled, and other ready
+                        # jobs need workers of their own.
+                        self.exec_scopes[n] = scope
+                        self._spawn_helpers()
+                        value = await _resume(coro, yielded)
                 except Exception as exc:
                     error = exc
         except BaseException:
             # An enclosing scope (the caller of ckflow.run, the engine) cancelled the run itself.
-            del self.exec_scopes[n]
+            self.exec_scopes.pop(n, None)
             self._cancelled(n, "the run was cancelled from outside")
             raise
-        del self.exec_scopes[n]
+        finally:
+            CURRENT.reset(token)
+        if self.exec_scopes:
+            self.exec_scopes.pop(n, None)
         if n in self.cancel_requested:
             self.cancel_requested.discard(n)
             self._cancelled(n, "cancelled by the revert walker")
-        elif scope.cancelled_caught:
+        elif scope.cancel_called:
+            # The deadline passed; a task that ignored it (a thread cannot be interrupted) still timed out.
             self._fail(n, TimeoutError(f"task {node.name!r} timed out after {node.timeout} s"), "timeout")
         elif error is not None:
             self._fail(n, error, "execute")
@@ -503,20 +498,21 @@ class RunCore:
             self._maybe_finish()
 
     def _fail(self, n: int, exc: BaseException, kind: FailureKind) -> None:
+        # The failure's moment is now, before recording and logging it: latencies count from here.
+        failed_at = self.ended[n] = time.monotonic()
         node = self.nodes[n]
         failure = Failure.from_exception(node.name, kind, exc, self._attempt(n))
         self.failures.append(failure)
         self.results[n] = failure
         self._set(n, FAILURE)
         self.executing -= 1
-        self.ended[n] = time.monotonic()
         region = self.region_of[n]
         if region is not None:
             # A failure inside a region that is already reverting joins that region.
             region.failures.append(failure)
             self._member_settled(region, n)
         elif not self.failure_mode:
-            self._on_failure(n, exc, failure)
+            self._on_failure(n, exc, failure, failed_at)
         self._maybe_finish()
 
     def _cancelled(self, n: int, why: str) -> None:
@@ -532,7 +528,7 @@ class RunCore:
 
     # -- the revert walker -----------------------------------------------------
 
-    def _on_failure(self, n: int, exc: BaseException, failure: Failure) -> None:
+    def _on_failure(self, n: int, exc: BaseException, failure: Failure, failed_at: float) -> None:
         decision = decide(self.graph, n, exc, self._attempt_under, self._timed_out)
         scopes = self.graph.scopes
         for s in decision.exhausted:
@@ -543,12 +539,18 @@ class RunCore:
                 checkpoint=scopes[s].name,
                 detail={"on_exhausted": _on_exhausted(scopes[s].checkpoint)},
             )
-        self._open_region(decision.scope, decision.members, decision.action, n, failure)
+        self._open_region(decision.scope, decision.members, decision.action, n, failure, failed_at)
 
     def _open_region(
-        self, scope: int, members: set[int], action: Action, cause: int | None, failure: Failure | None
+        self,
+        scope: int,
+        members: set[int],
+        action: Action,
+        cause: int | None,
+        failure: Failure | None,
+        failed_at: float | None = None,
     ) -> Region:
-        now = time.monotonic()
+        now = time.monotonic() if failed_at is None else failed_at
         scopes = self.graph.scopes
         depth = scopes[scope].depth
         old: dict[int, Region] = {}
@@ -626,7 +628,9 @@ class RunCore:
         if self.failure_mode:
             return
         if self.nodes[n].kind != JOIN:
-            self.revert_ready.append(n)
+            if not self.revert_queued[n]:
+                self.revert_queued[n] = 1
+                self.revert_ready.append(n)
             return
         # Undoing a join is instant.
         self.state[n] = REVERTED
@@ -634,6 +638,7 @@ class RunCore:
         self._revert_finished(region, n)
 
     async def _revert(self, n: int) -> None:
+        self.revert_queued[n] = 0
         region = self.region_of[n]
         if region is None or self.state[n] not in _REVERTIBLE:
             raise CkflowInternalError(f"revert of {self.nodes[n].name!r} scheduled outside a region")
@@ -658,21 +663,20 @@ class RunCore:
         token = CURRENT.set((self, n))
         error: Exception | None = None
         try:
-            try:
-                coro = self._start_call(task, task._call_revert, kw, task._sig.revert_is_async)
-                yielded = coro.send(None)
-            except StopIteration:
-                pass
-            except Exception as exc:
-                error = exc
-            else:
-                self._spawn_helpers()
-                # Reverts always finish: they are shielded from the cancellation of the run.
-                with anyio.CancelScope(shield=True):
+            # Reverts always finish: they are shielded from the cancellation of the run. The scope is
+            # entered before the first step so that scopes the revert opens nest inside it.
+            with anyio.CancelScope(shield=True):
+                try:
+                    coro = self._start_call(task, task._call_revert, kw, task._sig.revert_is_async)
                     try:
+                        yielded = coro.send(None)
+                    except StopIteration:
+                        pass
+                    else:
+                        self._spawn_helpers()
                         await _resume(coro, yielded)
-                    except Exception as exc:
-                        error = exc
+                except Exception as exc:
+                    error = exc
         finally:
             CURRENT.reset(token)
         self._revert_returned(region, n, error)
@@ -812,6 +816,8 @@ class RunCore:
         if self.failure_mode:
             return
         self.failure_mode = True
+        for n in self.revert_ready:
+            self.revert_queued[n] = 0
         self.revert_ready.clear()
         for n, scope in self.exec_scopes.items():
             if not self.nodes[n].shield and n not in self.cancel_requested:

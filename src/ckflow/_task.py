@@ -349,7 +349,7 @@ class FunctionTask(Task, Generic[P, R]):
 
 def _check_function(fn: object) -> None:
     if inspect.iscoroutine(fn):
-        name = getattr(fn, "__qualname__", "fn")
+        name = getattr(fn, "__name__", "fn")
         fn.close()
         raise TaskDefinitionError(
             name,
@@ -365,7 +365,18 @@ def _check_function(fn: object) -> None:
 
 
 @overload
-def task(fn: Callable[P, R], /) -> FunctionTask[P, R]: ...
+def task(
+    fn: Callable[P, R],
+    /,
+    *,
+    name: str | None = None,
+    provides: str | tuple[str, ...] | None = None,
+    rebind: Mapping[str, str] | None = None,
+    inject: Mapping[str, Any] | None = None,
+    timeout: float | None = None,
+    shield: bool = False,
+    retry: Retry | None = None,
+) -> FunctionTask[P, R]: ...
 
 
 @overload
@@ -432,7 +443,7 @@ def task(
 def check_task_item(flow: str, item: object) -> None:
     """Raise a helpful error for an object that a flow cannot hold as a task."""
     if inspect.iscoroutine(item):
-        qualname = getattr(item, "__qualname__", "the_task")
+        qualname = getattr(item, "__name__", "the_task")
         item.close()
         raise TaskDefinitionError(
             qualname,
