@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, ParamSpec, Self, TypeVar, overload
 
 from ckflow._checkpoint import Retry, _is_name
 from ckflow._errors import TaskDefinitionError
@@ -280,7 +280,7 @@ class Task:
         timeout: float | None = _UNSET,
         shield: bool = _UNSET,
         retry: Retry | None = _UNSET,
-    ) -> Any:
+    ) -> Self:
         """A copy of this task with other options, to reuse it under another name.
 
         ``rebind`` and ``inject`` are merged into the existing ones; the other

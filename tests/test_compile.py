@@ -1,0 +1,359 @@
+"""Compilation: the edges of Linear/Parallel/Graph, join nodes, caching, definition errors, data lookup."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import ckflow
+from ckflow import Checkpoint, Graph, Linear, Parallel, Retry, task
+from ckflow._compile import JOIN, ExecutionGraph
+
+
+def make(name: str, *, requires: tuple[str, ...] = (), provides: str | tuple[str, ...] | None = None) -> Any:
+    """A task called ``name`` reading ``requires`` and returning its name (or a tuple of it)."""
+    params = ", ".join(requires)
+    namespace: dict[str, Any] = {}
+    # A real signature (not **kwargs) is what the compiler reads, so build one per shape.
+    exec(f"async def {name}({params}):\n    return None", namespace)
+    return task(name=name, provides=provides)(namespace[name])
+
+
+def task_preds(graph: ExecutionGraph, name: str) -> set[str]:
+    """The tasks that ``name`` waits for directly, looking through join nodes."""
+    found: set[str] = set()
+    stack = list(graph.nodes[graph.index[name]].preds)
+    while stack:
+        node = graph.nodes[stack.pop()]
+        if node.kind == JOIN:
+            stack.extend(node.preds)
+        else:
+            found.add(node.name)
+    return found
+
+
+def edge_count(graph: ExecutionGraph) -> int:
+    return sum(len(n.succs) for n in graph.nodes)
+
+
+class TestEdges:
+    """The execution graph has the edges each pattern promises."""
+
+    def test_linear_chains_items(self) -> None:
+        """In a Linear each task waits for the one before it, and only for it."""
+        g = Linear("f", make("a"), make("b"), make("c")).compile()
+        assert task_preds(g, "a") == set()
+        assert task_preds(g, "b") == {"a"}
+        assert task_preds(g, "c") == {"b"}
+
+    def test_parallel_has_no_edges(self) -> None:
+        """Siblings of a Parallel wait for nothing."""
+        g = Parallel("f", make("a"), make("b"), make("c")).compile()
+        assert edge_count(g) == 0
+
+    def test_nested_linear_parallel(self) -> None:
+        """Linear(a, Parallel(b, c), d): b and c wait for a; d waits for both b and c."""
+        g = Linear("f", make("a"), Parallel("p", make("b"), make("c")), make("d")).compile()
+        assert task_preds(g, "b") == {"a"}
+        assert task_preds(g, "c") == {"a"}
+        assert task_preds(g, "d") == {"b", "c"}
+
+    def test_parallel_of_linears(self) -> None:
+        """Parallel(Linear(a, b), Linear(c, d)): each chain is ordered, the chains are not."""
+        g = Parallel("f", Linear("l1", make("a"), make("b")), Linear("l2", make("c"), make("d"))).compile()
+        assert task_preds(g, "b") == {"a"}
+        assert task_preds(g, "d") == {"c"}
+        assert task_preds(g, "a") == task_preds(g, "c") == set()
+
+    def test_graph_infers_edges_from_data(self) -> None:
+        """In a Graph a consumer waits for its provider, whatever the order the items are written in."""
+        g = Graph(
+            "g",
+            make("c", requires=("x", "y")),
+            make("b", requires=("x",), provides="y"),
+            make("a", provides="x"),
+            make("lone"),
+        ).compile()
+        assert task_preds(g, "a") == set()
+        assert task_preds(g, "b") == {"a"}
+        assert task_preds(g, "c") == {"a", "b"}
+        assert task_preds(g, "lone") == set()
+
+    def test_graph_link_adds_edge(self) -> None:
+        """Graph.link(a, b) orders two tasks that share no data, by object or by name."""
+        a, b, c = make("a"), make("b"), make("c")
+        g = Graph("g", a, b, c).link(a, b).link("b", "c").compile()
+        assert task_preds(g, "b") == {"a"}
+        assert task_preds(g, "c") == {"b"}
+
+    def test_graph_with_nested_flows(self) -> None:
+        """A Graph item that is a flow is connected as a unit: its entries wait for the provider."""
+        inner = Linear("inner", make("b", requires=("x",)), make("c"))
+        g = Graph("g", inner, make("a", provides="x")).compile()
+        assert task_preds(g, "b") == {"a"}
+        assert task_preds(g, "c") == {"b"}
+
+    def test_linear_of_parallels_uses_joins(self) -> None:
+        """A Linear of two Parallels of n tasks has O(n) edges, not n², and still orders every pair."""
+        n = 50
+        first = Parallel("p1", *(make(f"a{i}") for i in range(n)))
+        second = Parallel("p2", *(make(f"b{i}") for i in range(n)))
+        g = Linear("f", first, second).compile()
+        assert edge_count(g) <= 3 * n
+        assert any(node.kind == JOIN for node in g.nodes)
+        expected = {f"a{i}" for i in range(n)}
+        for i in range(n):
+            assert task_preds(g, f"b{i}") == expected
+
+
+class TestCompileCache:
+    """A flow object is compiled once."""
+
+    def test_compile_is_cached(self) -> None:
+        """flow.compile() returns the same graph object every time."""
+        flow = Linear("f", make("a"), make("b"))
+        assert flow.compile() is flow.compile()
+
+    async def test_runs_reuse_compiled_graph(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Two runs of one flow object compile it once."""
+        import ckflow._compile
+
+        calls: list[str] = []
+        real = ckflow._compile.compile_flow
+
+        def counting(flow: ckflow.Flow) -> ExecutionGraph:
+            calls.append(flow.name)
+            return real(flow)
+
+        monkeypatch.setattr(ckflow._compile, "compile_flow", counting)
+        flow = Linear("f", make("a"), make("b"))
+        for _ in range(2):
+            result = await ckflow.run(flow)
+            assert result.state == ckflow.FlowState.SUCCESS
+        assert calls == ["f"]
+
+
+class TestDefinitionErrors:
+    """Flow-definition problems raise FlowDefinitionError subclasses that name the flow and the task."""
+
+    def test_duplicate_task(self) -> None:
+        """Two tasks with one name in a flow raise DuplicateTaskError."""
+        with pytest.raises(ckflow.DuplicateTaskError) as info:
+            Linear("f", make("a"), make("a"))
+        assert (info.value.flow, info.value.task) == ("f", "a")
+        assert isinstance(info.value, ckflow.FlowDefinitionError)
+        assert "with_options(name=" in str(info.value)
+
+    def test_duplicate_task_nested(self) -> None:
+        """Duplicate names are found anywhere in the tree, across nesting levels."""
+        with pytest.raises(ckflow.DuplicateTaskError) as info:
+            Linear("outer", make("a"), Parallel("p", make("b"), Linear("deep", make("a"))))
+        assert info.value.task == "a"
+        assert info.value.flow == "outer"
+
+    async def test_missing_requirement_before_any_task_runs(self) -> None:
+        """ckflow.run raises MissingRequirementError before any task has run."""
+        ran: list[str] = []
+
+        @task(name="first")
+        async def first() -> None:
+            ran.append("first")
+
+        @task(name="attach")
+        async def attach(volume: str) -> None:
+            ran.append("attach")
+
+        flow = Linear("boot", first, attach)
+        with pytest.raises(ckflow.MissingRequirementError) as info:
+            await ckflow.run(flow)
+        err = info.value
+        assert (err.flow, err.task, err.requirement) == ("boot", "attach", "volume")
+        assert err.missing == {"volume": ("attach",)}
+        assert "inputs=" in str(err)
+        assert ran == []
+
+    async def test_missing_requirement_satisfied_by_inputs(self) -> None:
+        """The same flow runs once the value is given in inputs."""
+
+        @task(provides="out")
+        async def attach(volume: str) -> str:
+            return volume
+
+        result = await ckflow.run(Linear("boot", attach), inputs={"volume": "v"})
+        assert result.outputs["out"] == "v"
+
+    def test_ambiguous_provider(self) -> None:
+        """Two providers of one name are ambiguous even with no consumer."""
+        with pytest.raises(ckflow.AmbiguousProviderError) as info:
+            Parallel("f", make("a", provides="x"), make("b", provides="x"))
+        err = info.value
+        assert (err.flow, err.name, err.providers) == ("f", "x", ("a", "b"))
+
+    def test_ambiguous_provider_nested(self) -> None:
+        """Ambiguity is also found between nested flows."""
+        with pytest.raises(ckflow.AmbiguousProviderError) as info:
+            Linear("f", Linear("l", make("a", provides="x")), Parallel("p", make("b", provides=("y", "x"))))
+        assert info.value.name == "x"
+
+    def test_provider_later_in_linear(self) -> None:
+        """A consumer before its provider in a Linear raises ProviderOrderError naming both."""
+        flow = Linear("f", make("consumer", requires=("x",)), make("provider", provides="x"))
+        with pytest.raises(ckflow.ProviderOrderError) as info:
+            flow.compile()
+        err = info.value
+        assert (err.flow, err.task, err.requirement, err.provider) == ("f", "consumer", "x", "provider")
+
+    async def test_provider_order_error_raised_by_run(self) -> None:
+        """ckflow.run on a misordered Linear raises ProviderOrderError and runs nothing."""
+        ran: list[str] = []
+
+        @task(name="consumer")
+        async def consumer(x: int) -> None:
+            ran.append("consumer")
+
+        @task(name="provider", provides="x")
+        async def provider() -> int:
+            ran.append("provider")
+            return 1
+
+        with pytest.raises(ckflow.ProviderOrderError):
+            await ckflow.run(Linear("f", consumer, provider), inputs={"x": 1})
+        assert ran == []
+
+    def test_sibling_dependency(self) -> None:
+        """A sibling of a Parallel consuming another sibling's value raises SiblingDependencyError."""
+        flow = Linear(
+            "f",
+            Parallel("p", make("provider", provides="x"), Linear("l", make("consumer", requires=("x",)))),
+        )
+        with pytest.raises(ckflow.SiblingDependencyError) as info:
+            flow.compile()
+        err = info.value
+        assert (err.flow, err.task, err.requirement, err.provider) == ("p", "consumer", "x", "provider")
+
+    def test_cycle_through_data(self) -> None:
+        """A data cycle in a Graph raises CycleError listing the cycle."""
+        flow = Graph(
+            "g",
+            make("a", requires=("z",), provides="x"),
+            make("b", requires=("x",), provides="y"),
+            make("c", requires=("y",), provides="z"),
+            make("free"),
+        )
+        with pytest.raises(ckflow.CycleError) as info:
+            flow.compile()
+        err = info.value
+        assert err.flow == "g"
+        assert set(err.cycle) == {"a", "b", "c"}
+        assert len(err.cycle) == 3
+        assert " -> ".join((*err.cycle, err.cycle[0])) in str(err)
+        assert "'g'" in str(err)
+        assert "free" not in str(err)
+
+    def test_cycle_through_links(self) -> None:
+        """Explicit links can close a cycle too; the cycle lists both items in order."""
+        a, b = make("a"), make("b")
+        flow = Graph("g", a, b).link(a, b).link(b, a)
+        with pytest.raises(ckflow.CycleError) as info:
+            flow.compile()
+        cycle = info.value.cycle
+        assert set(cycle) == {"a", "b"}
+        assert " -> ".join((*cycle, cycle[0])) in str(info.value)
+
+    def test_task_requiring_its_own_value(self) -> None:
+        """A task that requires what it provides is a cycle of one."""
+        with pytest.raises(ckflow.CycleError) as info:
+            Linear("f", make("a", requires=("x",), provides="x")).compile()
+        assert info.value.cycle == ("a",)
+
+    @pytest.mark.parametrize("pattern", [Parallel, Graph])
+    def test_checkpoint_marker_in_parallel_or_graph(self, pattern: type[ckflow.Flow]) -> None:
+        """A Checkpoint marker directly in a Parallel or Graph raises MisplacedCheckpointError."""
+        with pytest.raises(ckflow.MisplacedCheckpointError) as info:
+            pattern("p", Checkpoint("cp"), make("a"))
+        err = info.value
+        assert (err.flow, err.checkpoint) == ("p", "cp")
+        assert "checkpoint=" in str(err)
+
+    def test_checkpoint_argument_on_parallel_is_fine(self) -> None:
+        """checkpoint= on a Parallel is the right way to scope it and compiles."""
+        flow = Parallel("p", make("a"), checkpoint=Checkpoint("cp", retry=Retry(attempts=2)))
+        assert "cp" in flow.compile().scope_index
+
+    def test_duplicate_checkpoint_name(self) -> None:
+        """Two checkpoints with one name raise MisplacedCheckpointError."""
+        with pytest.raises(ckflow.MisplacedCheckpointError) as info:
+            Linear("f", Checkpoint("cp"), make("a"), Linear("l", Checkpoint("cp"), make("b")))
+        assert info.value.checkpoint == "cp"
+        assert "twice" in str(info.value)
+
+    def test_checkpoint_name_clashes_with_task_retry(self) -> None:
+        """A task with retry= gets a checkpoint named after it, which may not clash with a marker."""
+        flow = Linear("f", Checkpoint("a"), make("x").with_options(name="a", retry=Retry(attempts=2)))
+        with pytest.raises(ckflow.MisplacedCheckpointError) as info:
+            flow.compile()
+        assert info.value.checkpoint == "a"
+
+
+def reader(name: str = "reader") -> ckflow.Task:
+    """A task providing ``seen`` = the ``x`` it was given; ``x`` has a default."""
+
+    async def read(x: str = "default") -> str:
+        return x
+
+    return task(name=name, provides="seen")(read)
+
+
+class TestDataLookup:
+    """Input lookup order: task inject > upstream provider > flow inject > run inputs > default."""
+
+    @staticmethod
+    def provider() -> Any:
+        @task(name="provider", provides="x")
+        async def provide() -> str:
+            return "provider"
+
+        return provide
+
+    async def test_task_inject_wins(self) -> None:
+        """The task's own inject beats an upstream provider, a flow inject and the run inputs."""
+        flow = Linear(
+            "f", self.provider(), reader().with_options(inject={"x": "task-inject"}), inject={"x": "flow-inject"}
+        )
+        result = await ckflow.run(flow, inputs={"x": "input"})
+        assert result.outputs["seen"] == "task-inject"
+
+    async def test_upstream_provider_beats_flow_inject_and_inputs(self) -> None:
+        """Without a task inject, the upstream provider's value is read."""
+        flow = Linear("f", self.provider(), reader(), inject={"x": "flow-inject"})
+        result = await ckflow.run(flow, inputs={"x": "input"})
+        assert result.outputs["seen"] == "provider"
+
+    async def test_flow_inject_beats_inputs(self) -> None:
+        """Without a provider, the flow-level inject beats the run inputs."""
+        flow = Linear("f", reader(), inject={"x": "flow-inject"})
+        result = await ckflow.run(flow, inputs={"x": "input"})
+        assert result.outputs["seen"] == "flow-inject"
+
+    async def test_innermost_flow_inject_wins(self) -> None:
+        """Of nested flow injects, the innermost one is read."""
+        flow = Linear("outer", Linear("inner", reader(), inject={"x": "inner"}), inject={"x": "outer"})
+        result = await ckflow.run(flow)
+        assert result.outputs["seen"] == "inner"
+
+    async def test_inputs_beat_default(self) -> None:
+        """Without provider or inject, the run inputs beat the parameter default."""
+        result = await ckflow.run(Linear("f", reader()), inputs={"x": "input"})
+        assert result.outputs["seen"] == "input"
+
+    async def test_default_last(self) -> None:
+        """With nothing else, the parameter default is used."""
+        result = await ckflow.run(Linear("f", reader()))
+        assert result.outputs["seen"] == "default"
+
+    async def test_rebind_reads_other_name(self) -> None:
+        """rebind makes the task read another value name from the same sources."""
+        flow = Linear("f", reader().with_options(rebind={"x": "y"}))
+        result = await ckflow.run(flow, inputs={"x": "wrong", "y": "right"})
+        assert result.outputs["seen"] == "right"
