@@ -230,3 +230,23 @@ class TestTaskLevelRetry:
         assert result.state is ckflow.FlowState.REVERTED
         assert attempts == [1, 2]
         assert reverted == ["before"]
+
+
+class TestRetryTimeout:
+    async def test_no_retry_once_the_timeout_has_passed_since_the_first_failure(self) -> None:
+        """Retry(timeout=t) stops retrying once t seconds have passed since the checkpoint's first failure."""
+        executions = 0
+
+        @ckflow.task
+        async def flaky() -> None:
+            nonlocal executions
+            executions += 1
+            if executions > 1:
+                # Real time must pass between the first and the second failure; nothing is ordered by it.
+                await anyio.sleep(0.02)
+            raise RuntimeError(f"attempt {executions}")
+
+        flow = ckflow.Linear("timed", ckflow.Checkpoint("cp", retry=ckflow.Retry(attempts=10, timeout=0.001)), flaky)
+        result = await ckflow.run(flow)
+        assert result.state is ckflow.FlowState.REVERTED
+        assert executions == 2

@@ -346,3 +346,25 @@ class TestResult:
         assert result.state is FlowState.SUCCESS
         assert result.failures == []
         result.raise_for_state()
+
+
+class TestEagerExecution:
+    async def test_tasks_that_never_suspend_run_in_the_callers_task(self) -> None:
+        """ckflow.run drives tasks that finish without suspending in the calling task: no task per task."""
+        import asyncio
+
+        seen: list[object] = []
+
+        @ckflow.task(provides="one")
+        async def first() -> int:
+            seen.append(asyncio.current_task())
+            return 1
+
+        @ckflow.task(provides="two")
+        async def second(one: int) -> int:
+            seen.append(asyncio.current_task())
+            return one + 1
+
+        result = await ckflow.run(ckflow.Linear("eager", first, second))
+        assert result.outputs["two"] == 2
+        assert seen == [asyncio.current_task()] * 2
