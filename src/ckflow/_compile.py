@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import gc
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, final
 
 from ckflow._checkpoint import Checkpoint
@@ -162,8 +162,6 @@ class _Fragment:
     label: str
     entry_join: int = -1
     exit_join: int = -1
-    #: item-level edges of a Graph, kept for cycle reporting
-    item_edges: set[tuple[int, int]] = field(default_factory=set)
 
 
 class _Compiler:
@@ -179,7 +177,9 @@ class _Compiler:
         self.flow_injects: list[tuple[Mapping[str, Any], ...]] = []
         self.provider: dict[str, int] = {}
         #: Graph -> set of (provider item, consumer item) data edges
-        self.graph_edges: dict[int, set[tuple[int, int]]] = {}
+        #: Graph -> its item-level data edges, as an insertion-ordered set (a dict) so that edge order,
+        #: and with it the order ready tasks start in, is deterministic without sorting
+        self.graph_edges: dict[int, dict[tuple[int, int], None]] = {}
         self.required: dict[str, list[str]] = {}
         self.input_names: set[str] = set()
 
@@ -281,7 +281,7 @@ class _Compiler:
             raise SiblingDependencyError(flow.name, self.nodes[consumer].name, name, self.nodes[provider].name)
         else:
             assert isinstance(flow, Graph)
-            self.graph_edges.setdefault(id(flow), set()).add((p_index, c_index))
+            self.graph_edges.setdefault(id(flow), {})[(p_index, c_index)] = None
 
     # -- structure -------------------------------------------------------------
 
@@ -314,14 +314,14 @@ class _Compiler:
             )
         assert isinstance(flow, Graph)
         # Items keep their positions so that data edges (by item index) and links line up.
-        edges = set(self.graph_edges.get(id(flow), ()))
-        edges.update(flow._links)
+        edges = dict(self.graph_edges.get(id(flow), {}))
+        edges.update(dict.fromkeys(flow._links))
         by_index = self._index_pieces(flow, pieces)
-        edges = {(a, b) for a, b in edges if by_index[a].entries and by_index[b].entries}
+        edges = {(a, b): None for a, b in edges if by_index[a].entries and by_index[b].entries}
         self._check_acyclic(flow, by_index, edges)
         has_in = {b for _, b in edges}
         has_out = {a for a, _ in edges}
-        for a, b in sorted(edges):
+        for a, b in edges:
             self._connect(by_index[a], by_index[b])
         entries = [n for i, p in by_index.items() if i not in has_in for n in p.entries]
         exits = [n for i, p in by_index.items() if i not in has_out for n in p.exits]
@@ -357,7 +357,7 @@ class _Compiler:
                 self._edge(b.entry_join, n)
         self._edge(out, b.entry_join)
 
-    def _check_acyclic(self, flow: Flow, by_index: dict[int, _Fragment], edges: set[tuple[int, int]]) -> None:
+    def _check_acyclic(self, flow: Flow, by_index: dict[int, _Fragment], edges: Mapping[tuple[int, int], None]) -> None:
         succ: dict[int, list[int]] = {i: [] for i in by_index}
         indegree = dict.fromkeys(by_index, 0)
         for a, b in edges:
