@@ -357,3 +357,18 @@ class TestDataLookup:
         flow = Linear("f", reader().with_options(rebind={"x": "y"}))
         result = await ckflow.run(flow, inputs={"x": "wrong", "y": "right"})
         assert result.outputs["seen"] == "right"
+
+
+class TestMissingMessage:
+    async def test_every_missing_requirement_is_named_once(self) -> None:
+        """With several missing inputs the message names the first and lists each of the others once."""
+
+        @ckflow.task
+        async def needs(zeta: int, alpha: int, mid: int) -> None: ...
+
+        with pytest.raises(ckflow.MissingRequirementError) as info:
+            await ckflow.run(ckflow.Linear("m", needs))
+        err = info.value
+        others = set(err.missing) - {err.requirement}
+        assert str(sorted(others)) in str(err)
+        assert set(err.missing) == {"zeta", "alpha", "mid"}

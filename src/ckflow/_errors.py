@@ -92,7 +92,7 @@ class MissingRequirementError(FlowDefinitionError):
         first = next(iter(missing))
         self.requirement = first
         self.task = missing[first][0]
-        more = "" if len(missing) == 1 else f" (and {len(missing) - 1} more: {sorted(missing)[1:]})"
+        more = "" if len(missing) == 1 else f" (and {len(missing) - 1} more: {sorted(set(missing) - {first})})"
         super().__init__(
             f"Flow {flow!r}: task {self.task!r} requires {first!r}, which no task provides"
             f"{more}; add it to `inputs=`, to an `inject=` or to a task's `provides`."
