@@ -108,7 +108,7 @@ class Node:
 class ExecutionGraph:
     """The compiled, immutable form of a flow; shared by every run of it."""
 
-    __slots__ = ("flow_name", "index", "input_names", "nodes", "required_inputs", "scope_index", "scopes", "task_count")
+    __slots__ = ("flow_name", "index", "nodes", "required_inputs", "scope_index", "scopes", "task_count")
 
     def __init__(
         self,
@@ -116,15 +116,12 @@ class ExecutionGraph:
         nodes: list[Node],
         scopes: list[Scope],
         required_inputs: dict[str, tuple[str, ...]],
-        input_names: frozenset[str],
     ) -> None:
         self.flow_name = flow_name
         self.nodes = nodes
         self.scopes = scopes
         #: value name -> the tasks that need it from the run's inputs
         self.required_inputs = required_inputs
-        #: every name the run's inputs may supply (required or optional)
-        self.input_names = input_names
         self.index = {n.name: n.id for n in nodes if n.kind == TASK}
         self.scope_index = {s.name: s.id for s in scopes}
         self.task_count = len(self.index)
@@ -181,7 +178,6 @@ class _Compiler:
         #: and with it the order ready tasks start in, is deterministic without sorting
         self.graph_edges: dict[int, dict[tuple[int, int], None]] = {}
         self.required: dict[str, list[str]] = {}
-        self.input_names: set[str] = set()
 
     # -- nodes and scopes ----------------------------------------------------
 
@@ -259,7 +255,6 @@ class _Compiler:
                     continue
                 required = param not in defaults
                 inputs.append((param, name, required))
-                self.input_names.add(name)
                 if required:
                     self.required.setdefault(name, []).append(node.name)
             node.value_in = tuple(values)
@@ -401,7 +396,7 @@ class _Compiler:
             node.succs = tuple(succ[node.id])
             node.preds = tuple(preds[node.id])
         required = {name: tuple(tasks) for name, tasks in self.required.items()}
-        return ExecutionGraph(self.root.name, nodes, self.scopes, required, frozenset(self.input_names))
+        return ExecutionGraph(self.root.name, nodes, self.scopes, required)
 
     def _check_scope_names(self) -> None:
         seen: set[str] = set()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import traceback
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr
+from pydantic import BaseModel, ConfigDict, PrivateAttr, field_serializer
 
 from ckflow._errors import Cancelled
 
@@ -33,6 +33,24 @@ class Failure(BaseModel):
 
     _exception: BaseException | None = PrivateAttr(default=None)
 
+    def __getattribute__(self, name: str) -> Any:
+        # The traceback is formatted on first read, not when the failure happens: formatting walks
+        # and parses the source of every frame, and the revert walker must not wait for it.
+        if name == "traceback":
+            fields = object.__getattribute__(self, "__dict__")
+            text: str = fields["traceback"]
+            if not text:
+                private = object.__getattribute__(self, "__pydantic_private__") or {}
+                exc = private.get("_exception")
+                if exc is not None:
+                    text = fields["traceback"] = "".join(traceback.format_exception(exc))
+            return text
+        return super().__getattribute__(name)
+
+    @field_serializer("traceback")
+    def _serialise_traceback(self, value: str) -> str:
+        return self.traceback
+
     @property
     def exception(self) -> BaseException | None:
         """The original exception, when this failure was recorded in this process."""
@@ -54,7 +72,6 @@ class Failure(BaseModel):
             kind=kind,
             exc_type=qualname if module == "builtins" else f"{module}.{qualname}",
             message=str(exc),
-            traceback="".join(traceback.format_exception(exc)),
             attempt=attempt,
         )
         failure._exception = exc

@@ -7,10 +7,9 @@ tested (and property-tested) on a graph and a list of states alone.
 from __future__ import annotations
 
 from enum import Enum
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 from ckflow._compile import JOIN, ROOT, ExecutionGraph
-from ckflow._states import TaskState
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -22,9 +21,6 @@ __all__ = [
     "region",
     "scope_members",
 ]
-
-#: States of a task whose execute was called in its current attempt: such a task is reverted.
-STARTED: Final = frozenset({TaskState.RUNNING, TaskState.SUCCESS, TaskState.FAILURE})
 
 
 class Action(Enum):

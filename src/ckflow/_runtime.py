@@ -42,7 +42,7 @@ from ckflow._events import DEBUG, ERROR, INFO, WARNING, Event, EventHub
 from ckflow._failure import Failure, FailureKind
 from ckflow._models import RegionReport, RunResult, TaskSummary, _LazyTasks
 from ckflow._region import Action, decide, scope_members
-from ckflow._states import TASK_TRANSITIONS, FlowState, TaskState, check_flow_transition
+from ckflow._states import TASK_TRANSITIONS, FlowState, TaskState, check_flow_transition, check_task_transition
 
 if TYPE_CHECKING:
     from ckflow._checkpoint import Checkpoint
@@ -216,7 +216,7 @@ class RunCore:
     def _set(self, n: int, new: TaskState) -> None:
         old = self.state[n]
         if (old, new) not in TASK_TRANSITIONS:
-            raise CkflowInternalError(f"Illegal transition of task {self.nodes[n].name!r}: {old} -> {new}.")
+            check_task_transition(self.nodes[n].name, old, new)
         self.state[n] = new
         hub = self.hub
         if hub.active or new is FAILURE or new is REVERT_FAILURE:
