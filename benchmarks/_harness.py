@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+import ckflow
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-__all__ = ["Stat", "Table", "configure_logging", "measure", "measure_async"]
+__all__ = ["Stat", "Table", "configure_logging", "measure", "measure_async", "time_ckflow_run"]
 
 REPEAT = 5
 
@@ -125,3 +127,12 @@ class Table:
             lines.extend(f"- {n}" for n in self.notes)
         lines.append("")
         return "\n".join(lines)
+
+
+async def time_ckflow_run(flow: ckflow.Flow) -> float:
+    """Seconds ``ckflow.run(flow)`` takes; the run must succeed."""
+    t0 = time.perf_counter()
+    result = await ckflow.run(flow)
+    elapsed = time.perf_counter() - t0
+    assert result.state == ckflow.FlowState.SUCCESS, result.state
+    return elapsed

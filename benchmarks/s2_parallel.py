@@ -9,7 +9,7 @@ import asyncio
 import time
 
 import ckflow
-from benchmarks._harness import Table, measure, measure_async
+from benchmarks._harness import Table, measure, measure_async, time_ckflow_run
 
 
 @ckflow.task
@@ -51,12 +51,7 @@ def run_taskflow(n: int, engine: str) -> float:
 
 
 async def run_ckflow(n: int) -> float:
-    flow = build_ckflow(n)
-    t0 = time.perf_counter()
-    result = await ckflow.run(flow)
-    elapsed = time.perf_counter() - t0
-    assert result.state == ckflow.FlowState.SUCCESS, result.state
-    return elapsed
+    return await time_ckflow_run(build_ckflow(n))
 
 
 def run(quick: bool = False) -> Table:
