@@ -46,7 +46,6 @@ from ckflow._states import TASK_TRANSITIONS, FlowState, TaskState, check_flow_tr
 
 if TYPE_CHECKING:
     from ckflow._checkpoint import Checkpoint
-    from ckflow._task import Task
 
 __all__ = ["RunCore", "thread_limiter"]
 
@@ -403,7 +402,7 @@ class RunCore:
                     kw[param] = inputs[name]
         return kw
 
-    def _start_call(self, task: Task, call: Callable[[dict[str, Any]], Any], kw: dict[str, Any], is_async: bool) -> Any:
+    def _start_call(self, call: Callable[[dict[str, Any]], Any], kw: dict[str, Any], is_async: bool) -> Any:
         if is_async:
             return call(kw)
         return anyio.to_thread.run_sync(partial(call, kw), limiter=self.limiter)
@@ -431,7 +430,7 @@ class RunCore:
             with scope:
                 try:
                     kw = self.kwargs[n] = self._kwargs(node)
-                    coro = self._start_call(task, task._call_execute, kw, node.is_async)
+                    coro = self._start_call(task._call_execute, kw, node.is_async)
                     try:
                         yielded = coro.send(None)
                     except StopIteration as stop:
@@ -667,7 +666,7 @@ class RunCore:
             # entered before the first step so that scopes the revert opens nest inside it.
             with anyio.CancelScope(shield=True):
                 try:
-                    coro = self._start_call(task, task._call_revert, kw, task._sig.revert_is_async)
+                    coro = self._start_call(task._call_revert, kw, task._sig.revert_is_async)
                     try:
                         yielded = coro.send(None)
                     except StopIteration:
