@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from ckflow._checkpoint import Checkpoint as Checkpoint
 from ckflow._checkpoint import Retry as Retry
+from ckflow._codec import register_codec as register_codec
 from ckflow._context import TaskContext as TaskContext
 from ckflow._context import current as current
 from ckflow._engine import Engine as Engine
@@ -25,13 +26,23 @@ from ckflow._errors import CycleError as CycleError
 from ckflow._errors import DuplicateTaskError as DuplicateTaskError
 from ckflow._errors import EventsOverflowError as EventsOverflowError
 from ckflow._errors import FlowDefinitionError as FlowDefinitionError
+from ckflow._errors import FlowNotRegisteredError as FlowNotRegisteredError
+from ckflow._errors import LeaseLostError as LeaseLostError
 from ckflow._errors import MisplacedCheckpointError as MisplacedCheckpointError
 from ckflow._errors import MissingRequirementError as MissingRequirementError
 from ckflow._errors import ProviderOrderError as ProviderOrderError
+from ckflow._errors import ResultNotSerializableError as ResultNotSerializableError
+from ckflow._errors import RunExistsError as RunExistsError
 from ckflow._errors import RunFailedError as RunFailedError
+from ckflow._errors import RunNotFoundError as RunNotFoundError
+from ckflow._errors import RunOwnedError as RunOwnedError
 from ckflow._errors import RunStateError as RunStateError
+from ckflow._errors import SchemaVersionError as SchemaVersionError
 from ckflow._errors import SiblingDependencyError as SiblingDependencyError
+from ckflow._errors import StoreError as StoreError
+from ckflow._errors import StoreUnavailableError as StoreUnavailableError
 from ckflow._errors import TaskDefinitionError as TaskDefinitionError
+from ckflow._errors import UnknownCheckpointError as UnknownCheckpointError
 from ckflow._events import Event as Event
 from ckflow._events import EventStream as EventStream
 from ckflow._failure import Failure as Failure
@@ -43,6 +54,9 @@ from ckflow._patterns import Flow as Flow
 from ckflow._patterns import Graph as Graph
 from ckflow._patterns import Linear as Linear
 from ckflow._patterns import Parallel as Parallel
+from ckflow._patterns import Periodic as Periodic
+from ckflow._registry import register_flow as register_flow
+from ckflow._registry import registered_flows as registered_flows
 from ckflow._run import Run as Run
 from ckflow._states import FlowState as FlowState
 from ckflow._states import TaskState as TaskState
@@ -66,28 +80,42 @@ __all__ = (
     "Failure",
     "Flow",
     "FlowDefinitionError",
+    "FlowNotRegisteredError",
     "FlowState",
     "FunctionTask",
     "Graph",
+    "LeaseLostError",
     "Linear",
     "MisplacedCheckpointError",
     "MissingRequirementError",
     "Parallel",
+    "Periodic",
     "ProviderOrderError",
     "RegionReport",
+    "ResultNotSerializableError",
     "Retry",
     "Run",
+    "RunExistsError",
     "RunFailedError",
+    "RunNotFoundError",
+    "RunOwnedError",
     "RunResult",
     "RunStateError",
+    "SchemaVersionError",
     "SiblingDependencyError",
+    "StoreError",
+    "StoreUnavailableError",
     "Task",
     "TaskContext",
     "TaskDefinitionError",
     "TaskState",
     "TaskSummary",
+    "UnknownCheckpointError",
     "__version__",
     "current",
+    "register_codec",
+    "register_flow",
+    "registered_flows",
     "run",
     "task",
     "to_mermaid",

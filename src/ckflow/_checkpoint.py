@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import math
 import random
 from typing import TYPE_CHECKING, Final, Literal, TypeAlias, final
@@ -22,6 +23,10 @@ _REVERT_MODES: Final = ("branch", "scope")
 def _is_name(value: object) -> bool:
     """True for a non-empty string (names reach us from untyped code too)."""
     return isinstance(value, str) and bool(value)
+
+
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _is_exception_type(value: object) -> bool:
@@ -176,14 +181,22 @@ class Checkpoint:
             ``"suspend"`` reverts the scope and parks the run ``SUSPENDED``.
         revert: ``"branch"`` reverts only the failed task's causal region;
             ``"scope"`` reverts everything of the scope that ran.
+        keep_last: retention of a durable run: keep the records of the last
+            ``keep_last`` passes of the scope (each ``Periodic`` iteration is a
+            pass); older passes, and the events of the scope's tasks in them,
+            are deleted when the scope completes again. None keeps them all.
+        max_age: retention by age, in seconds or a ``timedelta``: passes that
+            completed longer ago are deleted. The latest pass is always kept.
     """
 
-    __slots__ = ("name", "on_exhausted", "retry", "revert")
+    __slots__ = ("keep_last", "max_age", "name", "on_exhausted", "retry", "revert")
 
     name: str
     retry: Retry
     on_exhausted: OnExhausted
     revert: RevertMode
+    keep_last: int | None
+    max_age: float | None
 
     def __init__(
         self,
@@ -192,6 +205,8 @@ class Checkpoint:
         retry: Retry | None = None,
         on_exhausted: OnExhausted = "escalate",
         revert: RevertMode = "branch",
+        keep_last: int | None = None,
+        max_age: float | datetime.timedelta | None = None,
     ) -> None:
         if not _is_name(name):
             raise TypeError(f"Checkpoint(name) must be a non-empty string, got {name!r}.")
@@ -206,12 +221,27 @@ class Checkpoint:
         set_(self, "retry", retry if retry is not None else _NO_RETRY)
         set_(self, "on_exhausted", on_exhausted)
         set_(self, "revert", revert)
+        if keep_last is not None and not _is_positive_int(keep_last):
+            raise ValueError(f"Checkpoint({name!r}, keep_last={keep_last!r}) must be a positive int or None.")
+        set_(self, "keep_last", keep_last)
+        if isinstance(max_age, datetime.timedelta):
+            max_age = max_age.total_seconds()
+        if max_age is not None:
+            max_age = _check_number("Checkpoint", "max_age", max_age, minimum=0.0)
+            if max_age == 0:
+                raise ValueError(f"Checkpoint({name!r}, max_age=0) would keep nothing; give a positive age.")
+        set_(self, "max_age", max_age)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"Checkpoint is frozen; build a new one instead of setting {name!r}.")
 
     def __repr__(self) -> str:
+        retention = ""
+        if self.keep_last is not None:
+            retention += f", keep_last={self.keep_last}"
+        if self.max_age is not None:
+            retention += f", max_age={self.max_age}"
         return (
             f"Checkpoint({self.name!r}, retry={self.retry!r}, on_exhausted={self.on_exhausted!r}, "
-            f"revert={self.revert!r})"
+            f"revert={self.revert!r}{retention})"
         )

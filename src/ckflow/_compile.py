@@ -25,16 +25,18 @@ from ckflow._errors import (
     ProviderOrderError,
     SiblingDependencyError,
 )
-from ckflow._patterns import Flow, Graph, Linear, Parallel
+from ckflow._patterns import Flow, Graph, Linear, Parallel, Periodic
 from ckflow._task import Task
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["JOIN", "TASK", "ExecutionGraph", "Node", "Scope", "compile_flow"]
+__all__ = ["JOIN", "LOOP", "TASK", "ExecutionGraph", "Node", "Scope", "compile_flow"]
 
 TASK: Final = 0
 JOIN: Final = 1
+#: the gate after a ``Periodic``: it lets what follows start only after the last iteration
+LOOP: Final = 2
 
 #: Scope id of the implicit root checkpoint: the flow itself.
 ROOT: Final = 0
@@ -44,7 +46,21 @@ ROOT: Final = 0
 class Scope:
     """A checkpoint's scope in the execution graph. Scope 0 is the implicit root."""
 
-    __slots__ = ("checkpoint", "children", "depth", "id", "name", "parent")
+    __slots__ = (
+        "checkpoint",
+        "children",
+        "depth",
+        "entries",
+        "every",
+        "gate",
+        "id",
+        "keep_last",
+        "max_age",
+        "members",
+        "name",
+        "parent",
+        "times",
+    )
 
     def __init__(self, id: int, name: str, checkpoint: Checkpoint | None, parent: int, depth: int) -> None:
         self.id = id
@@ -55,6 +71,17 @@ class Scope:
         self.parent = parent
         self.depth = depth
         self.children: list[int] = []
+        #: retention of the scope's pass records: its checkpoint's, else its enclosing scope's
+        #: (a Periodic's scope keeps 10 unless told otherwise)
+        self.keep_last: int | None = None
+        self.max_age: float | None = None
+        #: a Periodic's scope: its gate node (-1 for other scopes), period and number of iterations
+        self.gate = -1
+        self.every = 0.0
+        self.times: int | None = None
+        #: a Periodic's scope: every node in it, and those with no predecessor in it
+        self.members: tuple[int, ...] = ()
+        self.entries: tuple[int, ...] = ()
 
     def __repr__(self) -> str:
         return f"<Scope {self.id} {self.name!r} parent={self.parent}>"
@@ -65,6 +92,7 @@ class Node:
     """One vertex of the execution graph: a task, or a join that does no work."""
 
     __slots__ = (
+        "chain",
         "const_in",
         "id",
         "input_in",
@@ -99,6 +127,8 @@ class Node:
         self.is_async = True if task is None else task._sig.is_async
         self.shield = False if task is None else bool(task.shield)
         self.timeout: float | None = None if task is None else task.timeout
+        #: the checkpoints (scope ids) holding the node, innermost first, the root left out
+        self.chain: tuple[int, ...] = ()
 
     def __repr__(self) -> str:
         return f"<Node {self.id} {self.name!r}>"
@@ -108,7 +138,18 @@ class Node:
 class ExecutionGraph:
     """The compiled, immutable form of a flow; shared by every run of it."""
 
-    __slots__ = ("flow_name", "index", "nodes", "required_inputs", "scope_index", "scopes", "task_count")
+    __slots__ = (
+        "_scope_tasks",
+        "flow_name",
+        "index",
+        "loops",
+        "nodes",
+        "required_inputs",
+        "scope_index",
+        "scope_sizes",
+        "scopes",
+        "task_count",
+    )
 
     def __init__(
         self,
@@ -125,6 +166,42 @@ class ExecutionGraph:
         self.index = {n.name: n.id for n in nodes if n.kind == TASK}
         self.scope_index = {s.name: s.id for s in scopes}
         self.task_count = len(self.index)
+        #: scope id -> how many tasks (and Periodic gates) it holds, nested scopes included
+        self.scope_sizes = [0] * len(scopes)
+        loop_members: dict[int, list[int]] = {s.id: [] for s in scopes if s.gate >= 0}
+        for node in nodes:
+            chain: list[int] = []
+            s = node.scope
+            while s > ROOT:
+                chain.append(s)
+                s = scopes[s].parent
+            node.chain = tuple(chain)
+            if node.kind != JOIN:
+                self.scope_sizes[ROOT] += 1
+                for s in chain:
+                    self.scope_sizes[s] += 1
+            for s in chain:
+                if s in loop_members:
+                    loop_members[s].append(node.id)
+        for s, members in loop_members.items():
+            inside = set(members)
+            scopes[s].members = tuple(members)
+            scopes[s].entries = tuple(m for m in members if not any(p in inside for p in nodes[m].preds))
+        #: gate node -> the scope of its Periodic
+        self.loops = {s.gate: s.id for s in scopes if s.gate >= 0}
+        self._scope_tasks: dict[int, list[int]] = {}
+
+    def scope_tasks(self, scope: int) -> list[int]:
+        """The task nodes of ``scope``, nested scopes included, in id order (computed once per scope)."""
+        found = self._scope_tasks.get(scope)
+        if found is None:
+            nodes = self.nodes
+            if scope == ROOT:
+                found = [n.id for n in nodes if n.kind == TASK]
+            else:
+                found = [n.id for n in nodes if n.kind == TASK and scope in n.chain]
+            self._scope_tasks[scope] = found
+        return found
 
     def in_scope(self, node: int, scope: int) -> bool:
         """True if ``node`` lies in ``scope`` (directly or in a nested scope)."""
@@ -188,10 +265,19 @@ class _Compiler:
         self.pred_count.append(0)
         return node.id
 
-    def _new_scope(self, checkpoint: Checkpoint, parent: int) -> int:
+    def _new_scope(self, checkpoint: Checkpoint, parent: int, periodic: Periodic | None = None) -> int:
         scope = Scope(len(self.scopes), checkpoint.name, checkpoint, parent, self.scopes[parent].depth + 1)
+        outer = self.scopes[parent]
+        if checkpoint.keep_last is not None or checkpoint.max_age is not None:
+            scope.keep_last, scope.max_age = checkpoint.keep_last, checkpoint.max_age
+        elif periodic is not None:
+            scope.keep_last = 10
+        else:
+            scope.keep_last, scope.max_age = outer.keep_last, outer.max_age
+        if periodic is not None:
+            scope.every, scope.times = periodic.every, periodic.times
         self.scopes.append(scope)
-        self.scopes[parent].children.append(scope.id)
+        outer.children.append(scope.id)
         return scope.id
 
     def _edge(self, a: int, b: int) -> None:
@@ -207,7 +293,7 @@ class _Compiler:
     ) -> None:
         """First pass: one node per task, scopes, paths and providers."""
         if flow.checkpoint is not None:
-            scope = self._new_scope(flow.checkpoint, scope)
+            scope = self._new_scope(flow.checkpoint, scope, flow if isinstance(flow, Periodic) else None)
         if flow.inject:
             injects = (flow.inject, *injects)
         for index, item in enumerate(flow.items):
@@ -269,7 +355,7 @@ class _Compiler:
             depth += 1
         flow, p_index = p_path[depth]
         c_index = c_path[depth][1]
-        if isinstance(flow, Linear):
+        if isinstance(flow, Linear | Periodic):
             if p_index > c_index:
                 raise ProviderOrderError(flow.name, self.nodes[consumer].name, name, self.nodes[provider].name)
         elif isinstance(flow, Parallel):
@@ -282,6 +368,7 @@ class _Compiler:
 
     def build(self, flow: Flow, scope: int, next_task: list[int]) -> _Fragment:
         """Third pass: structural edges. ``next_task`` walks task nodes in collect() order."""
+        outer = scope
         if flow.checkpoint is not None:
             scope = self._scope_of_checkpoint(flow.checkpoint)
         pieces: list[_Fragment] = []
@@ -296,12 +383,20 @@ class _Compiler:
                 pieces.append(_Fragment([node], [node], item_scope, item.name))
             else:
                 pieces.append(self.build(item, item_scope, next_task))
-        if isinstance(flow, Linear):
+        if isinstance(flow, Linear | Periodic):
             real = [p for p in pieces if p.entries]
             for before, after in itertools.pairwise(real):
                 self._connect(before, after)
             if not real:
                 return _Fragment([], [], scope, flow.name)
+            if isinstance(flow, Periodic):
+                # The gate stands outside the Periodic's scope, after every exit of its body: what
+                # follows waits for the gate, which opens only after the last iteration.
+                gate = self._new_node(f"{flow.name}.loop", LOOP, outer, None)
+                for n in real[-1].exits:
+                    self._edge(n, gate)
+                self.scopes[scope].gate = gate
+                return _Fragment(real[0].entries, [gate], outer, flow.name)
             return _Fragment(real[0].entries, real[-1].exits, scope, flow.name)
         if isinstance(flow, Parallel):
             return _Fragment(

@@ -21,9 +21,17 @@ CURRENT: ContextVar[tuple[RunCore, int] | None] = ContextVar("ckflow_current", d
 class TaskContext:
     """The running task's view of its run; returned by ``ckflow.current()``."""
 
-    __slots__ = ("attempt", "checkpoint", "history", "run_id", "task")
+    __slots__ = ("attempt", "checkpoint", "history", "iteration", "run_id", "task")
 
-    def __init__(self, run_id: str, task: str, attempt: int, checkpoint: str, history: tuple[Failure, ...]) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        task: str,
+        attempt: int,
+        checkpoint: str,
+        history: tuple[Failure, ...],
+        iteration: int = 0,
+    ) -> None:
         #: the run's id
         self.run_id = run_id
         #: the task's name
@@ -34,6 +42,8 @@ class TaskContext:
         self.checkpoint = checkpoint
         #: the failures of earlier attempts under that checkpoint, oldest first
         self.history = history
+        #: the iteration (from 1) of the innermost ``Periodic`` holding the task; 0 outside any
+        self.iteration = iteration
 
     def __repr__(self) -> str:
         return f"<ckflow.TaskContext run={self.run_id!r} task={self.task!r} attempt={self.attempt}>"

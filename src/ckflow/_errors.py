@@ -13,6 +13,16 @@
     │   ├── CycleError
     │   └── MisplacedCheckpointError
     ├── RunStateError                  (a control operation that the run's state forbids)
+    │   ├── RunNotFoundError           (no run has that id, in the engine or its store)
+    │   ├── RunExistsError             (a run id is taken)
+    │   ├── RunOwnedError              (another live engine holds the run's lease)
+    │   └── UnknownCheckpointError     (the flow has no checkpoint of that name)
+    ├── FlowNotRegisteredError         (no flow was registered under a name)
+    ├── StoreError                     (a store cannot do what was asked)
+    │   ├── StoreUnavailableError      (cannot connect, or the file is not a ckflow store)
+    │   ├── SchemaVersionError         (the store was written by a newer ckflow)
+    │   ├── ResultNotSerializableError (a task's value cannot be stored as JSON)
+    │   └── LeaseLostError             (another engine took the run over; this one stops)
     ├── EventsOverflowError            (a subscriber fell further behind than its buffer)
     ├── RunFailedError                 (ExceptionGroup raised by RunResult.raise_for_state())
     ├── Cancelled                      (the reason recorded for a task the revert walker cancelled)
@@ -25,10 +35,12 @@ than parse text.
 
 from __future__ import annotations
 
+import datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
 
 __all__ = [
     "AmbiguousProviderError",
@@ -39,14 +51,28 @@ __all__ = [
     "DuplicateTaskError",
     "EventsOverflowError",
     "FlowDefinitionError",
+    "FlowNotRegisteredError",
+    "LeaseLostError",
     "MisplacedCheckpointError",
     "MissingRequirementError",
     "ProviderOrderError",
+    "ResultNotSerializableError",
+    "RunExistsError",
     "RunFailedError",
+    "RunNotFoundError",
+    "RunOwnedError",
     "RunStateError",
+    "SchemaVersionError",
     "SiblingDependencyError",
+    "StoreError",
+    "StoreUnavailableError",
     "TaskDefinitionError",
+    "UnknownCheckpointError",
 ]
+
+
+def _wall(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 class CkflowError(Exception):
@@ -164,6 +190,125 @@ class MisplacedCheckpointError(FlowDefinitionError):
 
 class RunStateError(CkflowError):
     """A control operation the run's current state does not allow, or an unknown name."""
+
+
+class RunNotFoundError(RunStateError, LookupError):
+    """No run has this id, neither in the engine nor in its store."""
+
+    def __init__(self, run_id: str, where: str) -> None:
+        self.run_id = run_id
+        self.where = where
+        super().__init__(f"No run has id {run_id!r} in {where}; list the runs with `ckflow runs`.")
+
+
+class RunExistsError(RunStateError):
+    """A run with this id already exists; run ids are unique within a store."""
+
+    def __init__(self, run_id: str, where: str) -> None:
+        self.run_id = run_id
+        self.where = where
+        super().__init__(
+            f"A run with id {run_id!r} already exists in {where}; pick another id, or resume it "
+            "with `engine.resume(run_id)`."
+        )
+
+
+class RunOwnedError(RunStateError):
+    """Another engine holds the run's lease and keeps renewing it: it runs there."""
+
+    def __init__(self, run_id: str, owner: str, lease_expires: float | None) -> None:
+        self.run_id = run_id
+        self.owner = owner
+        self.lease_expires = lease_expires
+        until = "" if lease_expires is None else f" (lease until {_wall(lease_expires)})"
+        super().__init__(
+            f"Run {run_id!r} is held by engine {owner!r}{until}; control it through "
+            "`await engine.attach(run_id)`, or resume it here once that engine is gone and its lease lapses."
+        )
+
+
+class UnknownCheckpointError(RunStateError, LookupError):
+    """The run's flow has no checkpoint of this name."""
+
+    def __init__(self, run_id: str, flow: str, checkpoint: str, known: Sequence[str]) -> None:
+        self.run_id = run_id
+        self.flow = flow
+        self.checkpoint = checkpoint
+        self.known = tuple(known)
+        super().__init__(
+            f"Run {run_id!r} of flow {flow!r} has no checkpoint {checkpoint!r}; its checkpoints are {list(known)}."
+        )
+
+
+class FlowNotRegisteredError(CkflowError, LookupError):
+    """No flow is registered under this name in this process."""
+
+    def __init__(self, flow: str, known: Sequence[str]) -> None:
+        self.flow = flow
+        self.known = tuple(known)
+        super().__init__(
+            f"No flow is registered as {flow!r} in this process (registered: {sorted(known)}); call "
+            f"`ckflow.register_flow({flow!r}, factory)` at import time, or pass `flow=`."
+        )
+
+
+class StoreError(CkflowError):
+    """A store could not do what was asked; nothing it had already recorded is lost."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store cannot be opened: the database is unreachable, or the file is not a ckflow store."""
+
+    def __init__(self, url: str, problem: str) -> None:
+        self.url = url
+        self.problem = problem
+        super().__init__(f"Store {url!r} cannot be opened: {problem}")
+
+
+class SchemaVersionError(StoreError):
+    """The store's schema is newer than this ckflow understands."""
+
+    def __init__(self, url: str, found: int, supported: int) -> None:
+        self.url = url
+        self.found = found
+        self.supported = supported
+        super().__init__(
+            f"Store {url!r} has schema version {found}, written by a newer ckflow; this ckflow reads up to "
+            f"version {supported}: upgrade ckflow (`pip install -U ckflow`) before opening it."
+        )
+
+
+class ResultNotSerializableError(StoreError, TypeError):
+    """A task returned (or a run was given as input) a value that cannot be stored as JSON."""
+
+    def __init__(
+        self, task: str | None, type_name: str, problem: str, *, input: str | None = None, value: object = None
+    ) -> None:
+        #: the task whose result it is (None for a run input)
+        self.task = task
+        #: the run input it is (None for a task result)
+        self.input = input
+        self.type_name = type_name
+        self.problem = problem
+        #: the value itself (in the process that produced it)
+        self.value = value
+        subject = f"Task {task!r} returned" if input is None else f"Run input {input!r} is"
+        super().__init__(
+            f"{subject} a {type_name}, which cannot be stored as JSON ({problem}); use JSON-able data or a "
+            "pydantic model, or register a codec for the type with `ckflow.register_codec()`."
+        )
+
+
+class LeaseLostError(StoreError):
+    """Another engine took the run over (this engine's lease had lapsed): this engine stops running it."""
+
+    def __init__(self, run_id: str, owner: str) -> None:
+        self.run_id = run_id
+        self.owner = owner
+        super().__init__(
+            f"Run {run_id!r}: engine {owner!r} lost its lease (another engine took the run over after it "
+            "lapsed); this engine stopped running it and the other one goes on."
+        )
 
 
 class EventsOverflowError(CkflowError):

@@ -46,7 +46,8 @@ class Event(BaseModel):
     ``name`` is dotted: ``ckflow.task.<state>`` and ``ckflow.run.<state>`` for
     transitions (with ``old`` and ``new``), ``ckflow.walker.*`` for the steps
     of the revert walker and ``ckflow.control.*`` for operator requests.
-    ``monotonic`` is ``time.monotonic()``; ``wall`` is ``time.time()``.
+    ``monotonic`` is ``time.monotonic()``; ``wall`` is ``time.time()``. A run
+    with a store records every event, numbered by ``seq``.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -63,6 +64,8 @@ class Event(BaseModel):
     wall: float
     failure: Failure | None = None
     detail: dict[str, Any] = Field(default_factory=dict)
+    #: the event's place in the run's stored history (None for a run without a store)
+    seq: int | None = None
 
 
 @final

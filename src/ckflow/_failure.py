@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import traceback
 from typing import Any, Literal
 
@@ -30,6 +31,8 @@ class Failure(BaseModel):
     message: str
     traceback: str = ""
     attempt: int = 1
+    #: wall-clock time (``time.time()``) of the failure
+    at: float | None = None
 
     _exception: BaseException | None = PrivateAttr(default=None)
 
@@ -73,6 +76,7 @@ class Failure(BaseModel):
             exc_type=qualname if module == "builtins" else f"{module}.{qualname}",
             message=str(exc),
             attempt=attempt,
+            at=time.time(),
         )
         failure._exception = exc
         return failure

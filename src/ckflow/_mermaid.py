@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ckflow._compile import JOIN, ROOT
+from ckflow._compile import JOIN, LOOP, ROOT, TASK
 
 if TYPE_CHECKING:
     from ckflow._models import RunResult
@@ -43,7 +43,12 @@ def to_mermaid(flow: Flow, run: Run | RunResult | None = None) -> str:
     def emit(scope: int, indent: str) -> None:
         for n in children[scope]:
             node = graph.nodes[n]
-            lines.append(f"{indent}n{n}(( ))" if node.kind == JOIN else f'{indent}n{n}["{_label(node.name)}"]')
+            if node.kind == JOIN:
+                lines.append(f"{indent}n{n}(( ))")
+            elif node.kind == LOOP:
+                lines.append(f'{indent}n{n}{{{{"{_label(node.name)}"}}}}')
+            else:
+                lines.append(f'{indent}n{n}["{_label(node.name)}"]')
         for child in graph.scopes[scope].children:
             lines.append(f'{indent}subgraph cp{child}["checkpoint {_label(graph.scopes[child].name)}"]')
             emit(child, indent + "    ")
@@ -55,7 +60,7 @@ def to_mermaid(flow: Flow, run: Run | RunResult | None = None) -> str:
         tasks = run.tasks
         used: set[str] = set()
         for node in graph.nodes:
-            if node.kind != JOIN and node.name in tasks:
+            if node.kind == TASK and node.name in tasks:
                 state = str(tasks[node.name].state)
                 used.add(state)
                 lines.append(f"    class n{node.id} {state.lower()}")

@@ -1,4 +1,4 @@
-"""Flow patterns: ``Linear``, ``Parallel`` and ``Graph``. Pure structure, no engine code.
+"""Flow patterns: ``Linear``, ``Parallel``, ``Graph`` and ``Periodic``. Pure structure, no engine code.
 
 A flow is a tree whose leaves are tasks and ``Checkpoint`` markers. Problems
 that can be seen in the tree alone (duplicate names, misplaced markers,
@@ -9,17 +9,19 @@ providers, cycles) is found by the compiler.
 
 from __future__ import annotations
 
+import datetime
+import math
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeAlias, final
 
-from ckflow._checkpoint import Checkpoint, _is_name
-from ckflow._errors import AmbiguousProviderError, DuplicateTaskError, MisplacedCheckpointError
+from ckflow._checkpoint import Checkpoint, _is_name, _is_positive_int
+from ckflow._errors import AmbiguousProviderError, DuplicateTaskError, FlowDefinitionError, MisplacedCheckpointError
 from ckflow._task import Task, check_task_item
 
 if TYPE_CHECKING:
     from ckflow._compile import ExecutionGraph
 
-__all__ = ["Flow", "Graph", "Item", "Linear", "Parallel"]
+__all__ = ["Flow", "Graph", "Item", "Linear", "Parallel", "Periodic"]
 
 Item: TypeAlias = "Task | Flow | Checkpoint"
 
@@ -225,3 +227,61 @@ class Graph(Flow):
         self._links.append((a, b))
         self._compiled = None
         return self
+
+
+@final
+class Periodic(Flow):
+    """Runs its items again and again, in order like a ``Linear``: one *iteration* every ``every`` seconds.
+
+    ``every`` is the time from the start of one iteration to the start of the
+    next (a ``timedelta`` or seconds; 0 runs them back to back); an iteration
+    that takes longer is followed at once by the next, never overlapped.
+    ``times`` bounds the number of iterations (None: until the run is
+    cancelled). What follows the Periodic starts after its last iteration
+    and reads the values of that iteration.
+
+    Each iteration is a pass of the Periodic's checkpoint (``checkpoint=``,
+    by default ``Checkpoint(name, keep_last=10)``): a failure in an iteration
+    is reverted back to that iteration's start only, and retried under the
+    checkpoint's ``Retry``; finished iterations are final and never
+    reverted. In a durable run the checkpoint's retention (``keep_last``,
+    ``max_age``; ``keep_last=10`` unless the checkpoint sets one of them)
+    deletes the records of older iterations as new ones complete, so the
+    store stays the same size however long the Periodic runs.
+    ``ckflow.current().iteration`` tells a task which iteration it is in.
+    """
+
+    __slots__ = ("every", "times")
+    kind = "Periodic"
+
+    def __init__(
+        self,
+        name: str,
+        *items: Item,
+        every: float | datetime.timedelta,
+        times: int | None = None,
+        checkpoint: Checkpoint | None = None,
+        inject: Mapping[str, Any] | None = None,
+    ) -> None:
+        if checkpoint is None and _is_name(name):
+            checkpoint = Checkpoint(name, keep_last=10)
+        super().__init__(name, *items, inject=inject, checkpoint=checkpoint)
+        seconds: object = every.total_seconds() if isinstance(every, datetime.timedelta) else every
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise TypeError(f"Periodic {name!r}: every= must be seconds or a timedelta, got {every!r}.")
+        if math.isnan(seconds) or math.isinf(seconds) or seconds < 0:
+            raise ValueError(f"Periodic {name!r}: every={every!r} must be a finite number of seconds >= 0.")
+        if times is not None and not _is_positive_int(times):
+            raise ValueError(f"Periodic {name!r}: times={times!r} must be a positive int, or None for no end.")
+        if not self._task_names:
+            raise FlowDefinitionError(f"Periodic {name!r} repeats no task; give it at least one task.")
+        #: seconds from the start of one iteration to the start of the next
+        self.every = float(seconds)
+        #: how many iterations; None for no end
+        self.times = times
+
+    def _check_marker(self, marker: Checkpoint) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return f"<ckflow.Periodic {self.name!r} every {self.every} s, {self.times or 'no end'} times>"

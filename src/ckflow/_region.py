@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from ckflow._compile import JOIN, ROOT, ExecutionGraph
+from ckflow._compile import ROOT, TASK, ExecutionGraph
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -59,15 +59,16 @@ def region(graph: ExecutionGraph, seeds: Iterable[int], scope: int, mode: str = 
 
     stack = [s for s in seeds if in_scope(s)]
     found = set(stack)
-    # Causal ancestors: walk up through joins (they carry nothing of their own), but a join met on
-    # the way up is no cause: expanding downstream from it would pull in unrelated siblings.
+    # Causal ancestors: walk up through joins and loop gates (they carry nothing of their own), but
+    # such a node met on the way up is no cause: expanding downstream from it would pull in unrelated
+    # siblings.
     seen = set(stack)
     while stack:
         for p in nodes[stack.pop()].preds:
             if p not in seen and in_scope(p):
                 seen.add(p)
                 stack.append(p)
-                if nodes[p].kind != JOIN:
+                if nodes[p].kind == TASK:
                     found.add(p)
     result = set(found)
     stack = list(found)

@@ -1,88 +1,148 @@
-"""``Run``: the handle of a run started by an ``Engine`` (no public constructor)."""
+"""``Run``: the handle of a run, wherever it runs (no public constructor).
+
+A handle is backed either by the run's live state in this engine (``_Local``)
+or by its store (``_Stored``): a run that another engine runs, or one that
+has ended. A stored handle controls its run through the store: a request
+that the owning engine carries out at its next heartbeat, or, when no live
+engine owns the run, by taking the run over into this engine (the handle
+then becomes local).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, final
+import time
+import uuid
+from typing import TYPE_CHECKING, Final, Protocol, final
 
-from ckflow._errors import RunStateError
+import anyio
+
+from ckflow._control import request_cancel, request_goto, request_resume, request_revert_to, request_suspend
+from ckflow._errors import RunOwnedError, RunStateError
 from ckflow._events import DEFAULT_BUFFER, Event, EventStream
+from ckflow._records import ControlRequest
+from ckflow._states import FlowState
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
+    from ckflow._engine import Engine
     from ckflow._models import RunResult, TaskSummary
+    from ckflow._patterns import Flow
+    from ckflow._records import ControlOp, RunRecord
     from ckflow._runtime import RunCore
-    from ckflow._states import FlowState
 
 __all__ = ["Run"]
+
+_TERMINAL: Final = frozenset({FlowState.SUCCESS, FlowState.REVERTED, FlowState.FAILURE})
+
+
+class _Backend(Protocol):
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def flow(self) -> str: ...
+    @property
+    def state(self) -> FlowState: ...
+    @property
+    def tasks(self) -> Mapping[str, TaskSummary]: ...
+    def events(self, buffer: int) -> EventStream: ...
+    def subscribe(self, callback: Callable[[Event], object]) -> Callable[[], None]: ...
+    async def wait(self) -> RunResult: ...
+    async def wait_suspended(self) -> RunResult: ...
+    async def cancel(self) -> None: ...
+    async def suspend(self) -> None: ...
+    async def goto(self, checkpoint: str) -> None: ...
+    async def revert_to(self, checkpoint: str, retry: bool) -> None: ...
+    async def resume(self) -> None: ...
 
 
 @final
 class Run:
-    """A run owned by an engine. Control it from any task of the same event loop.
+    """A run of an engine. Control it from any task of the engine's event loop.
 
     Cancelling a task that awaits ``wait()`` never cancels the run: the run
-    belongs to the engine. Every control method is idempotent.
+    belongs to the engine. Every control method is idempotent. A handle from
+    ``engine.attach()`` may stand for a run that another process runs: its
+    control methods then go through the store, and ``state`` and ``tasks``
+    are as of the handle's last look at the store.
     """
 
-    __slots__ = ("_core",)
+    __slots__ = ("_impl",)
 
-    def __init__(self, core: RunCore) -> None:
-        self._core = core
+    def __init__(self, impl: _Backend) -> None:
+        self._impl = impl
 
     @property
     def id(self) -> str:
         """The run's id."""
-        return self._core.run_id
+        return self._impl.run_id
 
     @property
     def flow(self) -> str:
         """The name of the flow being run."""
-        return self._core.flow
+        return self._impl.flow
 
     @property
     def state(self) -> FlowState:
-        """The run's state now."""
-        return self._core.flow_state
+        """The run's state now (as last seen in the store, for a run in another engine)."""
+        return self._impl.state
+
+    @property
+    def local(self) -> bool:
+        """True when this engine runs the run (False: another engine does, or it has ended elsewhere)."""
+        return isinstance(self._impl, _Local)
 
     @property
     def tasks(self) -> Mapping[str, TaskSummary]:
         """Task name -> a summary of that task now (built on access)."""
-        return self._core.task_summaries()
+        return self._impl.tasks
 
     def events(self, *, buffer: int = DEFAULT_BUFFER) -> EventStream:
         """Every event of the run from now on, as an async iterator that ends with the run.
 
         Subscribe before the first ``await`` after ``engine.start()`` to see
         every event. A subscriber more than ``buffer`` events behind is cut
-        off (its iterator raises ``EventsOverflowError``); the engine never waits.
+        off (its iterator raises ``EventsOverflowError``); the engine never
+        waits. For a run in another engine, the events are read from the
+        store as they are written.
+
+        Raises:
+            RunStateError: the run has ended.
         """
-        if self._core.terminal.is_set():
-            raise RunStateError(f"Run {self.id!r} has ended ({self.state}); it has no more events.")
-        return self._core.hub.subscribe(buffer)
+        if buffer < 1:
+            raise ValueError(f"events(buffer={buffer}) must be at least 1.")
+        return self._impl.events(buffer)
 
     def subscribe(self, callback: Callable[[Event], object]) -> Callable[[], None]:
-        """Call ``callback(event)`` for every event from now on; returns a function that unsubscribes."""
-        return self._core.hub.add_callback(callback)
+        """Call ``callback(event)`` for every event from now on; returns a function that unsubscribes.
+
+        Raises:
+            RunStateError: the run is in another engine (iterate ``events()`` instead).
+        """
+        return self._impl.subscribe(callback)
 
     async def wait(self) -> RunResult:
-        """Wait until the run has ended (SUCCESS, REVERTED or FAILURE) and return its result."""
-        await self._core.terminal.wait()
-        return self._core.result()
+        """Wait until the run has ended (SUCCESS, REVERTED or FAILURE) and return its result.
+
+        Raises:
+            RunStateError: this engine stopped running the run (it shut down); it stays resumable.
+            LeaseLostError: another engine took the run over.
+            StoreError: the store failed; the run stays as the store last recorded it.
+        """
+        return await self._impl.wait()
 
     async def wait_suspended(self) -> RunResult:
         """Wait until the run is SUSPENDED (or has ended); returns its result so far."""
-        await self._core.suspended.wait()
-        return self._core.result()
+        return await self._impl.wait_suspended()
 
     async def cancel(self) -> None:
         """Revert everything that ran; the run ends REVERTED. Returns once the revert has started."""
-        self._core.request_cancel()
+        await self._impl.cancel()
+        self._adopted()
 
     async def suspend(self) -> None:
         """Let running tasks finish, start nothing new; returns once the run is SUSPENDED (or ended)."""
-        self._core.request_suspend()
-        await self._core.suspended.wait()
+        await self._impl.suspend()
 
     async def goto(self, checkpoint: str) -> None:
         """Run forward until ``checkpoint`` is reached, or revert back to it if the run is past it.
@@ -90,10 +150,11 @@ class Run:
         Returns once the run is SUSPENDED there (or has ended); ``resume()`` goes on.
 
         Raises:
-            RunStateError: the flow has no such checkpoint, or the run has ended.
+            UnknownCheckpointError: the flow has no such checkpoint.
+            RunStateError: the run has ended.
         """
-        self._core.request_goto(checkpoint)
-        await self._core.suspended.wait()
+        await self._impl.goto(checkpoint)
+        self._adopted()
 
     async def revert_to(self, checkpoint: str, *, retry: bool = True) -> None:
         """Revert everything of ``checkpoint``'s scope that ran, other branches untouched.
@@ -103,19 +164,241 @@ class Run:
         is parked SUSPENDED at the checkpoint and this returns once it is.
 
         Raises:
-            RunStateError: the flow has no such checkpoint, or the run has ended.
+            UnknownCheckpointError: the flow has no such checkpoint.
+            RunStateError: the run has ended.
         """
-        region = self._core.request_revert_to(checkpoint, retry=retry)
+        await self._impl.revert_to(checkpoint, retry)
+        self._adopted()
+
+    async def resume(self) -> None:
+        """Go on after a suspension; a checkpoint that parked the run starts with a fresh budget.
+
+        A durable run that no live engine owns (its engine crashed or shut
+        down) is taken over and continued by this engine.
+        """
+        await self._impl.resume()
+        self._adopted()
+
+    def _adopted(self) -> None:
+        """A stored handle whose run this engine took over becomes a local one."""
+        impl = self._impl
+        if isinstance(impl, _Stored) and impl.taken is not None:
+            self._impl = impl.taken._impl
+
+    def __repr__(self) -> str:
+        impl = self._impl
+        if isinstance(impl, _Local):
+            core = impl.core
+            done = sum(1 for n in core.graph.index.values() if core.state[n] == "SUCCESS")
+            return f"<ckflow.Run {core.flow!r} {core.run_id} {core.flow_state} {done}/{core.graph.task_count} done>"
+        return f"<ckflow.Run {impl.flow!r} {impl.run_id} {impl.state} (in its store)>"
+
+
+class _Local:
+    """The handle's view of a run that this engine runs."""
+
+    __slots__ = ("core",)
+
+    def __init__(self, core: RunCore) -> None:
+        self.core = core
+
+    @property
+    def run_id(self) -> str:
+        return self.core.run_id
+
+    @property
+    def flow(self) -> str:
+        return self.core.flow
+
+    @property
+    def state(self) -> FlowState:
+        return self.core.flow_state
+
+    @property
+    def tasks(self) -> Mapping[str, TaskSummary]:
+        return self.core.task_summaries()
+
+    def events(self, buffer: int) -> EventStream:
+        if self.core.terminal.is_set():
+            raise RunStateError(f"Run {self.run_id!r} has ended ({self.state}); it has no more events.")
+        return self.core.hub.subscribe(buffer)
+
+    def subscribe(self, callback: Callable[[Event], object]) -> Callable[[], None]:
+        return self.core.hub.add_callback(callback)
+
+    def _check_stopped(self) -> None:
+        if self.core.stopped is not None:
+            raise self.core.stopped
+
+    async def wait(self) -> RunResult:
+        await self.core.terminal.wait()
+        self._check_stopped()
+        return self.core.result()
+
+    async def wait_suspended(self) -> RunResult:
+        await self.core.suspended.wait()
+        self._check_stopped()
+        return self.core.result()
+
+    async def cancel(self) -> None:
+        request_cancel(self.core)
+
+    async def suspend(self) -> None:
+        request_suspend(self.core)
+        await self.core.suspended.wait()
+
+    async def goto(self, checkpoint: str) -> None:
+        request_goto(self.core, checkpoint)
+        await self.core.suspended.wait()
+
+    async def revert_to(self, checkpoint: str, retry: bool) -> None:
+        region = request_revert_to(self.core, checkpoint, retry=retry)
         if retry:
             await region.settled.wait()
         else:
-            await self._core.suspended.wait()
+            await self.core.suspended.wait()
 
     async def resume(self) -> None:
-        """Go on after a suspension; a checkpoint that parked the run starts with a fresh budget."""
-        self._core.request_resume()
+        request_resume(self.core)
 
-    def __repr__(self) -> str:
-        core = self._core
-        done = sum(1 for n in core.graph.index.values() if core.state[n] == "SUCCESS")
-        return f"<ckflow.Run {core.flow!r} {core.run_id} {core.flow_state} {done}/{core.graph.task_count} done>"
+
+class _Stored:
+    """The handle's view of a run through its store: another engine runs it, or it has ended."""
+
+    __slots__ = ("engine", "flow_obj", "record", "taken", "task_records")
+
+    def __init__(self, engine: Engine, record: RunRecord, flow: Flow | None) -> None:
+        self.engine = engine
+        self.record = record
+        self.flow_obj = flow
+        #: the local handle, once this engine took the run over
+        self.taken: Run | None = None
+        self.task_records: Mapping[str, TaskSummary] = {}
+
+    @property
+    def run_id(self) -> str:
+        return self.record.run_id
+
+    @property
+    def flow(self) -> str:
+        return self.record.flow
+
+    @property
+    def state(self) -> FlowState:
+        return self.record.state
+
+    @property
+    def tasks(self) -> Mapping[str, TaskSummary]:
+        return self.task_records
+
+    async def refresh(self) -> RunRecord:
+        """Read the run's record and task records again."""
+        self.record = await self.engine._store_or_fail().get_run(self.run_id)
+        self.task_records = await self.engine._summaries(self.run_id)
+        return self.record
+
+    def events(self, buffer: int) -> EventStream:
+        if self.record.state in _TERMINAL:
+            raise RunStateError(f"Run {self.run_id!r} has ended ({self.state}); it has no more events.")
+        return self.engine._tail_events(self.run_id, self.record.next_seq - 1, buffer)
+
+    def subscribe(self, callback: Callable[[Event], object]) -> Callable[[], None]:
+        raise RunStateError(
+            f"Run {self.run_id!r} runs in engine {self.record.owner!r}, not in this process: callbacks see only "
+            "local runs; iterate `run.events()`, which reads the run's events from its store."
+        )
+
+    async def _until(self, done: Callable[[RunRecord], bool]) -> RunRecord:
+        while True:
+            record = await self.refresh()
+            if done(record):
+                return record
+            await anyio.sleep(self.engine._poll_interval)
+
+    async def wait(self) -> RunResult:
+        local = self.taken
+        if local is not None:
+            return await local.wait()
+        await self._until(lambda r: r.state in _TERMINAL)
+        return await self.engine._stored_result(self.record, self.flow_obj)
+
+    async def wait_suspended(self) -> RunResult:
+        await self._until(lambda r: r.state in _TERMINAL or r.state is FlowState.SUSPENDED)
+        return await self.engine._stored_result(self.record, self.flow_obj)
+
+    async def _control(self, op: ControlOp, checkpoint: str | None = None, retry: bool = True) -> bool:
+        """Carry out ``op``: here if no live engine owns the run (True), else through its owner (False)."""
+        record = await self.refresh()
+        if record.state in _TERMINAL:
+            if op in ("goto", "revert_to"):
+                raise RunStateError(
+                    f"Run {self.run_id!r} cannot {op.replace('_', ' ')} {checkpoint!r}: it is {record.state}."
+                )
+            return False
+        if checkpoint is not None:
+            self.engine._check_checkpoint(record, self.flow_obj, checkpoint)
+        try:
+            taken = await self.engine._take_over(record, self.flow_obj, op)
+        except RunOwnedError:
+            pass
+        else:
+            if taken is None:
+                await self.refresh()  # done in the store alone (a suspend of a run nobody runs)
+                return False
+            self.taken = taken
+            return True
+        request = ControlRequest(
+            request_id=uuid.uuid4().hex,
+            run_id=self.run_id,
+            op=op,
+            checkpoint=checkpoint,
+            retry=retry,
+            requested_at=time.time(),
+            requested_by=self.engine.id,
+        )
+        store = self.engine._store_or_fail()
+        await store.request(request)
+        while True:
+            # The owner marks the request done once it has taken effect (a suspend: once SUSPENDED).
+            done = next((r for r in await store.requests(self.run_id) if r.request_id == request.request_id), None)
+            if done is not None and done.done_at is not None:
+                if done.error is not None:
+                    raise RunStateError(done.error)
+                await self.refresh()
+                return False
+            if (await self.refresh()).state in _TERMINAL:
+                return False
+            await anyio.sleep(self.engine._poll_interval)
+
+    async def _local_or(self, op: ControlOp, checkpoint: str | None = None, retry: bool = True) -> _Local | None:
+        if await self._control(op, checkpoint, retry):
+            assert self.taken is not None
+            impl = self.taken._impl
+            assert isinstance(impl, _Local)
+            return impl
+        return None
+
+    async def cancel(self) -> None:
+        local = await self._local_or("cancel")
+        if local is not None:
+            await local.cancel()
+
+    async def suspend(self) -> None:
+        local = await self._local_or("suspend")
+        if local is not None:
+            await local.suspend()
+
+    async def goto(self, checkpoint: str) -> None:
+        local = await self._local_or("goto", checkpoint)
+        if local is not None:
+            await local.goto(checkpoint)
+
+    async def revert_to(self, checkpoint: str, retry: bool) -> None:
+        local = await self._local_or("revert_to", checkpoint, retry)
+        if local is not None:
+            await local.revert_to(checkpoint, retry)
+
+    async def resume(self) -> None:
+        local = await self._local_or("resume")
+        if local is not None:
+            await local.resume()

@@ -35,17 +35,22 @@ import anyio
 import anyio.to_thread
 from anyio.lowlevel import RunVar, checkpoint
 
-from ckflow._compile import JOIN, ROOT, ExecutionGraph, Node
+from ckflow._codec import encode
+from ckflow._compile import LOOP, ROOT, TASK, ExecutionGraph, Node
 from ckflow._context import CURRENT, TaskContext
-from ckflow._errors import CkflowInternalError, RunStateError
+from ckflow._control import reach_barrier, request_cancel
+from ckflow._errors import CkflowInternalError, ResultNotSerializableError, RunStateError
 from ckflow._events import DEBUG, ERROR, INFO, WARNING, Event, EventHub
 from ckflow._failure import Failure, FailureKind
 from ckflow._models import RegionReport, RunResult, TaskSummary, _LazyTasks
-from ckflow._region import Action, decide, scope_members
+from ckflow._passes import iteration_done, new_pass, record_pass, scopes_progress, sleep
+from ckflow._records import RegionRecord
+from ckflow._region import Action, decide
 from ckflow._states import TASK_TRANSITIONS, FlowState, TaskState, check_flow_transition, check_task_transition
 
 if TYPE_CHECKING:
     from ckflow._checkpoint import Checkpoint
+    from ckflow._journal import Journal
 
 __all__ = ["RunCore", "thread_limiter"]
 
@@ -110,6 +115,9 @@ class Region:
         "backoff",
         "depth",
         "failures",
+        "gen",
+        "held",
+        "id",
         "members",
         "outstanding",
         "parked",
@@ -119,7 +127,10 @@ class Region:
         "settled",
     )
 
-    def __init__(self, scope: int, depth: int, action: Action, members: set[int], report: RegionReport) -> None:
+    def __init__(
+        self, id: int, scope: int, depth: int, action: Action, members: set[int], report: RegionReport
+    ) -> None:
+        self.id = id
         self.scope = scope
         self.depth = depth
         self.action = action
@@ -136,6 +147,10 @@ class Region:
         self.auto_resume = False
         #: set once every member that ran has been reverted
         self.settled = anyio.Event()
+        #: durable runs: the journal generation that records the region (0 once it is committed); its
+        #: reverts are held in ``held`` until then
+        self.gen = 0
+        self.held: list[int] = []
 
 
 class RunCore:
@@ -209,6 +224,37 @@ class RunCore:
         self.terminal = anyio.Event()
         self.suspended = anyio.Event()
         self._result: RunResult | None = None
+        #: durable runs: the journal of changes not yet in the store (None: the run lives in memory only)
+        self.journal: Journal | None = None
+        #: durable runs: each task's last result as JSON text, kept until the task is reset
+        self.encoded: list[str | None] = [None] * n
+        #: durable runs: the journal generation whose commit releases the node's successors (0: none)
+        self.hold_gen: list[int] = [0] * n
+        #: goto(): the checkpoint the run is going to
+        self.goto_name: str | None = None
+        self.region_ids = 0
+        #: why this engine stopped running the run (shut down, lease lost, store failed); None while it runs
+        self.stopped: BaseException | None = None
+        self.stop_signalled = False
+        #: the store failed or the lease was lost: nothing more is written
+        self.journal_dead = False
+        n_scopes = len(graph.scopes)
+        #: scope -> the number of its current pass (activation), from 1
+        self.pass_no = [1] * n_scopes
+        #: scope -> time.monotonic() at the start of its current pass (0: the run's start)
+        self.pass_start = [0.0] * n_scopes
+        #: scope -> the sequence number of the run's first event in its current pass
+        self.pass_seq = [0] * n_scopes
+        #: durable runs: scope -> its tasks (and Periodic gates) that are not SUCCESS now
+        self.remaining = list(graph.scope_sizes)
+        #: scope -> its retained passes: (pass, completed at, first seq, started at), wall-clock times
+        self.retained: dict[int, deque[tuple[int, float, int, float]]] = {}
+        #: Periodic scope -> its current iteration, from 1
+        self.iteration = dict.fromkeys(graph.loops.values(), 1)
+        #: Periodic scope -> the cancel scope of its wait for the next iteration
+        self.sleepers: dict[int, anyio.CancelScope] = {}
+        #: Periodic scope -> seconds still to wait, for waits set up before the run's task group exists
+        self.deferred_sleeps: dict[int, float] = {}
 
     # -- transitions -------------------------------------------------------------
 
@@ -217,6 +263,11 @@ class RunCore:
         if (old, new) not in TASK_TRANSITIONS:
             check_task_transition(self.nodes[n].name, old, new)
         self.state[n] = new
+        seq: int | None = None
+        journal = self.journal
+        if journal is not None:
+            result = self.results[n] if new is FAILURE or new is REVERT_FAILURE else None
+            seq = journal.transition(n, old, new, self._attempt(n), result if isinstance(result, Failure) else None)
         hub = self.hub
         if hub.active or new is FAILURE or new is REVERT_FAILURE:
             level = ERROR if new is REVERT_FAILURE else DEBUG
@@ -234,6 +285,7 @@ class RunCore:
                     attempt=self._attempt(n),
                     checkpoint=self.graph.scopes[node.scope].name,
                     failure=failure if isinstance(failure, Failure) else None,
+                    seq=seq,
                 )
 
     def _set_flow(self, new: FlowState) -> None:
@@ -241,12 +293,13 @@ class RunCore:
         check_flow_transition(self.flow, old, new)
         self.flow_state = new
         level = WARNING if new is FlowState.FAILURE else INFO
-        if self.hub.wants(level):
-            self.hub.emit(level, f"ckflow.run.{new.lower()}", old=old, new=new)
+        self._walker_event(f"ckflow.run.{new.lower()}", level, old=old, new=new)
 
     def _walker_event(self, name: str, level: int = INFO, **fields: Any) -> None:
+        """Emit a run, walker or control event (and record it, for a durable run)."""
+        seq = None if self.journal is None else self.journal.event(name, fields)
         if self.hub.wants(level):
-            self.hub.emit(level, name, **fields)
+            self.hub.emit(level, name, seq=seq, **fields)
 
     # -- attempts ------------------------------------------------------------------
 
@@ -271,6 +324,7 @@ class RunCore:
             self._attempt(n),
             self.graph.scopes[scope].name,
             tuple(self.history.get(scope, ())),
+            self.iteration_of(n),
         )
 
     # -- driving the run ---------------------------------------------------------
@@ -280,28 +334,46 @@ class RunCore:
         self.stop_on_suspend = stop_on_suspend
         self.limiter = thread_limiter()
         self.t_start = time.monotonic()
+        self.pass_start = [start or self.t_start for start in self.pass_start]
         if self.flow_state is FlowState.PENDING and self.root_region is None:
             self._set_flow(FlowState.RUNNING)
-            for n in range(self.total):
-                if self.waiting[n] == 0:
-                    self._make_ready(n)
+            self._start_ready()
+        elif self.flow_state is FlowState.RUNNING:
+            self._start_ready()  # a run resumed from its store
         try:
             await self._drive(self.settled)
         except anyio.get_cancelled_exc_class():
-            # The caller hung up: undo everything that ran, shielded, then let the cancellation go on.
             with anyio.CancelScope(shield=True):
-                self.request_cancel(spawn=False)
+                if self.journal is not None:
+                    # A durable run is only interrupted here: it stays in its store, as it is, for this or
+                    # another engine to resume. Nothing is reverted for it.
+                    self.stop(None)
+                else:
+                    # The caller hung up: undo everything that ran, shielded, then let the cancellation go on.
+                    request_cancel(self, spawn=False)
                 await self._drive(self.terminal)
             raise
         return self.result()
 
+    def _start_ready(self) -> None:
+        """Queue every task that waits for nothing (at the start, and when a run resumes)."""
+        state, waiting, region_of = self.state, self.waiting, self.region_of
+        for n in range(self.total):
+            if waiting[n] == 0 and state[n] is PENDING and region_of[n] is None:
+                self._make_ready(n)
+
     async def _drive(self, until: anyio.Event) -> None:
-        async with anyio.create_task_group() as tg:
-            self.tg = tg
-            self._maybe_finish()
-            await self._worker()
-            await until.wait()
-        self.tg = None
+        try:
+            async with anyio.create_task_group() as tg:
+                self.tg = tg
+                for scope, delay in self.deferred_sleeps.items():
+                    sleep(self, scope, delay)
+                self.deferred_sleeps.clear()
+                self._maybe_finish()
+                await self._worker()
+                await until.wait()
+        finally:
+            self.tg = None
 
     async def _helper(self) -> None:
         self.idle_helpers -= 1
@@ -315,6 +387,9 @@ class RunCore:
             if self.limit:
                 ready = min(ready, max(self.limit - self.executing, 0))
             jobs += ready
+        journal = self.journal
+        if journal is not None and journal.pending and not journal.flushing:
+            jobs += 1  # a write: a worker that finds nothing ready writes the journal
         tg = self.tg
         if tg is None:
             return
@@ -339,32 +414,42 @@ class RunCore:
             if revert_ready:
                 await self._revert(revert_ready.popleft())
             else:
-                if self.halted or (self.limit and self.executing >= self.limit):
-                    return
                 n = -1
-                while ready:
-                    candidate = ready.popleft()
-                    queued[candidate] = 0
-                    if region_of[candidate] is None and state[candidate] is PENDING:
-                        if candidate in self.barrier:
-                            self._reach_barrier(candidate)
-                            return
-                        n = candidate
-                        break
+                if not (self.halted or self.stopped is not None or (self.limit and self.executing >= self.limit)):
+                    while ready:
+                        candidate = ready.popleft()
+                        queued[candidate] = 0
+                        if region_of[candidate] is None and state[candidate] is PENDING:
+                            if candidate in self.barrier:
+                                reach_barrier(self, candidate)
+                                break
+                            n = candidate
+                            break
                 if n < 0:
+                    # Nothing to run: write what the run changed (its successors may wait for it), then
+                    # look again. One write of a run is in flight at a time; what arrives meanwhile
+                    # waits for the next one (group commit).
+                    journal = self.journal
+                    if journal is not None and journal.pending and not journal.flushing:
+                        await journal.flush()
+                        continue
                     return
                 await self._execute(n)
             steps += 1
             if steps >= _FAIRNESS_STEPS:
                 steps = 0
-                await checkpoint()
+                journal = self.journal
+                if journal is not None and journal.urgent and not journal.flushing:
+                    await journal.flush()  # a long stretch of ready work must not keep its successors waiting
+                else:
+                    await checkpoint()
 
     def _make_ready(self, n: int) -> None:
         """``n`` has no unfinished predecessor: queue it, or pass straight through a join."""
         if self.region_of[n] is not None:
             return
         nodes = self.nodes
-        if nodes[n].kind != JOIN:
+        if nodes[n].kind == TASK:
             if not self.queued[n]:
                 self.queued[n] = 1
                 self.ready.append(n)
@@ -372,14 +457,18 @@ class RunCore:
         stack = [n]
         while stack:
             j = stack.pop()
+            if nodes[j].kind == LOOP and not iteration_done(self, j):
+                continue  # the Periodic goes round again; what follows it waits
             # A join does no work: it succeeds the moment its last predecessor has.
             self.state[j] = SUCCESS
             self.n_success += 1
+            if nodes[j].kind == LOOP and nodes[j].chain and self.journal is not None:
+                scopes_progress(self, nodes[j].chain)
             for s in nodes[j].succs:
                 w = self.waiting[s] - 1
                 self.waiting[s] = w
                 if w == 0 and self.region_of[s] is None:
-                    if nodes[s].kind == JOIN:
+                    if nodes[s].kind != TASK:
                         stack.append(s)
                     elif not self.queued[s]:
                         self.queued[s] = 1
@@ -446,13 +535,19 @@ class RunCore:
         except BaseException:
             # An enclosing scope (the caller of ckflow.run, the engine) cancelled the run itself.
             self.exec_scopes.pop(n, None)
-            self._cancelled(n, "the run was cancelled from outside")
+            if self.journal is not None:
+                self._interrupted(n)
+            else:
+                self._cancelled(n, "the run was cancelled from outside")
             raise
         finally:
             CURRENT.reset(token)
         if self.exec_scopes:
             self.exec_scopes.pop(n, None)
-        if n in self.cancel_requested:
+        if self.stopped is not None and self.journal is not None:
+            self.cancel_requested.discard(n)
+            self._interrupted(n)
+        elif n in self.cancel_requested:
             self.cancel_requested.discard(n)
             self._cancelled(n, "cancelled by the revert walker")
         elif scope.cancel_called:
@@ -465,6 +560,14 @@ class RunCore:
 
     def _succeed(self, n: int, value: Any) -> None:
         node = self.nodes[n]
+        journal = self.journal
+        if journal is not None:
+            try:
+                self.encoded[n] = encode(value)
+            except TypeError as exc:
+                error = ResultNotSerializableError(node.name, type(value).__qualname__, str(exc), value=value)
+                self._fail(n, error, "execute")
+                return
         provides = node.provides
         if provides:
             if len(provides) == 1:
@@ -487,14 +590,51 @@ class RunCore:
             self._member_settled(region, n)
             self._maybe_finish()
             return
+        if journal is not None:
+            # The successors start once the result is in the store.
+            self.hold_gen[n] = journal.gen
+            journal.hold(n)
+            if node.chain:
+                scopes_progress(self, node.chain)
+        else:
+            self._release(n)
+        if self.n_success == self.total or self.halted:
+            self._maybe_finish()
+
+    def _release(self, n: int) -> None:
+        """``n`` succeeded (durably, for a durable run): its successors have one predecessor less to wait for."""
         waiting = self.waiting
-        for s in node.succs:
+        for s in self.nodes[n].succs:
             w = waiting[s] - 1
             waiting[s] = w
             if w == 0:
                 self._make_ready(s)
-        if self.n_success == self.total or self.halted:
-            self._maybe_finish()
+
+    def _interrupted(self, n: int) -> None:
+        """A durable run stops in this engine while ``n`` executes: ``n`` is owed an execution, not a revert."""
+        self.results[n] = None
+        self._set(n, PENDING)
+        self.executing -= 1
+
+    def committed(self, gen: int, held: list[int], held_regions: list[Region], after: list[Callable[[], None]]) -> None:
+        """The journal's generation ``gen`` is in the store: release what waited for it."""
+        state, region_of, hold_gen = self.state, self.region_of, self.hold_gen
+        for n in held:
+            # A node reverted (and maybe run again) since it was held is no longer this generation's.
+            if hold_gen[n] == gen:
+                hold_gen[n] = 0
+                if state[n] is SUCCESS and region_of[n] is None:
+                    self._release(n)
+        for region in held_regions:
+            if region.gen == gen:
+                region.gen = 0
+                if region in self.regions:
+                    for m in region.held:
+                        self._queue_revert(m)
+                region.held.clear()
+        for callback in after:
+            callback()
+        self._maybe_finish()
 
     def _fail(self, n: int, exc: BaseException, kind: FailureKind) -> None:
         # The failure's moment is now, before recording and logging it: latencies count from here.
@@ -509,8 +649,9 @@ class RunCore:
         if region is not None:
             # A failure inside a region that is already reverting joins that region.
             region.failures.append(failure)
+            self._record_region(region)
             self._member_settled(region, n)
-        elif not self.failure_mode:
+        elif not self.failure_mode and self.stopped is None:
             self._on_failure(n, exc, failure, failed_at)
         self._maybe_finish()
 
@@ -560,6 +701,7 @@ class RunCore:
                 old[id(r)] = r
         failure_at = now
         carried: list[Failure] = []
+        journal = self.journal
         for r in old.values():
             # Overlapping regions merge under the outermost checkpoint involved.
             members |= r.members
@@ -571,16 +713,20 @@ class RunCore:
             failure_at = min(failure_at, r.report.failure_at)
             self.regions.discard(r)
             r.report.action = f"merged into {scopes[scope].name}"
+            if journal is not None:
+                journal.regions.pop(r.id, None)
+                journal.drop_regions.append(r.id)
         nodes = self.nodes
         report = RegionReport(
             checkpoint=scopes[scope].name,
             action=action.value,
             cause=None if cause is None else nodes[cause].name,
-            members=sorted(nodes[m].name for m in members if nodes[m].kind != JOIN),
+            members=sorted(nodes[m].name for m in members if nodes[m].kind == TASK),
             failure_at=failure_at,
         )
         self.reports.append(report)
-        region = Region(scope, depth, action, members, report)
+        self.region_ids += 1
+        region = Region(self.region_ids, scope, depth, action, members, report)
         region.failures = carried
         if failure is not None:
             region.failures.append(failure)
@@ -595,6 +741,36 @@ class RunCore:
             checkpoint=report.checkpoint,
             detail={"action": action.value, "members": report.members},
         )
+        if journal is not None:
+            # The decision is stored before any revert starts (see _journal).
+            self._record_region(region)
+            region.gen = journal.gen
+            journal.hold_region(region)
+        self._arm_region(region)
+        return region
+
+    def _record_region(self, region: Region) -> None:
+        """Put the region's current record in the journal (after it opens, and whenever it changes)."""
+        journal = self.journal
+        if journal is None:
+            return
+        report = region.report
+        journal.regions[region.id] = RegionRecord.model_construct(
+            run_id=self.run_id,
+            region_id=region.id,
+            checkpoint=report.checkpoint,
+            action=region.action.value,
+            members=report.members,
+            cause=report.cause,
+            failures=list(region.failures),
+            auto_resume=region.auto_resume,
+            parked=region.parked,
+        )
+
+    def _arm_region(self, region: Region) -> None:
+        """Cancel the region's running members and start the reverts that wait for nothing."""
+        members = region.members
+        nodes = self.nodes
         state = self.state
         for m in members:
             if state[m] is RUNNING and not nodes[m].shield and m not in self.cancel_requested:
@@ -602,7 +778,7 @@ class RunCore:
                 if exec_scope is not None:
                     self.cancel_requested.add(m)
                     exec_scope.cancel()
-                    self._walker_event("ckflow.walker.cancel", task=nodes[m].name, checkpoint=report.checkpoint)
+                    self._walker_event("ckflow.walker.cancel", task=nodes[m].name, checkpoint=region.report.checkpoint)
         rev_wait = region.rev_wait
         outstanding = 0
         for m in members:
@@ -616,7 +792,6 @@ class RunCore:
             self._schedule_revert(region, m)
         if region.outstanding == 0:
             self._region_done(region)
-        return region
 
     def _member_settled(self, region: Region, n: int) -> None:
         """A running member of ``region`` stopped executing: its revert may start now."""
@@ -624,17 +799,27 @@ class RunCore:
             self._schedule_revert(region, n)
 
     def _schedule_revert(self, region: Region, n: int) -> None:
-        if self.failure_mode:
+        if self.failure_mode or self.stopped is not None:
             return
-        if self.nodes[n].kind != JOIN:
-            if not self.revert_queued[n]:
-                self.revert_queued[n] = 1
-                self.revert_ready.append(n)
+        node = self.nodes[n]
+        if node.kind == TASK:
+            if region.gen:
+                region.held.append(n)  # the region's record is not in the store yet
+            else:
+                self._queue_revert(n)
             return
-        # Undoing a join is instant.
+        # Undoing a join (or a Periodic's gate) is instant.
         self.state[n] = REVERTED
         self.n_success -= 1
+        if node.kind == LOOP and node.chain and self.journal is not None:
+            for s in node.chain:
+                self.remaining[s] += 1
         self._revert_finished(region, n)
+
+    def _queue_revert(self, n: int) -> None:
+        if not self.revert_queued[n] and not self.failure_mode and self.stopped is None:
+            self.revert_queued[n] = 1
+            self.revert_ready.append(n)
 
     async def _revert(self, n: int) -> None:
         self.revert_queued[n] = 0
@@ -646,6 +831,10 @@ class RunCore:
         assert task is not None
         if self.state[n] is SUCCESS:
             self.n_success -= 1
+            if self.journal is not None and node.chain:
+                remaining = self.remaining
+                for s in node.chain:
+                    remaining[s] += 1
         self._set(n, REVERTING)
         self.reverting += 1
         t0 = self.rev_started[n] = time.monotonic()
@@ -727,11 +916,12 @@ class RunCore:
         if region.action is Action.SUSPEND:
             region.parked = True
             self.halted = True
+            self._record_region(region)
             self._walker_event("ckflow.walker.parked", checkpoint=scope.name)
             return
         checkpoint = scope.checkpoint
         assert checkpoint is not None
-        tasks = [m for m in region.members if self.nodes[m].kind != JOIN and self.state[m] is REVERTED]
+        tasks = [m for m in region.members if self.nodes[m].kind == TASK and self.state[m] is REVERTED]
         retry_number = max((self._attempt_under(m, region.scope) for m in tasks), default=1)
         delay = checkpoint.retry.delay_for(retry_number)
         self._walker_event(
@@ -766,20 +956,27 @@ class RunCore:
         scope = region.scope
         nodes, state, region_of = self.nodes, self.state, self.region_of
         members = region.members
+        journal = self.journal
+        if journal is not None:
+            journal.regions.pop(region.id, None)
+            journal.drop_regions.append(region.id)
         chain_cache: dict[int, list[int]] = {}
         for m in members:
             region_of[m] = None
             node = nodes[m]
-            if node.kind == JOIN:
+            if node.kind != TASK:
                 if state[m] is REVERTED:
                     state[m] = PENDING
                 continue
             ran = state[m] is REVERTED
             if ran:
-                self._set(m, PENDING)
                 self.results[m] = None
+                self.encoded[m] = None
+                self._set(m, PENDING)
                 self.kwargs[m] = None
                 self.retry_watch[m] = region.report
+            elif journal is not None:
+                journal.touch(m)  # its retries change below
             # Nested checkpoints start a new activation whenever an enclosing scope retries.
             chain = chain_cache.get(node.scope)
             if chain is None:
@@ -795,17 +992,23 @@ class RunCore:
         for inner in {s for chain in chain_cache.values() for s in chain[: chain.index(scope)]}:
             self.history.pop(inner, None)
             self.first_failure.pop(inner, None)
+            new_pass(self, inner)
         if fresh:
             self.history.pop(scope, None)
             self.first_failure.pop(scope, None)
+            if scope != ROOT:
+                new_pass(self, scope)
         else:
             self.history.setdefault(scope, []).extend(region.failures)
-        waiting = self.waiting
+            if journal is not None:
+                record_pass(self, scope)
+        waiting, hold_gen = self.waiting, self.hold_gen
         touched = set(members)
         for m in members:
             touched.update(nodes[m].succs)
         for m in touched:
-            waiting[m] = sum(1 for p in nodes[m].preds if state[p] is not SUCCESS)
+            # A predecessor whose success is not yet in the store still counts as unfinished.
+            waiting[m] = sum(1 for p in nodes[m].preds if state[p] is not SUCCESS or hold_gen[p])
         for m in sorted(members):
             if waiting[m] == 0 and state[m] is PENDING:
                 self._make_ready(m)
@@ -822,126 +1025,69 @@ class RunCore:
             if not self.nodes[n].shield and n not in self.cancel_requested:
                 self.cancel_requested.add(n)
                 scope.cancel()
+        self._cancel_waits()
+
+    def _cancel_waits(self) -> None:
+        """Cancel every backoff and every wait for a Periodic's next iteration."""
         for region in self.regions:
             if region.backoff is not None:
                 region.backoff.cancel()
+        for sleeper in self.sleepers.values():
+            sleeper.cancel()
+        self.sleepers.clear()
+
+    def stop(self, reason: BaseException | None) -> None:
+        """Stop running the run in this engine, leaving it in its store for this or another engine to resume.
+
+        Running executes are cancelled (they will run again on resume), running
+        reverts finish, nothing new starts and nothing is reverted for it.
+        ``reason`` is None when the engine shuts down (what changed is still
+        written), or the store error after which nothing more may be written.
+        """
+        if self.stopped is not None or self.flow_state in _TERMINAL:
+            return
+        if reason is None:
+            reason = RunStateError(
+                f"Run {self.run_id!r} was stopped in this engine when it shut down; it stays in its store, "
+                f"to be resumed with `engine.resume({self.run_id!r})`."
+            )
+        else:
+            self.journal_dead = True
+        self.stopped = reason
+        for n in self.revert_ready:
+            self.revert_queued[n] = 0
+        self.revert_ready.clear()
+        self._cancel_waits()
+        for n, scope in self.exec_scopes.items():
+            if not self.nodes[n].shield:
+                scope.cancel()
+        self._walker_event("ckflow.run.stopped", WARNING, detail={"reason": str(reason)})
+        self._kick()
+        self._maybe_finish()
+
+    # -- checkpoint passes and Periodic iterations -----------------------------------
+
+    def retries_of(self, n: int) -> dict[str, int]:
+        """Checkpoint name -> how often that checkpoint retried task ``n`` in its current activation."""
+        if not self.retries:
+            return {}
+        scopes = self.graph.scopes
+        found: dict[str, int] = {}
+        for s in self.graph.scope_chain(n):
+            count = self.retries.get((n, s))
+            if count:
+                found[scopes[s].name] = count
+        return found
+
+    def iteration_of(self, n: int) -> int:
+        """The iteration of ``n``'s innermost Periodic (0 outside any)."""
+        for s in self.nodes[n].chain:
+            it = self.iteration.get(s)
+            if it is not None:
+                return it
+        return 0
 
     # -- control ---------------------------------------------------------------
-
-    def request_cancel(self, *, spawn: bool = True) -> None:
-        """Revert everything that ran; the run ends REVERTED. Idempotent."""
-        if self.flow_state in _TERMINAL or self.failure_mode or self.root_region is not None:
-            return
-        self._walker_event("ckflow.control.cancel")
-        if self.flow_state is FlowState.PENDING:
-            self._set_flow(FlowState.REVERTED)
-            self._finish_events()
-            return
-        if self.flow_state is FlowState.SUSPENDED:
-            self._set_flow(FlowState.RUNNING)
-            self.suspended = anyio.Event()
-        self.halted = False
-        for region in list(self.regions):
-            if region.parked:
-                region.parked = False
-        self._open_region(ROOT, set(range(self.total)), Action.END, None, None)
-        if spawn:
-            self._kick()
-        self._maybe_finish()
-
-    def scope_named(self, name: str) -> int:
-        """The scope id of checkpoint ``name``; ``RunStateError`` naming the known ones otherwise."""
-        scope = self.graph.scope_index.get(name)
-        if scope is None or scope == ROOT:
-            known = sorted(s.name for s in self.graph.scopes[1:])
-            raise RunStateError(
-                f"Run {self.run_id!r} of flow {self.flow!r} has no checkpoint {name!r}; its checkpoints are {known}."
-            )
-        return scope
-
-    def _check_controllable(self, operation: str) -> None:
-        if self.flow_state in _TERMINAL or self.failure_mode or self.root_region is not None:
-            raise RunStateError(
-                f"Run {self.run_id!r} cannot {operation}: it is {self.flow_state}"
-                f"{' and reverting everything' if self.root_region is not None else ''}."
-            )
-
-    def request_revert_to(self, name: str, *, retry: bool) -> Region:
-        """Revert everything of checkpoint ``name``'s scope that ran; then run it afresh or park there."""
-        scope = self.scope_named(name)
-        self._check_controllable(f"revert to {name!r}")
-        self._walker_event("ckflow.control.revert_to", checkpoint=name, detail={"retry": retry})
-        if self.flow_state is FlowState.SUSPENDED:
-            self._set_flow(FlowState.RUNNING)
-            self.suspended = anyio.Event()
-        self.barrier = frozenset()
-        if not retry:
-            self.halted = True
-        for region in [r for r in self.regions if r.parked]:
-            region.parked = False
-        region = self._open_region(scope, set(scope_members(self.graph, scope)), Action.SUSPEND, None, None)
-        region.auto_resume = retry
-        if retry and region.settled.is_set():
-            # Nothing of the scope had run: there is nothing to undo, so it starts afresh at once.
-            self._reset_region(region, fresh=True)
-        self._kick()
-        self._maybe_finish()
-        return region
-
-    def request_goto(self, name: str) -> None:
-        """Run forward until checkpoint ``name`` is reached (or revert back to it), then suspend there."""
-        scope = self.scope_named(name)
-        self._check_controllable(f"go to {name!r}")
-        members = scope_members(self.graph, scope)
-        if any(self.state[m] is not PENDING for m in members):
-            self.request_revert_to(name, retry=False)
-            return
-        self._walker_event("ckflow.control.goto", checkpoint=name)
-        self.barrier = frozenset(members)
-        if self.flow_state is FlowState.SUSPENDED:
-            # Suspended before the checkpoint: go forward to it.
-            self._set_flow(FlowState.RUNNING)
-            self.suspended = anyio.Event()
-        self.halted = False
-        for n in range(self.total):
-            if self.state[n] is PENDING and self.waiting[n] == 0:
-                self._make_ready(n)
-        self._kick()
-        self._maybe_finish()
-
-    def _reach_barrier(self, n: int) -> None:
-        """A task of the goto checkpoint's scope is ready: the checkpoint is reached; suspend."""
-        self.queued[n] = 1
-        self.ready.appendleft(n)
-        self.halted = True
-        self._maybe_finish()
-
-    def request_suspend(self) -> None:
-        """Let running tasks finish and start nothing new; the run becomes SUSPENDED."""
-        if self.flow_state in _TERMINAL or self.halted:
-            return
-        self._walker_event("ckflow.control.suspend")
-        self.halted = True
-        self._maybe_finish()
-
-    def request_resume(self) -> None:
-        """Go on after a suspension; a parked checkpoint starts a fresh budget."""
-        if self.flow_state in _TERMINAL or not self.halted or self.failure_mode:
-            return
-        self._walker_event("ckflow.control.resume")
-        self.halted = False
-        self.barrier = frozenset()
-        if self.flow_state is FlowState.SUSPENDED:
-            self._set_flow(FlowState.RUNNING)
-            self.suspended = anyio.Event()
-            if self.stop_on_suspend:
-                self.settled = anyio.Event()
-        for region in [r for r in self.regions if r.parked]:
-            self._reset_region(region, fresh=True)
-        for n in range(self.total):
-            if self.state[n] is PENDING and self.waiting[n] == 0:
-                self._make_ready(n)
-        self._kick()
 
     # -- the end -----------------------------------------------------------------
 
@@ -949,6 +1095,11 @@ class RunCore:
         if self.executing or self.reverting or self.revert_ready:
             return
         if self.flow_state in _TERMINAL:
+            return
+        if self.stopped is not None:
+            if not self.stop_signalled:
+                self.stop_signalled = True
+                self._after_commit(self._finish_events)
             return
         if self.failure_mode:
             self._finish(FlowState.FAILURE)
@@ -959,19 +1110,34 @@ class RunCore:
             self._finish(FlowState.SUCCESS)
         elif self.halted and self.flow_state is FlowState.RUNNING:
             self._set_flow(FlowState.SUSPENDED)
-            self.suspended.set()
-            if self.stop_on_suspend:
-                self.settled.set()
+            suspended, settled = self.suspended, self.settled
+
+            def signal() -> None:
+                suspended.set()
+                if self.stop_on_suspend:
+                    settled.set()
+
+            self._after_commit(signal)
+
+    def _after_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once what the run changed is in its store (at once for a run without one)."""
+        journal = self.journal
+        if journal is None or self.journal_dead:
+            callback()
+        else:
+            journal.on_commit(callback)
+            self._kick()
 
     def _finish(self, state: FlowState) -> None:
         self._set_flow(state)
-        for region in self.regions:
-            if region.backoff is not None:
-                region.backoff.cancel()
-        self._finish_events()
+        self.t_end = time.monotonic()
+        if state is FlowState.SUCCESS and self.journal is not None:
+            record_pass(self, ROOT, completed=True)  # the root's snapshot: the run's outputs
+        self._cancel_waits()
+        self._after_commit(self._finish_events)
 
     def _finish_events(self) -> None:
-        self.t_end = time.monotonic()
+        self.t_end = self.t_end or time.monotonic()
         self.hub.close()
         self.settled.set()
         self.terminal.set()

@@ -44,8 +44,9 @@ TASK_TRANSITIONS: frozenset[tuple[TaskState, TaskState]] = frozenset(
         (_T.PENDING, _T.RUNNING),  # all predecessors succeeded; execute() is called
         (_T.PENDING, _T.SKIPPED),  # a decider switched the branch off
         (_T.RUNNING, _T.SUCCESS),  # execute() returned and its value was accepted
+        (_T.SUCCESS, _T.PENDING),  # a Periodic's iteration completed: its tasks wait for the next one
         (_T.RUNNING, _T.FAILURE),  # execute() raised, timed out, or was cancelled by the walker
-        (_T.RUNNING, _T.PENDING),  # resumed after a crash: the interrupted execute runs again
+        (_T.RUNNING, _T.PENDING),  # interrupted (a crash, the engine shut down): the execute runs again
         (_T.SUCCESS, _T.REVERTING),  # the task is in a region being reverted; revert() is called
         (_T.FAILURE, _T.REVERTING),  # the failed (or cancelled) task's own revert() is called
         (_T.REVERTING, _T.REVERTED),  # revert() returned

@@ -297,6 +297,11 @@ class Task:
     def _call_execute(self, kwargs: dict[str, Any]) -> Any:
         return self.execute(**kwargs)  # type: ignore[attr-defined]
 
+    def _execute_function(self) -> Callable[..., Any]:
+        """The function whose annotations type this task's inputs and result."""
+        execute: Callable[..., Any] = type(self).execute  # type: ignore[attr-defined]
+        return execute
+
     def _call_revert(self, kwargs: dict[str, Any]) -> Any:
         return self.revert(**kwargs)  # type: ignore[attr-defined]
 
@@ -338,6 +343,9 @@ class FunctionTask(Task, Generic[P, R]):
 
     def _call_execute(self, kwargs: dict[str, Any]) -> Any:
         return self._fn(**kwargs)  # type: ignore[call-arg]
+
+    def _execute_function(self) -> Callable[..., Any]:
+        return self._fn
 
     def _call_revert(self, kwargs: dict[str, Any]) -> Any:
         assert self._revert_fn is not None

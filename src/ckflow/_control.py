@@ -1,0 +1,162 @@
+"""External control of a live run: cancel, suspend, resume, goto and revert_to (DESIGN §6).
+
+Each request is a plain function over the run's core, safe to call from any
+task of the run's event loop, and idempotent. Each is recorded as a
+``ckflow.control.*`` event (and so, for a durable run, in its store).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+import anyio
+
+from ckflow._compile import ROOT
+from ckflow._errors import RunStateError, UnknownCheckpointError
+from ckflow._region import Action, scope_members
+from ckflow._states import FlowState, TaskState
+
+if TYPE_CHECKING:
+    from ckflow._runtime import Region, RunCore
+
+__all__ = [
+    "reach_barrier",
+    "request_cancel",
+    "request_goto",
+    "request_resume",
+    "request_revert_to",
+    "request_suspend",
+    "scope_named",
+]
+
+_TERMINAL: Final = frozenset({FlowState.SUCCESS, FlowState.REVERTED, FlowState.FAILURE})
+PENDING: Final = TaskState.PENDING
+
+
+def request_cancel(core: RunCore, *, spawn: bool = True) -> None:
+    """Revert everything that ran; the run ends REVERTED. Idempotent."""
+    if core.flow_state in _TERMINAL or core.failure_mode or core.root_region is not None:
+        return
+    core._walker_event("ckflow.control.cancel")
+    if core.flow_state is FlowState.PENDING:
+        core._finish(FlowState.REVERTED)
+        return
+    if core.flow_state is FlowState.SUSPENDED:
+        core._set_flow(FlowState.RUNNING)
+        core.suspended = anyio.Event()
+    core.halted = False
+    for region in list(core.regions):
+        if region.parked:
+            region.parked = False
+            core._record_region(region)
+    core._open_region(ROOT, set(range(core.total)), Action.END, None, None)
+    if spawn:
+        core._kick()
+    core._maybe_finish()
+
+
+def scope_named(core: RunCore, name: str) -> int:
+    """The scope id of checkpoint ``name``; ``RunStateError`` naming the known ones otherwise."""
+    scope = core.graph.scope_index.get(name)
+    if scope is None or scope == ROOT:
+        known = sorted(s.name for s in core.graph.scopes[1:])
+        raise UnknownCheckpointError(core.run_id, core.flow, name, known)
+    return scope
+
+
+def _check_controllable(core: RunCore, operation: str) -> None:
+    if core.stopped is not None:
+        raise RunStateError(f"Run {core.run_id!r} cannot {operation} here: {core.stopped}")
+    if core.flow_state in _TERMINAL or core.failure_mode or core.root_region is not None:
+        raise RunStateError(
+            f"Run {core.run_id!r} cannot {operation}: it is {core.flow_state}"
+            f"{' and reverting everything' if core.root_region is not None else ''}."
+        )
+
+
+def request_revert_to(core: RunCore, name: str, *, retry: bool) -> Region:
+    """Revert everything of checkpoint ``name``'s scope that ran; then run it afresh or park there."""
+    scope = scope_named(core, name)
+    _check_controllable(core, f"revert to {name!r}")
+    core._walker_event("ckflow.control.revert_to", checkpoint=name, detail={"retry": retry})
+    if core.flow_state is FlowState.SUSPENDED:
+        core._set_flow(FlowState.RUNNING)
+        core.suspended = anyio.Event()
+    core.barrier = frozenset()
+    core.goto_name = None
+    if not retry:
+        core.halted = True
+    for region in [r for r in core.regions if r.parked]:
+        region.parked = False
+        core._record_region(region)
+    region = core._open_region(scope, set(scope_members(core.graph, scope)), Action.SUSPEND, None, None)
+    region.auto_resume = retry
+    core._record_region(region)
+    if retry and region.settled.is_set():
+        # Nothing of the scope had run: there is nothing to undo, so it starts afresh at once.
+        core._reset_region(region, fresh=True)
+    core._kick()
+    core._maybe_finish()
+    return region
+
+
+def request_goto(core: RunCore, name: str) -> None:
+    """Run forward until checkpoint ``name`` is reached (or revert back to it), then suspend there."""
+    scope = scope_named(core, name)
+    _check_controllable(core, f"go to {name!r}")
+    members = scope_members(core.graph, scope)
+    if any(core.state[m] is not PENDING for m in members):
+        request_revert_to(core, name, retry=False)
+        return
+    core._walker_event("ckflow.control.goto", checkpoint=name)
+    core.barrier = frozenset(members)
+    core.goto_name = name
+    if core.flow_state is FlowState.SUSPENDED:
+        # Suspended before the checkpoint: go forward to it.
+        core._set_flow(FlowState.RUNNING)
+        core.suspended = anyio.Event()
+    core.halted = False
+    for n in range(core.total):
+        if core.state[n] is PENDING and core.waiting[n] == 0:
+            core._make_ready(n)
+    core._kick()
+    core._maybe_finish()
+
+
+def reach_barrier(core: RunCore, n: int) -> None:
+    """A task of the goto checkpoint's scope is ready: the checkpoint is reached; suspend."""
+    core.queued[n] = 1
+    core.ready.appendleft(n)
+    core.halted = True
+    core._maybe_finish()
+
+
+def request_suspend(core: RunCore) -> None:
+    """Let running tasks finish and start nothing new; the run becomes SUSPENDED."""
+    if core.flow_state in _TERMINAL or core.halted:
+        return
+    core._walker_event("ckflow.control.suspend")
+    core.halted = True
+    core._kick()
+    core._maybe_finish()
+
+
+def request_resume(core: RunCore) -> None:
+    """Go on after a suspension; a parked checkpoint starts a fresh budget."""
+    if core.flow_state in _TERMINAL or not core.halted or core.failure_mode:
+        return
+    core._walker_event("ckflow.control.resume")
+    core.halted = False
+    core.barrier = frozenset()
+    core.goto_name = None
+    if core.flow_state is FlowState.SUSPENDED:
+        core._set_flow(FlowState.RUNNING)
+        core.suspended = anyio.Event()
+        if core.stop_on_suspend:
+            core.settled = anyio.Event()
+    for region in [r for r in core.regions if r.parked]:
+        core._reset_region(region, fresh=True)
+    for n in range(core.total):
+        if core.state[n] is PENDING and core.waiting[n] == 0:
+            core._make_ready(n)
+    core._kick()

@@ -1,0 +1,271 @@
+"""The journal of a durable run: what changed since the last write, and the write itself.
+
+Durability rules (DESIGN §7), and how the journal keeps them
+-------------------------------------------------------------
+Changes are gathered in a *generation*; ``flush()`` turns the generation into
+one ``Batch`` and the store applies it in one transaction. While a write is
+in flight the next generation fills up, so concurrent completions share a
+transaction (group commit). Some steps must wait until their generation is
+committed, and are *held* until then:
+
+- a task's successors start only once the task's result is committed, so no
+  consumer ever runs on a value the store could lose;
+- a region's reverts start only once the region's record (and the failure
+  that opened it) is committed, so that after a crash the walker finds the
+  decision it made instead of deciding again without the exception at hand;
+- ``suspended``/``terminal`` are signalled only once the run's new state is
+  committed, so a caller that saw SUSPENDED or SUCCESS finds it in the store.
+
+Everything else (a task becoming RUNNING, events) rides along with the next
+write. A write is never interrupted: it is shielded from cancellation.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+
+from ckflow._errors import StoreError
+from ckflow._events import Event
+from ckflow._failure import Failure
+from ckflow._records import Batch, CheckpointRecord, ControlRequest, RegionRecord, Retention, RunRecord, TaskRecord
+from ckflow._states import TaskState
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ckflow._runtime import Region, RunCore
+    from ckflow.stores import Store
+
+__all__ = ["Journal"]
+
+_FAILED: Final = frozenset({TaskState.FAILURE, TaskState.REVERT_FAILURE})
+
+
+class Journal:
+    """What one run changed since its last write, and the write that stores it."""
+
+    __slots__ = (
+        "after",
+        "checkpoints",
+        "core",
+        "dirty",
+        "drop_regions",
+        "events",
+        "flushing",
+        "gen",
+        "held",
+        "held_regions",
+        "owner",
+        "record",
+        "regions",
+        "requests",
+        "retention",
+        "run_dirty",
+        "seq",
+        "store",
+        "wall0",
+    )
+
+    def __init__(self, core: RunCore, store: Store, owner: str, record: RunRecord) -> None:
+        self.core = core
+        self.store = store
+        self.owner = owner
+        #: the run's record as it was loaded or created; each write derives the current one from it
+        self.record = record
+        self.seq = record.next_seq
+        #: the generation being gathered; generation g is committed by the g-th write
+        self.gen = 1
+        self.flushing = False
+        self.dirty: dict[int, None] = {}
+        #: task transitions as (seq, node, old, new, monotonic, attempt, failure), or built events
+        self.events: list[tuple[int, int, TaskState, TaskState, float, int, Failure | None] | Event] = []
+        self.checkpoints: dict[tuple[str, int], CheckpointRecord] = {}
+        self.regions: dict[int, RegionRecord] = {}
+        self.drop_regions: list[int] = []
+        self.retention: list[Retention] = []
+        self.requests: list[ControlRequest] = []
+        self.run_dirty = False
+        #: nodes whose successors wait for this generation's commit
+        self.held: list[int] = []
+        #: regions whose reverts wait for this generation's commit
+        self.held_regions: list[Region] = []
+        #: called once this generation is committed
+        self.after: list[Callable[[], None]] = []
+        #: add to a time.monotonic() reading to get wall-clock time
+        self.wall0 = time.time() - time.monotonic()
+
+    # -- gathering -----------------------------------------------------------------
+
+    def transition(self, n: int, old: TaskState, new: TaskState, attempt: int, failure: Failure | None) -> int:
+        """Record a task transition; returns its event's sequence number."""
+        seq = self.seq
+        self.seq = seq + 1
+        self.dirty[n] = None
+        self.events.append((seq, n, old, new, time.monotonic(), attempt, failure))
+        return seq
+
+    def event(self, name: str, fields: dict[str, Any]) -> int:
+        """Record a run, walker or control event; returns its sequence number."""
+        seq = self.seq
+        self.seq = seq + 1
+        core = self.core
+        mono = time.monotonic()
+        self.events.append(
+            Event(
+                name=name, run_id=core.run_id, flow=core.flow, monotonic=mono, wall=mono + self.wall0, seq=seq, **fields
+            )
+        )
+        return seq
+
+    def touch(self, n: int) -> None:
+        """Task ``n``'s record changed without a transition (its retries were counted, say)."""
+        self.dirty[n] = None
+
+    def hold(self, n: int) -> None:
+        self.held.append(n)
+
+    def hold_region(self, region: Region) -> None:
+        self.held_regions.append(region)
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        self.after.append(callback)
+
+    @property
+    def pending(self) -> bool:
+        """True when something is not yet written."""
+        return bool(
+            self.dirty
+            or self.events
+            or self.run_dirty
+            or self.checkpoints
+            or self.regions
+            or self.drop_regions
+            or self.requests
+            or self.after
+        )
+
+    @property
+    def urgent(self) -> bool:
+        """True when some step waits for the next commit."""
+        return bool(self.held or self.held_regions or self.after)
+
+    # -- writing -------------------------------------------------------------------
+
+    def wall(self, monotonic: float | None) -> float | None:
+        return None if monotonic is None else monotonic + self.wall0
+
+    def run_record(self) -> RunRecord:
+        core = self.core
+        record = self.record
+        return RunRecord.model_construct(
+            run_id=record.run_id,
+            flow=record.flow,
+            state=core.flow_state,
+            inputs=record.inputs,
+            owner=self.owner,
+            lease_expires=None,
+            created_at=record.created_at,
+            updated_at=time.time(),
+            ended_at=self.wall(core.t_end) if core.t_end else None,
+            halted=core.halted,
+            goto=core.goto_name,
+            next_seq=self.seq,
+        )
+
+    def task_record(self, n: int) -> TaskRecord:
+        core = self.core
+        result = core.results[n]
+        wall = self.wall
+        return TaskRecord.model_construct(
+            run_id=core.run_id,
+            task=core.nodes[n].name,
+            state=core.state[n],
+            attempts=core.executions[n],
+            retries=core.retries_of(n),
+            iteration=core.iteration_of(n),
+            result=core.encoded[n],
+            failure=result if isinstance(result, Failure) else None,
+            started_at=wall(core.started[n]),
+            ended_at=wall(core.ended[n]),
+            revert_started_at=wall(core.rev_started.get(n)),
+            revert_ended_at=wall(core.rev_ended.get(n)),
+        )
+
+    def _event(self, entry: tuple[int, int, TaskState, TaskState, float, int, Failure | None] | Event) -> Event:
+        if isinstance(entry, Event):
+            return entry
+        seq, n, old, new, mono, attempt, failure = entry
+        core = self.core
+        node = core.nodes[n]
+        return Event.model_construct(
+            name=f"ckflow.task.{new.lower()}",
+            run_id=core.run_id,
+            flow=core.flow,
+            task=node.name,
+            old=old,
+            new=new,
+            attempt=attempt,
+            checkpoint=core.graph.scopes[node.scope].name,
+            monotonic=mono,
+            wall=mono + self.wall0,
+            failure=failure,
+            detail={},
+            seq=seq,
+        )
+
+    def _take(self) -> tuple[Batch, list[int], list[Region], list[Callable[[], None]], int]:
+        """Turn the gathered generation into a batch, and start gathering the next one."""
+        batch = Batch(
+            run=self.run_record(),
+            owner=self.owner,
+            tasks=[self.task_record(n) for n in self.dirty],
+            checkpoints=list(self.checkpoints.values()),
+            regions=list(self.regions.values()),
+            drop_regions=self.drop_regions,
+            events=[self._event(e) for e in self.events],
+            retention=self.retention,
+            requests=self.requests,
+        )
+        taken = (batch, self.held, self.held_regions, self.after, self.gen)
+        self.dirty = {}
+        self.events = []
+        self.checkpoints = {}
+        self.regions = {}
+        self.drop_regions = []
+        self.retention = []
+        self.requests = []
+        self.run_dirty = False
+        self.held = []
+        self.held_regions = []
+        self.after = []
+        self.gen += 1
+        return taken
+
+    async def flush(self) -> None:
+        """Write the gathered generation in one transaction, then release what waited for it.
+
+        Only one write of a run is in flight at a time; call this only when
+        ``flushing`` is false. A failed write stops the run in this engine
+        (``RunCore.stop``): what the store holds stays as it was, resumable.
+        """
+        self.flushing = True
+        try:
+            batch, held, held_regions, after, gen = self._take()
+            try:
+                # A write is never cut in half by a cancellation: the store's transaction finishes.
+                with anyio.CancelScope(shield=True):
+                    await self.store.write(batch)
+            except StoreError as exc:
+                self.core.stop(exc)
+                return
+            except Exception as exc:
+                self.core.stop(
+                    StoreError(f"Run {self.core.run_id!r}: writing to store {self.store.url!r} failed: {exc}")
+                )
+                raise StoreError(f"writing to store {self.store.url!r} failed") from exc
+        finally:
+            self.flushing = False
+        self.core.committed(gen, held, held_regions, after)
