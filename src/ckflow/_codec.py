@@ -170,11 +170,15 @@ def _adapter_for(annotation: Any) -> TypeAdapter[Any] | None:
         cached = _ADAPTERS
     if cached is not _ADAPTERS:
         return cached  # type: ignore[return-value]
-    try:
-        adapter: TypeAdapter[Any] | None = TypeAdapter(annotation, config=_CONFIG)
-    except Exception:
-        # A type pydantic cannot build a validator for (and a codec may cover): keep the raw data.
-        adapter = None
+    adapter: TypeAdapter[Any] | None = None
+    for config in (_CONFIG, None):
+        try:
+            # A model or dataclass brings its own config, and pydantic refuses another one for it.
+            adapter = TypeAdapter(annotation, config=config)
+            break
+        except Exception:
+            # A type pydantic cannot build a validator for (and a codec may cover): keep the raw data.
+            continue
     try:
         _ADAPTERS[annotation] = adapter
     except TypeError:

@@ -258,14 +258,22 @@ class Journal:
                 # A write is never cut in half by a cancellation: the store's transaction finishes.
                 with anyio.CancelScope(shield=True):
                     await self.store.write(batch)
-            except StoreError as exc:
-                self.core.stop(exc)
-                return
             except Exception as exc:
-                self.core.stop(
-                    StoreError(f"Run {self.core.run_id!r}: writing to store {self.store.url!r} failed: {exc}")
+                error = (
+                    exc
+                    if isinstance(exc, StoreError)
+                    else StoreError(
+                        f"Run {self.core.run_id!r}: writing to store {self.store.url!r} failed ({exc!r}); the run "
+                        "stays as the store last recorded it."
+                    )
                 )
-                raise StoreError(f"writing to store {self.store.url!r} failed") from exc
+                if error is not exc:
+                    error.__cause__ = exc
+                self.core.stop(error)
+                # Whoever waited for this write (a suspend, the run's end) wakes up and finds the error.
+                for callback in after:
+                    callback()
+                return
         finally:
             self.flushing = False
         self.core.committed(gen, held, held_regions, after)

@@ -388,7 +388,7 @@ class RunCore:
                 ready = min(ready, max(self.limit - self.executing, 0))
             jobs += ready
         journal = self.journal
-        if journal is not None and journal.pending and not journal.flushing:
+        if journal is not None and journal.pending and not journal.flushing and not self.journal_dead:
             jobs += 1  # a write: a worker that finds nothing ready writes the journal
         tg = self.tg
         if tg is None:
@@ -430,7 +430,7 @@ class RunCore:
                     # look again. One write of a run is in flight at a time; what arrives meanwhile
                     # waits for the next one (group commit).
                     journal = self.journal
-                    if journal is not None and journal.pending and not journal.flushing:
+                    if journal is not None and journal.pending and not journal.flushing and not self.journal_dead:
                         await journal.flush()
                         continue
                     return
@@ -615,6 +615,7 @@ class RunCore:
         self.results[n] = None
         self._set(n, PENDING)
         self.executing -= 1
+        self._maybe_finish()
 
     def committed(self, gen: int, held: list[int], held_regions: list[Region], after: list[Callable[[], None]]) -> None:
         """The journal's generation ``gen`` is in the store: release what waited for it."""
@@ -1044,7 +1045,7 @@ class RunCore:
         ``reason`` is None when the engine shuts down (what changed is still
         written), or the store error after which nothing more may be written.
         """
-        if self.stopped is not None or self.flow_state in _TERMINAL:
+        if self.stopped is not None or (reason is None and self.flow_state in _TERMINAL):
             return
         if reason is None:
             reason = RunStateError(
