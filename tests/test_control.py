@@ -152,6 +152,21 @@ class TestRevertTo:
         assert log.count(("attach", 1)) == 2
         assert "undo net" not in log
 
+    async def test_revert_to_with_retry_from_a_run_parked_there_goes_on(self) -> None:
+        """revert_to(cp, retry=True) on a run parked at cp (nothing left to undo) runs the scope again."""
+        log: list[object] = []
+        gate, started = anyio.Event(), anyio.Event()
+        async with ckflow.Engine() as engine:
+            run = await engine.start(provisioning(log, gate, started))
+            await started.wait()
+            await run.goto("disk")
+            assert run.state is FlowState.SUSPENDED
+            gate.set()
+            await run.revert_to("disk", retry=True)
+            assert run.state is FlowState.RUNNING
+            assert (await run.wait()).state is FlowState.SUCCESS
+        assert [e for e in log if isinstance(e, tuple) and e[0] == "attach"] == [("attach", 1), ("attach", 1)]
+
     async def test_control_of_an_ended_run_is_refused(self) -> None:
         """revert_to on a run that has ended raises RunStateError."""
         log: list[object] = []

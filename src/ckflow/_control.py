@@ -84,17 +84,14 @@ def request_revert_to(core: RunCore, name: str, *, retry: bool) -> Region:
         core.suspended = anyio.Event()
     core.barrier = frozenset()
     core.goto_name = None
-    if not retry:
-        core.halted = True
+    # retry=False parks the run at the checkpoint; retry=True goes on (also from a suspension).
+    core.halted = not retry
     for region in [r for r in core.regions if r.parked]:
         region.parked = False
         core._record_region(region)
-    region = core._open_region(scope, set(scope_members(core.graph, scope)), Action.SUSPEND, None, None)
-    region.auto_resume = retry
-    core._record_region(region)
-    if retry and region.settled.is_set():
-        # Nothing of the scope had run: there is nothing to undo, so it starts afresh at once.
-        core._reset_region(region, fresh=True)
+    members = set(scope_members(core.graph, scope))
+    # With nothing of the scope left to undo, the region is done at once: retried afresh, or parked.
+    region = core._open_region(scope, members, Action.SUSPEND, None, None, auto_resume=retry)
     core._kick()
     core._maybe_finish()
     return region

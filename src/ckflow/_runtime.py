@@ -690,7 +690,13 @@ class RunCore:
         cause: int | None,
         failure: Failure | None,
         failed_at: float | None = None,
+        *,
+        auto_resume: bool = False,
     ) -> Region:
+        """Undo ``members`` under checkpoint ``scope``, merging with the regions they overlap.
+
+        ``auto_resume`` (``revert_to(..., retry=True)``): once reverted, the scope starts afresh.
+        """
         now = time.monotonic() if failed_at is None else failed_at
         scopes = self.graph.scopes
         depth = scopes[scope].depth
@@ -729,6 +735,7 @@ class RunCore:
         self.region_ids += 1
         region = Region(self.region_ids, scope, depth, action, members, report)
         region.failures = carried
+        region.auto_resume = auto_resume
         if failure is not None:
             region.failures.append(failure)
         self.regions.add(region)
