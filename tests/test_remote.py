@@ -13,6 +13,13 @@ from ckflow.stores import MemoryStore
 BEAT = 0.01
 
 
+def on_event(run: ckflow.Run, name: str) -> anyio.Event:
+    """An event set when the (local) run emits an event called ``name``."""
+    seen = anyio.Event()
+    run.subscribe(lambda event: seen.set() if event.name == name else None)
+    return seen
+
+
 class Gated:
     """create -> Parallel(Linear([disk] attach (waits for `gate`), boot), net), every step logged."""
 
@@ -70,13 +77,13 @@ class TestThroughTheOwner:
         store, app = MemoryStore(), Gated()
         async with Engine(store=store, id="owner", heartbeat=BEAT) as owner, Engine(store=store, id="ctl") as ctl:
             run = await owner.start(app.flow, run_id="r")
+            asked = on_event(run, "ckflow.control.suspend")
             await app.attaching.wait()
             remote = await ctl.attach("r")
             assert not remote.local
             async with anyio.create_task_group() as tg:
                 tg.start_soon(remote.suspend)
-                while (await store.get_run("r")).halted is False:
-                    await anyio.sleep(BEAT)
+                await asked.wait()
                 app.gate.set()
             assert remote.state is FlowState.SUSPENDED
             assert (await store.get_run("r")).state is FlowState.SUSPENDED
@@ -121,13 +128,13 @@ class TestThroughTheOwner:
         store, app = MemoryStore(), Gated()
         async with Engine(store=store, heartbeat=BEAT) as owner, Engine(store=store) as ctl:
             run = await owner.start(app.flow, run_id="r")
+            asked = on_event(run, "ckflow.control.suspend")
             await app.attaching.wait()
             first, second = await ctl.attach("r"), await ctl.attach("r")
             async with anyio.create_task_group() as tg:
                 tg.start_soon(first.suspend)
                 tg.start_soon(second.suspend)
-                while not (await store.get_run("r")).halted:
-                    await anyio.sleep(BEAT)
+                await asked.wait()
                 app.gate.set()
             await first.suspend()
             assert run.state is FlowState.SUSPENDED
