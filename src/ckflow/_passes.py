@@ -239,6 +239,9 @@ async def _sleeper(core: RunCore, scope: int, sleeper: anyio.CancelScope, delay:
 
 def wake(core: RunCore, scope: int) -> None:
     """A Periodic's next iteration is due: its first tasks may start."""
+    # The iteration starts now: the next one is due ``every`` after this moment.
+    core.pass_start[scope] = time.monotonic()
+    record_pass(core, scope)
     waiting, state = core.waiting, core.state
     for e in core.graph.scopes[scope].entries:
         waiting[e] -= 1
