@@ -30,7 +30,16 @@ import anyio
 from ckflow._errors import StoreError
 from ckflow._events import Event
 from ckflow._failure import Failure
-from ckflow._records import Batch, CheckpointRecord, ControlRequest, RegionRecord, Retention, RunRecord, TaskRecord
+from ckflow._records import (
+    Batch,
+    CheckpointRecord,
+    ControlRequest,
+    RegionRecord,
+    Retention,
+    RunRecord,
+    TaskRecord,
+    construct,
+)
 from ckflow._states import TaskState
 
 if TYPE_CHECKING:
@@ -160,7 +169,8 @@ class Journal:
     def run_record(self) -> RunRecord:
         core = self.core
         record = self.record
-        return RunRecord.model_construct(
+        return construct(
+            RunRecord,
             run_id=record.run_id,
             flow=record.flow,
             state=core.flow_state,
@@ -179,7 +189,8 @@ class Journal:
         core = self.core
         result = core.results[n]
         wall = self.wall
-        return TaskRecord.model_construct(
+        return construct(
+            TaskRecord,
             run_id=core.run_id,
             task=core.nodes[n].name,
             state=core.state[n],
@@ -200,7 +211,8 @@ class Journal:
         seq, n, old, new, mono, attempt, failure = entry
         core = self.core
         node = core.nodes[n]
-        return Event.model_construct(
+        return construct(
+            Event,
             name=f"ckflow.task.{new.lower()}",
             run_id=core.run_id,
             flow=core.flow,

@@ -20,7 +20,7 @@ import anyio
 from ckflow._codec import encode
 from ckflow._compile import JOIN, ROOT, TASK
 from ckflow._failure import Failure
-from ckflow._records import CheckpointRecord, Retention, TaskOutline
+from ckflow._records import CheckpointRecord, Retention, TaskOutline, construct
 from ckflow._states import TaskState
 
 if TYPE_CHECKING:
@@ -74,14 +74,16 @@ def record_pass(core: RunCore, scope: int, *, completed: bool = False, next_at: 
         wall = journal.wall
         for m in tasks if scope != ROOT else ():  # the root's tasks keep their own records
             result = core.results[m]
-            outlines[core.nodes[m].name] = TaskOutline.model_construct(
+            outlines[core.nodes[m].name] = construct(
+                TaskOutline,
                 state=core.state[m],
                 attempts=core.executions[m],
                 started_at=wall(core.started[m]),
                 ended_at=wall(core.ended[m]),
                 failure=result if isinstance(result, Failure) else None,
             )
-    journal.checkpoints[(name, core.pass_no[scope])] = CheckpointRecord.model_construct(
+    journal.checkpoints[(name, core.pass_no[scope])] = construct(
+        CheckpointRecord,
         run_id=core.run_id,
         checkpoint=name,
         pass_no=core.pass_no[scope],

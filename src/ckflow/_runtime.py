@@ -44,7 +44,7 @@ from ckflow._events import DEBUG, ERROR, INFO, WARNING, Event, EventHub
 from ckflow._failure import Failure, FailureKind
 from ckflow._models import RegionReport, RunResult, TaskSummary, _LazyTasks
 from ckflow._passes import iteration_done, new_pass, record_pass, scopes_progress, sleep
-from ckflow._records import RegionRecord
+from ckflow._records import RegionRecord, construct
 from ckflow._region import Action, decide
 from ckflow._states import TASK_TRANSITIONS, FlowState, TaskState, check_flow_transition, check_task_transition
 
@@ -763,7 +763,8 @@ class RunCore:
         if journal is None:
             return
         report = region.report
-        journal.regions[region.id] = RegionRecord.model_construct(
+        journal.regions[region.id] = construct(
+            RegionRecord,
             run_id=self.run_id,
             region_id=region.id,
             checkpoint=report.checkpoint,

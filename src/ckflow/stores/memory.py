@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, final
 
 from ckflow._errors import LeaseLostError, RunExistsError, RunNotFoundError, RunOwnedError
-from ckflow._records import Renewal, StoredRun
+from ckflow._records import Renewal, RunRecord, StoredRun, construct
 
 if TYPE_CHECKING:
     from collections.abc import Collection
     from types import TracebackType
 
     from ckflow._events import Event
-    from ckflow._records import Batch, CheckpointRecord, ControlRequest, RegionRecord, RunRecord, TaskRecord
+    from ckflow._records import Batch, CheckpointRecord, ControlRequest, RegionRecord, TaskRecord
     from ckflow._states import FlowState
 
 __all__ = ["MemoryStore"]
@@ -135,7 +135,10 @@ class MemoryStore:
         stored = self._run(run_id)
         if stored.owner != batch.owner:
             raise LeaseLostError(run_id, batch.owner)
-        data.runs[run_id] = batch.run.model_copy(update={"owner": stored.owner, "lease_expires": stored.lease_expires})
+        # The lease is not the writer's to change: keep the stored owner and expiry.
+        data.runs[run_id] = construct(
+            RunRecord, **{**batch.run.__dict__, "owner": stored.owner, "lease_expires": stored.lease_expires}
+        )
         tasks = data.tasks[run_id]
         for t in batch.tasks:
             tasks[t.task] = t
