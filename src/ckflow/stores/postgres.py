@@ -1,0 +1,446 @@
+"""``PostgresStore``: runs kept in PostgreSQL, shared by engines on many machines, through asyncpg.
+
+Every table lives in one schema (``?schema=``, default ``public``), reached
+through the connections' ``search_path``. Opening creates or migrates that
+schema under a transaction-scoped advisory lock, so that processes that open
+the same store at once neither race nor fail.
+
+Leases are timed by the database's clock (``clock_timestamp()``), never by
+the engines', so that engines on several machines agree on when a lease
+lapses. ``claim`` is one atomic ``UPDATE``; ``write`` is one transaction that
+starts with the owner fence, so a batch whose engine lost the run writes
+nothing. Concurrent writes of different runs use different connections of
+the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from typing import TYPE_CHECKING, Any, Final, final
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from ckflow._errors import (
+    LeaseLostError,
+    RunExistsError,
+    RunNotFoundError,
+    RunOwnedError,
+    SchemaVersionError,
+    StoreUnavailableError,
+)
+from ckflow._records import Renewal, StoredRun
+from ckflow.stores import _sql
+from ckflow.stores._protocol import SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Collection, Sequence
+    from types import TracebackType
+
+    from ckflow._events import Event
+    from ckflow._records import Batch, CheckpointRecord, ControlRequest, RunRecord, TaskRecord
+    from ckflow._states import FlowState
+
+__all__ = ["PostgresStore"]
+
+_DEFAULT_CONNECT_TIMEOUT: Final = 10.0
+_POOL_SIZE: Final = 10
+#: first key of the advisory lock taken while a schema is created or migrated ("ckf")
+_LOCK_CLASS: Final = 0x636B66
+#: what asyncpg raises when the server cannot be reached or refuses us
+_UNREACHABLE: Final = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+# -- migrations (the schema itself is in _sql) --------------------------------------------
+
+
+async def _create_v1(conn: Any) -> None:
+    for statement in _sql.POSTGRES_V1:
+        await conn.execute(statement)
+
+
+#: ``_MIGRATIONS[n]`` brings a store from schema version ``n`` to ``n + 1``, inside the open transaction;
+#: a new version is one more function here (and ``SCHEMA_VERSION`` raised by one).
+_MIGRATIONS: Final[tuple[Callable[[Any], Awaitable[None]], ...]] = (_create_v1,)
+assert len(_MIGRATIONS) == SCHEMA_VERSION, "one migration step per schema version"
+
+# -- statements ----------------------------------------------------------------------
+
+_NOW: Final = "extract(epoch from clock_timestamp())::float8"
+_RUN_COLUMNS: Final = ", ".join(f"r.{c}" for c in _sql.RUN_COLUMNS)
+#: take the run if it is free, ours, or its lease has lapsed by the database's clock
+_CLAIM: Final = (
+    f"WITH now AS (SELECT {_NOW} AS t) "
+    "UPDATE ckflow_runs AS r SET owner = $2, lease_expires = now.t + $3 FROM now "
+    "WHERE r.run_id = $1 AND (r.owner IS NULL OR r.owner = $2 OR coalesce(r.lease_expires, 0) <= now.t) "
+    f"RETURNING {_RUN_COLUMNS}"
+)
+_CLAIMABLE: Final = (
+    f"SELECT owner, lease_expires, owner IS NULL OR coalesce(lease_expires, 0) <= {_NOW} "
+    "FROM ckflow_runs WHERE run_id = $1"
+)
+_RENEW: Final = (
+    f"WITH now AS (SELECT {_NOW} AS t) "
+    "UPDATE ckflow_runs AS r SET lease_expires = now.t + $3 FROM now "
+    "WHERE r.run_id = ANY($1::text[]) AND r.owner = $2 RETURNING r.run_id"
+)
+_PENDING: Final = (
+    f"SELECT {', '.join(_sql.REQUEST_COLUMNS)} FROM ckflow_requests "
+    "WHERE run_id = ANY($1::text[]) AND done_at IS NULL ORDER BY pos"
+)
+_RELEASE: Final = "UPDATE ckflow_runs SET owner = NULL, lease_expires = NULL WHERE run_id = $1 AND owner = $2"
+_RUN_EXISTS: Final = "SELECT 1 FROM ckflow_runs WHERE run_id = $1 FOR KEY SHARE"
+_RETAIN_EVENTS: Final = "DELETE FROM ckflow_events WHERE run_id = $1 AND seq < $2 AND checkpoint = ANY($3::text[])"
+_TASKS: Final = f"SELECT {', '.join(_sql.TASK_COLUMNS)} FROM ckflow_tasks WHERE run_id = $1 ORDER BY pos"
+_REGIONS: Final = f"SELECT {', '.join(_sql.REGION_COLUMNS)} FROM ckflow_regions WHERE run_id = $1 ORDER BY pos"
+_CHECKPOINTS: Final = (
+    f"SELECT {', '.join(_sql.CHECKPOINT_COLUMNS)} FROM ckflow_checkpoints WHERE run_id = $1 "
+    "ORDER BY checkpoint, pass_no"
+)
+_CHECKPOINTS_OF: Final = (
+    f"SELECT {', '.join(_sql.CHECKPOINT_COLUMNS)} FROM ckflow_checkpoints WHERE run_id = $1 AND checkpoint = $2 "
+    "ORDER BY pass_no"
+)
+_EVENTS: Final = "SELECT body FROM ckflow_events WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+_REQUESTS: Final = (
+    f"SELECT {', '.join(_sql.REQUEST_COLUMNS)} FROM ckflow_requests WHERE run_id = $1 ORDER BY requested_at, pos"
+)
+_DELETE: Final = tuple(f"DELETE FROM ckflow_{table} WHERE run_id = ANY($1::text[])" for table in (*_sql.TABLES, "runs"))
+_SET_VERSION: Final = (
+    "INSERT INTO ckflow_meta (key, value) VALUES ('schema_version', $1) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
+
+
+def _names(names: Sequence[str]) -> list[str]:
+    return list(names)
+
+
+def _states_test(n: int) -> str:
+    return f"state = ANY(${n}::text[])"
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _lock_key(schema: str) -> int:
+    """The advisory lock's second key for ``schema``: a stable signed 32-bit hash of its name."""
+    key = zlib.crc32(schema.encode())
+    return key - (1 << 32) if key >= 1 << 31 else key
+
+
+def _reason(exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer from the server within {timeout:g} s (raise `?connect_timeout=`)."
+    text = str(exc).strip() or "no detail"
+    return f"{type(exc).__name__}: {text}"
+
+
+def _count(status: str) -> int:
+    """The row count of a command's status, ``'UPDATE 1'`` or ``'INSERT 0 1'``."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+# -- opening -----------------------------------------------------------------------------
+
+
+def _parse(url: str) -> tuple[str, str, str, float]:
+    """(asyncpg's DSN, the URL without password, schema, connect timeout) of a ``postgresql://`` URL."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("postgresql", "postgres") or not parts.netloc:
+        raise ValueError(f"A PostgreSQL store URL looks like 'postgresql://user@host:5432/db', got {url!r}.")
+    schema = "public"
+    timeout = _DEFAULT_CONNECT_TIMEOUT
+    passed: list[tuple[str, str]] = []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key == "schema":
+            if not value:
+                raise ValueError(f"PostgreSQL store URL {url!r}: `schema=` needs a name.")
+            schema = value
+        elif key == "connect_timeout":
+            try:
+                timeout = float(value)
+            except ValueError:
+                timeout = 0.0
+            if not timeout > 0:
+                raise ValueError(f"PostgreSQL store URL {url!r}: connect_timeout={value!r} is not a positive number.")
+        else:
+            passed.append((key, value))
+    dsn = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(passed), ""))
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        netloc = f"{userinfo.split(':', 1)[0]}@{host}"
+    public_query = urlencode(
+        [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "password"], safe="/:"
+    )
+    public = urlunsplit((parts.scheme, netloc, parts.path, public_query, ""))
+    return dsn, public, schema, timeout
+
+
+async def _schema_version(conn: Any, schema: str) -> int:
+    """The schema's version; 0 if it holds no ckflow store (or does not exist)."""
+    present = await conn.fetchval(
+        "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = $1 AND tablename = 'ckflow_meta'", schema
+    )
+    if present is None:
+        return 0
+    value = await conn.fetchval(f"SELECT value FROM {_quote(schema)}.ckflow_meta WHERE key = 'schema_version'")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return -1
+
+
+async def _migrate(conn: Any, url: str, schema: str) -> None:
+    """Create or migrate the store's schema, or raise and change nothing."""
+    version = await _schema_version(conn, schema)
+    if version == SCHEMA_VERSION:
+        return  # the common case: no lock taken
+    if version > SCHEMA_VERSION:
+        raise SchemaVersionError(url, version, SCHEMA_VERSION)
+    async with conn.transaction():
+        # Processes that open the store at once wait here for each other; the lock ends with the transaction.
+        await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", _LOCK_CLASS, _lock_key(schema))
+        if await conn.fetchval("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1", schema) is None:
+            await conn.execute(f"CREATE SCHEMA {_quote(schema)}")
+        version = await _schema_version(conn, schema)
+        if version < 0:
+            raise StoreUnavailableError(url, f"schema {schema!r} has a ckflow_meta table without a valid version.")
+        if version > SCHEMA_VERSION:
+            raise SchemaVersionError(url, version, SCHEMA_VERSION)
+        for step in _MIGRATIONS[version:]:
+            await step(conn)
+        await conn.execute(_SET_VERSION, str(SCHEMA_VERSION))
+
+
+# -- the store ------------------------------------------------------------------------------------
+
+
+@final
+class PostgresStore:
+    """A store in a PostgreSQL database, shared by the engines of many processes and machines.
+
+    Args:
+        url: ``postgresql://user:password@host:5432/db`` (or ``postgres://``), optionally with
+            ``?schema=NAME`` (default ``public``; created if missing) and ``?connect_timeout=SECONDS``
+            (default 10). Other query parameters go to asyncpg (``sslmode=``, ...).
+
+    Raises:
+        ValueError: the URL is not a PostgreSQL URL, or an option has a wrong value.
+    """
+
+    __slots__ = ("_dsn", "_lock", "_pool", "_schema", "_timeout", "_url", "_where")
+
+    def __init__(self, url: str) -> None:
+        self._dsn, self._url, self._schema, self._timeout = _parse(url)
+        self._where = f"store {self._url!r}"
+        self._lock = asyncio.Lock()
+        self._pool: Any = None
+
+    @property
+    def url(self) -> str:
+        """The URL the store was made with, without its password."""
+        return self._url
+
+    @property
+    def schema(self) -> str:
+        """The PostgreSQL schema that holds the store's tables."""
+        return self._schema
+
+    async def open(self) -> None:
+        """Connect, and create or migrate the schema; does nothing if open."""
+        async with self._lock:
+            if self._pool is not None:
+                return
+            try:
+                pool = await asyncpg.create_pool(
+                    self._dsn,
+                    min_size=1,
+                    max_size=_POOL_SIZE,
+                    timeout=self._timeout,
+                    server_settings={"search_path": _quote(self._schema), "application_name": "ckflow"},
+                )
+            except _UNREACHABLE as exc:
+                raise StoreUnavailableError(self._url, _reason(exc, self._timeout)) from exc
+            try:
+                async with pool.acquire() as conn:
+                    await _migrate(conn, self._url, self._schema)
+            except BaseException as exc:
+                pool.terminate()
+                if isinstance(exc, _UNREACHABLE):
+                    raise StoreUnavailableError(self._url, _reason(exc, self._timeout)) from exc
+                raise
+            self._pool = pool
+
+    async def close(self) -> None:
+        """Close the pool once the calls in progress are done; does nothing if closed."""
+        async with self._lock:
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                await pool.close()
+
+    async def __aenter__(self) -> PostgresStore:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    def _open_pool(self) -> Any:
+        pool = self._pool
+        if pool is None:
+            raise StoreUnavailableError(
+                self._url, "the store is not open; use `async with open_store(url) as store` or `await store.open()`."
+            )
+        return pool
+
+    # -- runs --------------------------------------------------------------------
+
+    async def create_run(self, run: RunRecord) -> None:
+        status = await self._open_pool().execute(_sql.INSERT_RUN, *_sql.run_row(run))
+        if _count(status) != 1:
+            raise RunExistsError(run.run_id, self._where)
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        row = await self._open_pool().fetchrow(_sql.SELECT_RUN, run_id)
+        if row is None:
+            raise RunNotFoundError(run_id, self._where)
+        return _sql.run_from(row)
+
+    async def list_runs(
+        self,
+        *,
+        states: Collection[FlowState] | None = None,
+        flow: str | None = None,
+        ended_before: float | None = None,
+        limit: int | None = None,
+    ) -> list[RunRecord]:
+        statement, params, slice_after = _sql.list_runs_where(states, flow, ended_before, limit, _states_test, _names)
+        runs = [_sql.run_from(row) for row in await self._open_pool().fetch(statement, *params)]
+        return runs[:limit] if slice_after else runs
+
+    async def load(self, run_id: str) -> StoredRun:
+        async with self._open_pool().acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            run = await conn.fetchrow(_sql.SELECT_RUN, run_id)
+            if run is None:
+                raise RunNotFoundError(run_id, self._where)
+            tasks = await conn.fetch(_TASKS, run_id)
+            checkpoints = await conn.fetch(_sql.SELECT_LATEST_CHECKPOINTS, run_id)
+            regions = await conn.fetch(_REGIONS, run_id)
+            failures = await conn.fetch(_sql.SELECT_FAILURES, run_id)
+        return StoredRun(
+            run=_sql.run_from(run),
+            tasks=[_sql.task_from(row) for row in tasks],
+            checkpoints=[_sql.checkpoint_from(row) for row in checkpoints],
+            regions=[_sql.region_from(row) for row in regions],
+            failures=[_sql.failure_from_event(row[0]) for row in failures],
+        )
+
+    async def write(self, batch: Batch) -> None:
+        w = _sql.prepare(batch, _names)
+        async with self._open_pool().acquire() as conn, conn.transaction():
+            # The fence first: the row lock it takes also orders this write after a concurrent claim.
+            if _count(await conn.execute(_sql.UPDATE_RUN, *w.run)) != 1:
+                if await conn.fetchrow(_sql.SELECT_OWNER, w.run_id) is None:
+                    raise RunNotFoundError(w.run_id, self._where)
+                raise LeaseLostError(w.run_id, w.owner)
+            if w.tasks:
+                await conn.executemany(_sql.UPSERT_TASK, w.tasks)
+            if w.checkpoints:
+                await conn.executemany(_sql.UPSERT_CHECKPOINT, w.checkpoints)
+            if w.regions:
+                await conn.executemany(_sql.UPSERT_REGION, w.regions)
+            if w.drop_regions:
+                await conn.executemany(_sql.DELETE_REGION, w.drop_regions)
+            if w.events:
+                await conn.executemany(_sql.UPSERT_EVENT, w.events)
+            if w.retain_checkpoints:
+                await conn.executemany(_sql.RETAIN_CHECKPOINTS, w.retain_checkpoints)
+                await conn.executemany(_RETAIN_EVENTS, w.retain_events)
+            if w.requests:
+                await conn.executemany(_sql.UPSERT_REQUEST, w.requests)
+
+    # -- leases ------------------------------------------------------------------
+
+    async def claim(self, run_id: str, owner: str, ttl: float) -> RunRecord:
+        pool = self._open_pool()
+        for _ in range(3):
+            row = await pool.fetchrow(_CLAIM, run_id, owner, ttl)
+            if row is not None:
+                return _sql.run_from(row)
+            found = await pool.fetchrow(_CLAIMABLE, run_id)
+            if found is None:
+                raise RunNotFoundError(run_id, self._where)
+            holder, expires, claimable = found
+            if not claimable:
+                break
+            # released or lapsed between the two statements: try again
+        raise RunOwnedError(run_id, holder, expires)
+
+    async def renew(self, owner: str, run_ids: Collection[str], ttl: float) -> Renewal:
+        ids = list(run_ids)
+        if not ids:
+            return Renewal(lost=[], requests=[])
+        async with self._open_pool().acquire() as conn, conn.transaction():
+            owned = {row[0] for row in await conn.fetch(_RENEW, ids, owner, ttl)}
+            rows = await conn.fetch(_PENDING, sorted(owned)) if owned else []
+        lost, pending = _sql.order_pending(ids, owned, map(_sql.request_from, rows))
+        return Renewal(lost=lost, requests=pending)
+
+    async def release(self, run_id: str, owner: str) -> None:
+        await self._open_pool().execute(_RELEASE, run_id, owner)
+
+    # -- control requests --------------------------------------------------------
+
+    async def request(self, request: ControlRequest) -> None:
+        async with self._open_pool().acquire() as conn, conn.transaction():
+            if await conn.fetchval(_RUN_EXISTS, request.run_id) is None:
+                raise RunNotFoundError(request.run_id, self._where)
+            await conn.execute(_sql.UPSERT_REQUEST, *_sql.request_row(request))
+
+    async def requests(self, run_id: str) -> list[ControlRequest]:
+        return [_sql.request_from(row) for row in await self._open_pool().fetch(_REQUESTS, run_id)]
+
+    # -- reading -----------------------------------------------------------------
+
+    async def tasks(self, run_id: str) -> list[TaskRecord]:
+        return [_sql.task_from(row) for row in await self._open_pool().fetch(_TASKS, run_id)]
+
+    async def checkpoints(self, run_id: str, checkpoint: str | None = None) -> list[CheckpointRecord]:
+        pool = self._open_pool()
+        if checkpoint is None:
+            rows = await pool.fetch(_CHECKPOINTS, run_id)
+        else:
+            rows = await pool.fetch(_CHECKPOINTS_OF, run_id, checkpoint)
+        return [_sql.checkpoint_from(row) for row in rows]
+
+    async def events(self, run_id: str, *, after: int = -1, limit: int | None = None) -> list[Event]:
+        # LIMIT NULL is no limit; a negative limit is applied by slicing, as MemoryStore does
+        bound = None if limit is None or limit < 0 else limit
+        rows = await self._open_pool().fetch(_EVENTS, run_id, after, bound)
+        events = [_sql.event_from(row[0]) for row in rows]
+        return events[:limit] if limit is not None and limit < 0 else events
+
+    async def row_counts(self, run_id: str) -> dict[str, int]:
+        row = await self._open_pool().fetchrow(_sql.ROW_COUNTS, run_id)
+        return dict(zip(_sql.TABLES, row, strict=True))
+
+    # -- maintenance -------------------------------------------------------------
+
+    async def delete_runs(self, run_ids: Collection[str]) -> int:
+        ids = list(run_ids)
+        if not ids:
+            return 0
+        async with self._open_pool().acquire() as conn, conn.transaction():
+            deleted = 0
+            for statement in _DELETE:
+                deleted = _count(await conn.execute(statement, ids))
+        return deleted  # the last statement deletes the runs themselves
+
+    def __repr__(self) -> str:
+        state = "open" if self._pool is not None else "closed"
+        return f"<ckflow.stores.PostgresStore {self._url!r} schema={self._schema!r} {state}>"
