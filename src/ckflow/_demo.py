@@ -2,9 +2,13 @@
 
 The flow creates a volume, then in parallel attaches it (under a checkpoint
 that retries on transient errors) and configures the network (slow), then
-boots. Scenario 1: attaching fails once; only the attach branch is reverted
-and retried, while the network keeps being configured. Scenario 2: booting
-fails for good; everything that ran is reverted, in reverse order.
+boots. Every run is kept in a SQLite file (the embedded default store).
+Scenario 1: attaching fails once; only the attach branch is reverted and
+retried, while the network keeps being configured. Scenario 2: booting fails
+for good; everything that ran is reverted, in reverse order. Scenario 3: the
+run is parked at the 'disk' checkpoint and its engine closes, as a process
+would stop; a new engine resumes it from the file, and what had succeeded is
+not run again.
 
 This module is an application of ckflow, not part of the library: it prints
 to stdout. The ``demo`` command (``_cli``) also quiets ckflow's structlog
@@ -16,6 +20,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -179,7 +184,10 @@ class _Printer:
             subject = event.task or event.checkpoint or ""
             self.line(f"{stamp}  {self.paint(f'walker: {step} {subject}', 'walker')}")
         elif name.startswith("ckflow.run."):
-            self.line(f"{stamp}  {self.paint(f'run {event.old} → {event.new}', 'title')}")
+            what = f"run {event.old} → {event.new}" if event.old else f"run {name.removeprefix('ckflow.run.')}"
+            if name == "ckflow.run.resumed":
+                what += " from the store"
+            self.line(f"{stamp}  {self.paint(what, 'title')}")
 
 
 def _report(printer: _Printer, result: ckflow.RunResult) -> None:
@@ -219,22 +227,58 @@ def _report(printer: _Printer, result: ckflow.RunResult) -> None:
         line(f"  failure: {failure.task}: {_short(failure.exc_type)}: {failure.message}")
 
 
-async def _scenario(
-    printer: _Printer, title: str, blurb: str, flow: ckflow.Linear, inputs: dict[str, object]
-) -> ckflow.RunResult:
+def _title(printer: _Printer, title: str, blurb: str) -> None:
     printer.reverted.clear()
     printer.retried.clear()
     printer.line()
     printer.line(printer.paint(title, "title"))
     printer.line(printer.paint(blurb, "dim"))
     printer.start = time.monotonic()
-    result = await ckflow.run(flow, inputs=inputs, on_event=printer)
+
+
+async def _scenario(
+    engine: ckflow.Engine,
+    printer: _Printer,
+    title: str,
+    blurb: str,
+    flow: ckflow.Linear,
+    inputs: dict[str, object],
+) -> ckflow.RunResult:
+    _title(printer, title, blurb)
+    run = await engine.start(flow, inputs, run_id=f"{inputs['server']}-{uuid.uuid4().hex[:6]}", on_event=printer)
+    result = await run.wait()
     _report(printer, result)
     return result
 
 
-async def run_demo(*, fast: bool = False, out: TextIO | None = None, colour: bool | None = None) -> int:
-    """Run both scenarios, printing as they go; returns 0 if each ended as intended."""
+async def _restart(store: str, printer: _Printer, flow: ckflow.Linear, inputs: dict[str, object]) -> ckflow.RunResult:
+    """Scenario 3: park the run at a checkpoint, close its engine, resume it from the store in a new one."""
+    _title(
+        printer,
+        "3. the engine stops at checkpoint 'disk'; a new engine resumes the run from the store",
+        "   the first engine runs up to 'disk' and closes, as a process would stop; the second one reads the\n"
+        "   run back from the SQLite file and goes on from there: create_volume, done already, is not run again.",
+    )
+    run_id = f"{inputs['server']}-{uuid.uuid4().hex[:6]}"
+    async with ckflow.Engine(store=store) as first:
+        run = await first.start(flow, inputs, run_id=run_id, on_event=printer)
+        await run.goto("disk")
+    printer.line(printer.paint(f"           engine closed; run {run_id!r} waits in the store, SUSPENDED", "dim"))
+    async with ckflow.Engine(store=store) as second:
+        resumed = await second.resume(run_id, flow=flow, on_event=printer)
+        result = await resumed.wait()
+    _report(printer, result)
+    return result
+
+
+async def run_demo(
+    *,
+    fast: bool = False,
+    out: TextIO | None = None,
+    colour: bool | None = None,
+    store: str = "sqlite:///ckflow-demo.db",
+) -> int:
+    """Run the three scenarios on ``store``, printing as they go; returns 0 if each ended as intended."""
     stream = out if out is not None else sys.stdout
     if colour is None:
         colour = stream.isatty() and "NO_COLOR" not in os.environ
@@ -242,21 +286,35 @@ async def run_demo(*, fast: bool = False, out: TextIO | None = None, colour: boo
     printer = _Printer(stream, colour)
     printer.line(
         "ckflow demo: provision a server. create_volume, then in parallel attach_volume\n"
-        "(under checkpoint 'disk', Retry(attempts=3)) and configure_network (slow), then boot."
+        "(under checkpoint 'disk', Retry(attempts=3)) and configure_network (slow), then boot.\n"
+        f"Every run is kept in {store}."
     )
-    first = await _scenario(
-        printer,
-        "1. attach_volume hits a transient error once",
-        "   only the 'disk' branch is reverted and retried; configure_network keeps running.",
-        flow,
-        {"server": "web-1", "size_gb": 20, "transient_faults": 1, "image": "ubuntu-24.04"},
+    async with ckflow.Engine(store=store) as engine:
+        first = await _scenario(
+            engine,
+            printer,
+            "1. attach_volume hits a transient error once",
+            "   only the 'disk' branch is reverted and retried; configure_network keeps running.",
+            flow,
+            {"server": "web-1", "size_gb": 20, "transient_faults": 1, "image": "ubuntu-24.04"},
+        )
+        second = await _scenario(
+            engine,
+            printer,
+            "2. boot fails for good (no checkpoint around it)",
+            "   the failure reaches the root: everything that ran is reverted, in reverse order.",
+            flow,
+            {"server": "web-2", "size_gb": 20, "transient_faults": 0, "image": "missing-image"},
+        )
+    third = await _restart(
+        store, printer, flow, {"server": "web-3", "size_gb": 20, "transient_faults": 0, "image": "ubuntu-24.04"}
     )
-    second = await _scenario(
-        printer,
-        "2. boot fails for good (no checkpoint around it)",
-        "   the failure reaches the root: everything that ran is reverted, in reverse order.",
-        flow,
-        {"server": "web-2", "size_gb": 20, "transient_faults": 0, "image": "missing-image"},
+    printer.line()
+    printer.line(f"The runs are kept in {store}; look at them with `ckflow runs --store {store}`.")
+    ok = (
+        first.state is ckflow.FlowState.SUCCESS
+        and second.state is ckflow.FlowState.REVERTED
+        and third.state is ckflow.FlowState.SUCCESS
+        and third.tasks["create_volume"].attempts == 1
     )
-    ok = first.state is ckflow.FlowState.SUCCESS and second.state is ckflow.FlowState.REVERTED
     return 0 if ok else 1

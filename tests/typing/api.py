@@ -8,7 +8,10 @@ a line that must be rejected; with ``warn_unused_ignores`` (part of
 
 from __future__ import annotations
 
+import datetime
+
 import ckflow
+import ckflow.stores
 from ckflow import Checkpoint, Linear, Parallel, Retry, Task, task
 
 
@@ -98,6 +101,41 @@ async def engine_runs() -> None:
         await run.cancel()
         result: ckflow.RunResult = await run.wait()
         print(parked.state, result.state)
+
+
+def build_flow() -> ckflow.Linear:
+    return flow
+
+
+async def durable_runs() -> None:
+    ckflow.register_flow("boot", build_flow)
+    async with ckflow.Engine(store="sqlite:///runs.db") as engine:
+        run = await engine.start(flow, inputs={"size": 10}, run_id="boot-42")  # id optional
+        await run.goto("disk")
+        await run.resume()
+        await run.cancel()
+        await run.suspend()
+        await run.revert_to("disk", retry=False)
+        async for event in run.events():
+            seq: int | None = event.seq
+            print(seq)
+        result = await run.wait()
+        print(result.state)
+    # another process, after a crash: the flow object, or a name registered with ckflow.register_flow
+    async with ckflow.Engine(store="sqlite:///runs.db") as engine:
+        resumed: ckflow.Run = await engine.resume("boot-42", flow=flow)
+        by_name: ckflow.Run = await engine.resume("boot-42")
+        elsewhere: ckflow.Run = await engine.attach("boot-42")
+        local: bool = elsewhere.local
+        print(resumed.state, by_name.id, local)
+    store: ckflow.stores.Store = ckflow.stores.open_store("postgresql://postgres@127.0.0.1/test")
+    async with store:
+        records: list[ckflow.stores.RunRecord] = await store.list_runs(states=[ckflow.FlowState.SUSPENDED])
+        print(records)
+    periodic = ckflow.Periodic(
+        "sync", create_volume, every=datetime.timedelta(minutes=5), checkpoint=Checkpoint("sync", keep_last=20)
+    )
+    print(periodic.every)
 
 
 async def errors() -> None:
