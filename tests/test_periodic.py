@@ -144,6 +144,34 @@ class TestFailures:
         assert app.steps("report") == []
 
 
+class TestNested:
+    """A Periodic inside a scope that is retried starts afresh, as nested budgets do."""
+
+    async def test_enclosing_retry_restarts_the_iterations(self) -> None:
+        """When the enclosing checkpoint retries, the Periodic runs from iteration 1 again."""
+        seen: list[int] = []
+
+        @task(provides="n")
+        async def tick() -> int:
+            seen.append(ckflow.current().iteration)
+            return len(seen)
+
+        @task
+        async def check(n: int) -> None:
+            if len(seen) == 2:
+                raise RuntimeError("not yet")
+
+        flow = Linear(
+            "outer",
+            Checkpoint("outer-cp", retry=Retry(attempts=2)),
+            Periodic("p", tick, every=0, times=2),
+            check,
+        )
+        result = await ckflow.run(flow)
+        assert result.state is FlowState.SUCCESS
+        assert seen == [1, 2, 1, 2]
+
+
 class TestDefinition:
     """Mistakes in a Periodic are caught where it is written."""
 

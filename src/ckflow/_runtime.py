@@ -1001,6 +1001,12 @@ class RunCore:
         for inner in {s for chain in chain_cache.values() for s in chain[: chain.index(scope)]}:
             self.history.pop(inner, None)
             self.first_failure.pop(inner, None)
+            if inner in self.iteration:
+                # A Periodic inside starts afresh too: from its first iteration, without waiting.
+                self.iteration[inner] = 1
+                sleeper = self.sleepers.pop(inner, None)
+                if sleeper is not None:
+                    sleeper.cancel()
             new_pass(self, inner)
         if fresh:
             self.history.pop(scope, None)
