@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import sqlite3
+import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pydantic
@@ -13,8 +15,11 @@ from tests.support import WatchedStore
 
 import ckflow
 from ckflow import Checkpoint, Engine, FlowState, Linear, Parallel, Retry, TaskState, task
-from ckflow.stores import MemoryStore
+from ckflow.stores import SCHEMA_VERSION, MemoryStore, open_store
 from ckflow.testing import EventRecorder
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def chain(log: list[str]) -> ckflow.Linear:
@@ -379,3 +384,57 @@ class TestValues:
         ckflow.register_codec(Coupon, encode=lambda c: c.code, decode=Coupon, name="coupon-v1")
         with pytest.raises(ValueError, match="coupon-v1"):
             ckflow.register_codec(Volume, encode=str, decode=str, name="coupon-v1")
+
+
+class TestBadStores:
+    """A store that cannot be used is a clear, typed error when the engine opens, and nothing stored is lost."""
+
+    async def test_corrupt_sqlite_file(self, tmp_path: Path) -> None:
+        """A file that is not a SQLite database: StoreUnavailableError naming it, the file untouched."""
+        path = tmp_path / "runs.db"
+        path.write_bytes(b"this is not a database" * 100)
+        with pytest.raises(ckflow.StoreUnavailableError, match=r"runs\.db"):
+            async with Engine(store=f"sqlite:///{path}"):
+                pass
+        assert path.read_bytes() == b"this is not a database" * 100
+
+    async def test_newer_schema(self, tmp_path: Path) -> None:
+        """A store written by a newer ckflow: SchemaVersionError saying to upgrade, the runs in it kept."""
+        path = tmp_path / "runs.db"
+        async with Engine(store=f"sqlite:///{path}") as engine:
+            await (await engine.start(chain([]), {"x": 1}, run_id="kept")).wait()
+        with sqlite3.connect(path) as conn:
+            conn.execute("UPDATE ckflow_meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+        conn.close()
+        with pytest.raises(ckflow.SchemaVersionError, match="upgrade ckflow"):
+            async with Engine(store=f"sqlite:///{path}"):
+                pass
+        with sqlite3.connect(path) as conn:
+            conn.execute("UPDATE ckflow_meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+        conn.close()
+        async with Engine(store=f"sqlite:///{path}") as engine:
+            assert (await (await engine.attach("kept")).wait()).outputs == {"a": 2, "b": 20}
+
+    async def test_unreachable_database(self) -> None:
+        """A PostgreSQL server that is not there: StoreUnavailableError, quickly."""
+        with anyio.fail_after(30):
+            with pytest.raises(ckflow.StoreUnavailableError, match=r"127\.0\.0\.1"):
+                async with Engine(store="postgresql://postgres@127.0.0.1:1/test?connect_timeout=2"):
+                    pass
+
+    def test_missing_driver_gives_the_pip_command(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Without asyncpg, asking for a PostgreSQL store says which extra to install."""
+        monkeypatch.setitem(sys.modules, "asyncpg", None)
+        monkeypatch.delitem(sys.modules, "ckflow.stores.postgres", raising=False)
+        with pytest.raises(ImportError, match=r"pip install 'ckflow\[postgres\]'"):
+            open_store("postgresql://host/db")
+
+    def test_unknown_scheme_lists_the_known_ones(self) -> None:
+        """A URL of an unknown scheme is a ValueError that lists the schemes ckflow knows."""
+        with pytest.raises(ValueError, match=r"'mysql'.*sqlite://.*postgresql://"):
+            open_store("mysql://host/db")
+
+    def test_engine_refuses_what_is_not_a_store(self) -> None:
+        """Engine(store=...) takes a URL or a Store, and says so."""
+        with pytest.raises(TypeError, match=r"URL or a ckflow\.stores\.Store"):
+            Engine(store=42)  # type: ignore[arg-type]
