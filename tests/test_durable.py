@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import sqlite3
 import sys
 from dataclasses import dataclass
@@ -438,3 +439,44 @@ class TestBadStores:
         """Engine(store=...) takes a URL or a Store, and says so."""
         with pytest.raises(TypeError, match=r"URL or a ckflow\.stores\.Store"):
             Engine(store=42)  # type: ignore[arg-type]
+
+
+class TestHeldWork:
+    """Work held until a commit still counts: the run is not idle while a region's reverts wait for its record."""
+
+    async def test_revert_to_returns_once_the_revert_is_done(self) -> None:
+        """revert_to(cp, retry=False) on a durable run returns SUSPENDED with the scope reverted, not reverting."""
+        store = WatchedStore()
+        started = anyio.Event()
+        gate = anyio.Event()
+
+        @task(provides="a")
+        async def a() -> int:
+            return 1
+
+        @task
+        async def b(a: int) -> None:
+            started.set()
+            await anyio.sleep_forever()
+
+        @b.revert
+        async def _(a: int, result: object) -> None: ...
+
+        async def slow_region_write(batch: Any) -> None:
+            if batch.regions:
+                await gate.wait()  # the region's record takes a while to reach the store
+
+        store.on_write = slow_region_write
+        flow = Linear("f", a, Linear("inner", Checkpoint("cp"), b))
+        async with Engine(store=store) as engine:
+            run = await engine.start(flow)
+            await started.wait()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(functools.partial(run.revert_to, "cp", retry=False))
+                await anyio.wait_all_tasks_blocked()
+                held = run.state
+                gate.set()
+            assert held is FlowState.RUNNING
+            assert run.state is FlowState.SUSPENDED
+            assert run.tasks["b"].state is TaskState.REVERTED
+            await run.cancel()

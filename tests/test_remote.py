@@ -251,6 +251,24 @@ class TestTakingOver:
         assert record.owner is None
         assert [e.name for e in await store.events("r")] == ["ckflow.control.suspend", "ckflow.run.suspended"]
 
+    async def test_suspend_that_takes_the_run_over_makes_the_handle_local(self) -> None:
+        """A suspend that took a registered run over leaves a local handle, which later calls use."""
+        store, app = MemoryStore(), Gated()
+        ckflow.register_flow("gated", app.flow)
+        with anyio.CancelScope() as scope:
+            async with Engine(store=store) as engine:
+                await engine.start(app.flow, run_id="r")
+                await app.attaching.wait()
+                scope.cancel()
+        with anyio.fail_after(10):
+            async with Engine(store=store) as engine:
+                handle = await engine.attach("r")
+                await handle.suspend()
+                assert handle.local
+                assert handle.state is FlowState.SUSPENDED
+                await handle.cancel()
+                assert (await handle.wait()).state is FlowState.REVERTED
+
     async def test_other_operations_need_the_flow(self) -> None:
         """cancel() of a run nobody owns, without its flow here, is a clear error and leaves the run as it was."""
         store = MemoryStore()

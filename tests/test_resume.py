@@ -382,6 +382,25 @@ class TestLeases:
             gate.set()
             await run.wait()
 
+    async def test_a_live_lease_comes_before_a_missing_flow(self) -> None:
+        """Resuming a run that a live engine holds is RunOwnedError even where its flow is not registered."""
+        store = MemoryStore()
+        gate, started = anyio.Event(), anyio.Event()
+
+        @task
+        async def slow() -> None:
+            started.set()
+            await gate.wait()
+
+        flow = Linear("not-registered-here", slow)
+        async with Engine(store=store, id="A") as a, Engine(store=store, id="B") as b:
+            run = await a.start(flow, run_id="r")
+            await started.wait()
+            with pytest.raises(ckflow.RunOwnedError):
+                await b.resume("r")
+            gate.set()
+            await run.wait()
+
     async def test_two_engines_racing_for_one_run(self) -> None:
         """Of two engines resuming the same run at once, exactly one runs it."""
         store = MemoryStore()

@@ -417,9 +417,15 @@ class Engine:
         record = await store.get_run(run_id)
         if record.state in _TERMINAL:
             return Run(_Stored(self, record, flow))
-        flow_obj = self._flow_for(record, flow, required=True)
-        assert flow_obj is not None
+        # Ownership first: a run that a live engine holds is RunOwnedError, whether or not its flow is known here.
         record = await store.claim(run_id, self._id, self._lease_ttl)
+        try:
+            flow_obj = self._flow_for(record, flow, required=True)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await store.release(run_id, self._id)
+            raise
+        assert flow_obj is not None
         handle = await self._adopt(record, flow_obj, max_concurrency, on_event)
         if handle.state is FlowState.SUSPENDED:
             await handle.resume()

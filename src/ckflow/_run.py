@@ -143,6 +143,7 @@ class Run:
     async def suspend(self) -> None:
         """Let running tasks finish, start nothing new; returns once the run is SUSPENDED (or ended)."""
         await self._impl.suspend()
+        self._adopted()
 
     async def goto(self, checkpoint: str) -> None:
         """Run forward until ``checkpoint`` is reached, or revert back to it if the run is past it.

@@ -1072,6 +1072,8 @@ class RunCore:
         for n in self.revert_ready:
             self.revert_queued[n] = 0
         self.revert_ready.clear()
+        for region in self.regions:
+            region.held.clear()  # reverts that waited for a commit: the engine that resumes the run does them
         self._cancel_waits()
         for n, scope in self.exec_scopes.items():
             if not self.nodes[n].shield:
@@ -1109,6 +1111,9 @@ class RunCore:
     def _maybe_finish(self) -> None:
         if self.executing or self.reverting or self.revert_ready:
             return
+        for region in self.regions:
+            if region.held:
+                return  # its reverts wait for the region's record to be committed: the run is not idle
         if self.flow_state in _TERMINAL:
             return
         if self.stopped is not None:
