@@ -20,10 +20,14 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _demo(tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return _run("-m", "ckflow", "demo", "--fast", "--store", f"sqlite:///{tmp_path}/demo.db")
+
+
 class TestDemo:
-    def test_demo_fast_succeeds_and_shows_the_retry(self) -> None:
+    def test_demo_fast_succeeds_and_shows_the_retry(self, tmp_path: Path) -> None:
         """The demo exits 0; attach_volume is reverted and retried, the others are not, the run succeeds."""
-        proc = _run("-m", "ckflow", "demo", "--fast")
+        proc = _demo(tmp_path)
         assert proc.returncode == 0, proc.stderr
         out = proc.stdout
         first, _, second = out.partition("2. boot fails for good")
@@ -37,9 +41,22 @@ class TestDemo:
         assert "result: REVERTED" in second
         assert "\033[" not in out  # no colour when stdout is not a TTY
 
-    def test_permanent_failure_reverts_in_reverse_order(self) -> None:
+    def test_demo_keeps_its_runs_and_resumes_one_from_the_store(self, tmp_path: Path) -> None:
+        """The demo's runs are in its SQLite file; the third is resumed there without running create_volume again."""
+        proc = _demo(tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        third = proc.stdout.partition("3. the engine stops at checkpoint 'disk'")[2]
+        assert "run resumed from the store" in third
+        assert "create_volume      SUCCESS     executed once" in third
+        assert "result: SUCCESS" in third
+        assert (tmp_path / "demo.db").exists()
+        runs = _run("-m", "ckflow", "runs", "--store", f"sqlite:///{tmp_path}/demo.db")
+        assert runs.returncode == 0, runs.stderr
+        assert runs.stdout.count("provision") == 3
+
+    def test_permanent_failure_reverts_in_reverse_order(self, tmp_path: Path) -> None:
         """In the second scenario boot is reverted first and create_volume last."""
-        proc = _run("-m", "ckflow", "demo", "--fast")
+        proc = _demo(tmp_path)
         second = proc.stdout.partition("2. boot fails for good")[2]
         order = [
             line.split()[2]

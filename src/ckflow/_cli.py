@@ -2,22 +2,45 @@
 
 Each subcommand is a function taking the parsed arguments and returning an
 exit status; add one by writing it and registering it in ``_parser()``.
+The commands over a store live in ``_cli_runs`` (reading, pruning, graphs)
+and ``_cli_control`` (resuming and controlling runs); ``_cli_format`` holds
+what they print.
+
+Exit statuses: 0 when the command did what it was asked (for a command that
+runs a run here: when the run ended where the command meant it to), 1 for an
+error that the message explains, 2 for a usage error, 130 when interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import logging
-from typing import TYPE_CHECKING
+import os
+import sys
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
+from ckflow import _cli_control, _cli_runs
+from ckflow._cli_control import LEFT_IN_STORE
+from ckflow._cli_format import CliError, Console, StatusLine, parse_duration
+from ckflow._errors import CkflowError, FlowNotRegisteredError
+from ckflow._states import FlowState
 from ckflow._version import __version__
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, MutableMapping, Sequence
 
 __all__ = ["main"]
+
+#: the environment variable that gives the store when ``--store`` does not
+STORE_ENV: Final = "CKFLOW_STORE"
+#: where the demo keeps its runs unless ``--store`` says otherwise (never ``$CKFLOW_STORE``: that is yours)
+DEMO_STORE: Final = "sqlite:///ckflow-demo.db"
+_STATES: Final = tuple(str(state) for state in FlowState)
+_ENDED: Final = tuple(str(state) for state in (FlowState.SUCCESS, FlowState.REVERTED, FlowState.FAILURE))
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -28,32 +51,311 @@ def _demo(args: argparse.Namespace) -> int:
     # The demo prints every event itself; as an application it may quiet ckflow's own log output.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     fast: bool = args.fast
-    return anyio.run(lambda: run_demo(fast=fast))
+    store: str = args.store or DEMO_STORE
+    return anyio.run(lambda: run_demo(fast=fast, store=store))
+
+
+# -- the parser ---------------------------------------------------------------------------
+
+
+def _state(choices: Sequence[str]) -> Any:
+    def parse(text: str) -> str:
+        state = text.strip().upper()
+        if state not in choices:
+            raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(choices)}")
+        return state
+
+    return parse
+
+
+def _common(*, top: bool) -> argparse.ArgumentParser:
+    """The global options, accepted before the command and after it."""
+    # After the command their defaults are SUPPRESS, so that they do not undo what was given before it.
+    parent = argparse.ArgumentParser(add_help=False)
+    default: Any = None if top else argparse.SUPPRESS
+    group = parent.add_argument_group("global options")
+    group.add_argument(
+        "--store",
+        metavar="URL",
+        default=default,
+        help=f"the store, e.g. sqlite:///runs.db or postgresql://host/db (default: ${STORE_ENV})",
+    )
+    group.add_argument(
+        "--import",
+        metavar="MODULE",
+        dest="imports" if top else "more_imports",
+        action="append",
+        default=[] if top else argparse.SUPPRESS,
+        help="import MODULE first (it registers flows with ckflow.register_flow); repeatable",
+    )
+    group.add_argument(
+        "--json",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help="machine output on stdout: JSON lines, or one JSON document",
+    )
+    return parent
 
 
 def _parser() -> argparse.ArgumentParser:
+    control, runs = _cli_control, _cli_runs
     parser = argparse.ArgumentParser(
         prog="ckflow",
         description="ckflow: asyncio-native orchestration with checkpoints and partial revert.",
+        parents=[_common(top=True)],
     )
     parser.add_argument("--version", action="version", version=f"ckflow {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = commands.add_parser(
         "demo",
         help="provision a server: watch one branch be reverted and retried while the others run",
-        description="Run a provisioning flow twice (a transient failure, then a permanent one), printing every event.",
+        description=(
+            "Run a provisioning flow three times (a transient failure, a permanent one, and a run resumed by a "
+            "new engine from the store), printing every event."
+        ),
     )
     demo.add_argument("--fast", action="store_true", help="no sleeps and no retry delays (for tests)")
+    demo.add_argument(
+        "--store",
+        metavar="URL",
+        default=argparse.SUPPRESS,
+        help=f"where the demo keeps its runs (default: {DEMO_STORE}, a file in this directory)",
+    )
     demo.set_defaults(handler=_demo)
+
+    common = [_common(top=False)]
+
+    def command(name: str, handler: Any, summary: str, *, check: Any = _needs_store) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name, parents=common, help=summary, description=summary[0].upper() + summary[1:] + "."
+        )
+        sub.set_defaults(handler=handler, check=check, subparser=sub)
+        return sub
+
+    sub = command("runs", runs.cmd_runs, "list the runs of the store, newest first")
+    sub.add_argument(
+        "--state",
+        dest="states",
+        metavar="STATE",
+        nargs="+",
+        action="extend",
+        type=_state(_STATES),
+        help=f"only runs in these states ({', '.join(_STATES)})",
+    )
+    sub.add_argument("--flow", metavar="NAME", help="only runs of this flow")
+    sub.add_argument(
+        "--limit", metavar="N", type=_count, default=50, help="show at most N runs (default: 50; 0 for all)"
+    )
+
+    sub = command("show", runs.cmd_show, "show a run: its record, tasks, checkpoints and pending requests")
+    sub.add_argument("run_id", metavar="RUN", help="the run's id")
+
+    sub = command("events", runs.cmd_events, "print a run's events in order")
+    sub.add_argument("run_id", metavar="RUN", help="the run's id")
+    sub.add_argument("--after", metavar="SEQ", type=int, default=-1, help="only events after sequence number SEQ")
+    sub.add_argument("--follow", "-f", action="store_true", help="keep printing new events until the run ends")
+
+    sub = command(
+        "resume", control.cmd_resume, "go on with a run here, in the foreground, until it ends or is suspended"
+    )
+    sub.add_argument("run_id", metavar="RUN", help="the run's id")
+
+    sub = command("suspend", control.cmd_suspend, "suspend a run: running tasks finish, nothing new starts")
+    sub.add_argument("run_id", metavar="RUN", help="the run's id")
+
+    sub = command("cancel", control.cmd_cancel, "cancel a run: revert everything that ran")
+    sub.add_argument("run_id", metavar="RUN", help="the run's id")
+
+    sub = command("goto", control.cmd_goto, "run a run forward (or back) to a checkpoint and suspend it there")
+    sub.add_argument("run_id", metavar="RUN", help="the run's id")
+    sub.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint of the run's flow")
+
+    sub = command(
+        "revert-to", control.cmd_revert_to, "revert what a checkpoint's scope ran, then run it again (or park there)"
+    )
+    sub.add_argument("run_id", metavar="RUN", help="the run's id")
+    sub.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint of the run's flow")
+    sub.add_argument(
+        "--no-retry", dest="retry", action="store_false", help="park the run SUSPENDED at the checkpoint instead"
+    )
+
+    sub = command("prune", runs.cmd_prune, "delete runs that ended long ago")
+    sub.add_argument(
+        "--older-than",
+        metavar="DURATION",
+        type=parse_duration,
+        default=parse_duration("30d"),
+        help="delete runs that ended longer ago than this: 30d, 12h, 90m, 3600s or 1h30m (default: 30d)",
+    )
+    sub.add_argument(
+        "--state",
+        dest="states",
+        metavar="STATE",
+        nargs="+",
+        action="extend",
+        type=_state(_ENDED),
+        help="only runs that ended in these states (default: SUCCESS REVERTED FAILURE)",
+    )
+    sub.add_argument("--dry-run", action="store_true", help="only list the runs that would be deleted")
+    sub.add_argument("--yes", "-y", action="store_true", help="do not ask before deleting")
+
+    sub = command(
+        "graph",
+        runs.cmd_graph,
+        "print a registered flow (or a run's flow, coloured by its task states) as Mermaid text",
+        check=_check_graph,
+    )
+    sub.add_argument("flow", metavar="NAME", nargs="?", help="the name a flow is registered under")
+    sub.add_argument("--run", metavar="RUN", dest="run_id", help="the flow of this run, coloured by its task states")
+
+    command("flows", runs.cmd_flows, "list the registered flows (after --import)", check=None)
     return parser
+
+
+def _needs_store(args: argparse.Namespace) -> str | None:
+    if args.store_url is None:
+        return f"no store given: pass --store URL (e.g. --store sqlite:///runs.db) or set ${STORE_ENV}"
+    return None
+
+
+def _check_graph(args: argparse.Namespace) -> str | None:
+    if (args.flow is None) == (args.run_id is None):
+        return "give either a flow's NAME or --run RUN, not both or neither"
+    return None if args.run_id is None else _needs_store(args)
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count; give a whole number, 0 or more")
+    return value
+
+
+# -- running a command --------------------------------------------------------------------
+
+
+def _import(modules: Sequence[str]) -> None:
+    """Import the ``--import`` modules, which register flows and codecs, from the current directory too."""
+    if not modules:
+        return
+    here = os.getcwd()
+    if "" not in sys.path and here not in sys.path:
+        sys.path.insert(0, here)  # as `python -m` does, so that `ckflow --import myflows` finds ./myflows.py
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise CliError(
+                f"Cannot import {name!r}, given with --import ({exc}); check the module's name and run ckflow "
+                "from the directory that holds it, or add that directory to PYTHONPATH."
+            ) from exc
+
+
+def _around_progress(logger: object, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """A structlog processor: keep ckflow's log lines from colliding with what the command draws."""
+    import structlog
+
+    name = str(event.get("event", ""))
+    if name == "ckflow.run.stopped" and event.get("run_id") in LEFT_IN_STORE:
+        # The command left the run in its store on purpose and says so itself.
+        raise structlog.DropEvent
+    status = StatusLine.active()
+    if status is not None:
+        if name.startswith(("ckflow.task.", "ckflow.walker.", "ckflow.run.")):
+            raise structlog.DropEvent  # the progress display shows these itself
+        status.clear()  # the log line goes above the status line, which the next tick redraws
+    return event
+
+
+@contextlib.contextmanager
+def _quiet_logs() -> Iterator[None]:
+    """ckflow's structlog output at WARNING and above, on stderr, while a command runs."""
+    import structlog
+
+    before = structlog.get_config()
+    structlog.configure(
+        processors=[
+            _around_progress,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=False),
+            structlog.dev.ConsoleRenderer(colors=False),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    try:
+        yield
+    finally:
+        structlog.configure(**before)
+        LEFT_IN_STORE.clear()
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions in ``exc``, out of the exception groups that task groups wrap them in."""
+    if isinstance(exc, BaseExceptionGroup) and not isinstance(exc, CkflowError):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _message(exc: BaseException) -> str:
+    """The one-line message of an error the user can act on."""
+    if isinstance(exc, FlowNotRegisteredError):
+        known = f" (registered: {', '.join(sorted(exc.known))})" if exc.known else ""
+        return (
+            f"No flow is registered as {exc.flow!r} in this process{known}; pass `--import MODULE` naming the "
+            f"module that calls `ckflow.register_flow({exc.flow!r}, ...)`."
+        )
+    return str(exc)
+
+
+def _exit_status(code: object) -> int:
+    if code is None:
+        return 0
+    return code if isinstance(code, int) else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``ckflow`` command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # a usage error (2), or --help / --version (0)
+        return _exit_status(exc.code)
     if args.command is None:
         parser.print_help()
         return 2
-    status: int = args.handler(args)
+    if args.command == "demo":
+        status: int = args.handler(args)
+        return status
+    args.imports = [*args.imports, *getattr(args, "more_imports", [])]
+    args.store_url = args.store or os.environ.get(STORE_ENV) or None
+    problem = None if args.check is None else args.check(args)
+    if problem is not None:
+        try:
+            args.subparser.error(problem)
+        except SystemExit as exc:
+            return _exit_status(exc.code)
+    console = Console(sys.stdout, sys.stderr, json=args.json)
+    try:
+        _import(args.imports)
+        with _quiet_logs():
+            status = anyio.run(args.handler, args, console)
+    except BaseException as exc:
+        leaves = _leaves(exc)
+        if all(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
+            console.note("ckflow: interrupted")
+            return 130
+        if all(isinstance(leaf, BrokenPipeError) for leaf in leaves):
+            # The reader went away (`ckflow events RUN | head`): stop quietly.
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
+        if not all(isinstance(leaf, CliError | CkflowError | ImportError) for leaf in leaves):
+            raise  # a bug: let its traceback show
+        console.note(f"ckflow: error: {_message(leaves[0])}")
+        return 1
     return status
