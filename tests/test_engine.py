@@ -370,6 +370,41 @@ class TestCancel:
         assert runs[0].state is FlowState.REVERTED
         assert seen == [True]
 
+    async def test_shielded_task_is_awaited_when_the_caller_is_cancelled(self) -> None:
+        """A shield=True task finishes although the caller of ckflow.run() is cancelled; nothing starts after it, and
+        it is reverted."""
+        started, gate = anyio.Event(), anyio.Event()
+        log: list[str] = []
+
+        @task(shield=True)
+        async def careful() -> None:
+            started.set()
+            await gate.wait()
+            log.append("careful finished")
+
+        @careful.revert
+        async def _(result: Any) -> None:
+            log.append(f"undo careful ({'cancelled' if isinstance(result, ckflow.Failure) else 'done'})")
+
+        @task
+        async def after() -> None:
+            log.append("after")
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                scope = anyio.CancelScope()
+
+                async def caller() -> None:
+                    with scope:
+                        await ckflow.run(Linear("l", careful, after))
+
+                tg.start_soon(caller)
+                await started.wait()
+                scope.cancel()
+                await anyio.wait_all_tasks_blocked()
+                gate.set()
+        assert log == ["careful finished", "undo careful (done)"]
+
     async def test_cancelling_caller_of_run_reverts_shielded_then_propagates(self) -> None:
         """Cancelling the caller of ckflow.run() reverts what ran, shielded, then the cancellation propagates."""
         blocker_started = anyio.Event()

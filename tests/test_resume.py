@@ -461,3 +461,32 @@ class TestLeases:
                 gate.set()
                 assert (await taken.wait()).state is FlowState.SUCCESS
         assert log == ["slow", "slow"]
+
+
+class TestStopWithShieldedTask:
+    """A task marked shield=True is awaited, not cancelled, when its engine shuts down."""
+
+    async def test_shielded_task_finishes_and_is_recorded(self) -> None:
+        """An engine cancelled while a shielded task runs lets it finish and stores its success."""
+        store = MemoryStore()
+        gate, started = anyio.Event(), anyio.Event()
+
+        @task(provides="v", shield=True)
+        async def careful() -> int:
+            started.set()
+            await gate.wait()
+            return 7
+
+        @task
+        async def after(v: int) -> None: ...
+
+        flow = Linear("l", careful, after)
+        with anyio.CancelScope() as scope:
+            async with Engine(store=store) as engine:
+                await engine.start(flow, run_id="r")
+                await started.wait()
+                scope.cancel()
+                gate.set()
+        records = {t.task: t for t in await store.tasks("r")}
+        assert records["careful"].state is TaskState.SUCCESS
+        assert records["careful"].result == "7"

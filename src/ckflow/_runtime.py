@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.to_thread
-from anyio.lowlevel import RunVar, checkpoint
+from anyio.lowlevel import RunVar, checkpoint, checkpoint_if_cancelled
 
 from ckflow._codec import encode
 from ckflow._compile import LOOP, ROOT, TASK, ExecutionGraph, Node
@@ -511,7 +511,9 @@ class RunCore:
         # The cancel scope is entered before the task's first step, so that any scope or task group the
         # task itself opens nests inside it; anyio needs scopes to exit in the reverse order of entry.
         deadline = math.inf if node.timeout is None else anyio.current_time() + node.timeout
-        scope = anyio.CancelScope(deadline=deadline)
+        # shield=True: the task is awaited, never cut short, whoever cancels (the walker, the caller of
+        # ckflow.run, an engine that shuts down); its own timeout still applies.
+        scope = anyio.CancelScope(deadline=deadline, shield=node.shield)
         error: Exception | None = None
         value: Any = None
         token = CURRENT.set((self, n))
@@ -544,7 +546,8 @@ class RunCore:
             CURRENT.reset(token)
         if self.exec_scopes:
             self.exec_scopes.pop(n, None)
-        if self.stopped is not None and self.journal is not None:
+        if self.stopped is not None and self.journal is not None and scope.cancel_called:
+            # Cancelled because this engine stopped running the run: owed an execution, not a revert.
             self.cancel_requested.discard(n)
             self._interrupted(n)
         elif n in self.cancel_requested:
@@ -557,6 +560,10 @@ class RunCore:
             self._fail(n, error, "execute")
         else:
             self._succeed(n, value)
+        if node.shield:
+            # A cancellation of the run (its caller, its engine) waited for this task: it applies now, before
+            # anything else starts.
+            await checkpoint_if_cancelled()
 
     def _succeed(self, n: int, value: Any) -> None:
         node = self.nodes[n]
