@@ -44,9 +44,17 @@ def typing(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks side by side with their peers (`-- --quick` for a short run)."""
-    session.install("-e", ".[bench]")
+    """Benchmarks side by side with their peers (`-- --quick` for a short run); S5 wants a PostgreSQL server."""
+    session.install("-e", ".[bench,postgres]")
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session
+def crash(session: nox.Session) -> None:
+    """Every crash trial: SIGKILL a durable run at each kill point and resume it, on SQLite and PostgreSQL."""
+    session.install("-e", ".", *nox.project.dependency_groups(PYPROJECT, "test"))
+    session.env["CKFLOW_CRASH_TRIALS"] = "all"
+    session.run("pytest", "tests/test_crash.py", *session.posargs)
 
 
 @nox.session

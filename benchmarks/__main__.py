@@ -17,8 +17,10 @@ SCENARIOS = {
     "S2": "benchmarks.s2_parallel",
     "S3": "benchmarks.s3_seed",
     "S4": "benchmarks.s4_branches",
+    "S5": "benchmarks.s5_stores",
     "S6": "benchmarks.s6_memory",
     "S7": "benchmarks.s7_scaling",
+    "S8": "benchmarks.s8_concurrent",
 }
 
 

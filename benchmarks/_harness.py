@@ -18,9 +18,18 @@ import structlog
 import ckflow
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Collection, Mapping
 
-__all__ = ["Stat", "Table", "configure_logging", "measure", "measure_async", "time_ckflow_run"]
+__all__ = [
+    "Stat",
+    "Table",
+    "configure_logging",
+    "measure",
+    "measure_async",
+    "measure_rounds",
+    "percentile",
+    "time_ckflow_run",
+]
 
 REPEAT = 5
 
@@ -94,6 +103,60 @@ async def measure_async(fn: Callable[[], Awaitable[float | None]], repeat: int =
         if i >= warmup:
             samples.append(elapsed)
     return Stat(samples)
+
+
+async def measure_rounds(
+    fns: Mapping[str, Callable[[], Awaitable[float | None]]],
+    repeat: int = REPEAT,
+    warmup: int = 1,
+    *,
+    fallible: Collection[str] = (),
+    errors: dict[str, str] | None = None,
+) -> dict[str, Stat]:
+    """Time several contenders in rounds: each round calls every fn once, so drift hits all alike.
+
+    The order rotates from one round to the next, so that none always runs first (or right after
+    the same neighbour). Each call returns seconds or None (timed here); the first ``warmup``
+    rounds are not kept. A fn named in ``fallible`` (one that depends on something outside this
+    process, such as a database server) that raises is recorded in ``errors`` as
+    ``"ExceptionType: message"`` and dropped from the later rounds and from the result; any other
+    exception propagates.
+    """
+    if fallible and errors is None:
+        raise ValueError("measure_rounds(fallible=...) needs an errors dict to record the failures in")
+    names = list(fns)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    failed: set[str] = set()
+    for i in range(warmup + repeat):
+        shift = i % len(names) if names else 0
+        for name in names[shift:] + names[:shift]:
+            if name in failed:
+                continue
+            gc.collect()
+            t0 = time.perf_counter()
+            try:
+                got = await fns[name]()
+            except Exception as exc:
+                if name not in fallible or errors is None:
+                    raise
+                errors[name] = f"{type(exc).__name__}: {exc}"
+                failed.add(name)
+                continue
+            elapsed = time.perf_counter() - t0 if got is None else got
+            if i >= warmup:
+                samples[name].append(elapsed)
+    return {name: Stat(got) for name, got in samples.items() if name not in failed}
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The ``p``-th percentile (0-100) of ``values``, interpolated between the closest ranks."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("percentile() of no values")
+    rank = (len(ordered) - 1) * p / 100
+    lo = int(rank)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (rank - lo)
 
 
 @dataclass

@@ -1,0 +1,223 @@
+"""S5: S1's Linear of N no-op tasks on each store (memory, SQLite, PostgreSQL); TaskFlow on SQLite."""
+
+# The tables print typographic symbols (micro sign, en dash, times sign) on purpose.
+# ruff: noqa: RUF001
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import ckflow
+from benchmarks._harness import Stat, Table, measure, measure_rounds, time_ckflow_run
+from benchmarks.s1_linear import build_ckflow, build_taskflow
+
+#: the PostgreSQL server (without ``?schema=``: each run gets a fresh schema, dropped after it)
+DSN_ENV = "CKFLOW_BENCH_POSTGRES_DSN"
+DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+
+MEMORY = "memory:// (Engine)"
+SQLITE = "SQLite file, WAL: the store's defaults (Engine)"
+POSTGRES = "PostgreSQL, fresh schema (Engine)"
+NO_STORE = "no store (ckflow.run), for reference"
+
+
+def _with_query(url: str, **params: str) -> str:
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k not in params] + list(params.items())
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _without_query(url: str, key: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != key])))
+
+
+def _public(url: str) -> str:
+    """``url`` without its password, for the table."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def _postgres_unavailable(dsn: str) -> str | None:
+    """None if the PostgreSQL server answers, else why not (for a "skipped" row)."""
+    try:
+        import asyncpg
+    except ImportError:
+        return "asyncpg is not installed (pip install 'ckflow[postgres]')"
+    try:
+        conn = await asyncpg.connect(_without_query(dsn, "schema"), timeout=5)
+    except Exception as exc:  # any failure to connect is a reason to skip, reported as such
+        return f"cannot connect to {_public(dsn)} ({type(exc).__name__}: {exc}); set {DSN_ENV}"
+    await conn.close()
+    return None
+
+
+async def _drop_schema(dsn: str, schema: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(_without_query(dsn, "schema"), timeout=5)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+async def run_durable(url: str, flow: ckflow.Flow) -> float:
+    """Seconds from ``engine.start(flow)`` (which records the run) to ``wait()`` returning (its end committed).
+
+    Opening the engine (and so creating the store's tables) and closing it are not timed.
+    """
+    async with ckflow.Engine(store=url) as engine:
+        t0 = time.perf_counter()
+        run = await engine.start(flow)
+        result = await run.wait()
+        elapsed = time.perf_counter() - t0
+    assert result.state == ckflow.FlowState.SUCCESS, result.state
+    return elapsed
+
+
+def remove_sqlite(path: Path) -> None:
+    """Remove a SQLite database file and its companions (WAL, shared memory, rollback journal)."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+async def _measure_ckflow(n: int, workdir: Path, dsn: str) -> tuple[dict[str, Stat], dict[str, str]]:
+    """µs per task for each store, the stores alternating within each round."""
+    flow = build_ckflow(n)
+    flow.compile()
+
+    async def memory() -> float:
+        return await run_durable("memory://", flow)
+
+    async def sqlite() -> float:
+        path = workdir / "s5.db"  # a fresh file each time
+        try:
+            return await run_durable(f"sqlite:///{path}", flow)
+        finally:
+            remove_sqlite(path)
+
+    async def postgres() -> float:
+        schema = f"ckflow_bench_{uuid.uuid4().hex[:12]}"
+        try:
+            return await run_durable(_with_query(dsn, schema=schema), flow)
+        finally:
+            await _drop_schema(dsn, schema)
+
+    async def no_store() -> float:
+        return await time_ckflow_run(flow)
+
+    fns = {NO_STORE: no_store, MEMORY: memory, SQLITE: sqlite}
+    errors: dict[str, str] = {}
+    why = await _postgres_unavailable(dsn)
+    if why is None:
+        fns[POSTGRES] = postgres
+    else:
+        errors[POSTGRES] = why
+    # Only PostgreSQL (a server outside this process) may fail without failing the scenario.
+    stats = await measure_rounds(fns, fallible=(POSTGRES,), errors=errors)
+    return {name: stat.scaled(1e6 / n) for name, stat in stats.items()}, errors
+
+
+def run_taskflow(n: int, path: Path) -> float:
+    """Seconds TaskFlow's serial engine takes on an N-task linear flow, persisted with its SQLAlchemy backend."""
+    from taskflow import engines
+    from taskflow.persistence import backends
+
+    backend = backends.fetch({"connection": f"sqlite:///{path}"})
+    try:
+        with contextlib.closing(backend.get_connection()) as conn:
+            conn.upgrade()
+        flow = build_taskflow(n)
+        t0 = time.perf_counter()
+        # load() records a logbook and a flow detail, the run records every atom's state and result.
+        engine = engines.load(flow, store={"start": 0}, backend=backend, engine="serial")
+        engine.run()
+        elapsed = time.perf_counter() - t0
+        assert engine.storage.fetch(f"v{n - 1}") == 0
+    finally:
+        backend.close()
+        remove_sqlite(path)
+    return elapsed
+
+
+def _measure_taskflow(n: int, repeat: int, workdir: Path) -> Stat | str:
+    """µs per task, or why TaskFlow's SQLAlchemy backend cannot run here."""
+    try:
+        import alembic
+        import sqlalchemy
+        import taskflow.persistence.backends  # noqa: F401  (checks that TaskFlow is there)
+    except ImportError as exc:
+        return f"could not run: {exc} (its SQLAlchemy backend needs SQLAlchemy and alembic: the bench extra)"
+    del alembic, sqlalchemy
+    try:
+        stat = measure(lambda: run_taskflow(n, workdir / "taskflow.db"), repeat=repeat, warmup=0)
+    except Exception as exc:  # the peer failing must not lose ckflow's figures
+        return f"could not run: {type(exc).__name__}: {exc}"
+    return stat.scaled(1e6 / n)
+
+
+def run(quick: bool = False) -> Table:
+    n = 200 if quick else 1_000
+    tf_n = 20 if quick else 50
+    tf_repeat = 3
+    dsn = os.environ.get(DSN_ENV, DEFAULT_DSN)
+    with tempfile.TemporaryDirectory(prefix="ckflow-bench-s5-") as tmp:
+        workdir = Path(tmp)
+        ck, errors = asyncio.run(_measure_ckflow(n, workdir, dsn))
+        tf = _measure_taskflow(tf_n, tf_repeat, workdir)
+
+    table = Table(
+        "S5 — S1's Linear of N no-op tasks on each store (µs per task, median (min–max))",
+        ["store", "N", "runs", "µs per task", "÷ memory store"],
+    )
+    memory = ck[MEMORY]
+    for name in (NO_STORE, MEMORY, SQLITE, POSTGRES):
+        if name in ck:
+            stat = ck[name]
+            table.add(name, f"{n:,}", len(stat.samples), stat.fmt(1), f"{stat.median / memory.median:.2f}×")
+        else:
+            table.add(name, f"{n:,}", "—", f"skipped: {errors[name]}", "—")
+    tf_name = "TaskFlow 6.5 serial, SQLAlchemy backend on a SQLite file"
+    if isinstance(tf, Stat):
+        table.add(tf_name, f"{tf_n:,}", len(tf.samples), tf.fmt(0), f"{tf.median / memory.median:,.0f}×")
+    else:
+        table.add(tf_name, f"{tf_n:,}", "—", tf, "—")
+
+    sqlite = ck[SQLITE]
+    ratio = sqlite.median / memory.median
+    table.target("S5 SQLite ≤3× the memory store", ratio <= 3, f"{ratio:.2f}×")
+    if isinstance(tf, Stat):
+        speedup = tf.median / sqlite.median
+        table.target(
+            "S5 ≥100× faster than TaskFlow on SQLite",
+            speedup >= 100,
+            f"{speedup:,.0f}× (TaskFlow at N = {tf_n}, {tf_repeat} runs; ckflow at N = {n:,})",
+        )
+    else:
+        table.target("S5 ≥100× faster than TaskFlow on SQLite", None, tf)
+
+    table.notes.append(
+        "ckflow: the flow is compiled once beforehand; each run opens `ckflow.Engine(store=URL)` (creating the "
+        "store's tables) outside the timer, and times `engine.start(flow)` (which records the run) → `run.wait()` "
+        "returning (its terminal state committed). Every run gets a fresh SQLite file / PostgreSQL schema, dropped "
+        f"after it. The stores alternate within each round (order rotating), after one warm-up round. PostgreSQL: "
+        f"{_public(dsn)} (env {DSN_ENV}), over loopback."
+    )
+    table.notes.append(
+        f"TaskFlow: N = {tf_n} instead of {n:,} and {tf_repeat} runs, because it costs tens of ms per task here; "
+        "its cost per task grows with N (S1), so the smaller N favours it. Each run uses a fresh file with the "
+        "backend's default journal (rollback); timed: `engines.load(flow, backend=...)` (records the logbook and "
+        "flow detail) and `engine.run()`."
+    )
+    return table
