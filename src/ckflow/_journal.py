@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
+from ckflow._coro import resume
 from ckflow._errors import StoreError
 from ckflow._events import Event
 from ckflow._failure import Failure
@@ -267,9 +268,15 @@ class Journal:
         try:
             batch, held, held_regions, after, gen = self._take()
             try:
-                # A write is never cut in half by a cancellation: the store's transaction finishes.
-                with anyio.CancelScope(shield=True):
-                    await self.store.write(batch)
+                write = self.store.write(batch)
+                try:
+                    yielded = write.send(None)
+                except StopIteration:
+                    pass  # written without suspending (a memory store): nothing could interrupt it
+                else:
+                    # A write is never cut in half by a cancellation: the store's transaction finishes.
+                    with anyio.CancelScope(shield=True):
+                        await resume(write, yielded)
             except Exception as exc:
                 error = (
                     exc

@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import math
 import time
-import types
 from collections import deque
-from collections.abc import Callable, Coroutine, Generator, Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
@@ -39,6 +38,7 @@ from ckflow._codec import encode
 from ckflow._compile import LOOP, ROOT, TASK, ExecutionGraph, Node
 from ckflow._context import CURRENT, TaskContext
 from ckflow._control import reach_barrier, request_cancel
+from ckflow._coro import resume
 from ckflow._errors import CkflowInternalError, ResultNotSerializableError, RunStateError
 from ckflow._events import DEBUG, ERROR, INFO, WARNING, Event, EventHub
 from ckflow._failure import Failure, FailureKind
@@ -83,27 +83,6 @@ def thread_limiter() -> anyio.CapacityLimiter:
         limiter = anyio.CapacityLimiter(40)
         _THREADS.set(limiter)
         return limiter
-
-
-@types.coroutine
-def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any, Any]:
-    """Await ``coro`` from where its first step stopped (what ``yield from`` does, started late)."""
-    while True:
-        try:
-            sent = yield yielded
-        except GeneratorExit:
-            coro.close()
-            raise
-        except BaseException as exc:  # cancellation thrown in by the event loop
-            try:
-                yielded = coro.throw(exc)
-            except StopIteration as stop:
-                return stop.value
-        else:
-            try:
-                yielded = coro.send(sent)
-            except StopIteration as stop:
-                return stop.value
 
 
 class Region:
@@ -531,7 +510,7 @@ class RunCore:
                         # jobs need workers of their own.
                         self.exec_scopes[n] = scope
                         self._spawn_helpers()
-                        value = await _resume(coro, yielded)
+                        value = await resume(coro, yielded)
                 except Exception as exc:
                     error = exc
         except BaseException:
@@ -878,7 +857,7 @@ class RunCore:
                         pass
                     else:
                         self._spawn_helpers()
-                        await _resume(coro, yielded)
+                        await resume(coro, yielded)
                 except Exception as exc:
                     error = exc
         finally:
