@@ -60,10 +60,12 @@ async def _ticking(draw: Callable[[], None], operation: Awaitable[T]) -> T:
 
     async def tick() -> None:
         while True:
-            draw()
             await anyio.sleep(TICK)
+            draw()
 
     failure: Exception | None = None
+    # Drawn once before anything awaits: the run (already started) logs nothing before the status line shows.
+    draw()
     async with anyio.create_task_group() as tg:
         tg.start_soon(tick)
         try:

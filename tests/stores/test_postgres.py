@@ -1,16 +1,29 @@
-"""What only the PostgreSQL store does: its URL, its connection errors, its schema and its clock."""
+"""What only the PostgreSQL store does: its URL, its connection errors, its schema, its clock, its writes."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import asyncpg
 import pytest
-from tests.stores import OWNER, run_record, with_query, without_query
+from tests.stores import (
+    OTHER,
+    OWNER,
+    checkpoint_record,
+    event,
+    region_record,
+    run_record,
+    task_record,
+    with_query,
+    without_query,
+)
 
-from ckflow._errors import SchemaVersionError, StoreUnavailableError
+from ckflow._errors import LeaseLostError, RunNotFoundError, SchemaVersionError, StoreUnavailableError
+from ckflow._records import Batch
+from ckflow._states import FlowState, TaskState
 from ckflow.stores import SCHEMA_VERSION, open_store
 from ckflow.stores.postgres import PostgresStore, _parse
 
@@ -184,3 +197,107 @@ def test_dsn_helpers_round_trip() -> None:
     url = with_query("postgresql://u@h:1/db", schema="s")
     assert url == "postgresql://u@h:1/db?schema=s"
     assert without_query(url, "schema") == "postgresql://u@h:1/db"
+
+
+class Queries:
+    """Records the statements that the store's connections send (asyncpg's query loggers)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sent: list[str] = []
+        create_pool = asyncpg.create_pool
+
+        async def init(connection: asyncpg.Connection) -> None:
+            connection.add_query_logger(lambda logged: self.sent.append(logged.query))
+
+        def logging_pool(*args: Any, **kwargs: Any) -> Any:
+            return create_pool(*args, init=init, **kwargs)
+
+        monkeypatch.setattr(asyncpg, "create_pool", logging_pool)
+
+
+class TestWrite:
+    """A write of the usual rows is one statement, so one round trip; the others are one transaction."""
+
+    async def test_usual_write_is_one_statement(self, postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A batch of a run's row, tasks, passes, regions and events is one statement; no reset query follows."""
+        queries = Queries(monkeypatch)
+        async with PostgresStore(postgres_url) as store:
+            run = run_record()
+            await store.create_run(run)
+            for seq in (0, 2):  # the first time, asyncpg also reads the types of the statement's arrays
+                queries.sent.clear()
+                await store.write(
+                    Batch(
+                        run=run,
+                        owner=OWNER,
+                        tasks=[task_record("run-1", "attach")],
+                        checkpoints=[checkpoint_record("run-1", "cp", 1)],
+                        regions=[region_record("run-1", 1)],
+                        events=[event("run-1", seq), event("run-1", seq + 1)],
+                    )
+                )
+            assert len(queries.sent) == 1
+            assert queries.sent[0].startswith("WITH fence AS (UPDATE ckflow_runs ")
+            queries.sent.clear()
+            assert (await store.get_run("run-1")).run_id == "run-1"
+            assert len(queries.sent) == 1  # and no RESET ALL after it
+            assert [t.task for t in await store.tasks("run-1")] == ["attach"]
+            assert [(c.checkpoint, c.pass_no) for c in await store.checkpoints("run-1")] == [("cp", 1)]
+            assert [e.seq for e in await store.events("run-1")] == [0, 1, 2, 3]
+
+    async def test_lost_fence_in_one_statement_writes_nothing(self, postgres_url: str) -> None:
+        """In the one statement too, a batch of another owner raises LeaseLostError and changes nothing."""
+        async with PostgresStore(postgres_url) as store:
+            run = run_record()
+            await store.create_run(run)
+            await store.write(Batch(run=run, owner=OWNER, tasks=[task_record("run-1", "attach")]))
+            before = await store.load("run-1"), await store.events("run-1"), await store.checkpoints("run-1")
+            stale = Batch(
+                run=run.model_copy(update={"state": FlowState.FAILURE}),
+                owner=OTHER,
+                tasks=[task_record("run-1", "attach", state=TaskState.FAILURE), task_record("run-1", "new")],
+                checkpoints=[checkpoint_record("run-1", "cp", 1)],
+                regions=[region_record("run-1", 5)],
+                events=[event("run-1", 0)],
+            )
+            with pytest.raises(LeaseLostError):
+                await store.write(stale)
+            assert (await store.load("run-1"), await store.events("run-1"), await store.checkpoints("run-1")) == before
+            with pytest.raises(RunNotFoundError):
+                await store.write(dataclasses.replace(stale, run=run_record("ghost")))
+
+    async def test_rows_keep_the_batch_order(self, postgres_url: str) -> None:
+        """Tasks and regions are read back in the order the batch listed them when first written."""
+        async with PostgresStore(postgres_url) as store:
+            run = run_record()
+            await store.create_run(run)
+            names = ["mount", "attach", "zap", "boot"]
+            await store.write(
+                Batch(
+                    run=run,
+                    owner=OWNER,
+                    tasks=[task_record("run-1", name) for name in names],
+                    regions=[region_record("run-1", region_id) for region_id in (3, 1, 2)],
+                )
+            )
+            assert [t.task for t in await store.tasks("run-1")] == names
+            assert [r.region_id for r in (await store.load("run-1")).regions] == [3, 1, 2]
+
+    async def test_a_row_twice_in_a_batch_keeps_the_last(
+        self, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A batch that lists a row twice is written statement by statement, and the last one wins."""
+        queries = Queries(monkeypatch)
+        async with PostgresStore(postgres_url) as store:
+            run = run_record()
+            await store.create_run(run)
+            queries.sent.clear()
+            await store.write(
+                Batch(
+                    run=run,
+                    owner=OWNER,
+                    tasks=[task_record("run-1", "t", state=TaskState.RUNNING), task_record("run-1", "t")],
+                )
+            )
+            assert not any(query.startswith("WITH fence") for query in queries.sent)
+            assert [(t.task, t.state) for t in await store.tasks("run-1")] == [("t", TaskState.SUCCESS)]

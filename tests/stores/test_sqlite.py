@@ -1,7 +1,9 @@
-"""What only the SQLite store does: its file, its schema versions, its thread and its group commit."""
+"""What only the SQLite store does: its file, its schema versions, its thread, its commits on the loop."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import sqlite3
 import threading
@@ -13,6 +15,7 @@ from tests.stores import OWNER, T0, event, run_record, task_record
 
 from ckflow._errors import SchemaVersionError, StoreUnavailableError
 from ckflow._records import Batch
+from ckflow._states import TaskState
 from ckflow.stores import SCHEMA_VERSION, open_store
 from ckflow.stores import sqlite as sqlite_store
 from ckflow.stores.sqlite import SQLiteStore
@@ -199,8 +202,46 @@ class TestFile:
             assert (await first.get_run("run-1")).owner is None
 
 
+class Groups:
+    """Records each group of changes applied: where (on the loop or in the thread), how many, and how it went."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.loop_thread = threading.get_ident()
+        self.calls: list[tuple[str, int, str]] = []
+        #: set when the thread begins a group (before it asks for the write lock)
+        self.in_thread = threading.Event()
+        apply = sqlite_store._write_group
+
+        def recording(cur: sqlite3.Cursor, changes: Any, *, on_loop: bool) -> Any:
+            where = "loop" if threading.get_ident() == self.loop_thread else "thread"
+            assert on_loop == (where == "loop")
+            if where == "thread":
+                self.in_thread.set()
+            try:
+                results = apply(cur, changes, on_loop=on_loop)
+            except sqlite_store._Busy:
+                self.calls.append((where, len(changes), "busy"))
+                raise
+            self.calls.append((where, len(changes), "ok"))
+            return results
+
+        monkeypatch.setattr(sqlite_store, "_write_group", recording)
+
+
+def wal_header(db: Path) -> bytes:
+    """The WAL's checkpoint sequence and salts: a commit that restarts the WAL writes new ones (and syncs them)."""
+    with open(f"{db}-wal", "rb") as file:
+        return file.read(24)[12:]
+
+
+def queued(store: SQLiteStore) -> int:
+    worker = store._worker
+    assert worker is not None
+    return worker._jobs.qsize()
+
+
 class TestThread:
-    """One thread per store runs every call; writes queued together commit together."""
+    """One thread per store reads, checkpoints, deletes, and commits what cannot commit on the loop."""
 
     async def test_closed_store_refuses_calls(self, db: Path) -> None:
         """A store not opened, or closed, raises StoreUnavailableError; closing twice is no error."""
@@ -222,17 +263,31 @@ class TestThread:
         thread.join(10)
         assert not thread.is_alive()
 
+    async def test_full_commits_in_the_thread(self, db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """With ?synchronous=FULL every commit fsyncs, so every change commits in the thread, none on the loop."""
+        groups = Groups(monkeypatch)
+        async with SQLiteStore(url_of(db, "?synchronous=FULL")) as store:
+            assert store._side is None
+            run = run_record()
+            await store.create_run(run)
+            await store.write(Batch(run=run, owner=OWNER, tasks=[task_record("run-1", "t")]))
+            await store.release("run-1", OWNER)
+            assert [t.task for t in await store.tasks("run-1")] == ["t"]
+        assert groups.calls == [("thread", 1, "ok")] * 3
+
+    async def test_memory_database_commits_in_the_thread(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """sqlite:///:memory: is one connection's database, so its changes commit in the thread that owns it."""
+        groups = Groups(monkeypatch)
+        async with SQLiteStore("sqlite:///:memory:") as store:
+            assert store._side is None
+            await store.create_run(run_record())
+            assert (await store.get_run("run-1")).run_id == "run-1"
+        assert groups.calls == [("thread", 1, "ok")]
+
     async def test_queued_writes_commit_in_one_transaction(self, db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """Writes that queue while the thread is busy are applied as one group."""
-        groups: list[int] = []
-        apply_group = sqlite_store._write_group
-
-        def recording(conn: sqlite3.Connection, group: list[Any], done: list[Any]) -> None:
-            groups.append(len(group))
-            apply_group(conn, group, done)
-
-        monkeypatch.setattr(sqlite_store, "_write_group", recording)
-        async with SQLiteStore(url_of(db)) as store:
+        groups = Groups(monkeypatch)
+        async with SQLiteStore(url_of(db, "?synchronous=FULL")) as store:
             runs = [run_record(f"r{i}") for i in range(50)]
             for run in runs:
                 await store.create_run(run)
@@ -245,13 +300,13 @@ class TestThread:
                 assert gate.queued() == len(runs)
                 gate.release.set()
             await held
-            assert groups == [50]
+            assert groups.calls[-1] == ("thread", 50, "ok")
             for run in runs:
                 assert [t.task for t in await store.tasks(run.run_id)] == ["t"]
 
     async def test_cancelled_write_still_completes(self, db: Path) -> None:
         """A write whose caller is cancelled while it waits is still applied whole, and the store goes on."""
-        async with SQLiteStore(url_of(db)) as store:
+        async with SQLiteStore(url_of(db, "?synchronous=FULL")) as store:
             run = run_record()
             await store.create_run(run)
             gate = Gate(store)
@@ -283,14 +338,52 @@ class TestThread:
         async with SQLiteStore(url_of(db)) as store:
             await store.create_run(run_record())
 
-    async def test_failed_batch_in_a_group_is_rolled_back_alone(self, db: Path) -> None:
-        """In one group, a batch that raises midway leaves nothing behind, and the others commit."""
+    async def test_renew_commits_in_the_thread(self, db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """renew, whose transaction grows with the engine's runs, commits in the thread, not on the loop."""
+        groups = Groups(monkeypatch)
         async with SQLiteStore(url_of(db)) as store:
-            good, bad = run_record("good"), run_record("bad")
-            await store.create_run(good)
-            await store.create_run(bad)
+            await store.create_run(run_record())
+            renewal = await store.renew(OWNER, ["run-1", "gone"], 60)
+            assert renewal.lost == ["gone"]
+        assert groups.calls == [("loop", 1, "ok"), ("thread", 1, "ok")]
+
+    async def test_delete_runs_commits_a_chunk_at_a_time(self, db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """delete_runs deletes _DELETE_CHUNK runs per transaction, in the thread, so it never holds the lock long."""
+        monkeypatch.setattr(sqlite_store, "_DELETE_CHUNK", 2)
+        loop_thread = threading.get_ident()
+        chunks: list[tuple[bool, int]] = []
+        delete_chunk = sqlite_store._delete_chunk
+
+        def recording(conn: sqlite3.Connection, ids: str) -> int:
+            chunks.append((threading.get_ident() != loop_thread, len(json.loads(ids))))
+            return delete_chunk(conn, ids)
+
+        monkeypatch.setattr(sqlite_store, "_delete_chunk", recording)
+        async with SQLiteStore(url_of(db)) as store:
+            names = [f"r{i}" for i in range(5)]
+            for name in names:
+                run = run_record(name)
+                await store.create_run(run)
+                await store.write(Batch(run=run, owner=OWNER, tasks=[task_record(name, "t")], events=[event(name, 0)]))
+            assert await store.delete_runs([*names, "missing"]) == 5
+            assert chunks == [(True, 2), (True, 2), (True, 2)]
+            assert await store.list_runs() == []
+            assert await store.row_counts("r4") == dict.fromkeys(
+                ("tasks", "checkpoints", "regions", "events", "requests"), 0
+            )
+
+    @pytest.mark.parametrize("where", ["loop", "thread"])
+    async def test_failed_batch_in_a_group_is_rolled_back_alone(
+        self, db: Path, monkeypatch: pytest.MonkeyPatch, where: str
+    ) -> None:
+        """In one group, on the loop or in the thread, a batch that raises midway leaves nothing; the others commit."""
+        groups = Groups(monkeypatch)
+        async with SQLiteStore(url_of(db, "" if where == "loop" else "?synchronous=FULL")) as store:
+            first, good, bad = run_record("first"), run_record("good"), run_record("bad")
+            for run in (first, good, bad):
+                await store.create_run(run)
             gate = Gate(store)
-            held = gate.hold()
+            held = gate.hold() if where == "thread" else None
             results: dict[str, BaseException | None] = {}
 
             async def write(name: str, batch: Batch) -> None:
@@ -304,6 +397,8 @@ class TestThread:
             # the bad batch's second event has no seq: its insert fails after its task was written
             broken = event("bad", 1).model_copy(update={"seq": None})
             async with anyio.create_task_group() as tg:
+                # on the loop, the first change of the iteration commits alone, the next ones together
+                tg.start_soon(write, "first", Batch(run=first, owner=OWNER, tasks=[task_record("first", "t")]))
                 tg.start_soon(write, "good", Batch(run=good, owner=OWNER, tasks=[task_record("good", "t")]))
                 tg.start_soon(
                     write,
@@ -316,12 +411,185 @@ class TestThread:
                     ),
                 )
                 await anyio.wait_all_tasks_blocked()
-                assert gate.queued() == 2
-                gate.release.set()
-            await held
+                if held is not None:
+                    assert gate.queued() == 3
+                    gate.release.set()
+            if held is not None:
+                await held
+            assert groups.calls[-1] == (where, 2 if where == "loop" else 3, "ok")
+            assert results["first"] is None
             assert results["good"] is None
             assert isinstance(results["bad"], sqlite3.IntegrityError)
             assert [t.task for t in await store.tasks("good")] == ["t"]
             assert await store.tasks("bad") == []
             assert await store.events("bad") == []
             assert (await store.get_run("bad")).updated_at == T0
+
+
+class TestLoopCommits:
+    """Changes commit on the loop, without ever waiting there; whatever would wait goes to the thread."""
+
+    async def test_changes_of_one_iteration_share_a_transaction(
+        self, db: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The first change of an iteration commits at once; those other tasks make in it share one transaction."""
+        groups = Groups(monkeypatch)
+        async with SQLiteStore(url_of(db)) as store:
+            runs = [run_record(f"r{i}") for i in range(50)]
+            for run in runs:
+                await store.create_run(run)
+            assert groups.calls == [("loop", 1, "ok")] * 50  # one task, one change after the other
+            groups.calls.clear()
+            async with anyio.create_task_group() as tg:
+                for run in runs:
+                    tg.start_soon(store.write, Batch(run=run, owner=OWNER, tasks=[task_record(run.run_id, "t")]))
+            assert groups.calls == [("loop", 1, "ok"), ("loop", 49, "ok")]
+            for run in runs:
+                assert [t.task for t in await store.tasks(run.run_id)] == ["t"]
+
+    async def test_a_change_alone_never_suspends(self, db: Path) -> None:
+        """A change no other task competes with is committed before write() returns, without a suspension."""
+        async with SQLiteStore(url_of(db)) as store:
+            run = run_record()
+            await store.create_run(run)
+            with anyio.CancelScope() as scope:
+                scope.cancel()  # a suspension would raise here
+                await store.write(Batch(run=run, owner=OWNER, tasks=[task_record("run-1", "t")]))
+            assert not scope.cancelled_caught
+            assert [t.task for t in await store.tasks("run-1")] == ["t"]
+
+    async def test_a_task_that_never_suspends_lets_the_loop_go_round(
+        self, db: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """After _ALONE_MAX changes committed at once, a task's next change waits for the loop to go round."""
+        monkeypatch.setattr(sqlite_store, "_ALONE_MAX", 4)
+        async with SQLiteStore(url_of(db)) as store:
+            run = run_record()
+            await store.create_run(run)
+            await anyio.lowlevel.checkpoint()  # the loop goes round: the count starts again
+            written = 0
+            with anyio.CancelScope() as scope:
+                scope.cancel()  # delivered at the first suspension
+                for seq in range(10):
+                    written += 1
+                    await store.write(Batch(run=run, owner=OWNER, events=[event("run-1", seq)]))
+            assert scope.cancelled_caught
+            assert written == 5
+            await anyio.lowlevel.checkpoint()  # the fifth commits in the next iteration, cancelled or not
+            assert [e.seq for e in await store.events("run-1")] == [0, 1, 2, 3, 4]
+
+    async def test_busy_hands_changes_to_the_thread_in_order(self, db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A change that meets another's write lock goes to the thread; later ones follow it there, in order."""
+        groups = Groups(monkeypatch)
+        async with SQLiteStore(url_of(db)) as store:
+            first, second = run_record("r1"), run_record("r2")
+            await store.create_run(first)
+            await store.create_run(second)
+            groups.calls.clear()
+            running = Batch(
+                run=first.model_copy(update={"updated_at": T0 + 1}),
+                owner=OWNER,
+                tasks=[task_record("r1", "t", state=TaskState.RUNNING)],
+                events=[event("r1", 0)],
+            )
+            succeeded = Batch(
+                run=first.model_copy(update={"updated_at": T0 + 2}),
+                owner=OWNER,
+                tasks=[task_record("r1", "t")],
+                events=[event("r1", 1)],
+            )
+            other = Batch(run=second, owner=OWNER, tasks=[task_record("r2", "t")])
+            holder = sqlite3.connect(db, isolation_level=None)
+            try:
+                holder.execute("BEGIN IMMEDIATE")
+                a = asyncio.ensure_future(store.write(running))
+                # the thread has the group and waits for the lock
+                assert await anyio.to_thread.run_sync(groups.in_thread.wait, 10)
+                assert groups.calls == [("loop", 1, "busy")]
+                b = asyncio.ensure_future(store.write(succeeded))
+                c = asyncio.ensure_future(store.write(other))
+                await anyio.wait_all_tasks_blocked()
+                assert queued(store) == 2  # both went to the thread, behind the first, without trying the loop
+                b.cancel()
+            finally:
+                holder.rollback()
+                holder.close()
+            await a
+            await c
+            with pytest.raises(asyncio.CancelledError):
+                await b
+            await store.get_run("r1")  # a read queued behind them: the thread has committed them all
+            assert groups.calls == [("loop", 1, "busy"), ("thread", 1, "ok"), ("thread", 2, "ok")]
+            assert [(t.task, t.state) for t in await store.tasks("r1")] == [("t", TaskState.SUCCESS)]
+            assert [e.seq for e in await store.events("r1")] == [0, 1]
+            assert (await store.get_run("r1")).updated_at == T0 + 2
+            assert [t.task for t in await store.tasks("r2")] == ["t"]
+            await store.write(Batch(run=first, owner=OWNER, events=[event("r1", 2)]))
+            assert groups.calls[-1] == ("loop", 1, "ok")
+
+    async def test_restarting_defers_a_commit_without_waiting(self, db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """While the thread holds `restarting`, a change waits for a later iteration of the loop, which goes on."""
+        groups = Groups(monkeypatch)
+        async with SQLiteStore(url_of(db)) as store:
+            run = run_record()
+            await store.create_run(run)
+            side = store._side
+            assert side is not None
+            groups.calls.clear()
+            with side.restarting:
+                write = asyncio.ensure_future(
+                    store.write(Batch(run=run, owner=OWNER, tasks=[task_record("run-1", "t")]))
+                )
+                await anyio.wait_all_tasks_blocked()
+                assert await store.tasks("run-1") == []  # the loop goes on: this read went through the thread
+                assert not write.done()
+            await write
+            assert groups.calls == [("loop", 1, "ok")]
+            assert [t.task for t in await store.tasks("run-1")] == ["t"]
+
+    async def test_checkpoints_run_in_the_thread_and_restart_the_wal_there(
+        self, db: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The thread checkpoints the WAL and restarts it: no commit on the loop writes (and syncs) a WAL header."""
+        monkeypatch.setattr(sqlite_store, "_CHECKPOINT_EVERY", 4)
+        loop_thread = threading.get_ident()
+        checkpoints: list[tuple[bool, tuple[int, int, int]]] = []
+        checkpoint = sqlite_store._checkpoint
+
+        def recording(conn: sqlite3.Connection, side: Any) -> tuple[int, int, int]:
+            result = checkpoint(conn, side)
+            checkpoints.append((threading.get_ident() != loop_thread, result))
+            return result
+
+        monkeypatch.setattr(sqlite_store, "_checkpoint", recording)
+        headers: list[tuple[bytes, bytes]] = []  # the WAL header around each commit on the loop
+        apply = sqlite_store._write_group
+
+        def watching(cur: sqlite3.Cursor, changes: Any, *, on_loop: bool) -> Any:
+            before = wal_header(db)
+            try:
+                return apply(cur, changes, on_loop=on_loop)
+            finally:
+                if on_loop:
+                    headers.append((before, wal_header(db)))
+
+        monkeypatch.setattr(sqlite_store, "_write_group", watching)
+        async with SQLiteStore(url_of(db)) as store:
+            side = store._side
+            assert side is not None
+            assert side.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+            opened = wal_header(db)
+            run = run_record()
+            await store.create_run(run)
+            for seq in range(20):
+                await store.write(Batch(run=run, owner=OWNER, events=[event("run-1", seq)]))
+                if store._checkpoint_job is not None:
+                    await store._checkpoint_job
+            assert len(checkpoints) == 5
+            assert all(
+                in_thread and busy == 0 and frames == copied for in_thread, (busy, frames, copied) in checkpoints
+            )
+            assert wal_header(db) != opened  # the thread restarted the WAL
+            assert len(headers) == 21
+            assert all(before == after for before, after in headers)  # no commit on the loop did
+            assert [e.seq for e in await store.events("run-1")] == list(range(20))

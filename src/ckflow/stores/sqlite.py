@@ -1,35 +1,58 @@
 """``SQLiteStore``: runs kept in one SQLite file, in WAL mode, through the standard library's ``sqlite3``.
 
-One thread per store owns the connection, and every call of the store is one
-job for it: the coroutine puts the job on a queue and awaits a future, which
-the thread settles through an eventfd that the event loop watches (or
-``loop.call_soon_threadsafe`` where a loop cannot watch one). A whole
-``write()`` (fence, upserts, events, retention) is therefore one thread hop,
-where aiosqlite's API would cost one hop per statement; this is why ckflow
-needs no SQLite driver beyond the standard library.
+Changes (``write()``, ``create_run``, ``claim``, ``release``, ``request``) commit on the event
+loop's own thread, through a connection of their own. Reads, checkpoints, the changes whose size
+grows with the number of runs (``renew``, ``delete_runs``) and any change that would have to wait for
+a lock go to a thread of the store's own, which owns a second connection (and a third, which only
+``_checkpoint`` uses).
 
-Group commit: ``write()`` calls that arrive while the thread is busy wait in
-the queue, and the thread applies all of them in one transaction, each batch
-inside its own SAVEPOINT. A batch that fails (its fence, ``LeaseLostError``,
-or anything else) is rolled back to its savepoint alone and only its caller
-gets the error; the others commit together, so a thousand runs that write at
-once cost one commit, not a thousand.
+Why on the loop: in WAL mode with ``synchronous=NORMAL`` a commit appends a few pages to the WAL and
+does not fsync, so the transaction of a task's ``write()`` costs 30 to 70 µs (4 to 7 pages written).
+Handing it to a thread and back costs 70 to 90 µs more on a 2-core machine (the thread's wake-up, the
+GIL, the loop's wake-up), and the writer's suspension on top; and a Linear waits for each write.
 
-Cancellation: a job that was queued runs to its end even if the coroutine
-that awaits it is cancelled (the result is dropped). The connection is never
-left in the middle of a transaction, and a cancelled ``write()`` may or may
-not have been applied, as with any database.
+What blocks the loop, and for how long: one transaction, never a lock wait, never an fsync.
 
-Several processes may share a file: WAL lets readers go on while one process
-writes, and ``busy_timeout`` makes a writer wait for the lock instead of
-failing. Leases are timed by this process's ``time.time()``, so the engines
-that share a file should run on one machine.
+- The loop's connection has ``busy_timeout`` 0: if another connection (the thread's, another
+  process's) holds the write lock, ``BEGIN IMMEDIATE`` fails at once with SQLITE_BUSY and the group
+  goes to the thread, which waits for the lock with its ``busy_timeout``.
+- No connection checkpoints by itself (``wal_autocheckpoint = 0``): every ``_CHECKPOINT_EVERY``
+  commits the store has its thread run a PASSIVE checkpoint, which waits for no one, fsyncs there,
+  and keeps the WAL bounded while the loop goes on committing.
+- The first commit into a fresh WAL (an empty one, or one that a checkpoint copied whole) writes the
+  WAL's header and fsyncs it, even with ``synchronous=NORMAL``. The thread makes that commit itself,
+  at ``open()`` and after each checkpoint; ``_checkpoint`` says how no commit on the loop can come
+  first. (A checkpoint run on the file by another program, the ``sqlite3`` shell say, may still leave
+  that one sync to the loop's next commit.)
+- With ``synchronous=FULL`` or ``EXTRA`` every commit fsyncs, so every change commits in the thread,
+  as it does for ``:memory:`` and for a file that cannot be put in WAL mode.
+
+Group commit: a change made while no other task has made one in this iteration of the loop commits
+at once, before ``write()`` returns, so its caller does not even suspend (up to ``_ALONE_MAX`` in a
+row: then the loop goes round first). The changes that other tasks make in the same iteration wait
+for a ``loop.call_soon`` callback, which commits them all in one transaction; in the thread, the
+changes queued while it was busy commit together. Each change of a group runs in its own SAVEPOINT:
+one that fails (its fence, ``LeaseLostError``, or anything else) is rolled back alone and only its
+caller gets the error, and a thousand runs that write at once cost a commit or two, not a thousand.
+
+Order: a change is committed after every change its caller awaited before it. Once a change went to
+the thread, the later ones follow it there until the thread has committed every one of them, so no
+change overtakes an earlier one on its way through the thread.
+
+Cancellation: a change, once made, commits as a unit (or fails as one) even if the coroutine that
+awaits it is cancelled (the result is dropped); so does a read or a checkpoint the thread started.
+A connection is never left in the middle of a transaction.
+
+Several processes may share a file: WAL lets readers go on while one process writes, and the
+thread's ``busy_timeout`` makes a writer wait for the lock instead of failing. Leases are timed by
+this process's ``time.time()``, so the engines that share a file should run on one machine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import json
 import os
 import queue
@@ -66,9 +89,21 @@ __all__ = ["SQLiteStore"]
 _A = TypeVar("_A")
 _R = TypeVar("_R")
 
-#: how long a writer waits for another process's write lock before failing with "database is locked"
+#: how long the thread waits for another connection's write lock before failing with "database is locked"
 _BUSY_TIMEOUT_MS: Final = 5000
 _SYNCHRONOUS: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
+#: the levels at which a commit in WAL mode does not fsync, and so may run on the loop
+_COMMIT_WITHOUT_SYNC: Final = frozenset({"OFF", "NORMAL"})
+#: commits (on the loop or in the thread) between two checkpoints run by the thread. A task's write()
+#: adds 4 to 7 pages to the WAL, which so stays under some 7,000 pages (28 MB); checkpointing four
+#: times as often cost S5 7 % more (the checkpoint's copying and fsyncs compete with the loop)
+_CHECKPOINT_EVERY: Final = 1000
+#: changes that one task may commit at once, without suspending, before the loop goes round: a task that
+#: starts 1,000 runs in a row lets the first ones go on meanwhile (S8: p50 latency 50 ms instead of 1 s,
+#: and more runs per second), and the loop waits at most some 2 ms for the others; S5 pays some 2 %
+_ALONE_MAX: Final = 32
+#: runs that ``delete_runs`` deletes per transaction, so that it never holds the write lock for long
+_DELETE_CHUNK: Final = 64
 _HEADER: Final = b"SQLite format 3\x00"
 #: UPSERT needs 3.24; ``json_each`` (lists of ids) needs JSON1, built in since 3.38
 _MIN_SQLITE: Final = (3, 24, 0)
@@ -93,10 +128,11 @@ _INSERT_RUN: Final = _q(_sql.INSERT_RUN)
 _UPDATE_RUN: Final = _q(_sql.UPDATE_RUN)
 _SELECT_RUN: Final = _q(_sql.SELECT_RUN)
 _FENCE: Final = "SELECT owner, state, created_at FROM ckflow_runs WHERE run_id = ?1"
-#: ``_UPDATE_RUN`` for a run whose state and creation time stay as they are (same parameters)
+#: ``_UPDATE_RUN`` for a run owned by the writer whose state and creation time stay as they are (same
+#: parameters): it fences the write too, and ``_FENCE`` runs only if it changed no row
 _UPDATE_RUN_SAME_KEYS: Final = (
     "UPDATE ckflow_runs SET flow = ?3, inputs = ?5, updated_at = ?7, ended_at = ?8, halted = ?9, goto = ?10, "
-    "next_seq = ?11 WHERE run_id = ?1 AND owner = ?2"
+    "next_seq = ?11 WHERE run_id = ?1 AND owner = ?2 AND state = ?4 AND created_at = ?6"
 )
 _UPSERT_TASK: Final = _q(_sql.UPSERT_TASK)
 _UPSERT_CHECKPOINT: Final = _q(_sql.UPSERT_CHECKPOINT)
@@ -121,7 +157,9 @@ _CHECKPOINTS_OF: Final = (
     f"SELECT {', '.join(_sql.CHECKPOINT_COLUMNS)} FROM ckflow_checkpoints WHERE run_id = ?1 AND checkpoint = ?2 "
     "ORDER BY pass_no"
 )
-_EVENTS: Final = "SELECT body FROM ckflow_events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+_EVENTS: Final = (
+    "SELECT run_id, seq, checkpoint, body FROM ckflow_events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+)
 _REQUESTS: Final = (
     f"SELECT {', '.join(_sql.REQUEST_COLUMNS)} FROM ckflow_requests WHERE run_id = ?1 ORDER BY requested_at, rowid"
 )
@@ -140,6 +178,13 @@ _DELETE: Final = tuple(
     f"DELETE FROM ckflow_{table} WHERE run_id IN (SELECT value FROM json_each(?1))" for table in (*_sql.TABLES, "runs")
 )
 _READ_VERSION: Final = "SELECT value FROM ckflow_meta WHERE key = 'schema_version'"
+#: a read that makes a read transaction begin
+_PIN: Final = "SELECT 1 FROM ckflow_meta LIMIT 1"
+#: a commit that changes a page, whatever the file holds: SQLite skips rows rewritten with equal bytes
+_MARK_WAL: Final = (
+    "INSERT INTO ckflow_meta (key, value) VALUES ('wal_restarts', '1') "
+    "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+)
 _SET_VERSION: Final = (
     "INSERT INTO ckflow_meta (key, value) VALUES ('schema_version', ?1) "
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
@@ -157,12 +202,13 @@ def _states_test(n: int) -> str:
 
 # -- the connection's thread ------------------------------------------------------------
 
-#: job kinds: open the connection; read in one snapshot; change in one write transaction;
-#: a write() batch (grouped with its neighbours); close the connection and end the thread
+#: job kinds: open the connections; read in one snapshot; a change (grouped with its neighbours,
+#: each in a savepoint); run without a transaction around it (checkpoints, chunks of delete_runs);
+#: close the connections and end the thread
 _OPEN: Final = 0
 _READ: Final = 1
-_CHANGE: Final = 2
-_WRITE: Final = 3
+_WRITE: Final = 2
+_RAW: Final = 3
 _STOP: Final = 4
 
 #: a finished job's future, and its exception or its result
@@ -171,6 +217,10 @@ _Outcome = tuple["asyncio.Future[Any]", "BaseException | None", Any]
 _Job = tuple[int, "Callable[[Any, Any], Any]", Any, "_Waker | _LoopWaker | None", "asyncio.Future[Any] | None"]
 #: (job, exception or None, result)
 _Done = tuple[_Job, "BaseException | None", Any]
+#: a change: the function that makes it in a transaction (through the connection's cursor), and its argument
+_Change = tuple["Callable[[sqlite3.Cursor, Any], Any]", Any]
+#: what a change gave: (exception or None, result)
+_Result = tuple["BaseException | None", Any]
 
 
 def _settle(outcomes: Iterable[_Outcome]) -> None:
@@ -278,9 +328,18 @@ def _rollback(conn: sqlite3.Connection) -> None:
             pass  # the transaction is gone either way
 
 
-def _run_job(conn: sqlite3.Connection, job: _Job) -> Any:
-    """One read or change, in its own transaction."""
-    conn.execute("BEGIN IMMEDIATE" if job[0] == _CHANGE else "BEGIN")
+def _is_busy(exc: BaseException) -> bool:
+    """SQLITE_BUSY (and its extended codes): another connection holds the lock that was asked for."""
+    return isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+
+
+class _Busy(Exception):
+    """The loop connection met another connection's lock; its group was rolled back whole."""
+
+
+def _read(conn: sqlite3.Connection, job: _Job) -> Any:
+    """One read, in one snapshot."""
+    conn.execute("BEGIN")
     try:
         result = job[1](conn, job[2])
         conn.execute("COMMIT")
@@ -290,63 +349,103 @@ def _run_job(conn: sqlite3.Connection, job: _Job) -> Any:
     return result
 
 
-def _write_group(conn: sqlite3.Connection, group: list[_Job], done: list[_Done]) -> None:
-    """Apply ``write()`` batches in one transaction, each in its own savepoint; commit once."""
-    pending = group
-    while pending:
-        rest: list[_Job] = []
-        applied: list[_Job] = []
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except Exception as exc:
-            done.extend((job, exc, None) for job in pending)
-            return
-        # A batch alone in its transaction needs no savepoint: ROLLBACK undoes it just as well.
-        alone = len(pending) == 1
-        for index, job in enumerate(pending):
+def _write_group(cur: sqlite3.Cursor, changes: Sequence[_Change], *, on_loop: bool) -> list[_Result]:
+    """Make the changes in one transaction, each in its own savepoint; commit once; return what each gave.
+
+    On the loop (``on_loop``), SQLITE_BUSY anywhere rolls the whole group back and raises ``_Busy``:
+    the caller hands the group to the thread, whose connection waits for the lock.
+    """
+    if len(changes) == 1:
+        return [_write_alone(cur, changes[0], on_loop)]
+    results: list[_Result] = [(None, None)] * len(changes)
+    start = 0
+    try:
+        while start < len(changes):
             try:
-                if alone:
-                    job[1](conn, job[2])
-                else:
-                    conn.execute("SAVEPOINT ckflow_batch")
-                    job[1](conn, job[2])
-                    conn.execute("RELEASE ckflow_batch")
+                cur.execute("BEGIN IMMEDIATE")
             except Exception as exc:
-                if alone:
-                    _rollback(conn)
-                    done.append((job, exc, None))
-                    return
-                if conn.in_transaction:
-                    try:
-                        conn.execute("ROLLBACK TO ckflow_batch")
-                        conn.execute("RELEASE ckflow_batch")
-                    except sqlite3.Error:
-                        pass
-                    else:
-                        done.append((job, exc, None))
-                        continue
-                # SQLite rolled the whole transaction back (disk full, I/O error): the batches applied
-                # before this one are lost with it; the ones after it get a transaction of their own.
-                _rollback(conn)
-                done.extend((j, exc, None) for j in (*applied, job))
-                applied = []
-                rest = pending[index + 1 :]
+                if on_loop and _is_busy(exc):
+                    raise _Busy from exc
+                results[start:] = [(exc, None)] * (len(changes) - start)
                 break
-            applied.append(job)
-        if conn.in_transaction:
-            try:
-                conn.execute("COMMIT")
-            except Exception as exc:
-                _rollback(conn)
-                done.extend((job, exc, None) for job in applied)
-                applied = []
-        done.extend((job, None, None) for job in applied)
-        pending = rest
+            # A change alone in its transaction needs no savepoint: ROLLBACK undoes it just as well.
+            alone = len(changes) - start == 1
+            applied: list[int] = []
+            index = start
+            while index < len(changes):
+                fn, arg = changes[index]
+                index += 1
+                try:
+                    if alone:
+                        value = fn(cur, arg)
+                    else:
+                        cur.execute("SAVEPOINT ckflow_batch")
+                        value = fn(cur, arg)
+                        cur.execute("RELEASE ckflow_batch")
+                except Exception as exc:
+                    if on_loop and _is_busy(exc):
+                        raise _Busy from exc
+                    results[index - 1] = (exc, None)
+                    if not alone and cur.connection.in_transaction:
+                        try:
+                            cur.execute("ROLLBACK TO ckflow_batch")
+                            cur.execute("RELEASE ckflow_batch")
+                        except sqlite3.Error:
+                            pass
+                        else:
+                            continue
+                    # SQLite rolled the whole transaction back (disk full, I/O error): the changes made
+                    # before this one are lost with it; the ones after it get a transaction of their own.
+                    _rollback(cur.connection)
+                    for i in applied:
+                        results[i] = (exc, None)
+                    applied = []
+                    break
+                results[index - 1] = (None, value)
+                applied.append(index - 1)
+            if cur.connection.in_transaction:
+                try:
+                    cur.execute("COMMIT")
+                except Exception as exc:
+                    if on_loop and _is_busy(exc):
+                        raise _Busy from exc
+                    _rollback(cur.connection)
+                    for i in applied:
+                        results[i] = (exc, None)
+            start = index
+    except BaseException:
+        _rollback(cur.connection)  # a _Busy, or a KeyboardInterrupt that hit the loop mid-transaction
+        raise
+    return results
+
+
+def _write_alone(cur: sqlite3.Cursor, change: _Change, on_loop: bool) -> _Result:
+    """``_write_group`` of one change: no savepoint, as ROLLBACK undoes it just as well."""
+    try:
+        cur.execute("BEGIN IMMEDIATE")
+    except Exception as exc:
+        if on_loop and _is_busy(exc):
+            raise _Busy from exc
+        return exc, None
+    try:
+        value = change[0](cur, change[1])
+        cur.execute("COMMIT")
+    except Exception as exc:
+        _rollback(cur.connection)
+        if on_loop and _is_busy(exc):
+            raise _Busy from exc
+        return exc, None
+    except BaseException:
+        _rollback(cur.connection)  # a KeyboardInterrupt that hit the loop mid-transaction
+        raise
+    return None, value
 
 
 def _serve(jobs: queue.SimpleQueue[_Job]) -> None:
-    """The thread: take every job queued, run them in order, group neighbouring writes; end at ``_STOP``."""
+    """The thread: take every job queued, run them in order, group neighbouring changes; end at ``_STOP``."""
     conn: sqlite3.Connection | None = None
+    cur: sqlite3.Cursor | None = None
+    side: _LoopSide | None = None
     done: list[_Done] = []
     while True:
         taken = [jobs.get()]
@@ -360,8 +459,11 @@ def _serve(jobs: queue.SimpleQueue[_Job]) -> None:
             job = taken[i]
             kind = job[0]
             if kind == _STOP:
+                if side is not None:
+                    side.close()
                 if conn is not None:
                     try:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
                         conn.execute("PRAGMA optimize")
                     except sqlite3.Error:
                         pass
@@ -371,29 +473,34 @@ def _serve(jobs: queue.SimpleQueue[_Job]) -> None:
                 done.extend((later, closed, None) for later in taken[i + 1 :])
                 _flush(done)
                 return
+            i += 1
             if kind == _OPEN:
-                i += 1
                 try:
-                    conn = job[1](None, job[2])
+                    conn, side = connected = job[1](None, job[2])
                 except BaseException as exc:
                     done.append((job, exc, None))
                 else:
-                    done.append((job, None, None))
-            elif conn is None:
-                i += 1
+                    cur = conn.cursor()
+                    done.append((job, None, connected))
+            elif conn is None or cur is None:
                 done.append((job, StoreUnavailableError("", "the store is not open."), None))
             elif kind == _WRITE:
-                j = i + 1
+                j = i
                 while j < len(taken) and taken[j][0] == _WRITE:
                     j += 1
-                _flush(done)  # what finished before the group need not wait for its commit
-                _write_group(conn, taken[i:j], done)
+                group = taken[i - 1 : j]
                 i = j
-            else:
-                i += 1
+                _flush(done)  # what finished before the group need not wait for its commit
                 try:
-                    done.append((job, None, _run_job(conn, job)))
+                    results = _write_group(cur, [(job[1], job[2]) for job in group], on_loop=False)
                 except BaseException as exc:
+                    results = [(exc, None)] * len(group)
+                done.extend((job, exc, value) for job, (exc, value) in zip(group, results, strict=True))
+            else:
+                try:
+                    done.append((job, None, _read(conn, job) if kind == _READ else job[1](conn, job[2])))
+                except BaseException as exc:
+                    _rollback(conn)
                     done.append((job, exc, None))
         _flush(done)
 
@@ -419,7 +526,7 @@ class _Worker:
         return future
 
     def stop_nowait(self, url: str = "") -> None:
-        """Close the connection once the jobs queued before are done; used when nobody can await."""
+        """Close the connections once the jobs queued before are done; used when nobody can await."""
         self._jobs.put((_STOP, _noop, url, None, None))
 
 
@@ -495,8 +602,11 @@ def _migrate(conn: sqlite3.Connection, url: str) -> None:
         raise
 
 
-def _connect(_: None, arg: tuple[str, str, str]) -> sqlite3.Connection:
-    """In the thread: open the file, refuse what is not a ckflow store, set it up and migrate it."""
+def _connect(_: None, arg: tuple[str, str, str]) -> tuple[sqlite3.Connection, _LoopSide | None]:
+    """In the thread: open the file, refuse what is not a ckflow store, set it up and migrate it.
+
+    Returns the thread's connection and, where commits need no fsync, what lets changes commit on the loop.
+    """
     url, path, synchronous = arg
     if sqlite3.sqlite_version_info < _MIN_SQLITE:
         found = sqlite3.sqlite_version
@@ -507,6 +617,7 @@ def _connect(_: None, arg: tuple[str, str, str]) -> sqlite3.Connection:
         conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None, cached_statements=256)
     except sqlite3.Error as exc:
         raise StoreUnavailableError(url, f"SQLite cannot open {path!r} ({exc}).") from exc
+    side: _LoopSide | None = None
     try:
         # Read before anything is written, so that a file we refuse is left as it was.
         version = _schema_version(conn, url)
@@ -519,27 +630,130 @@ def _connect(_: None, arg: tuple[str, str, str]) -> sqlite3.Connection:
                 url, f"this SQLite ({sqlite3.sqlite_version}) was built without JSON functions, which ckflow needs."
             ) from None
         conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode = WAL")
+        wal = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower() == "wal"
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         # Rows are tied to their run by the write fence and removed by delete_runs, not by foreign keys,
         # which would cost a lookup of the run per row written.
         conn.execute("PRAGMA foreign_keys = OFF")
         if version < SCHEMA_VERSION:
             _migrate(conn, url)
+        if wal and synchronous in _COMMIT_WITHOUT_SYNC and path != ":memory:":
+            conn.execute("PRAGMA wal_autocheckpoint = 0")  # the store runs checkpoints itself
+            side = _LoopSide(path, synchronous)
+            try:
+                _mark_wal(conn)
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise  # else another process writes: its commit synced the WAL's header, or the loop's will
     except sqlite3.Error as exc:
-        conn.close()
+        _close(conn, side)
         raise StoreUnavailableError(url, f"{path!r} is not a usable ckflow store ({exc}).") from exc
     except BaseException:
-        conn.close()
+        _close(conn, side)
         raise
-    return conn
+    return conn, side
+
+
+def _close(conn: sqlite3.Connection, side: _LoopSide | None) -> None:
+    if side is not None:
+        side.close()
+    conn.close()
+
+
+def _mark_wal(conn: sqlite3.Connection) -> None:
+    """In the thread: commit a one-row change.
+
+    The first commit into a fresh WAL (an empty one, or one that a checkpoint copied whole into the
+    database) writes the WAL's header and fsyncs it, even with ``synchronous=NORMAL``: this makes that
+    commit here rather than on the loop.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(_MARK_WAL)
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+
+
+def _checkpoint(conn: sqlite3.Connection, side: _LoopSide) -> tuple[int, int, int]:
+    """In the thread: copy the WAL into the database and, if it copied it whole, restart the WAL here.
+
+    The checkpoint is PASSIVE: it waits for no one, and the loop goes on committing meanwhile. The
+    first commit after a checkpoint that copied the WAL whole restarts the WAL and syncs its header;
+    the pin, a read transaction begun before the checkpoint, keeps every commit from restarting it
+    until this thread ends the pin and begins its own write transaction, both while it holds
+    ``side.restarting`` (so the loop commits nothing in between, nor waits: it tries again later).
+    Returns ``PRAGMA wal_checkpoint``'s (busy, frames in the WAL, frames copied).
+    """
+    with side.restarting:
+        side.pin.execute("BEGIN")
+        side.pin.execute(_PIN).fetchall()
+    try:
+        busy, frames, copied = (int(v) for v in conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone())
+    except BaseException:
+        with side.restarting:
+            _rollback(side.pin)
+        raise
+    restart = False
+    with side.restarting:
+        _rollback(side.pin)
+        if not busy and frames == copied:  # (else a commit came between the pin and the checkpoint)
+            conn.execute("PRAGMA busy_timeout = 0")  # never hold `restarting` while waiting for a lock
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                restart = True
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise  # else another process writes, and its commit restarts the WAL
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+    if restart:
+        try:
+            conn.execute(_MARK_WAL)
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+    return busy, frames, copied
+
+
+@final
+class _LoopSide:
+    """What lets changes commit on the loop: the loop's connection, and what keeps a WAL restart off it."""
+
+    __slots__ = ("conn", "cursor", "pin", "restarting")
+
+    def __init__(self, path: str, synchronous: str) -> None:
+        #: used on the loop only, between two of its iterations; opened and closed in the thread
+        self.conn = sqlite3.connect(
+            path, timeout=0, isolation_level=None, cached_statements=256, check_same_thread=False
+        )
+        try:
+            self.conn.execute("PRAGMA wal_autocheckpoint = 0")
+            self.conn.execute(f"PRAGMA synchronous = {synchronous}")
+            self.conn.execute("PRAGMA foreign_keys = OFF")
+            #: one cursor for every change: ``conn.execute`` would make one per statement
+            self.cursor = self.conn.cursor()
+            #: used in the thread only, by ``_checkpoint``
+            self.pin = sqlite3.connect(path, timeout=0, isolation_level=None)
+        except BaseException:
+            self.conn.close()
+            raise
+        #: held by the thread, never for a wait, while no commit may begin on the loop
+        self.restarting = threading.Lock()
+
+    def close(self) -> None:
+        """In the thread (closing a connection may checkpoint)."""
+        self.pin.close()
+        self.conn.close()
 
 
 # -- what the thread runs for each call --------------------------------------------------------
 
 
-def _create_run(conn: sqlite3.Connection, row: tuple[Any, ...]) -> bool:
-    return conn.execute(_INSERT_RUN, row).rowcount == 1
+def _create_run(cur: sqlite3.Cursor, row: tuple[Any, ...]) -> bool:
+    return cur.execute(_INSERT_RUN, row).rowcount == 1
 
 
 def _get_run(conn: sqlite3.Connection, run_id: str) -> Any:
@@ -564,66 +778,70 @@ def _load(conn: sqlite3.Connection, run_id: str) -> tuple[Any, ...] | None:
     )
 
 
-def _apply(conn: sqlite3.Connection, arg: tuple[_sql.Writes, str]) -> None:
-    """One batch, inside the savepoint its group gave it. The fence comes first: a lost lease writes nothing."""
+def _apply(cur: sqlite3.Cursor, arg: tuple[_sql.Writes, str]) -> None:
+    """One batch, in the transaction (or savepoint) its group gave it.
+
+    The run's row comes first, fenced by its owner: a lost lease writes nothing.
+    """
     w, where = arg
-    fence = conn.execute(_FENCE, (w.run_id,)).fetchone()
-    if fence is None:
-        raise RunNotFoundError(w.run_id, where)
-    if fence[0] != w.owner:
-        raise LeaseLostError(w.run_id, w.owner)
     # SQLite rewrites the entries of every index whose columns are SET, changed or not; most writes keep
-    # the run's state and creation time, and then skip the two pages of the runs' indexes.
-    same = fence[1] == w.run[3] and fence[2] == w.run[5]
-    conn.execute(_UPDATE_RUN_SAME_KEYS if same else _UPDATE_RUN, w.run)
+    # the run's state and creation time, and then skip the two pages of the runs' indexes (and the fence's
+    # SELECT: the UPDATE finds the run, its owner, state and creation time as the batch has them).
+    if cur.execute(_UPDATE_RUN_SAME_KEYS, w.run).rowcount != 1:
+        fence = cur.execute(_FENCE, (w.run_id,)).fetchone()
+        if fence is None:
+            raise RunNotFoundError(w.run_id, where)
+        if fence[0] != w.owner:
+            raise LeaseLostError(w.run_id, w.owner)
+        cur.execute(_UPDATE_RUN, w.run)
     if w.tasks:
-        conn.executemany(_UPSERT_TASK, w.tasks)
+        cur.executemany(_UPSERT_TASK, w.tasks)
     if w.checkpoints:
-        conn.executemany(_UPSERT_CHECKPOINT, w.checkpoints)
+        cur.executemany(_UPSERT_CHECKPOINT, w.checkpoints)
     if w.regions:
-        conn.executemany(_UPSERT_REGION, w.regions)
+        cur.executemany(_UPSERT_REGION, w.regions)
     if w.drop_regions:
-        conn.executemany(_DELETE_REGION, w.drop_regions)
+        cur.executemany(_DELETE_REGION, w.drop_regions)
     if w.events:
-        conn.executemany(_UPSERT_EVENT, w.events)
+        cur.executemany(_UPSERT_EVENT, w.events)
     if w.retain_checkpoints:
-        conn.executemany(_RETAIN_CHECKPOINTS, w.retain_checkpoints)
-        conn.executemany(_RETAIN_EVENTS, w.retain_events)
+        cur.executemany(_RETAIN_CHECKPOINTS, w.retain_checkpoints)
+        cur.executemany(_RETAIN_EVENTS, w.retain_events)
     if w.requests:
-        conn.executemany(_UPSERT_REQUEST, w.requests)
+        cur.executemany(_UPSERT_REQUEST, w.requests)
 
 
-def _claim(conn: sqlite3.Connection, arg: tuple[str, str, float]) -> tuple[bool, Any] | None:
+def _claim(cur: sqlite3.Cursor, arg: tuple[str, str, float]) -> tuple[bool, Any] | None:
     run_id, owner, ttl = arg
-    row = conn.execute(_SELECT_RUN, (run_id,)).fetchone()
+    row = cur.execute(_SELECT_RUN, (run_id,)).fetchone()
     if row is None:
         return None
     now = time.time()
     holder, expires = row[4], row[5]
     if holder is not None and holder != owner and (expires or 0.0) > now:
         return False, row
-    conn.execute(_CLAIM, (run_id, owner, now + ttl))
+    cur.execute(_CLAIM, (run_id, owner, now + ttl))
     return True, (*row[:4], owner, now + ttl, *row[6:])
 
 
-def _renew(conn: sqlite3.Connection, arg: tuple[list[str], str, float]) -> tuple[set[str], list[Any]]:
+def _renew(cur: sqlite3.Cursor, arg: tuple[list[str], str, float]) -> tuple[set[str], list[Any]]:
     run_ids, owner, ttl = arg
     ids = _names(run_ids)
-    owned = {row[0] for row in conn.execute(_OWNED, (ids, owner))}
+    owned = {row[0] for row in cur.execute(_OWNED, (ids, owner))}
     if not owned:
         return owned, []
-    conn.execute(_RENEW, (ids, owner, time.time() + ttl))
-    return owned, conn.execute(_PENDING, (_names(sorted(owned)),)).fetchall()
+    cur.execute(_RENEW, (ids, owner, time.time() + ttl))
+    return owned, cur.execute(_PENDING, (_names(sorted(owned)),)).fetchall()
 
 
-def _release(conn: sqlite3.Connection, arg: tuple[str, str]) -> None:
-    conn.execute(_RELEASE, arg)
+def _release(cur: sqlite3.Cursor, arg: tuple[str, str]) -> None:
+    cur.execute(_RELEASE, arg)
 
 
-def _request(conn: sqlite3.Connection, row: tuple[Any, ...]) -> bool:
-    if conn.execute(_RUN_EXISTS, (row[1],)).fetchone() is None:
+def _request(cur: sqlite3.Cursor, row: tuple[Any, ...]) -> bool:
+    if cur.execute(_RUN_EXISTS, (row[1],)).fetchone() is None:
         return False
-    conn.execute(_UPSERT_REQUEST, row)
+    cur.execute(_UPSERT_REQUEST, row)
     return True
 
 
@@ -636,6 +854,18 @@ def _delete_runs(conn: sqlite3.Connection, ids: str) -> int:
     for statement in _DELETE:
         deleted = conn.execute(statement, (ids,)).rowcount
     return deleted  # the last statement deletes the runs themselves
+
+
+def _delete_chunk(conn: sqlite3.Connection, ids: str) -> int:
+    """In the thread: one chunk of ``delete_runs`` in a transaction of its own."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        deleted = _delete_runs(conn, ids)
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+    return deleted
 
 
 # -- the store ------------------------------------------------------------------------------------
@@ -654,7 +884,26 @@ class SQLiteStore:
         ValueError: the URL is not a SQLite store URL, or has an unknown option.
     """
 
-    __slots__ = ("__weakref__", "_finalizer", "_lock", "_path", "_synchronous", "_url", "_where", "_worker")
+    __slots__ = (
+        "__weakref__",
+        "_alone",
+        "_checkpoint_job",
+        "_checkpointing",
+        "_commit_handle",
+        "_commits",
+        "_finalizer",
+        "_handed",
+        "_lock",
+        "_loop",
+        "_path",
+        "_pending",
+        "_side",
+        "_synchronous",
+        "_url",
+        "_where",
+        "_worker",
+        "_writer",
+    )
 
     def __init__(self, url: str) -> None:
         self._path, self._synchronous = _parse(url)
@@ -663,6 +912,22 @@ class SQLiteStore:
         self._lock = asyncio.Lock()
         self._worker: _Worker | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
+        #: the loop the store was opened in, and its side of the store (None: every change goes to the thread)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._side: _LoopSide | None = None
+        #: the task that made a change in this iteration of the loop, if only one did
+        self._writer: asyncio.Task[Any] | None = None
+        #: how many changes it committed at once since the loop last went round
+        self._alone = 0
+        #: changes made in this iteration of the loop, and the callback that will commit them
+        self._pending: list[tuple[Callable[[sqlite3.Cursor, Any], Any], Any, asyncio.Future[Any]]] = []
+        self._commit_handle: asyncio.Handle | None = None
+        #: changes handed to the thread and not yet back: while there are any, the next ones follow them
+        self._handed = 0
+        #: commits since the last checkpoint, and whether the thread runs one now (and the last one)
+        self._commits = 0
+        self._checkpointing = False
+        self._checkpoint_job: asyncio.Future[tuple[int, int, int]] | None = None
 
     @property
     def url(self) -> str:
@@ -676,23 +941,32 @@ class SQLiteStore:
                 return
             worker = _Worker(f"ckflow-sqlite {self._path}")
             try:
-                await worker.submit(_OPEN, _connect, (self._url, self._path, self._synchronous))
+                _, side = await worker.submit(_OPEN, _connect, (self._url, self._path, self._synchronous))
             except BaseException:
-                worker.stop_nowait(self._url)  # closes the connection if it opened after all
+                worker.stop_nowait(self._url)  # closes the connections if they opened after all
                 raise
+            loop = asyncio.get_running_loop()
             try:
-                worker.waker = _Waker(asyncio.get_running_loop())
+                worker.waker = _Waker(loop)
             except (NotImplementedError, OSError, ValueError):  # pragma: no cover - a loop without add_reader
                 pass  # results go through call_soon_threadsafe
             self._worker = worker
+            self._loop = loop
+            self._side = side
+            self._commits = 0
             self._finalizer = weakref.finalize(self, worker.stop_nowait, self._url)
 
     async def close(self) -> None:
-        """Finish the calls already made, then close the connection; does nothing if closed."""
+        """Finish the calls already made, then close the connections; does nothing if closed."""
         async with self._lock:
-            worker, self._worker = self._worker, None
+            worker = self._worker
             if worker is None:
                 return
+            if self._commit_handle is not None:
+                self._commit_handle.cancel()
+                self._commit(closing=True)  # the changes already made commit (or go to the thread) first
+            self._worker = None
+            self._side = None  # the thread closes its connections, after the changes handed to it
             if self._finalizer is not None:
                 self._finalizer.detach()
             stopped = worker.submit(_STOP, _noop, self._url)
@@ -712,18 +986,139 @@ class SQLiteStore:
     ) -> None:
         await self.close()
 
-    def _call(self, kind: int, fn: Callable[[sqlite3.Connection, _A], _R], arg: _A) -> asyncio.Future[_R]:
+    def _open_worker(self) -> _Worker:
         worker = self._worker
         if worker is None:
             raise StoreUnavailableError(
                 self._url, "the store is not open; use `async with open_store(url) as store` or `await store.open()`."
             )
-        return worker.submit(kind, fn, arg)
+        return worker
+
+    def _call(self, kind: int, fn: Callable[[sqlite3.Connection, _A], _R], arg: _A) -> asyncio.Future[_R]:
+        """A job for the thread: a read (``_READ``), or ``_RAW``."""
+        return self._open_worker().submit(kind, fn, arg)
+
+    # -- changes: committed on the loop when that costs no wait ---------------------
+
+    def _change(self, fn: Callable[[sqlite3.Cursor, _A], _R], arg: _A) -> asyncio.Future[_R]:
+        """Make a change in a transaction: at once, or with the others made in this iteration of the loop."""
+        worker = self._open_worker()
+        loop = asyncio.get_running_loop()
+        if self._side is None or loop is not self._loop:
+            return worker.submit(_WRITE, fn, arg)  # FULL, no WAL, or another loop: the thread commits
+        future: asyncio.Future[_R] = loop.create_future()
+        if self._handed:
+            self._hand_off(worker, [(fn, arg, future)])
+            return future
+        self._pending.append((fn, arg, future))
+        if self._commit_handle is not None:
+            return future  # a group is forming: this change joins it
+        task = asyncio.current_task()
+        if (self._writer is None or self._writer is task) and self._alone < _ALONE_MAX:
+            # No other task has made a change in this iteration: commit now, and the caller finds its future
+            # done, so awaiting it does not suspend (a Linear's next task starts without the loop going round).
+            if self._writer is None:
+                loop.call_soon(self._went_round)
+                self._writer = task
+            self._alone += 1
+            self._commit()
+        else:
+            # Tasks make changes side by side: group them, and commit in the next iteration.
+            self._commit_handle = loop.call_soon(self._commit)
+        return future
+
+    def _change_in_thread(self, fn: Callable[[sqlite3.Cursor, _A], _R], arg: _A) -> asyncio.Future[_R]:
+        """A change in the thread, grouped with those queued there: for one whose size grows with its argument."""
+        worker = self._open_worker()
+        self._commits += 1
+        return worker.submit(_WRITE, fn, arg)
+
+    def _went_round(self) -> None:
+        self._writer = None
+        self._alone = 0
+
+    def _commit(self, closing: bool = False) -> None:
+        """In the loop: commit the changes made in this iteration, or hand them to the thread if that would wait."""
+        self._commit_handle = None
+        group, self._pending = self._pending, []
+        side, worker = self._side, self._worker
+        if not group or side is None or worker is None:  # pragma: no cover - close() commits before it clears them
+            return
+        if self._handed:
+            self._hand_off(worker, group)
+            return
+        if not side.restarting.acquire(blocking=False):
+            if closing:
+                self._hand_off(worker, group)
+                return
+            # The thread is about to restart the WAL (for some microseconds, never a wait): try again in the
+            # next iteration. Handing the group to the thread would queue it behind the whole checkpoint.
+            self._pending = group
+            self._commit_handle = asyncio.get_running_loop().call_soon(self._commit)
+            return
+        try:
+            results = _write_group(side.cursor, [(fn, arg) for fn, arg, _ in group], on_loop=True)
+        except _Busy:
+            results = None
+        except Exception as bug:  # whoever waits hears of it, and the loop goes on
+            results = [(bug, None)] * len(group)
+        finally:
+            side.restarting.release()
+        if results is None:
+            self._hand_off(worker, group)
+            return
+        for (_, _, future), (exc, value) in zip(group, results, strict=True):
+            if future.done():
+                continue  # its caller was cancelled; the change was made all the same
+            if exc is None:
+                future.set_result(value)
+            else:
+                future.set_exception(exc)
+        self._commits += 1
+        self._maybe_checkpoint(worker)
+
+    def _hand_off(
+        self, worker: _Worker, group: list[tuple[Callable[[sqlite3.Cursor, Any], Any], Any, asyncio.Future[Any]]]
+    ) -> None:
+        """Give changes to the thread, in order; the loop commits again once they are all back."""
+        for fn, arg, future in group:
+            self._handed += 1
+            # The thread settles a future of its own: the caller's may be cancelled long before the
+            # change is committed, and until then the changes that follow must go the same way.
+            worker.submit(_WRITE, fn, arg).add_done_callback(functools.partial(self._handed_back, future))
+        self._commits += len(group)
+        self._maybe_checkpoint(worker)
+
+    def _handed_back(self, future: asyncio.Future[Any], job: asyncio.Future[Any]) -> None:
+        self._handed -= 1
+        if job.cancelled():  # pragma: no cover - nobody cancels the thread's futures
+            future.cancel()
+        elif future.done():
+            job.exception()  # retrieved, so that asyncio does not log it
+        elif (exc := job.exception()) is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(job.result())
+
+    def _maybe_checkpoint(self, worker: _Worker) -> None:
+        """Every ``_CHECKPOINT_EVERY`` commits, have the thread checkpoint the WAL (the fsyncs happen there)."""
+        side = self._side
+        if self._commits < _CHECKPOINT_EVERY or self._checkpointing or side is None:
+            return
+        self._commits = 0
+        self._checkpointing = True
+        job = self._checkpoint_job = worker.submit(_RAW, _checkpoint, side)
+        job.add_done_callback(self._checkpointed)
+
+    def _checkpointed(self, job: asyncio.Future[tuple[int, int, int]]) -> None:
+        self._checkpointing = False
+        if not job.cancelled():
+            job.exception()  # a failed checkpoint (another process's lock, say) is tried again later
 
     # -- runs --------------------------------------------------------------------
 
     async def create_run(self, run: RunRecord) -> None:
-        if not await self._call(_CHANGE, _create_run, _sql.run_row(run)):
+        if not await self._change(_create_run, _sql.run_row(run)):
             raise RunExistsError(run.run_id, self._where)
 
     async def get_run(self, run_id: str) -> RunRecord:
@@ -759,12 +1154,12 @@ class SQLiteStore:
         )
 
     async def write(self, batch: Batch) -> None:
-        await self._call(_WRITE, _apply, (_sql.prepare(batch, _names), self._where))
+        await self._change(_apply, (_sql.prepare(batch, _names), self._where))
 
     # -- leases ------------------------------------------------------------------
 
     async def claim(self, run_id: str, owner: str, ttl: float) -> RunRecord:
-        found = await self._call(_CHANGE, _claim, (run_id, owner, ttl))
+        found = await self._change(_claim, (run_id, owner, ttl))
         if found is None:
             raise RunNotFoundError(run_id, self._where)
         claimed, row = found
@@ -776,17 +1171,18 @@ class SQLiteStore:
         ids = list(run_ids)
         if not ids:
             return Renewal(lost=[], requests=[])
-        owned, rows = await self._call(_CHANGE, _renew, (ids, owner, ttl))
+        # Its transaction grows with the engine's runs (some 3 ms for 1,000): the thread's to wait for.
+        owned, rows = await self._change_in_thread(_renew, (ids, owner, ttl))
         lost, pending = _sql.order_pending(ids, owned, map(_sql.request_from, rows))
         return Renewal(lost=lost, requests=pending)
 
     async def release(self, run_id: str, owner: str) -> None:
-        await self._call(_CHANGE, _release, (run_id, owner))
+        await self._change(_release, (run_id, owner))
 
     # -- control requests --------------------------------------------------------
 
     async def request(self, request: ControlRequest) -> None:
-        if not await self._call(_CHANGE, _request, _sql.request_row(request)):
+        if not await self._change(_request, _sql.request_row(request)):
             raise RunNotFoundError(request.run_id, self._where)
 
     async def requests(self, run_id: str) -> list[ControlRequest]:
@@ -808,7 +1204,7 @@ class SQLiteStore:
         # LIMIT -1 is no limit; a negative limit is applied by slicing, as MemoryStore does
         bound = -1 if limit is None or limit < 0 else limit
         rows = await self._call(_READ, _fetch_all, (_EVENTS, (run_id, after, bound)))
-        events = [_sql.event_from(row[0]) for row in rows]
+        events = [_sql.event_from(row) for row in rows]
         return events[:limit] if limit is not None and limit < 0 else events
 
     async def row_counts(self, run_id: str) -> dict[str, int]:
@@ -821,7 +1217,13 @@ class SQLiteStore:
         ids = list(run_ids)
         if not ids:
             return 0
-        return await self._call(_CHANGE, _delete_runs, _names(ids))
+        # A chunk per transaction, one job each: the changes that wait for the lock meanwhile go between them.
+        deleted = 0
+        for start in range(0, len(ids), _DELETE_CHUNK):
+            deleted += await self._call(_RAW, _delete_chunk, _names(ids[start : start + _DELETE_CHUNK]))
+            self._commits += 1
+        self._maybe_checkpoint(self._open_worker())
+        return deleted
 
     def __repr__(self) -> str:
         state = "open" if self._worker is not None else "closed"
