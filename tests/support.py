@@ -79,5 +79,4 @@ def expire_lease(store: Store, run_id: str) -> None:
     if isinstance(store, WatchedStore):
         store = store.inner
     assert isinstance(store, MemoryStore)
-    runs = store._data.runs
-    runs[run_id] = runs[run_id].model_copy(update={"lease_expires": 0.0})
+    store._runs[run_id].lease_expires = 0.0

@@ -272,12 +272,12 @@ class Engine:
         live = [h._impl.core for h in self._runs.values() if isinstance(h._impl, _Local)]
         if exc is not None:
             for core in live:
-                if core.journal is None:
+                if not core.durable:
                     request_cancel(core)
                 # A durable run is stopped, not reverted, when its task is cancelled: see RunCore.main.
         else:
             for core in live:
-                if core.journal is not None:
+                if core.durable:
                     tg.start_soon(self._leave_when_suspended, core)
         try:
             return await tg.__aexit__(exc_type, exc, tb)
@@ -361,7 +361,7 @@ class Engine:
             await core.main()
         finally:
             handle = self._runs.pop(core.run_id, None)
-            if core.journal is None:
+            if not core.durable:
                 if handle is not None:
                     self._runs[core.run_id] = handle  # without a store, the engine is where runs are kept
             else:
@@ -587,7 +587,7 @@ class Engine:
         cores: dict[str, RunCore] = {}
         for run_id, handle in self._runs.items():
             impl = handle._impl
-            if isinstance(impl, _Local) and impl.core.journal is not None and not impl.core.terminal.is_set():
+            if isinstance(impl, _Local) and impl.core.durable and not impl.core.terminal.is_set():
                 cores[run_id] = impl.core
         return cores
 

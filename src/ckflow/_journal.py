@@ -81,6 +81,7 @@ class Journal:
 
     def __init__(self, core: RunCore, store: Store, owner: str, record: RunRecord) -> None:
         self.core = core
+        core.durable = True
         self.store = store
         self.owner = owner
         #: the run's record as it was loaded or created; each write derives the current one from it

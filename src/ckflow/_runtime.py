@@ -191,6 +191,8 @@ class RunCore:
         self.reverting = 0
         self.n_success = 0
         self.idle_helpers = 0
+        #: workers inside their loop now
+        self.workers = 0
         self.halted = False
         self.failure_mode = False
         self.flow_state = FlowState.PENDING
@@ -203,8 +205,10 @@ class RunCore:
         self.terminal = anyio.Event()
         self.suspended = anyio.Event()
         self._result: RunResult | None = None
-        #: durable runs: the journal of changes not yet in the store (None: the run lives in memory only)
+        #: durable runs: the journal of changes not yet in the store (None: in memory only, or ended)
         self.journal: Journal | None = None
+        #: the run is kept in a store (its journal goes once the run has ended; this stays)
+        self.durable = False
         #: durable runs: each task's last result as JSON text, kept until the task is reset
         self.encoded: list[str | None] = [None] * n
         #: durable runs: the journal generation whose commit releases the node's successors (0: none)
@@ -383,6 +387,13 @@ class RunCore:
             self.tg.start_soon(self._helper)
 
     async def _worker(self) -> None:
+        self.workers += 1
+        try:
+            await self._work()
+        finally:
+            self.workers -= 1
+
+    async def _work(self) -> None:
         steps = 0
         revert_ready = self.revert_ready
         ready = self.ready
@@ -1132,7 +1143,10 @@ class RunCore:
             callback()
         else:
             journal.on_commit(callback)
-            self._kick()
+            if not self.workers:
+                # Nothing executes now (the run is idle or ending), so a running worker is between jobs or
+                # writing, and writes this before it returns: only without one is a worker needed.
+                self._kick()
 
     def _finish(self, state: FlowState) -> None:
         self._set_flow(state)
@@ -1143,6 +1157,8 @@ class RunCore:
         self._after_commit(self._finish_events)
 
     def _finish_events(self) -> None:
+        # Everything of the run is in its store now: its journal (a dozen containers) can go.
+        self.journal = None
         self.t_end = self.t_end or time.monotonic()
         self.hub.close()
         self.settled.set()

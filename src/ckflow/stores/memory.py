@@ -1,9 +1,15 @@
 """``MemoryStore``: the store contract kept in this process's memory.
 
-It behaves like the durable stores in every way a test can see (records go
-through the same JSON encoding, leases expire, writes are fenced), and it
-forgets everything when the process ends. ``memory://`` is a fresh store;
+It behaves like the durable stores in every way a test can see: records are
+kept as JSON and read back as fresh objects (so what a run gets back is what
+it would get from SQLite or PostgreSQL: no live exception on a failure, lists
+where tuples were written), leases expire, and writes are fenced. It forgets
+everything when the process ends. ``memory://`` is a fresh store;
 ``memory://name`` is shared by every engine of the process that names it.
+
+Keeping bytes rather than objects also keeps a long-lived store out of the way
+of Python's cyclic garbage collector, which walks every live container on each
+full collection: a dict of strings and bytes is not even tracked.
 """
 
 from __future__ import annotations
@@ -13,44 +19,64 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, final
 
 from ckflow._errors import LeaseLostError, RunExistsError, RunNotFoundError, RunOwnedError
-from ckflow._records import Renewal, RunRecord, StoredRun, construct
+from ckflow._events import Event
+from ckflow._records import (
+    CheckpointRecord,
+    ControlRequest,
+    RegionRecord,
+    Renewal,
+    RunRecord,
+    StoredRun,
+    TaskRecord,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Collection
     from types import TracebackType
 
-    from ckflow._events import Event
-    from ckflow._records import Batch, CheckpointRecord, ControlRequest, RegionRecord, TaskRecord
+    from ckflow._failure import Failure
+    from ckflow._records import Batch
     from ckflow._states import FlowState
 
 __all__ = ["MemoryStore"]
 
 
-@dataclass
-class _Data:
-    runs: dict[str, RunRecord] = field(default_factory=dict)
-    tasks: dict[str, dict[str, TaskRecord]] = field(default_factory=dict)
-    #: run -> (checkpoint, pass) -> record
-    checkpoints: dict[str, dict[tuple[str, int], CheckpointRecord]] = field(default_factory=dict)
-    regions: dict[str, dict[int, RegionRecord]] = field(default_factory=dict)
-    #: run -> seq -> event (dicts keep insertion order, and events arrive in seq order)
-    events: dict[str, dict[int, Event]] = field(default_factory=dict)
-    requests: dict[str, dict[str, ControlRequest]] = field(default_factory=dict)
+def _json(record: RunRecord | TaskRecord | CheckpointRecord | RegionRecord | ControlRequest | Event) -> bytes:
+    return record.__pydantic_serializer__.to_json(record)
 
 
-_SHARED: Final[dict[str, _Data]] = {}
+@dataclass(slots=True)
+class _Run:
+    """One run: its record as JSON with the lease beside it, and its other rows as JSON by key."""
+
+    record: bytes
+    owner: str | None
+    lease_expires: float | None
+    tasks: dict[str, bytes] = field(default_factory=dict)
+    checkpoints: dict[tuple[str, int], bytes] = field(default_factory=dict)
+    regions: dict[int, bytes] = field(default_factory=dict)
+    #: seq -> (checkpoint, failure kind, event as JSON); dicts keep insertion order, and seqs arrive in order
+    events: dict[int, tuple[str | None, str | None, bytes]] = field(default_factory=dict)
+    requests: dict[str, bytes] = field(default_factory=dict)
+
+    def run(self) -> RunRecord:
+        record = RunRecord.model_validate_json(self.record)
+        return record.model_copy(update={"owner": self.owner, "lease_expires": self.lease_expires})
+
+
+_SHARED: Final[dict[str, dict[str, _Run]]] = {}
 
 
 @final
 class MemoryStore:
     """A store in this process's memory (see the module docstring)."""
 
-    __slots__ = ("_data", "_url")
+    __slots__ = ("_runs", "_url")
 
     def __init__(self, url: str = "memory://") -> None:
         self._url = url
         name = url.split("://", 1)[1] if "://" in url else ""
-        self._data = _SHARED.setdefault(name, _Data()) if name else _Data()
+        self._runs: dict[str, _Run] = _SHARED.setdefault(name, {}) if name else {}
 
     @property
     def url(self) -> str:
@@ -71,8 +97,8 @@ class MemoryStore:
     ) -> None:
         await self.close()
 
-    def _run(self, run_id: str) -> RunRecord:
-        run = self._data.runs.get(run_id)
+    def _run(self, run_id: str) -> _Run:
+        run = self._runs.get(run_id)
         if run is None:
             raise RunNotFoundError(run_id, f"store {self._url!r}")
         return run
@@ -80,18 +106,12 @@ class MemoryStore:
     # -- runs --------------------------------------------------------------------
 
     async def create_run(self, run: RunRecord) -> None:
-        data = self._data
-        if run.run_id in data.runs:
+        if run.run_id in self._runs:
             raise RunExistsError(run.run_id, f"store {self._url!r}")
-        data.runs[run.run_id] = run
-        data.tasks[run.run_id] = {}
-        data.checkpoints[run.run_id] = {}
-        data.regions[run.run_id] = {}
-        data.events[run.run_id] = {}
-        data.requests[run.run_id] = {}
+        self._runs[run.run_id] = _Run(_json(run), run.owner, run.lease_expires)
 
     async def get_run(self, run_id: str) -> RunRecord:
-        return self._run(run_id)
+        return self._run(run_id).run()
 
     async def list_runs(
         self,
@@ -104,7 +124,7 @@ class MemoryStore:
         wanted = None if states is None else set(states)
         found = [
             run
-            for run in self._data.runs.values()
+            for run in (entry.run() for entry in self._runs.values())
             if (wanted is None or run.state in wanted)
             and (flow is None or run.flow == flow)
             and (ended_before is None or (run.ended_at is not None and run.ended_at < ended_before))
@@ -113,134 +133,136 @@ class MemoryStore:
         return found if limit is None else found[:limit]
 
     async def load(self, run_id: str) -> StoredRun:
-        run = self._run(run_id)
-        data = self._data
-        latest: dict[str, CheckpointRecord] = {}
-        for (name, _), record in sorted(data.checkpoints[run_id].items()):
+        entry = self._run(run_id)
+        latest: dict[str, bytes] = {}
+        for (name, _), record in sorted(entry.checkpoints.items()):
             latest[name] = record
-        failures = [
-            e.failure for e in data.events[run_id].values() if e.failure is not None and e.failure.kind != "cancelled"
-        ]
+        failures: list[Failure] = []
+        for _, kind, body in entry.events.values():
+            if kind is not None and kind != "cancelled":
+                failure = Event.model_validate_json(body).failure
+                if failure is not None:
+                    failures.append(failure)
         return StoredRun(
-            run=run,
-            tasks=list(data.tasks[run_id].values()),
-            checkpoints=list(latest.values()),
-            regions=list(data.regions[run_id].values()),
+            run=entry.run(),
+            tasks=[TaskRecord.model_validate_json(t) for t in entry.tasks.values()],
+            checkpoints=[CheckpointRecord.model_validate_json(c) for c in latest.values()],
+            regions=[RegionRecord.model_validate_json(r) for r in entry.regions.values()],
             failures=failures,
         )
 
     async def write(self, batch: Batch) -> None:
-        data = self._data
         run_id = batch.run.run_id
-        stored = self._run(run_id)
-        if stored.owner != batch.owner:
+        entry = self._run(run_id)
+        if entry.owner != batch.owner:
             raise LeaseLostError(run_id, batch.owner)
-        # The lease is not the writer's to change: keep the stored owner and expiry.
-        data.runs[run_id] = construct(
-            RunRecord, **{**batch.run.__dict__, "owner": stored.owner, "lease_expires": stored.lease_expires}
-        )
-        tasks = data.tasks[run_id]
+        # The lease is not the writer's to change: the entry keeps its owner and expiry.
+        entry.record = _json(batch.run)
+        tasks = entry.tasks
         for t in batch.tasks:
-            tasks[t.task] = t
-        checkpoints = data.checkpoints[run_id]
+            tasks[t.task] = _json(t)
+        checkpoints = entry.checkpoints
         for c in batch.checkpoints:
-            checkpoints[(c.checkpoint, c.pass_no)] = c
-        regions = data.regions[run_id]
+            checkpoints[(c.checkpoint, c.pass_no)] = _json(c)
+        regions = entry.regions
         for r in batch.regions:
-            regions[r.region_id] = r
+            regions[r.region_id] = _json(r)
         for region_id in batch.drop_regions:
             regions.pop(region_id, None)
-        events = data.events[run_id]
+        events = entry.events
         for e in batch.events:
-            assert e.seq is not None
-            events[e.seq] = e
+            assert e.seq is not None, "the engine numbers every event it writes"
+            events[e.seq] = (e.checkpoint, None if e.failure is None else e.failure.kind, _json(e))
         for rule in batch.retention:
             for key in [k for k in checkpoints if k[0] == rule.checkpoint and k[1] < rule.keep_from_pass]:
                 del checkpoints[key]
             names = set(rule.event_checkpoints)
-            for seq in [s for s, e in events.items() if s < rule.before_seq and e.checkpoint in names]:
+            for seq in [s for s, e in events.items() if s < rule.before_seq and e[0] in names]:
                 del events[seq]
-        requests = data.requests[run_id]
+        requests = entry.requests
         for req in batch.requests:
-            requests[req.request_id] = req
+            requests[req.request_id] = _json(req)
 
     # -- leases ------------------------------------------------------------------
 
     async def claim(self, run_id: str, owner: str, ttl: float) -> RunRecord:
-        run = self._run(run_id)
+        entry = self._run(run_id)
         now = time.time()
-        if run.owner is not None and run.owner != owner and (run.lease_expires or 0.0) > now:
-            raise RunOwnedError(run_id, run.owner, run.lease_expires)
-        run = run.model_copy(update={"owner": owner, "lease_expires": now + ttl})
-        self._data.runs[run_id] = run
-        return run
+        if entry.owner is not None and entry.owner != owner and (entry.lease_expires or 0.0) > now:
+            raise RunOwnedError(run_id, entry.owner, entry.lease_expires)
+        entry.owner, entry.lease_expires = owner, now + ttl
+        return entry.run()
 
     async def renew(self, owner: str, run_ids: Collection[str], ttl: float) -> Renewal:
-        data = self._data
         expires = time.time() + ttl
         lost: list[str] = []
         pending: list[ControlRequest] = []
         for run_id in run_ids:
-            run = data.runs.get(run_id)
-            if run is None or run.owner != owner:
+            entry = self._runs.get(run_id)
+            if entry is None or entry.owner != owner:
                 lost.append(run_id)
                 continue
-            data.runs[run_id] = run.model_copy(update={"lease_expires": expires})
-            pending.extend(r for r in data.requests[run_id].values() if r.done_at is None)
+            entry.lease_expires = expires
+            requests = (ControlRequest.model_validate_json(r) for r in entry.requests.values())
+            pending.extend(r for r in requests if r.done_at is None)
         pending.sort(key=lambda r: r.requested_at)
         return Renewal(lost=lost, requests=pending)
 
     async def release(self, run_id: str, owner: str) -> None:
-        run = self._data.runs.get(run_id)
-        if run is not None and run.owner == owner:
-            self._data.runs[run_id] = run.model_copy(update={"owner": None, "lease_expires": None})
+        entry = self._runs.get(run_id)
+        if entry is not None and entry.owner == owner:
+            entry.owner, entry.lease_expires = None, None
 
     # -- control requests --------------------------------------------------------
 
     async def request(self, request: ControlRequest) -> None:
-        self._run(request.run_id)
-        self._data.requests[request.run_id][request.request_id] = request
+        self._run(request.run_id).requests[request.request_id] = _json(request)
 
     async def requests(self, run_id: str) -> list[ControlRequest]:
-        return sorted(self._data.requests.get(run_id, {}).values(), key=lambda r: r.requested_at)
+        entry = self._runs.get(run_id)
+        found = [] if entry is None else [ControlRequest.model_validate_json(r) for r in entry.requests.values()]
+        return sorted(found, key=lambda r: r.requested_at)
 
     # -- reading -----------------------------------------------------------------
 
     async def tasks(self, run_id: str) -> list[TaskRecord]:
-        return list(self._data.tasks.get(run_id, {}).values())
+        entry = self._runs.get(run_id)
+        return [] if entry is None else [TaskRecord.model_validate_json(t) for t in entry.tasks.values()]
 
     async def checkpoints(self, run_id: str, checkpoint: str | None = None) -> list[CheckpointRecord]:
+        entry = self._runs.get(run_id)
+        if entry is None:
+            return []
         return [
-            record
-            for (name, _), record in sorted(self._data.checkpoints.get(run_id, {}).items())
+            CheckpointRecord.model_validate_json(record)
+            for (name, _), record in sorted(entry.checkpoints.items())
             if checkpoint is None or name == checkpoint
         ]
 
     async def events(self, run_id: str, *, after: int = -1, limit: int | None = None) -> list[Event]:
-        found = [e for s, e in self._data.events.get(run_id, {}).items() if s > after]
-        return found if limit is None else found[:limit]
+        entry = self._runs.get(run_id)
+        if entry is None:
+            return []
+        bodies = [e[2] for s, e in entry.events.items() if s > after]
+        found = [Event.model_validate_json(body) for body in (bodies if limit is None else bodies[:limit])]
+        return found
 
     async def row_counts(self, run_id: str) -> dict[str, int]:
-        data = self._data
+        entry = self._runs.get(run_id)
+        if entry is None:
+            return dict.fromkeys(("tasks", "checkpoints", "regions", "events", "requests"), 0)
         return {
-            "tasks": len(data.tasks.get(run_id, {})),
-            "checkpoints": len(data.checkpoints.get(run_id, {})),
-            "regions": len(data.regions.get(run_id, {})),
-            "events": len(data.events.get(run_id, {})),
-            "requests": len(data.requests.get(run_id, {})),
+            "tasks": len(entry.tasks),
+            "checkpoints": len(entry.checkpoints),
+            "regions": len(entry.regions),
+            "events": len(entry.events),
+            "requests": len(entry.requests),
         }
 
     # -- maintenance -------------------------------------------------------------
 
     async def delete_runs(self, run_ids: Collection[str]) -> int:
-        data = self._data
-        deleted = 0
-        for run_id in run_ids:
-            if data.runs.pop(run_id, None) is not None:
-                deleted += 1
-            for table in (data.tasks, data.checkpoints, data.regions, data.events, data.requests):
-                table.pop(run_id, None)
-        return deleted
+        return sum(1 for run_id in run_ids if self._runs.pop(run_id, None) is not None)
 
     def __repr__(self) -> str:
-        return f"<ckflow.stores.MemoryStore {self._url!r} {len(self._data.runs)} runs>"
+        return f"<ckflow.stores.MemoryStore {self._url!r} {len(self._runs)} runs>"
