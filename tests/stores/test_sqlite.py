@@ -16,7 +16,7 @@ from tests.stores import OWNER, T0, event, run_record, task_record
 from ckflow._errors import SchemaVersionError, StoreUnavailableError
 from ckflow._records import Batch
 from ckflow._states import TaskState
-from ckflow.stores import SCHEMA_VERSION, open_store
+from ckflow.stores import SCHEMA_VERSION, _sqlite_commit, _sqlite_conn, _sqlite_ops, open_store
 from ckflow.stores import sqlite as sqlite_store
 from ckflow.stores.sqlite import SQLiteStore
 
@@ -41,6 +41,13 @@ def schema_version(path: Path) -> str:
         return str(conn.execute("SELECT value FROM ckflow_meta WHERE key = 'schema_version'").fetchone()[0])
 
 
+def session(store: SQLiteStore) -> _sqlite_commit.Session:
+    """The open store's thread and its side of the loop."""
+    found = store._session
+    assert found is not None
+    return found
+
+
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     return tmp_path / "runs.db"
@@ -60,15 +67,13 @@ class Gate:
 
     def hold(self) -> Any:
         """Start the blocking job and wait until the thread runs it; await the result once released."""
-        future = self.store._call(sqlite_store._READ, self._hold, None)
+        future = self.store._call(_sqlite_commit.READ, self._hold, None)
         assert self.entered.wait(10)
         return future
 
     def queued(self) -> int:
         """How many calls wait behind the gate."""
-        worker = self.store._worker
-        assert worker is not None
-        return worker._jobs.qsize()
+        return session(self.store).worker._jobs.qsize()
 
 
 class TestUrl:
@@ -76,8 +81,8 @@ class TestUrl:
 
     def test_relative_and_absolute_paths(self, tmp_path: Path) -> None:
         """Three slashes introduce a relative path, four an absolute one."""
-        assert sqlite_store._parse("sqlite:///runs/a.db") == ("runs/a.db", "NORMAL")
-        assert sqlite_store._parse("sqlite:////var/lib/a.db?synchronous=full") == ("/var/lib/a.db", "FULL")
+        assert _sqlite_conn.parse("sqlite:///runs/a.db") == ("runs/a.db", "NORMAL")
+        assert _sqlite_conn.parse("sqlite:////var/lib/a.db?synchronous=full") == ("/var/lib/a.db", "FULL")
 
     @pytest.mark.parametrize(
         "url", ["sqlite://runs.db", "sqlite:///", "sqlite:///a.db?journal=wal", "sqlite:///a.db?synchronous=fast"]
@@ -103,9 +108,9 @@ class TestUrl:
             return int(conn.execute("PRAGMA synchronous").fetchone()[0])
 
         async with SQLiteStore(url_of(db, "?synchronous=FULL")) as store:
-            assert await store._call(sqlite_store._READ, pragma, None) == 2
+            assert await store._call(_sqlite_commit.READ, pragma, None) == 2
         async with SQLiteStore(url_of(db)) as store:
-            assert await store._call(sqlite_store._READ, pragma, None) == 1
+            assert await store._call(_sqlite_commit.READ, pragma, None) == 1
 
 
 class TestFile:
@@ -210,7 +215,7 @@ class Groups:
         self.calls: list[tuple[str, int, str]] = []
         #: set when the thread begins a group (before it asks for the write lock)
         self.in_thread = threading.Event()
-        apply = sqlite_store._write_group
+        apply = _sqlite_commit._write_group
 
         def recording(cur: sqlite3.Cursor, changes: Any, *, on_loop: bool) -> Any:
             where = "loop" if threading.get_ident() == self.loop_thread else "thread"
@@ -219,13 +224,13 @@ class Groups:
                 self.in_thread.set()
             try:
                 results = apply(cur, changes, on_loop=on_loop)
-            except sqlite_store._Busy:
+            except _sqlite_commit._Busy:
                 self.calls.append((where, len(changes), "busy"))
                 raise
             self.calls.append((where, len(changes), "ok"))
             return results
 
-        monkeypatch.setattr(sqlite_store, "_write_group", recording)
+        monkeypatch.setattr(_sqlite_commit, "_write_group", recording)
 
 
 def wal_header(db: Path) -> bytes:
@@ -235,9 +240,7 @@ def wal_header(db: Path) -> bytes:
 
 
 def queued(store: SQLiteStore) -> int:
-    worker = store._worker
-    assert worker is not None
-    return worker._jobs.qsize()
+    return session(store).worker._jobs.qsize()
 
 
 class TestThread:
@@ -267,7 +270,7 @@ class TestThread:
         """With ?synchronous=FULL every commit fsyncs, so every change commits in the thread, none on the loop."""
         groups = Groups(monkeypatch)
         async with SQLiteStore(url_of(db, "?synchronous=FULL")) as store:
-            assert store._side is None
+            assert session(store).side is None
             run = run_record()
             await store.create_run(run)
             await store.write(Batch(run=run, owner=OWNER, tasks=[task_record("run-1", "t")]))
@@ -279,7 +282,7 @@ class TestThread:
         """sqlite:///:memory: is one connection's database, so its changes commit in the thread that owns it."""
         groups = Groups(monkeypatch)
         async with SQLiteStore("sqlite:///:memory:") as store:
-            assert store._side is None
+            assert session(store).side is None
             await store.create_run(run_record())
             assert (await store.get_run("run-1")).run_id == "run-1"
         assert groups.calls == [("thread", 1, "ok")]
@@ -352,13 +355,13 @@ class TestThread:
         monkeypatch.setattr(sqlite_store, "_DELETE_CHUNK", 2)
         loop_thread = threading.get_ident()
         chunks: list[tuple[bool, int]] = []
-        delete_chunk = sqlite_store._delete_chunk
+        delete_chunk = _sqlite_ops.delete_chunk
 
         def recording(conn: sqlite3.Connection, ids: str) -> int:
             chunks.append((threading.get_ident() != loop_thread, len(json.loads(ids))))
             return delete_chunk(conn, ids)
 
-        monkeypatch.setattr(sqlite_store, "_delete_chunk", recording)
+        monkeypatch.setattr(_sqlite_ops, "delete_chunk", recording)
         async with SQLiteStore(url_of(db)) as store:
             names = [f"r{i}" for i in range(5)]
             for name in names:
@@ -462,7 +465,7 @@ class TestLoopCommits:
         self, db: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """After _ALONE_MAX changes committed at once, a task's next change waits for the loop to go round."""
-        monkeypatch.setattr(sqlite_store, "_ALONE_MAX", 4)
+        monkeypatch.setattr(_sqlite_commit, "_ALONE_MAX", 4)
         async with SQLiteStore(url_of(db)) as store:
             run = run_record()
             await store.create_run(run)
@@ -533,7 +536,7 @@ class TestLoopCommits:
         async with SQLiteStore(url_of(db)) as store:
             run = run_record()
             await store.create_run(run)
-            side = store._side
+            side = session(store).side
             assert side is not None
             groups.calls.clear()
             with side.restarting:
@@ -551,19 +554,19 @@ class TestLoopCommits:
         self, db: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """The thread checkpoints the WAL and restarts it: no commit on the loop writes (and syncs) a WAL header."""
-        monkeypatch.setattr(sqlite_store, "_CHECKPOINT_EVERY", 4)
+        monkeypatch.setattr(_sqlite_commit, "_CHECKPOINT_EVERY", 4)
         loop_thread = threading.get_ident()
         checkpoints: list[tuple[bool, tuple[int, int, int]]] = []
-        checkpoint = sqlite_store._checkpoint
+        checkpoint = _sqlite_commit._checkpoint
 
         def recording(conn: sqlite3.Connection, side: Any) -> tuple[int, int, int]:
             result = checkpoint(conn, side)
             checkpoints.append((threading.get_ident() != loop_thread, result))
             return result
 
-        monkeypatch.setattr(sqlite_store, "_checkpoint", recording)
+        monkeypatch.setattr(_sqlite_commit, "_checkpoint", recording)
         headers: list[tuple[bytes, bytes]] = []  # the WAL header around each commit on the loop
-        apply = sqlite_store._write_group
+        apply = _sqlite_commit._write_group
 
         def watching(cur: sqlite3.Cursor, changes: Any, *, on_loop: bool) -> Any:
             before = wal_header(db)
@@ -573,9 +576,9 @@ class TestLoopCommits:
                 if on_loop:
                     headers.append((before, wal_header(db)))
 
-        monkeypatch.setattr(sqlite_store, "_write_group", watching)
+        monkeypatch.setattr(_sqlite_commit, "_write_group", watching)
         async with SQLiteStore(url_of(db)) as store:
-            side = store._side
+            side = session(store).side
             assert side is not None
             assert side.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
             opened = wal_header(db)
@@ -583,8 +586,9 @@ class TestLoopCommits:
             await store.create_run(run)
             for seq in range(20):
                 await store.write(Batch(run=run, owner=OWNER, events=[event("run-1", seq)]))
-                if store._checkpoint_job is not None:
-                    await store._checkpoint_job
+                job = session(store).checkpoint_job
+                if job is not None:
+                    await job
             assert len(checkpoints) == 5
             assert all(
                 in_thread and busy == 0 and frames == copied for in_thread, (busy, frames, copied) in checkpoints

@@ -1,0 +1,250 @@
+"""The connections of a SQLite store: how a ``sqlite:///`` URL becomes a checked, set-up, migrated file.
+
+``connect`` runs in the store's thread (``_sqlite_commit``) when the store opens. It refuses, before
+it writes anything, a file that is not a ckflow store or whose schema is newer than this ckflow's;
+sets the pragmas (WAL, ``synchronous``, ``busy_timeout``, no foreign keys); migrates the schema in one
+transaction; and, where a commit needs no fsync, turns automatic checkpoints off and opens
+``LoopSide``: the connection that commits on the event loop, with the pin and the lock that keep a
+WAL restart off it.
+
+``rollback`` and ``is_busy`` live here because every module that runs a transaction needs them: this
+is the bottom of the SQLite store's modules, and imports none of the others.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from typing import TYPE_CHECKING, Final, final
+from urllib.parse import parse_qsl, unquote
+
+from ckflow._errors import SchemaVersionError, StoreUnavailableError
+from ckflow.stores import _sql
+from ckflow.stores._protocol import SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["BUSY_TIMEOUT_MS", "MARK_WAL", "LoopSide", "connect", "is_busy", "parse", "rollback"]
+
+#: how long the thread waits for another connection's write lock before failing with "database is locked"
+BUSY_TIMEOUT_MS: Final = 5000
+_SYNCHRONOUS: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
+#: the levels at which a commit in WAL mode does not fsync, and so may run on the loop
+_COMMIT_WITHOUT_SYNC: Final = frozenset({"OFF", "NORMAL"})
+_HEADER: Final = b"SQLite format 3\x00"
+#: UPSERT needs 3.24; ``json_each`` (lists of ids) needs JSON1, built in since 3.38
+_MIN_SQLITE: Final = (3, 24, 0)
+
+_READ_VERSION: Final = "SELECT value FROM ckflow_meta WHERE key = 'schema_version'"
+#: a commit that changes a page, whatever the file holds: SQLite skips rows rewritten with equal bytes
+MARK_WAL: Final = (
+    "INSERT INTO ckflow_meta (key, value) VALUES ('wal_restarts', '1') "
+    "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+)
+_SET_VERSION: Final = (
+    "INSERT INTO ckflow_meta (key, value) VALUES ('schema_version', ?1) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
+
+# -- migrations (the schema itself is in _sql) --------------------------------------------
+
+
+def _create_v1(conn: sqlite3.Connection) -> None:
+    for statement in _sql.SQLITE_V1:
+        conn.execute(statement)
+
+
+#: ``_MIGRATIONS[n]`` brings a store from schema version ``n`` to ``n + 1``, inside the open transaction;
+#: a new version is one more function here (and ``SCHEMA_VERSION`` raised by one).
+_MIGRATIONS: Final[tuple[Callable[[sqlite3.Connection], None], ...]] = (_create_v1,)
+assert len(_MIGRATIONS) == SCHEMA_VERSION, "one migration step per schema version"
+
+# -- transactions ----------------------------------------------------------------------------
+
+
+def rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # the transaction is gone either way
+
+
+def is_busy(exc: BaseException) -> bool:
+    """SQLITE_BUSY (and its extended codes): another connection holds the lock that was asked for."""
+    return isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+
+
+# -- opening -----------------------------------------------------------------------------
+
+
+def parse(url: str) -> tuple[str, str]:
+    """(path, synchronous) of a ``sqlite:///path`` URL."""
+    scheme, sep, rest = url.partition("://")
+    rest, _, query = rest.partition("?")
+    if scheme.lower() != "sqlite" or not sep or not rest.startswith("/") or len(rest) < 2:
+        raise ValueError(
+            f"A SQLite store URL is 'sqlite:///relative/path.db' or 'sqlite:////absolute/path.db', got {url!r}."
+        )
+    synchronous = "NORMAL"
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key != "synchronous":
+            raise ValueError(f"Unknown option {key!r} in SQLite store URL {url!r}; the only one is 'synchronous'.")
+        synchronous = value.upper()
+        if synchronous not in _SYNCHRONOUS:
+            raise ValueError(f"SQLite store URL {url!r}: synchronous={value!r} is not one of {sorted(_SYNCHRONOUS)}.")
+    return unquote(rest[1:]), synchronous
+
+
+def _check_file(url: str, path: str) -> None:
+    """Refuse, before SQLite touches it, a file that is not a SQLite database, or a missing directory."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise StoreUnavailableError(url, f"the directory {directory!r} does not exist.")
+    try:
+        with open(path, "rb") as file:
+            head = file.read(len(_HEADER))
+    except FileNotFoundError:
+        return  # a new store
+    except IsADirectoryError:
+        raise StoreUnavailableError(url, f"{path!r} is a directory, not a SQLite file.") from None
+    except OSError as exc:
+        raise StoreUnavailableError(url, f"{path!r} cannot be read ({exc.strerror}).") from exc
+    if head and head != _HEADER:
+        raise StoreUnavailableError(url, f"{path!r} is not a SQLite database (it lacks the SQLite header).")
+
+
+def _schema_version(conn: sqlite3.Connection, url: str) -> int:
+    """The store's schema version; 0 for a database without ckflow's tables."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'ckflow_meta'").fetchone() is None:
+        return 0
+    row = conn.execute(_READ_VERSION).fetchone()
+    try:
+        return int(row[0])
+    except (TypeError, ValueError):
+        raise StoreUnavailableError(url, "its ckflow_meta table holds no valid schema_version.") from None
+
+
+def _migrate(conn: sqlite3.Connection, url: str) -> None:
+    """Bring the schema to ``SCHEMA_VERSION`` in one transaction, or raise and change nothing."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # read again under the write lock: another process may have migrated the file meanwhile
+        version = _schema_version(conn, url)
+        if version > SCHEMA_VERSION:
+            raise SchemaVersionError(url, version, SCHEMA_VERSION)
+        if version < SCHEMA_VERSION:
+            for step in _MIGRATIONS[version:]:
+                step(conn)
+            conn.execute(_SET_VERSION, (str(SCHEMA_VERSION),))
+        conn.execute("COMMIT")
+    except BaseException:
+        rollback(conn)
+        raise
+
+
+def connect(_: None, arg: tuple[str, str, str]) -> tuple[sqlite3.Connection, LoopSide | None]:
+    """In the thread: open the file, refuse what is not a ckflow store, set it up and migrate it.
+
+    Returns the thread's connection and, where commits need no fsync, what lets changes commit on the loop.
+    """
+    url, path, synchronous = arg
+    if sqlite3.sqlite_version_info < _MIN_SQLITE:
+        found = sqlite3.sqlite_version
+        raise StoreUnavailableError(url, f"ckflow needs SQLite 3.24 or newer; this Python has {found}.")
+    if path != ":memory:":
+        _check_file(url, path)
+    try:
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, cached_statements=256)
+    except sqlite3.Error as exc:
+        raise StoreUnavailableError(url, f"SQLite cannot open {path!r} ({exc}).") from exc
+    side: LoopSide | None = None
+    try:
+        # Read before anything is written, so that a file we refuse is left as it was.
+        version = _schema_version(conn, url)
+        if version > SCHEMA_VERSION:
+            raise SchemaVersionError(url, version, SCHEMA_VERSION)
+        try:
+            conn.execute("SELECT json_valid('[]')")
+        except sqlite3.OperationalError:
+            raise StoreUnavailableError(
+                url, f"this SQLite ({sqlite3.sqlite_version}) was built without JSON functions, which ckflow needs."
+            ) from None
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        wal = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower() == "wal"
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        # Rows are tied to their run by the write fence and removed by delete_runs, not by foreign keys,
+        # which would cost a lookup of the run per row written.
+        conn.execute("PRAGMA foreign_keys = OFF")
+        if version < SCHEMA_VERSION:
+            _migrate(conn, url)
+        if wal and synchronous in _COMMIT_WITHOUT_SYNC and path != ":memory:":
+            conn.execute("PRAGMA wal_autocheckpoint = 0")  # the store runs checkpoints itself
+            side = LoopSide(path, synchronous)
+            try:
+                _mark_wal(conn)
+            except sqlite3.OperationalError as exc:
+                if not is_busy(exc):
+                    raise  # else another process writes: its commit synced the WAL's header, or the loop's will
+    except sqlite3.Error as exc:
+        _close(conn, side)
+        raise StoreUnavailableError(url, f"{path!r} is not a usable ckflow store ({exc}).") from exc
+    except BaseException:
+        _close(conn, side)
+        raise
+    return conn, side
+
+
+def _close(conn: sqlite3.Connection, side: LoopSide | None) -> None:
+    if side is not None:
+        side.close()
+    conn.close()
+
+
+def _mark_wal(conn: sqlite3.Connection) -> None:
+    """In the thread: commit a one-row change.
+
+    The first commit into a fresh WAL (an empty one, or one that a checkpoint copied whole into the
+    database) writes the WAL's header and fsyncs it, even with ``synchronous=NORMAL``: this makes that
+    commit here rather than on the loop.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(MARK_WAL)
+        conn.execute("COMMIT")
+    except BaseException:
+        rollback(conn)
+        raise
+
+
+@final
+class LoopSide:
+    """What lets changes commit on the loop: the loop's connection, and what keeps a WAL restart off it."""
+
+    __slots__ = ("conn", "cursor", "pin", "restarting")
+
+    def __init__(self, path: str, synchronous: str) -> None:
+        #: used on the loop only, between two of its iterations; opened and closed in the thread
+        self.conn = sqlite3.connect(
+            path, timeout=0, isolation_level=None, cached_statements=256, check_same_thread=False
+        )
+        try:
+            self.conn.execute("PRAGMA wal_autocheckpoint = 0")
+            self.conn.execute(f"PRAGMA synchronous = {synchronous}")
+            self.conn.execute("PRAGMA foreign_keys = OFF")
+            #: one cursor for every change: ``conn.execute`` would make one per statement
+            self.cursor = self.conn.cursor()
+            #: used in the thread only, by ``_sqlite_commit._checkpoint``
+            self.pin = sqlite3.connect(path, timeout=0, isolation_level=None)
+        except BaseException:
+            self.conn.close()
+            raise
+        #: held by the thread, never for a wait, while no commit may begin on the loop
+        self.restarting = threading.Lock()
+
+    def close(self) -> None:
+        """In the thread (closing a connection may checkpoint)."""
+        self.pin.close()
+        self.conn.close()

@@ -1,0 +1,230 @@
+"""What a SQLite store runs for each of its calls: the SQLite statements, and one function per call.
+
+Each function runs its statements on the connection (a read) or the cursor (a change) that the store's
+thread or the loop hands it (see ``_sqlite_commit``), inside a transaction it neither begins nor ends:
+a read gets a snapshot of its own, and a change may share one transaction with others, in a savepoint
+of its own. ``delete_chunk`` alone makes its own transaction, so that ``delete_runs`` commits a chunk
+at a time. The statements the SQL stores share come from ``_sql``, rewritten with SQLite's ``?n``
+placeholders; those spelled out here are SQLite's own (a list of ids is bound as one JSON parameter
+and read back by ``json_each``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+from ckflow._errors import LeaseLostError, RunNotFoundError
+from ckflow.stores import _sql
+from ckflow.stores._sqlite_conn import rollback
+
+if TYPE_CHECKING:
+    import sqlite3
+    from collections.abc import Sequence
+
+__all__ = [
+    "CHECKPOINTS",
+    "CHECKPOINTS_OF",
+    "EVENTS",
+    "REQUESTS",
+    "TASKS",
+    "apply",
+    "claim",
+    "create_run",
+    "delete_chunk",
+    "fetch_all",
+    "get_run",
+    "load",
+    "names",
+    "release",
+    "renew",
+    "request",
+    "row_counts",
+    "states_test",
+]
+
+# -- statements ----------------------------------------------------------------------
+
+_q = _sql.qmark
+_INSERT_RUN: Final = _q(_sql.INSERT_RUN)
+_UPDATE_RUN: Final = _q(_sql.UPDATE_RUN)
+_SELECT_RUN: Final = _q(_sql.SELECT_RUN)
+_FENCE: Final = "SELECT owner, state, created_at FROM ckflow_runs WHERE run_id = ?1"
+#: ``_UPDATE_RUN`` for a run owned by the writer whose state and creation time stay as they are (same
+#: parameters): it fences the write too, and ``_FENCE`` runs only if it changed no row
+_UPDATE_RUN_SAME_KEYS: Final = (
+    "UPDATE ckflow_runs SET flow = ?3, inputs = ?5, updated_at = ?7, ended_at = ?8, halted = ?9, goto = ?10, "
+    "next_seq = ?11 WHERE run_id = ?1 AND owner = ?2 AND state = ?4 AND created_at = ?6"
+)
+_UPSERT_TASK: Final = _q(_sql.UPSERT_TASK)
+_UPSERT_CHECKPOINT: Final = _q(_sql.UPSERT_CHECKPOINT)
+_UPSERT_REGION: Final = _q(_sql.UPSERT_REGION)
+_UPSERT_EVENT: Final = _q(_sql.UPSERT_EVENT)
+_UPSERT_REQUEST: Final = _q(_sql.UPSERT_REQUEST)
+_DELETE_REGION: Final = _q(_sql.DELETE_REGION)
+_RETAIN_CHECKPOINTS: Final = _q(_sql.RETAIN_CHECKPOINTS)
+_RETAIN_EVENTS: Final = (
+    "DELETE FROM ckflow_events WHERE run_id = ?1 AND seq < ?2 AND checkpoint IN (SELECT value FROM json_each(?3))"
+)
+_SELECT_LATEST_CHECKPOINTS: Final = _q(_sql.SELECT_LATEST_CHECKPOINTS)
+_SELECT_FAILURES: Final = _q(_sql.SELECT_FAILURES)
+_ROW_COUNTS: Final = _q(_sql.ROW_COUNTS)
+TASKS: Final = f"SELECT {', '.join(_sql.TASK_COLUMNS)} FROM ckflow_tasks WHERE run_id = ?1 ORDER BY rowid"
+_REGIONS: Final = f"SELECT {', '.join(_sql.REGION_COLUMNS)} FROM ckflow_regions WHERE run_id = ?1 ORDER BY rowid"
+CHECKPOINTS: Final = (
+    f"SELECT {', '.join(_sql.CHECKPOINT_COLUMNS)} FROM ckflow_checkpoints WHERE run_id = ?1 "
+    "ORDER BY checkpoint, pass_no"
+)
+CHECKPOINTS_OF: Final = (
+    f"SELECT {', '.join(_sql.CHECKPOINT_COLUMNS)} FROM ckflow_checkpoints WHERE run_id = ?1 AND checkpoint = ?2 "
+    "ORDER BY pass_no"
+)
+EVENTS: Final = (
+    "SELECT run_id, seq, checkpoint, body FROM ckflow_events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+)
+REQUESTS: Final = (
+    f"SELECT {', '.join(_sql.REQUEST_COLUMNS)} FROM ckflow_requests WHERE run_id = ?1 ORDER BY requested_at, rowid"
+)
+_PENDING: Final = (
+    f"SELECT {', '.join(_sql.REQUEST_COLUMNS)} FROM ckflow_requests "
+    "WHERE run_id IN (SELECT value FROM json_each(?1)) AND done_at IS NULL ORDER BY rowid"
+)
+_OWNED: Final = "SELECT run_id FROM ckflow_runs WHERE run_id IN (SELECT value FROM json_each(?1)) AND owner = ?2"
+_RENEW: Final = (
+    "UPDATE ckflow_runs SET lease_expires = ?3 WHERE run_id IN (SELECT value FROM json_each(?1)) AND owner = ?2"
+)
+_CLAIM: Final = "UPDATE ckflow_runs SET owner = ?2, lease_expires = ?3 WHERE run_id = ?1"
+_RELEASE: Final = "UPDATE ckflow_runs SET owner = NULL, lease_expires = NULL WHERE run_id = ?1 AND owner = ?2"
+_RUN_EXISTS: Final = "SELECT 1 FROM ckflow_runs WHERE run_id = ?1"
+_DELETE: Final = tuple(
+    f"DELETE FROM ckflow_{table} WHERE run_id IN (SELECT value FROM json_each(?1))" for table in (*_sql.TABLES, "runs")
+)
+
+
+def names(values: Sequence[str]) -> str:
+    """A list bound as one parameter, read back by ``json_each``."""
+    return json.dumps(list(values))
+
+
+def states_test(n: int) -> str:
+    return f"state IN (SELECT value FROM json_each(${n}))"
+
+
+# -- what each call runs ---------------------------------------------------------------------
+
+
+def create_run(cur: sqlite3.Cursor, row: tuple[Any, ...]) -> bool:
+    return cur.execute(_INSERT_RUN, row).rowcount == 1
+
+
+def get_run(conn: sqlite3.Connection, run_id: str) -> Any:
+    return conn.execute(_SELECT_RUN, (run_id,)).fetchone()
+
+
+def fetch_all(conn: sqlite3.Connection, arg: tuple[str, Sequence[Any]]) -> list[Any]:
+    return conn.execute(arg[0], arg[1]).fetchall()
+
+
+def load(conn: sqlite3.Connection, run_id: str) -> tuple[Any, ...] | None:
+    run = conn.execute(_SELECT_RUN, (run_id,)).fetchone()
+    if run is None:
+        return None
+    key = (run_id,)
+    return (
+        run,
+        conn.execute(TASKS, key).fetchall(),
+        conn.execute(_SELECT_LATEST_CHECKPOINTS, key).fetchall(),
+        conn.execute(_REGIONS, key).fetchall(),
+        conn.execute(_SELECT_FAILURES, key).fetchall(),
+    )
+
+
+def apply(cur: sqlite3.Cursor, arg: tuple[_sql.Writes, str]) -> None:
+    """One batch, in the transaction (or savepoint) its group gave it.
+
+    The run's row comes first, fenced by its owner: a lost lease writes nothing.
+    """
+    w, where = arg
+    # SQLite rewrites the entries of every index whose columns are SET, changed or not; most writes keep
+    # the run's state and creation time, and then skip the two pages of the runs' indexes (and the fence's
+    # SELECT: the UPDATE finds the run, its owner, state and creation time as the batch has them).
+    if cur.execute(_UPDATE_RUN_SAME_KEYS, w.run).rowcount != 1:
+        fence = cur.execute(_FENCE, (w.run_id,)).fetchone()
+        if fence is None:
+            raise RunNotFoundError(w.run_id, where)
+        if fence[0] != w.owner:
+            raise LeaseLostError(w.run_id, w.owner)
+        cur.execute(_UPDATE_RUN, w.run)
+    if w.tasks:
+        cur.executemany(_UPSERT_TASK, w.tasks)
+    if w.checkpoints:
+        cur.executemany(_UPSERT_CHECKPOINT, w.checkpoints)
+    if w.regions:
+        cur.executemany(_UPSERT_REGION, w.regions)
+    if w.drop_regions:
+        cur.executemany(_DELETE_REGION, w.drop_regions)
+    if w.events:
+        cur.executemany(_UPSERT_EVENT, w.events)
+    if w.retain_checkpoints:
+        cur.executemany(_RETAIN_CHECKPOINTS, w.retain_checkpoints)
+        cur.executemany(_RETAIN_EVENTS, w.retain_events)
+    if w.requests:
+        cur.executemany(_UPSERT_REQUEST, w.requests)
+
+
+def claim(cur: sqlite3.Cursor, arg: tuple[str, str, float]) -> tuple[bool, Any] | None:
+    run_id, owner, ttl = arg
+    row = cur.execute(_SELECT_RUN, (run_id,)).fetchone()
+    if row is None:
+        return None
+    now = time.time()
+    holder, expires = row[4], row[5]
+    if holder is not None and holder != owner and (expires or 0.0) > now:
+        return False, row
+    cur.execute(_CLAIM, (run_id, owner, now + ttl))
+    return True, (*row[:4], owner, now + ttl, *row[6:])
+
+
+def renew(cur: sqlite3.Cursor, arg: tuple[list[str], str, float]) -> tuple[set[str], list[Any]]:
+    run_ids, owner, ttl = arg
+    ids = names(run_ids)
+    owned = {row[0] for row in cur.execute(_OWNED, (ids, owner))}
+    if not owned:
+        return owned, []
+    cur.execute(_RENEW, (ids, owner, time.time() + ttl))
+    return owned, cur.execute(_PENDING, (names(sorted(owned)),)).fetchall()
+
+
+def release(cur: sqlite3.Cursor, arg: tuple[str, str]) -> None:
+    cur.execute(_RELEASE, arg)
+
+
+def request(cur: sqlite3.Cursor, row: tuple[Any, ...]) -> bool:
+    if cur.execute(_RUN_EXISTS, (row[1],)).fetchone() is None:
+        return False
+    cur.execute(_UPSERT_REQUEST, row)
+    return True
+
+
+def row_counts(conn: sqlite3.Connection, run_id: str) -> Any:
+    return conn.execute(_ROW_COUNTS, (run_id,)).fetchone()
+
+
+def _delete_runs(conn: sqlite3.Connection, ids: str) -> int:
+    deleted = 0
+    for statement in _DELETE:
+        deleted = conn.execute(statement, (ids,)).rowcount
+    return deleted  # the last statement deletes the runs themselves
+
+
+def delete_chunk(conn: sqlite3.Connection, ids: str) -> int:
+    """In the thread: one chunk of ``delete_runs`` in a transaction of its own."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        deleted = _delete_runs(conn, ids)
+        conn.execute("COMMIT")
+    except BaseException:
+        rollback(conn)
+        raise
+    return deleted
