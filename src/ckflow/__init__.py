@@ -7,8 +7,8 @@ Layering (each layer imports only the ones above it):
     _compile, _region                         flow tree -> execution graph; the walker's pure decisions
     _events, _context, _models, _mermaid      records and renderings at the engine's edges
     _records, _codec, stores                  what a store keeps, values as JSON, the stores themselves
-    _coro, _passes, _control, _runtime        running: stepping coroutines, checkpoint passes and Periodic,
-                                              control requests, the scheduler and revert walker
+    _coro, _passes, _walker, _control,        running: stepping coroutines, checkpoint passes and Periodic,
+    _runtime                                  the revert walker, control requests, the scheduler
     _journal, _resume                         writing a run to its store, rebuilding it from there
     _run, _registry, _engine                  handles, flows by name, the engine
     _cli*, _demo                              the command line (an application of the above)

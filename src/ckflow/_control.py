@@ -15,9 +15,11 @@ from ckflow._compile import ROOT
 from ckflow._errors import RunStateError, UnknownCheckpointError
 from ckflow._region import Action, scope_members
 from ckflow._states import FlowState, TaskState
+from ckflow._walker import open_region, record_region, reset_region
 
 if TYPE_CHECKING:
-    from ckflow._runtime import Region, RunCore
+    from ckflow._runtime import RunCore
+    from ckflow._walker import Region
 
 __all__ = [
     "reach_barrier",
@@ -48,8 +50,8 @@ def request_cancel(core: RunCore, *, spawn: bool = True) -> None:
     for region in list(core.regions):
         if region.parked:
             region.parked = False
-            core._record_region(region)
-    core._open_region(ROOT, set(range(core.total)), Action.END, None, None)
+            record_region(core, region)
+    open_region(core, ROOT, set(range(core.total)), Action.END, None, None)
     if spawn:
         core._kick()
     core._maybe_finish()
@@ -88,10 +90,10 @@ def request_revert_to(core: RunCore, name: str, *, retry: bool) -> Region:
     core.halted = not retry
     for region in [r for r in core.regions if r.parked]:
         region.parked = False
-        core._record_region(region)
+        record_region(core, region)
     members = set(scope_members(core.graph, scope))
     # With nothing of the scope left to undo, the region is done at once: retried afresh, or parked.
-    region = core._open_region(scope, members, Action.SUSPEND, None, None, auto_resume=retry)
+    region = open_region(core, scope, members, Action.SUSPEND, None, None, auto_resume=retry)
     core._kick()
     core._maybe_finish()
     return region
@@ -152,7 +154,7 @@ def request_resume(core: RunCore) -> None:
         if core.stop_on_suspend:
             core.settled = anyio.Event()
     for region in [r for r in core.regions if r.parked]:
-        core._reset_region(region, fresh=True)
+        reset_region(core, region, fresh=True)
     for n in range(core.total):
         if core.state[n] is PENDING and core.waiting[n] == 0:
             core._make_ready(n)

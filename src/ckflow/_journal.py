@@ -46,7 +46,8 @@ from ckflow._states import TaskState
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ckflow._runtime import Region, RunCore
+    from ckflow._runtime import RunCore
+    from ckflow._walker import Region
     from ckflow.stores import Store
 
 __all__ = ["Journal"]

@@ -28,9 +28,9 @@ from ckflow._compile import JOIN, LOOP, ROOT, TASK
 from ckflow._errors import FlowDefinitionError, StoreError
 from ckflow._models import RegionReport
 from ckflow._region import Action
-from ckflow._runtime import Region
 from ckflow._states import FlowState, TaskState
 from ckflow._task import Task
+from ckflow._walker import Region, arm_region
 
 if TYPE_CHECKING:
     from ckflow._records import CheckpointRecord, RegionRecord, StoredRun, TaskRecord
@@ -289,4 +289,4 @@ def _load_region(core: RunCore, record: RegionRecord) -> None:
         core.halted = True
         region.settled.set()
         return
-    core._arm_region(region)
+    arm_region(core, region)

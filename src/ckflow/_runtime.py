@@ -1,4 +1,4 @@
-"""One run of a compiled flow: the scheduler and the revert walker.
+"""One run of a compiled flow: its state, and the scheduler that runs it.
 
 How tasks run without an anyio task each
 -----------------------------------------
@@ -7,18 +7,13 @@ after the other. It drives a task's coroutine by hand inside the task's own
 cancel scope: the first ``coro.send(None)`` runs the task up to its first real
 await. A task that finishes without suspending (most small tasks) costs no
 task spawn and no trip through the event loop. A task that suspends is awaited
-by the same worker through ``_resume``, and at that moment, if more jobs are
+by the same worker through ``_coro.resume``, and at that moment, if more jobs are
 ready, helper workers are spawned so that every ready task starts at once.
 
-The revert walker
------------------
-``_region.decide`` picks the checkpoint and region when a failure arrives
-(pure code). ``_open_region`` cancels the running members, then reverts every
-member that started in reverse topological order by counting, for each
-member, the successors in the region whose revert is still outstanding (the
-forward scheduler's predecessor count, mirrored). When the count of
-outstanding members reaches zero the region is retried, parked or, at the
-root, the run ends REVERTED. Nothing outside the region is touched.
+A worker's revert jobs, and everything a failure sets off, belong to the
+revert walker (``_walker``); external control is in ``_control``, checkpoint
+passes and Periodic iterations in ``_passes``, and what a durable run writes
+in ``_journal``. Those are functions over this module's ``RunCore``.
 """
 
 from __future__ import annotations
@@ -39,17 +34,15 @@ from ckflow._compile import LOOP, ROOT, TASK, ExecutionGraph, Node
 from ckflow._context import CURRENT, TaskContext
 from ckflow._control import reach_barrier, request_cancel
 from ckflow._coro import resume
-from ckflow._errors import CkflowInternalError, ResultNotSerializableError, RunStateError
+from ckflow._errors import ResultNotSerializableError, RunStateError
 from ckflow._events import DEBUG, ERROR, INFO, WARNING, Event, EventHub
 from ckflow._failure import Failure, FailureKind
 from ckflow._models import RegionReport, RunResult, TaskSummary, _LazyTasks
-from ckflow._passes import iteration_done, new_pass, record_pass, scopes_progress, sleep
-from ckflow._records import RegionRecord, construct
-from ckflow._region import Action, decide
+from ckflow._passes import iteration_done, record_pass, scopes_progress, sleep
 from ckflow._states import TASK_TRANSITIONS, FlowState, TaskState, check_flow_transition, check_task_transition
+from ckflow._walker import Region, member_settled, on_failure, queue_revert, record_region, revert
 
 if TYPE_CHECKING:
-    from ckflow._checkpoint import Checkpoint
     from ckflow._journal import Journal
 
 __all__ = ["RunCore", "thread_limiter"]
@@ -62,15 +55,9 @@ REVERTING: Final = TaskState.REVERTING
 REVERTED: Final = TaskState.REVERTED
 REVERT_FAILURE: Final = TaskState.REVERT_FAILURE
 
-#: states of a node whose revert is still owed once it is in a region
-_OUTSTANDING: Final = frozenset({RUNNING, SUCCESS, FAILURE, REVERTING})
-#: states from which a revert can start
-_REVERTIBLE: Final = frozenset({SUCCESS, FAILURE})
 _TERMINAL: Final = frozenset({FlowState.SUCCESS, FlowState.REVERTED, FlowState.FAILURE})
 #: a worker that ran this many jobs without suspending lets the event loop breathe
 _FAIRNESS_STEPS: Final = 128
-#: how much more severe one action is than another, when regions merge
-_SEVERITY: Final = {Action.RETRY: 0, Action.SUSPEND: 1, Action.END: 2}
 
 _THREADS: RunVar[anyio.CapacityLimiter] = RunVar("ckflow_threads")
 
@@ -83,53 +70,6 @@ def thread_limiter() -> anyio.CapacityLimiter:
         limiter = anyio.CapacityLimiter(40)
         _THREADS.set(limiter)
         return limiter
-
-
-class Region:
-    """A set of nodes being undone together, and what happens once they are."""
-
-    __slots__ = (
-        "action",
-        "auto_resume",
-        "backoff",
-        "depth",
-        "failures",
-        "gen",
-        "held",
-        "id",
-        "members",
-        "outstanding",
-        "parked",
-        "report",
-        "rev_wait",
-        "scope",
-        "settled",
-    )
-
-    def __init__(
-        self, id: int, scope: int, depth: int, action: Action, members: set[int], report: RegionReport
-    ) -> None:
-        self.id = id
-        self.scope = scope
-        self.depth = depth
-        self.action = action
-        self.members = members
-        self.report = report
-        #: member -> successors in the region whose revert is still outstanding
-        self.rev_wait: dict[int, int] = {}
-        #: members whose revert is owed and not yet done
-        self.outstanding = 0
-        self.failures: list[Failure] = []
-        self.backoff: anyio.CancelScope | None = None
-        self.parked = False
-        #: revert_to(..., retry=True): start the scope afresh instead of parking
-        self.auto_resume = False
-        #: set once every member that ran has been reverted
-        self.settled = anyio.Event()
-        #: durable runs: the journal generation that records the region (0 once it is committed); its
-        #: reverts are held in ``held`` until then
-        self.gen = 0
-        self.held: list[int] = []
 
 
 class RunCore:
@@ -402,7 +342,7 @@ class RunCore:
         queued = self.queued
         while True:
             if revert_ready:
-                await self._revert(revert_ready.popleft())
+                await revert(self, revert_ready.popleft())
             else:
                 n = -1
                 if not (self.halted or self.stopped is not None or (self.limit and self.executing >= self.limit)):
@@ -584,7 +524,7 @@ class RunCore:
         region = self.region_of[n]
         if region is not None:
             # A shielded member finished while its region reverts: now revert it too.
-            self._member_settled(region, n)
+            member_settled(self, region, n)
             self._maybe_finish()
             return
         if journal is not None:
@@ -628,7 +568,7 @@ class RunCore:
                 region.gen = 0
                 if region in self.regions:
                     for m in region.held:
-                        self._queue_revert(m)
+                        queue_revert(self, m)
                 region.held.clear()
         for callback in after:
             callback()
@@ -647,10 +587,10 @@ class RunCore:
         if region is not None:
             # A failure inside a region that is already reverting joins that region.
             region.failures.append(failure)
-            self._record_region(region)
-            self._member_settled(region, n)
+            record_region(self, region)
+            member_settled(self, region, n)
         elif not self.failure_mode and self.stopped is None:
-            self._on_failure(n, exc, failure, failed_at)
+            on_failure(self, n, exc, failure, failed_at)
         self._maybe_finish()
 
     def _cancelled(self, n: int, why: str) -> None:
@@ -661,383 +601,8 @@ class RunCore:
         self.ended[n] = time.monotonic()
         region = self.region_of[n]
         if region is not None:
-            self._member_settled(region, n)
+            member_settled(self, region, n)
         self._maybe_finish()
-
-    # -- the revert walker -----------------------------------------------------
-
-    def _on_failure(self, n: int, exc: BaseException, failure: Failure, failed_at: float) -> None:
-        decision = decide(self.graph, n, exc, self._attempt_under, self._timed_out)
-        scopes = self.graph.scopes
-        for s in decision.exhausted:
-            self._walker_event(
-                "ckflow.walker.exhausted",
-                WARNING,
-                task=self.nodes[n].name,
-                checkpoint=scopes[s].name,
-                detail={"on_exhausted": _on_exhausted(scopes[s].checkpoint)},
-            )
-        self._open_region(decision.scope, decision.members, decision.action, n, failure, failed_at)
-
-    def _open_region(
-        self,
-        scope: int,
-        members: set[int],
-        action: Action,
-        cause: int | None,
-        failure: Failure | None,
-        failed_at: float | None = None,
-        *,
-        auto_resume: bool = False,
-    ) -> Region:
-        """Undo ``members`` under checkpoint ``scope``, merging with the regions they overlap.
-
-        ``auto_resume`` (``revert_to(..., retry=True)``): once reverted, the scope starts afresh.
-        """
-        now = time.monotonic() if failed_at is None else failed_at
-        scopes = self.graph.scopes
-        depth = scopes[scope].depth
-        old: dict[int, Region] = {}
-        region_of = self.region_of
-        for m in members:
-            r = region_of[m]
-            if r is not None:
-                old[id(r)] = r
-        failure_at = now
-        carried: list[Failure] = []
-        journal = self.journal
-        for r in old.values():
-            # Overlapping regions merge under the outermost checkpoint involved.
-            members |= r.members
-            if r.depth < depth or (r.depth == depth and _SEVERITY[r.action] > _SEVERITY[action]):
-                scope, depth, action = r.scope, r.depth, r.action
-            if r.backoff is not None:
-                r.backoff.cancel()
-            carried.extend(r.failures)
-            failure_at = min(failure_at, r.report.failure_at)
-            self.regions.discard(r)
-            r.report.action = f"merged into {scopes[scope].name}"
-            if journal is not None:
-                journal.regions.pop(r.id, None)
-                journal.drop_regions.append(r.id)
-        nodes = self.nodes
-        report = RegionReport(
-            checkpoint=scopes[scope].name,
-            action=action.value,
-            cause=None if cause is None else nodes[cause].name,
-            members=sorted(nodes[m].name for m in members if nodes[m].kind == TASK),
-            failure_at=failure_at,
-        )
-        self.reports.append(report)
-        self.region_ids += 1
-        region = Region(self.region_ids, scope, depth, action, members, report)
-        region.failures = carried
-        region.auto_resume = auto_resume
-        if failure is not None:
-            region.failures.append(failure)
-        self.regions.add(region)
-        if scope == ROOT:
-            self.root_region = region
-        for m in members:
-            region_of[m] = region
-        self._walker_event(
-            "ckflow.walker.region",
-            task=report.cause,
-            checkpoint=report.checkpoint,
-            detail={"action": action.value, "members": report.members},
-        )
-        if journal is not None:
-            # The decision is stored before any revert starts (see _journal).
-            self._record_region(region)
-            region.gen = journal.gen
-            journal.hold_region(region)
-        self._arm_region(region)
-        return region
-
-    def _record_region(self, region: Region) -> None:
-        """Put the region's current record in the journal (after it opens, and whenever it changes)."""
-        journal = self.journal
-        if journal is None:
-            return
-        report = region.report
-        journal.regions[region.id] = construct(
-            RegionRecord,
-            run_id=self.run_id,
-            region_id=region.id,
-            checkpoint=report.checkpoint,
-            action=region.action.value,
-            members=report.members,
-            cause=report.cause,
-            failures=list(region.failures),
-            auto_resume=region.auto_resume,
-            parked=region.parked,
-        )
-
-    def _arm_region(self, region: Region) -> None:
-        """Cancel the region's running members and start the reverts that wait for nothing."""
-        members = region.members
-        nodes = self.nodes
-        state = self.state
-        for m in members:
-            if state[m] is RUNNING and not nodes[m].shield and m not in self.cancel_requested:
-                exec_scope = self.exec_scopes.get(m)
-                if exec_scope is not None:
-                    self.cancel_requested.add(m)
-                    exec_scope.cancel()
-                    self._walker_event("ckflow.walker.cancel", task=nodes[m].name, checkpoint=region.report.checkpoint)
-        rev_wait = region.rev_wait
-        outstanding = 0
-        for m in members:
-            st = state[m]
-            if st in _OUTSTANDING:
-                outstanding += 1
-                if st is not REVERTING:
-                    rev_wait[m] = sum(1 for s in nodes[m].succs if s in members and state[s] in _OUTSTANDING)
-        region.outstanding = outstanding
-        for m in [m for m, w in rev_wait.items() if w == 0 and state[m] in _REVERTIBLE]:
-            self._schedule_revert(region, m)
-        if region.outstanding == 0:
-            self._region_done(region)
-
-    def _member_settled(self, region: Region, n: int) -> None:
-        """A running member of ``region`` stopped executing: its revert may start now."""
-        if region.rev_wait.get(n) == 0:
-            self._schedule_revert(region, n)
-
-    def _schedule_revert(self, region: Region, n: int) -> None:
-        if self.failure_mode or self.stopped is not None:
-            return
-        node = self.nodes[n]
-        if node.kind == TASK:
-            if region.gen:
-                region.held.append(n)  # the region's record is not in the store yet
-            else:
-                self._queue_revert(n)
-            return
-        # Undoing a join (or a Periodic's gate) is instant.
-        self.state[n] = REVERTED
-        self.n_success -= 1
-        if node.kind == LOOP and node.chain and self.journal is not None:
-            for s in node.chain:
-                self.remaining[s] += 1
-        self._revert_finished(region, n)
-
-    def _queue_revert(self, n: int) -> None:
-        if not self.revert_queued[n] and not self.failure_mode and self.stopped is None:
-            self.revert_queued[n] = 1
-            self.revert_ready.append(n)
-
-    async def _revert(self, n: int) -> None:
-        self.revert_queued[n] = 0
-        region = self.region_of[n]
-        if region is None or self.state[n] not in _REVERTIBLE:
-            raise CkflowInternalError(f"revert of {self.nodes[n].name!r} scheduled outside a region")
-        node = self.nodes[n]
-        task = node.task
-        assert task is not None
-        if self.state[n] is SUCCESS:
-            self.n_success -= 1
-            if self.journal is not None and node.chain:
-                remaining = self.remaining
-                for s in node.chain:
-                    remaining[s] += 1
-        self._set(n, REVERTING)
-        self.reverting += 1
-        t0 = self.rev_started[n] = time.monotonic()
-        if region.report.first_revert_at is None:
-            region.report.first_revert_at = t0
-        params = task._sig.revert_params
-        if params is None:
-            self._revert_returned(region, n, None)
-            return
-        given = self.kwargs[n] or {}
-        kw = {p: given[p] for p in params if p in given}
-        if "result" in params:
-            kw["result"] = self.results[n]
-        token = CURRENT.set((self, n))
-        error: Exception | None = None
-        try:
-            # Reverts always finish: they are shielded from the cancellation of the run. The scope is
-            # entered before the first step so that scopes the revert opens nest inside it.
-            with anyio.CancelScope(shield=True):
-                try:
-                    coro = self._start_call(task._call_revert, kw, task._sig.revert_is_async)
-                    try:
-                        yielded = coro.send(None)
-                    except StopIteration:
-                        pass
-                    else:
-                        self._spawn_helpers()
-                        await resume(coro, yielded)
-                except Exception as exc:
-                    error = exc
-        finally:
-            CURRENT.reset(token)
-        self._revert_returned(region, n, error)
-
-    def _revert_returned(self, region: Region, n: int, error: Exception | None) -> None:
-        self.reverting -= 1
-        self.rev_ended[n] = time.monotonic()
-        region = self.region_of[n] or region  # it may have merged into a wider region meanwhile
-        if error is not None:
-            failure = Failure.from_exception(self.nodes[n].name, "revert", error, self._attempt(n))
-            self.failures.append(failure)
-            self.results[n] = failure
-            self._set(n, REVERT_FAILURE)
-            region.outstanding -= 1
-            self._enter_failure_mode()
-            self._maybe_finish()
-            return
-        self._set(n, REVERTED)
-        self._revert_finished(region, n)
-        self._maybe_finish()
-
-    def _revert_finished(self, region: Region, n: int) -> None:
-        region.outstanding -= 1
-        rev_wait = region.rev_wait
-        state = self.state
-        for p in self.nodes[n].preds:
-            w = rev_wait.get(p)
-            if w is not None:
-                w -= 1
-                rev_wait[p] = w
-                if w == 0 and state[p] in _REVERTIBLE:
-                    self._schedule_revert(region, p)
-        if region.outstanding == 0:
-            self._region_done(region)
-
-    def _region_done(self, region: Region) -> None:
-        """Every member of ``region`` that ran has been reverted: retry, park or end."""
-        if region not in self.regions:
-            return  # merged away meanwhile
-        report = region.report
-        report.reverts_done_at = time.monotonic() if report.first_revert_at is not None else None
-        region.settled.set()
-        if self.failure_mode or region.action is Action.END:
-            return
-        scope = self.graph.scopes[region.scope]
-        if region.auto_resume:
-            self._reset_region(region, fresh=True)
-            return
-        if region.action is Action.SUSPEND:
-            region.parked = True
-            self.halted = True
-            self._record_region(region)
-            self._walker_event("ckflow.walker.parked", checkpoint=scope.name)
-            return
-        checkpoint = scope.checkpoint
-        assert checkpoint is not None
-        tasks = [m for m in region.members if self.nodes[m].kind == TASK and self.state[m] is REVERTED]
-        retry_number = max((self._attempt_under(m, region.scope) for m in tasks), default=1)
-        delay = checkpoint.retry.delay_for(retry_number)
-        self._walker_event(
-            "ckflow.walker.retry",
-            checkpoint=scope.name,
-            attempt=retry_number + 1,
-            detail={"delay": delay, "members": report.members},
-        )
-        if delay <= 0 or self.tg is None:
-            self._reset_region(region, fresh=False)
-            return
-        region.backoff = anyio.CancelScope()
-        self.tg.start_soon(self._backoff, region, delay)
-
-    async def _backoff(self, region: Region, delay: float) -> None:
-        scope = region.backoff
-        assert scope is not None
-        with scope:
-            await anyio.sleep(delay)
-        if scope.cancel_called or region not in self.regions:
-            return  # the run was cancelled, or the region merged into a wider one
-        self._reset_region(region, fresh=False)
-        await self._worker()
-
-    def _reset_region(self, region: Region, *, fresh: bool) -> None:
-        """Hand ``region`` back to the scheduler: its members are PENDING again.
-
-        ``fresh`` starts a new activation of the checkpoint (an operator resumed a
-        parked run): its budget starts over instead of counting this retry.
-        """
-        self.regions.discard(region)
-        scope = region.scope
-        nodes, state, region_of = self.nodes, self.state, self.region_of
-        members = region.members
-        journal = self.journal
-        if journal is not None:
-            journal.regions.pop(region.id, None)
-            journal.drop_regions.append(region.id)
-        chain_cache: dict[int, list[int]] = {}
-        for m in members:
-            region_of[m] = None
-            node = nodes[m]
-            if node.kind != TASK:
-                if state[m] is REVERTED:
-                    state[m] = PENDING
-                continue
-            ran = state[m] is REVERTED
-            if ran:
-                self.results[m] = None
-                self.encoded[m] = None
-                self._set(m, PENDING)
-                self.kwargs[m] = None
-                self.retry_watch[m] = region.report
-            elif journal is not None:
-                journal.touch(m)  # its retries change below
-            # Nested checkpoints start a new activation whenever an enclosing scope retries.
-            chain = chain_cache.get(node.scope)
-            if chain is None:
-                chain = chain_cache[node.scope] = self.graph.scope_chain(m)
-            for s in chain:
-                if s == scope:
-                    break
-                self.retries.pop((m, s), None)
-            if fresh:
-                self.retries.pop((m, scope), None)
-            elif ran:
-                self.retries[(m, scope)] = self.retries.get((m, scope), 0) + 1
-        for inner in {s for chain in chain_cache.values() for s in chain[: chain.index(scope)]}:
-            self.history.pop(inner, None)
-            self.first_failure.pop(inner, None)
-            if inner in self.iteration:
-                # A Periodic inside starts afresh too: from its first iteration, without waiting.
-                self.iteration[inner] = 1
-                sleeper = self.sleepers.pop(inner, None)
-                if sleeper is not None:
-                    sleeper.cancel()
-            new_pass(self, inner)
-        if fresh:
-            self.history.pop(scope, None)
-            self.first_failure.pop(scope, None)
-            if scope != ROOT:
-                new_pass(self, scope)
-        else:
-            self.history.setdefault(scope, []).extend(region.failures)
-            if journal is not None:
-                record_pass(self, scope)
-        waiting, hold_gen = self.waiting, self.hold_gen
-        touched = set(members)
-        for m in members:
-            touched.update(nodes[m].succs)
-        for m in touched:
-            # A predecessor whose success is not yet in the store still counts as unfinished.
-            waiting[m] = sum(1 for p in nodes[m].preds if state[p] is not SUCCESS or hold_gen[p])
-        for m in sorted(members):
-            if waiting[m] == 0 and state[m] is PENDING:
-                self._make_ready(m)
-
-    def _enter_failure_mode(self) -> None:
-        """A revert raised: the run can neither go on nor go back. Stop what executes; start nothing."""
-        if self.failure_mode:
-            return
-        self.failure_mode = True
-        for n in self.revert_ready:
-            self.revert_queued[n] = 0
-        self.revert_ready.clear()
-        for n, scope in self.exec_scopes.items():
-            if not self.nodes[n].shield and n not in self.cancel_requested:
-                self.cancel_requested.add(n)
-                scope.cancel()
-        self._cancel_waits()
 
     def _cancel_waits(self) -> None:
         """Cancel every backoff and every wait for a Periodic's next iteration."""
@@ -1199,10 +764,6 @@ class RunCore:
         if self.flow_state in _TERMINAL:
             self._result = result
         return result
-
-
-def _on_exhausted(checkpoint: Checkpoint | None) -> str:
-    return "end" if checkpoint is None else checkpoint.on_exhausted
 
 
 def _unpack(task: str, provides: tuple[str, ...], value: Any) -> dict[str, Any]:
