@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import datetime
+from typing import TYPE_CHECKING
 
 import pytest
 
 import ckflow
 from ckflow import Checkpoint, Engine, FlowState, Linear, Periodic, Retry, task
-from ckflow.stores import MemoryStore, Store
+from ckflow.stores import MemoryStore, Store, open_store
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 ITERATIONS = 10_000
 SAMPLES = (1_000, 5_000, ITERATIONS)
@@ -49,9 +53,11 @@ def sampling_job(store: Store, counts: dict[int, dict[str, int]], *, fail_until:
 class TestBoundedStorage:
     """However long a Periodic runs, its rows and its memory stay the same size."""
 
-    async def test_ten_thousand_iterations_keep_row_counts_constant(self) -> None:
+    @pytest.mark.parametrize("kind", ["memory", "sqlite"])
+    async def test_ten_thousand_iterations_keep_row_counts_constant(self, kind: str, tmp_path: Path) -> None:
         """After warm-up the run holds as many task, checkpoint and event rows at 10,000 iterations as at 1,000."""
-        store = MemoryStore()
+        store: Store = MemoryStore() if kind == "memory" else open_store(f"sqlite:///{tmp_path}/long.db")
+        await store.open()
         counts: dict[int, dict[str, int]] = {}
         async with Engine(store=store) as engine:
             run = await engine.start(sampling_job(store, counts, fail_until=50), run_id="long")
@@ -63,6 +69,7 @@ class TestBoundedStorage:
         # The failures of the first 50 iterations were compacted away with their passes, in memory too.
         assert result.failures == []
         assert (await store.row_counts("long"))["events"] < 100
+        await store.close()
 
     async def test_keep_last_keeps_that_many_passes(self) -> None:
         """keep_last=N keeps the records of the last N passes, oldest first."""
