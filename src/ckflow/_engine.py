@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 import anyio
 import structlog
 
+from ckflow._checkpoint import _is_positive_int
 from ckflow._codec import decode_object, encode, input_adapter, result_adapter
 from ckflow._control import request_cancel
 from ckflow._errors import (
@@ -68,10 +69,6 @@ _TERMINAL: Final = frozenset({FlowState.SUCCESS, FlowState.REVERTED, FlowState.F
 #: how many ended durable runs an engine keeps handles of (the store keeps them all)
 _ENDED_KEPT: Final = 1000
 _log = structlog.get_logger("ckflow")
-
-
-def _is_positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _positive(owner: str, name: str, value: float) -> float:
@@ -413,20 +410,11 @@ class Engine:
         if local is not None:
             await local.resume()
             return local
-        store = self._store_or_fail()
-        record = await store.get_run(run_id)
+        record = await self._store_or_fail().get_run(run_id)
         if record.state in _TERMINAL:
             return Run(_Stored(self, record, flow))
-        # Ownership first: a run that a live engine holds is RunOwnedError, whether or not its flow is known here.
-        record = await store.claim(run_id, self._id, self._lease_ttl)
-        try:
-            flow_obj = self._flow_for(record, flow, required=True)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await store.release(run_id, self._id)
-            raise
-        assert flow_obj is not None
-        handle = await self._adopt(record, flow_obj, max_concurrency, on_event)
+        handle = await self._take_over(record, flow, "resume", max_concurrency, on_event)
+        assert handle is not None  # only a suspend is done without taking the run over
         if handle.state is FlowState.SUSPENDED:
             await handle.resume()
         return handle
@@ -498,8 +486,18 @@ class Engine:
                 record.run_id, record.flow, checkpoint, sorted(s.name for s in graph.scopes[1:])
             )
 
-    async def _take_over(self, record: RunRecord, flow: Flow | None, op: ControlOp) -> Run | None:
+    async def _take_over(
+        self,
+        record: RunRecord,
+        flow: Flow | None,
+        op: ControlOp,
+        max_concurrency: int | None = None,
+        on_event: Callable[[Event], object] | None = None,
+    ) -> Run | None:
         """Claim a run that no live engine owns and run it here; a suspend needs no flow and runs nothing.
+
+        Ownership comes first: a run that a live engine holds is RunOwnedError, whether or not its flow is
+        known here.
 
         Raises:
             RunOwnedError: a live engine owns the run.
@@ -520,7 +518,7 @@ class Engine:
                 with anyio.CancelScope(shield=True):
                     await store.release(claimed.run_id, self._id)
             return None
-        return await self._adopt(claimed, found, None, None)
+        return await self._adopt(claimed, found, max_concurrency, on_event)
 
     async def _suspend_in_store(self, record: RunRecord) -> None:
         """Suspend a run that nobody runs, in its store alone: nothing of it starts until it is resumed."""

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from ckflow._runtime import RunCore
 
 __all__ = [
+    "fresh_activation",
     "iteration_done",
     "loop_again",
     "nested_scopes",
@@ -48,6 +49,21 @@ def nested_scopes(core: RunCore, scope: int) -> list[int]:
     for s in found:
         found.extend(core.graph.scopes[s].children)
     return found
+
+
+def fresh_activation(core: RunCore, scope: int, next_at: float | None = None) -> None:
+    """``scope`` starts afresh: a new pass without retry history, and a Periodic from its first iteration.
+
+    What an enclosing retry does to the scopes inside, and what a Periodic's next iteration does to its own.
+    """
+    core.history.pop(scope, None)
+    core.first_failure.pop(scope, None)
+    if scope in core.iteration:
+        core.iteration[scope] = 1
+        sleeper = core.sleepers.pop(scope, None)
+        if sleeper is not None:
+            sleeper.cancel()
+    new_pass(core, scope, next_at)
 
 
 def new_pass(core: RunCore, scope: int, next_at: float | None = None) -> None:
@@ -196,16 +212,10 @@ def loop_again(core: RunCore, scope: int) -> None:
     started = core.pass_start[scope]
     delay = max(0.0, started + info.every - time.monotonic())
     wall0 = time.time() - time.monotonic()
+    iteration = core.iteration[scope]
     for s in nested_scopes(core, scope):
-        core.history.pop(s, None)
-        core.first_failure.pop(s, None)
-        if s != scope and s in core.iteration:
-            core.iteration[s] = 1
-            sleeper = core.sleepers.pop(s, None)
-            if sleeper is not None:
-                sleeper.cancel()
-        new_pass(core, s, next_at=started + info.every + wall0 if s == scope else None)
-    core.iteration[scope] += 1
+        fresh_activation(core, s, next_at=started + info.every + wall0 if s == scope else None)
+    core.iteration[scope] = iteration + 1
     waiting, hold_gen = core.waiting, core.hold_gen
     for m in (*info.members, info.gate):
         waiting[m] = sum(1 for p in nodes[m].preds if state[p] is not SUCCESS or hold_gen[p])

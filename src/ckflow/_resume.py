@@ -85,9 +85,6 @@ def restore(core: RunCore, stored: StoredRun, passes: list[CheckpointRecord]) ->
     core.failures = list(stored.failures)
     state = core.state
     nodes = core.nodes
-    for n, node in enumerate(nodes):
-        if node.kind == TASK and state[n] in (TaskState.SUCCESS, TaskState.FAILURE):
-            core.kwargs[n] = _kwargs(core, n)
     core.n_success = sum(1 for st in state if st is TaskState.SUCCESS)
     remaining = core.remaining
     for n, node in enumerate(nodes):
@@ -163,19 +160,6 @@ def _provide(core: RunCore, n: int, value: Any) -> None:
         core.values.update({p: value[p] for p in provides if p in value})
     elif isinstance(value, list | tuple):
         core.values.update(zip(provides, value, strict=False))
-
-
-def _kwargs(core: RunCore, n: int) -> dict[str, Any]:
-    """The inputs a started task had (its revert gets them), rebuilt from the restored values."""
-    node = core.nodes[n]
-    kw: dict[str, Any] = dict(node.const_in) if node.const_in else {}
-    for param, name in node.value_in:
-        if name in core.values:
-            kw[param] = core.values[name]
-    for param, name, _required in node.input_in:
-        if name in core.inputs:
-            kw[param] = core.inputs[name]
-    return kw
 
 
 def _topological(core: RunCore) -> list[int]:

@@ -30,7 +30,7 @@ from ckflow._errors import CkflowInternalError
 from ckflow._events import WARNING
 from ckflow._failure import Failure
 from ckflow._models import RegionReport
-from ckflow._passes import new_pass, record_pass
+from ckflow._passes import fresh_activation, new_pass, record_pass
 from ckflow._records import RegionRecord, construct
 from ckflow._region import Action, decide
 from ckflow._states import TaskState
@@ -308,7 +308,11 @@ async def revert(core: RunCore, n: int) -> None:
     if params is None:
         _revert_returned(core, region, n, None)
         return
-    given = core.kwargs[n] or {}
+    given = core.kwargs[n]
+    if given is None:
+        # A task restored from the store: rebuild its inputs from the values it was given (still there, since
+        # what provided them is reverted after it).
+        given = core.kwargs[n] = core._kwargs(node)
     kw = {p: given[p] for p in params if p in given}
     if "result" in params:
         kw["result"] = core.results[n]
@@ -459,15 +463,7 @@ def reset_region(core: RunCore, region: Region, *, fresh: bool) -> None:
         elif ran:
             core.retries[(m, scope)] = core.retries.get((m, scope), 0) + 1
     for inner in {s for chain in chain_cache.values() for s in chain[: chain.index(scope)]}:
-        core.history.pop(inner, None)
-        core.first_failure.pop(inner, None)
-        if inner in core.iteration:
-            # A Periodic inside starts afresh too: from its first iteration, without waiting.
-            core.iteration[inner] = 1
-            sleeper = core.sleepers.pop(inner, None)
-            if sleeper is not None:
-                sleeper.cancel()
-        new_pass(core, inner)
+        fresh_activation(core, inner)  # a Periodic inside too: from its first iteration, without waiting
     if fresh:
         core.history.pop(scope, None)
         core.first_failure.pop(scope, None)
