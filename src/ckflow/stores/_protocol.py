@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import abc
 import importlib
-from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Final, Protocol, Self, runtime_checkable
+
+from ckflow._errors import StoreUnavailableError
 
 if TYPE_CHECKING:
     from collections.abc import Collection
@@ -21,7 +24,7 @@ if TYPE_CHECKING:
     )
     from ckflow._states import FlowState
 
-__all__ = ["SCHEMA_VERSION", "Store", "open_store"]
+__all__ = ["SCHEMA_VERSION", "Store", "StoreBase", "not_open", "open_store"]
 
 #: The version of the stores' schema that this ckflow writes. A store written by a newer ckflow is
 #: refused with ``SchemaVersionError``; an older one is migrated when it is opened.
@@ -190,6 +193,36 @@ class Store(Protocol):
     async def delete_runs(self, run_ids: Collection[str]) -> int:
         """Delete these runs and everything recorded about them; returns how many runs were deleted."""
         ...
+
+
+class StoreBase(abc.ABC):
+    """What ckflow's own stores share: ``async with store`` opens the store and closes it."""
+
+    __slots__ = ()
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect, and create or migrate the schema (see ``Store.open``)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release the connection (see ``Store.close``)."""
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+def not_open(url: str) -> StoreUnavailableError:
+    """The error of a call on a store that is not open."""
+    return StoreUnavailableError(
+        url, "the store is not open; use `async with open_store(url) as store` or `await store.open()`."
+    )
 
 
 def open_store(url: str) -> Store:

@@ -29,10 +29,10 @@ from ckflow._records import (
     StoredRun,
     TaskRecord,
 )
+from ckflow.stores._protocol import StoreBase
 
 if TYPE_CHECKING:
     from collections.abc import Collection
-    from types import TracebackType
 
     from ckflow._failure import Failure
     from ckflow._records import Batch
@@ -68,7 +68,7 @@ _SHARED: Final[dict[str, dict[str, _Run]]] = {}
 
 
 @final
-class MemoryStore:
+class MemoryStore(StoreBase):
     """A store in this process's memory (see the module docstring)."""
 
     __slots__ = ("_runs", "_url")
@@ -87,15 +87,6 @@ class MemoryStore:
 
     async def close(self) -> None:
         return None
-
-    async def __aenter__(self) -> MemoryStore:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
 
     def _run(self, run_id: str) -> _Run:
         run = self._runs.get(run_id)

@@ -36,11 +36,10 @@ from ckflow._errors import (
 )
 from ckflow._records import Renewal, StoredRun
 from ckflow.stores import _sql
-from ckflow.stores._protocol import SCHEMA_VERSION
+from ckflow.stores._protocol import SCHEMA_VERSION, StoreBase, not_open
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Collection, Sequence
-    from types import TracebackType
 
     from ckflow._events import Event
     from ckflow._records import Batch, CheckpointRecord, ControlRequest, RunRecord, TaskRecord
@@ -285,7 +284,7 @@ async def _migrate(conn: Any, url: str, schema: str) -> None:
 
 
 @final
-class PostgresStore:
+class PostgresStore(StoreBase):
     """A store in a PostgreSQL database, shared by the engines of many processes and machines.
 
     Args:
@@ -352,21 +351,10 @@ class PostgresStore:
             if pool is not None:
                 await pool.close()
 
-    async def __aenter__(self) -> PostgresStore:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
     def _open_pool(self) -> Any:
         pool = self._pool
         if pool is None:
-            raise StoreUnavailableError(
-                self._url, "the store is not open; use `async with open_store(url) as store` or `await store.open()`."
-            )
+            raise not_open(self._url)
         return pool
 
     # -- runs --------------------------------------------------------------------

@@ -66,17 +66,17 @@ import asyncio
 import weakref
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
-from ckflow._errors import RunExistsError, RunNotFoundError, RunOwnedError, StoreUnavailableError
+from ckflow._errors import RunExistsError, RunNotFoundError, RunOwnedError
 from ckflow._records import Renewal, StoredRun
 from ckflow.stores import _sql
 from ckflow.stores import _sqlite_ops as _ops
+from ckflow.stores._protocol import StoreBase, not_open
 from ckflow.stores._sqlite_commit import RAW, READ, open_session
 from ckflow.stores._sqlite_conn import parse
 
 if TYPE_CHECKING:
     import sqlite3
     from collections.abc import Callable, Collection
-    from types import TracebackType
 
     from ckflow._events import Event
     from ckflow._records import Batch, CheckpointRecord, ControlRequest, RunRecord, TaskRecord
@@ -93,7 +93,7 @@ _DELETE_CHUNK: Final = 64
 
 
 @final
-class SQLiteStore:
+class SQLiteStore(StoreBase):
     """A store in one SQLite file, shared safely by the engines of one machine.
 
     Args:
@@ -142,21 +142,10 @@ class SQLiteStore:
                 self._finalizer.detach()
             await stopped  # shielded: the thread ends even if this close() is cancelled
 
-    async def __aenter__(self) -> SQLiteStore:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
     def _open_session(self) -> Session:
         session = self._session
         if session is None:
-            raise StoreUnavailableError(
-                self._url, "the store is not open; use `async with open_store(url) as store` or `await store.open()`."
-            )
+            raise not_open(self._url)
         return session
 
     def _call(self, kind: int, fn: Callable[[sqlite3.Connection, _A], _R], arg: _A) -> asyncio.Future[_R]:
