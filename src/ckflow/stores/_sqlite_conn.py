@@ -34,6 +34,10 @@ _SYNCHRONOUS: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 #: the levels at which a commit in WAL mode does not fsync, and so may run on the loop
 _COMMIT_WITHOUT_SYNC: Final = frozenset({"OFF", "NORMAL"})
 _HEADER: Final = b"SQLite format 3\x00"
+#: the page size of a new store. A commit writes each page it changed, whole, to the WAL (a task's write
+#: changes 4 to 6), so smaller pages make each commit cheaper: 1 KiB rather than SQLite's default 4 KiB
+#: takes S5's write transaction from some 40 to 33 µs on a 2-core VM
+PAGE_SIZE: Final = 1024
 #: UPSERT needs 3.24; ``json_each`` (lists of ids) needs JSON1, built in since 3.38
 _MIN_SQLITE: Final = (3, 24, 0)
 
@@ -173,6 +177,8 @@ def connect(_: None, arg: tuple[str, str, str]) -> tuple[sqlite3.Connection, Loo
                 url, f"this SQLite ({sqlite3.sqlite_version}) was built without JSON functions, which ckflow needs."
             ) from None
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if version == 0:
+            conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # a new file only: it takes effect before its first write
         wal = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower() == "wal"
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         # Rows are tied to their run by the write fence and removed by delete_runs, not by foreign keys,
