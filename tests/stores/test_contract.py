@@ -161,6 +161,55 @@ class TestWrite:
             update={"owner": OWNER, "lease_expires": run.lease_expires}
         )
 
+    async def test_progress_of_every_batch_reads_back_from_every_reader(self, store: Store) -> None:
+        """updated_at and next_seq of each batch, progress alone or a change of state, retention included,
+        come back from get_run, list_runs, load and claim (SQLite keeps progress alone on the last event)."""
+        run = run_record(next_seq=0)
+        await store.create_run(run)
+        steps = [
+            ({}, [event("run-1", 0), event("run-1", 1)], []),
+            ({}, [event("run-1", 2), event("run-1", 3)], []),
+            # a change without events comes after the last event, which carried progress on SQLite
+            ({"halted": True}, [], []),
+            ({"halted": True}, [event("run-1", 5, checkpoint="cp"), event("run-1", 6, checkpoint="cp")], []),
+            # retention deletes the two events before, the last one of which carried progress on SQLite
+            ({"halted": True}, [event("run-1", 7)], [Retention("cp", 1, 7, ("cp",))]),
+            ({"halted": True}, [event("run-1", 8)], []),
+            ({}, [event("run-1", 9)], []),
+            ({}, [event("run-1", 10)], []),
+        ]
+        next_seq = 0
+        for i, (fields, events, retention) in enumerate(steps):
+            next_seq = events[-1].seq + 1 if events else next_seq + 1
+            written = run.model_copy(update={**fields, "updated_at": T0 + 10 + i, "next_seq": next_seq})
+            await store.write(Batch(run=written, owner=OWNER, events=events, retention=retention))
+            assert await store.get_run("run-1") == written, i
+            assert await store.list_runs() == [written], i
+            assert (await store.load("run-1")).run == written, i
+        assert [e.seq for e in await store.events("run-1")] == [0, 1, 2, 3, 7, 8, 9, 10]
+        claimed = await store.claim("run-1", OWNER, 60.0)
+        assert (claimed.updated_at, claimed.next_seq) == (T0 + 17, 11)
+
+    async def test_next_seq_is_what_the_batch_says(self, store: Store) -> None:
+        """A batch whose next_seq does not follow its last event reads back with its own next_seq."""
+        run = run_record(next_seq=0)
+        await store.create_run(run)
+        written = run.model_copy(update={"updated_at": T0 + 1, "next_seq": 1})
+        await store.write(Batch(run=written, owner=OWNER, events=[event("run-1", 0), event("run-1", 5)]))
+        assert await store.get_run("run-1") == written
+
+    async def test_a_lost_fence_keeps_the_progress(self, store: Store) -> None:
+        """A batch of progress alone, by an engine that lost the lease, leaves the run's progress as it was."""
+        run = run_record(next_seq=0)
+        await store.create_run(run)
+        mine = run.model_copy(update={"updated_at": T0 + 1, "next_seq": 1})
+        await store.write(Batch(run=mine, owner=OWNER, events=[event("run-1", 0)]))
+        stale = run.model_copy(update={"updated_at": T0 + 2, "next_seq": 2})
+        with pytest.raises(LeaseLostError):
+            await store.write(Batch(run=stale, owner=OTHER, events=[event("run-1", 1)]))
+        assert await store.get_run("run-1") == mine
+        assert [e.seq for e in await store.events("run-1")] == [0]
+
     async def test_upserts_replace_by_key(self, store: Store) -> None:
         """A task, pass or region written again replaces the record with the same key."""
         batch = await filled(store)

@@ -196,6 +196,40 @@ class TestFile:
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         conn.close()
 
+    async def test_new_file_has_small_pages_and_an_old_one_keeps_its_own(self, db: Path, tmp_path: Path) -> None:
+        """A new store's pages are 1 KiB (cheaper commits); a database made elsewhere keeps its page size."""
+        async with SQLiteStore(url_of(db)):
+            pass
+        old = tmp_path / "old.db"
+        with sqlite3.connect(old) as conn:
+            conn.execute("PRAGMA page_size = 8192")
+            conn.execute("CREATE TABLE theirs (x)")
+        conn.close()
+        async with SQLiteStore(url_of(old)):
+            pass
+        for path, size in ((db, _sqlite_conn.PAGE_SIZE), (old, 8192)):
+            with sqlite3.connect(path) as conn:
+                assert conn.execute("PRAGMA page_size").fetchone()[0] == size
+            conn.close()
+        assert _sqlite_conn.PAGE_SIZE == 1024
+
+    async def test_a_batch_of_progress_alone_leaves_the_run_row(self, db: Path) -> None:
+        """A batch that changes only updated_at and next_seq reads the run's row (the fence) without writing
+        it: the progress goes on the batch's last event, and another store on the file reads it from there."""
+        run = run_record(next_seq=0)
+        async with SQLiteStore(url_of(db)) as store:
+            await store.create_run(run)
+            moved = run.model_copy(update={"updated_at": T0 + 7, "next_seq": 2})
+            await store.write(Batch(run=moved, owner=OWNER, events=[event("run-1", 0), event("run-1", 1)]))
+        with sqlite3.connect(db) as conn:
+            row = conn.execute("SELECT updated_at, next_seq FROM ckflow_runs").fetchone()
+            carried = conn.execute("SELECT seq, run_updated_at FROM ckflow_events ORDER BY seq").fetchall()
+        conn.close()
+        assert row == (T0, 0)
+        assert carried == [(0, None), (1, T0 + 7)]
+        async with SQLiteStore(url_of(db)) as other:
+            assert await other.get_run("run-1") == moved
+
     async def test_second_store_on_the_file_sees_writes(self, db: Path) -> None:
         """Two stores on one file (two processes, say) see each other's writes and fences."""
         async with SQLiteStore(url_of(db)) as first, SQLiteStore(url_of(db)) as second:

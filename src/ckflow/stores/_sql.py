@@ -52,6 +52,7 @@ __all__ = [
     "SELECT_LATEST_CHECKPOINTS",
     "SELECT_OWNER",
     "SELECT_RUN",
+    "SQLITE_UPSERT_EVENT",
     "SQLITE_V1",
     "TABLES",
     "TASK_COLUMNS",
@@ -243,17 +244,33 @@ SQLITE_V1: Final = (
         parked INTEGER NOT NULL,
         PRIMARY KEY (run_id, region_id)
     )""",
-    # events are read by (run_id, seq) only: the primary key is the table
+    # events are read by (run_id, seq) only: the primary key is the table. ``run_updated_at`` is set on the
+    # last event of a batch that left its run's row as it was but for the run's progress (``updated_at``,
+    # ``next_seq``), which that event carries instead: see ``ckflow_run_records``
     """CREATE TABLE ckflow_events (
         run_id TEXT NOT NULL,
         seq INTEGER NOT NULL,
         checkpoint TEXT,
         failure_kind TEXT,
         body TEXT NOT NULL,
+        run_updated_at REAL,
         PRIMARY KEY (run_id, seq)
     ) WITHOUT ROWID""",
     "CREATE INDEX ckflow_events_failures ON ckflow_events (run_id, seq) "
     "WHERE failure_kind IS NOT NULL AND failure_kind <> 'cancelled'",
+    # The runs as the store reads them: a run's row, or the progress its last event carries if that is newer.
+    # (Such an event comes after every change of the row: its seq is at least the row's next_seq.)
+    """CREATE VIEW ckflow_run_records AS SELECT
+        r.run_id AS run_id, r.flow AS flow, r.state AS state, r.inputs AS inputs, r.owner AS owner,
+        r.lease_expires AS lease_expires, r.created_at AS created_at,
+        coalesce(p.run_updated_at, r.updated_at) AS updated_at,
+        r.ended_at AS ended_at, r.halted AS halted, r.goto AS goto,
+        coalesce(p.seq + 1, r.next_seq) AS next_seq
+    FROM ckflow_runs AS r LEFT JOIN ckflow_events AS p
+        ON p.run_id = r.run_id
+        AND p.seq = (SELECT max(seq) FROM ckflow_events WHERE run_id = r.run_id)
+        AND p.seq >= r.next_seq
+        AND p.run_updated_at IS NOT NULL""",
     """CREATE TABLE ckflow_requests (
         request_id TEXT PRIMARY KEY,
         run_id TEXT NOT NULL,
@@ -375,6 +392,8 @@ UPSERT_TASK: Final = _upsert("ckflow_tasks", TASK_COLUMNS, ("run_id", "task"))
 UPSERT_CHECKPOINT: Final = _upsert("ckflow_checkpoints", CHECKPOINT_COLUMNS, ("run_id", "checkpoint", "pass_no"))
 UPSERT_REGION: Final = _upsert("ckflow_regions", REGION_COLUMNS, ("run_id", "region_id"))
 UPSERT_EVENT: Final = _upsert("ckflow_events", EVENT_COLUMNS, ("run_id", "seq"))
+#: SQLite's: with the run's progress on the batch's last event (``SQLITE_V1``)
+SQLITE_UPSERT_EVENT: Final = _upsert("ckflow_events", (*EVENT_COLUMNS, "run_updated_at"), ("run_id", "seq"))
 UPSERT_REQUEST: Final = _upsert("ckflow_requests", REQUEST_COLUMNS, ("request_id",))
 DELETE_REGION: Final = "DELETE FROM ckflow_regions WHERE run_id = $1 AND region_id = $2"
 RETAIN_CHECKPOINTS: Final = "DELETE FROM ckflow_checkpoints WHERE run_id = $1 AND checkpoint = $2 AND pass_no < $3"
@@ -401,11 +420,13 @@ def list_runs_where(
     limit: int | None,
     states_test: Callable[[int], str],
     names: Callable[[Sequence[str]], Any],
+    source: str = "ckflow_runs",
 ) -> tuple[str, list[Any], bool]:
     """``list_runs``'s query: (statement, parameters, whether ``limit`` must still be applied by slicing).
 
     ``states_test(n)`` is the dialect's test of ``state`` against the list bound as parameter ``n`` (bound
-    with ``names``). Built from only the filters given, so that each query can use the runs' indexes.
+    with ``names``); ``source`` is the table or view the runs are read from. Built from only the filters
+    given, so that each query can use the runs' indexes.
     """
     where: list[str] = []
     params: list[Any] = []
@@ -418,7 +439,7 @@ def list_runs_where(
     if ended_before is not None:
         params.append(ended_before)
         where.append(f"ended_at IS NOT NULL AND ended_at < ${len(params)}")
-    statement = f"SELECT {_columns(RUN_COLUMNS)} FROM ckflow_runs"
+    statement = f"SELECT {_columns(RUN_COLUMNS)} FROM {source}"
     if where:
         statement += " WHERE " + " AND ".join(where)
     statement += " ORDER BY created_at DESC, run_id DESC"
@@ -489,13 +510,29 @@ class Writes(NamedTuple):
     requests: list[tuple[Any, ...]]
 
 
-def prepare(batch: Batch, names: Callable[[Sequence[str]], Any]) -> Writes:
+def prepare(batch: Batch, names: Callable[[Sequence[str]], Any], *, progress: bool = False) -> Writes:
     """The statements' parameters for ``batch``; ``names`` binds a list of names the dialect's way.
 
-    Rows are keyed by the batch's run, as ``MemoryStore`` keys them.
+    Rows are keyed by the batch's run, as ``MemoryStore`` keys them. With ``progress`` (SQLite's
+    ``SQLITE_UPSERT_EVENT``), each event's row ends with ``run_updated_at``: None, but for the last event
+    when the run's ``next_seq`` follows it, which carries the run's ``updated_at``.
     """
     run = batch.run
     run_id = run.run_id
+    tail = (None,) if progress else ()
+    events = [
+        (
+            run_id,
+            e.seq,
+            e.checkpoint,
+            None if e.failure is None else e.failure.kind,
+            _event_json(e, exclude=_IN_COLUMNS, exclude_defaults=True).decode(),
+            *tail,
+        )
+        for e in batch.events
+    ]
+    if progress and events and events[-1][1] == run.next_seq - 1:
+        events[-1] = (*events[-1][:5], run.updated_at)
     return Writes(
         run_id,
         batch.owner,
@@ -562,16 +599,7 @@ def prepare(batch: Batch, names: Callable[[Sequence[str]], Any]) -> Writes:
             for r in batch.regions
         ],
         [(run_id, region_id) for region_id in batch.drop_regions],
-        [
-            (
-                run_id,
-                e.seq,
-                e.checkpoint,
-                None if e.failure is None else e.failure.kind,
-                _event_json(e, exclude=_IN_COLUMNS, exclude_defaults=True).decode(),
-            )
-            for e in batch.events
-        ],
+        events,
         [(run_id, rule.checkpoint, rule.keep_from_pass) for rule in batch.retention],
         [(run_id, rule.before_seq, names(rule.event_checkpoints)) for rule in batch.retention],
         [request_row(req, run_id) for req in batch.requests],

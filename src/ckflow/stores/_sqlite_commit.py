@@ -41,7 +41,7 @@ _A = TypeVar("_A")
 _R = TypeVar("_R")
 
 #: commits (on the loop or in the thread) between two checkpoints run by the thread. A task's write()
-#: adds 4 to 7 pages to the WAL, which so stays under some 7,000 pages (28 MB); checkpointing four
+#: adds 5 to 8 pages of 1 KiB to the WAL, which so stays under some 9,000 pages (9 MB); checkpointing four
 #: times as often cost S5 7 % more (the checkpoint's copying and fsyncs compete with the loop)
 _CHECKPOINT_EVERY: Final = 1000
 #: changes that one task may commit at once, without suspending, before the loop goes round: a task that
