@@ -230,6 +230,25 @@ class TestFile:
         async with SQLiteStore(url_of(db)) as other:
             assert await other.get_run("run-1") == moved
 
+    async def test_a_run_key_is_never_given_twice(self, db: Path) -> None:
+        """Tasks and events are kept by the run's integer key: a run made again after a delete gets a new one,
+        so that nothing left under the old key could belong to it."""
+
+        def key() -> int:
+            with sqlite3.connect(db) as conn:
+                found = int(conn.execute("SELECT run_key FROM ckflow_runs WHERE run_id = 'run-1'").fetchone()[0])
+            conn.close()
+            return found
+
+        async with SQLiteStore(url_of(db)) as store:
+            await store.create_run(run_record())
+            await store.write(Batch(run=run_record(), owner=OWNER, tasks=[task_record("run-1", "t")]))
+            first = key()
+            assert await store.delete_runs(["run-1"]) == 1
+            await store.create_run(run_record())
+            assert key() > first
+            assert await store.tasks("run-1") == []
+
     async def test_second_store_on_the_file_sees_writes(self, db: Path) -> None:
         """Two stores on one file (two processes, say) see each other's writes and fences."""
         async with SQLiteStore(url_of(db)) as first, SQLiteStore(url_of(db)) as second:

@@ -9,7 +9,8 @@ exactly what was written.
 Statements are written once, with PostgreSQL's ``$n`` placeholders;
 ``qmark()`` rewrites them with SQLite's ``?n``, which binds the same
 positional parameters. The few statements that differ (lease clock, lists of
-ids, insertion order) live in the backend modules.
+ids, insertion order, SQLite's keys of tasks and events) live in the backend
+modules.
 """
 
 from __future__ import annotations
@@ -52,7 +53,6 @@ __all__ = [
     "SELECT_LATEST_CHECKPOINTS",
     "SELECT_OWNER",
     "SELECT_RUN",
-    "SQLITE_UPSERT_EVENT",
     "SQLITE_V1",
     "TABLES",
     "TASK_COLUMNS",
@@ -178,14 +178,22 @@ def _upsert(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
 
 
 # -- the schema, version 1, in each dialect ---------------------------------------------------------
-# The same tables and columns in both; indexes for runs by state and creation, events by (run_id, seq)
-# (their primary key), failure events, and the requests of a run not yet done.
+# The same tables and columns in both, but for how SQLite keys the rows written with every task; indexes
+# for runs by state and creation, tasks by run and name, events by run and seq, failure events, and the
+# requests of a run not yet done.
 
-#: SQLite
+#: SQLite. A commit writes every page it changed to the WAL, whole, and a task's write is mostly pages:
+#: the rows written with every task (tasks, events) are keyed by the run's integer ``run_key`` rather than
+#: its id, so that their index entries take a few bytes (fewer pages to split and to write), and the
+#: tables are plain rowid tables, appended to. A key is never given twice (AUTOINCREMENT): no row left
+#: behind by a deleted run could ever belong to a new one. A batch that changes nothing of its run but its progress
+#: leaves the run's row as it is: its last event carries the progress (``run_updated_at``, and its seq),
+#: which the view ``ckflow_run_records`` reads back.
 SQLITE_V1: Final = (
     "CREATE TABLE ckflow_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     """CREATE TABLE ckflow_runs (
-        run_id TEXT PRIMARY KEY,
+        run_key INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id TEXT NOT NULL UNIQUE,
         flow TEXT NOT NULL,
         state TEXT NOT NULL,
         inputs TEXT NOT NULL,
@@ -202,7 +210,7 @@ SQLITE_V1: Final = (
     "CREATE INDEX ckflow_runs_by_created ON ckflow_runs (created_at)",
     # tasks, regions and requests are read back in the order they were first written (their rowid)
     """CREATE TABLE ckflow_tasks (
-        run_id TEXT NOT NULL,
+        run_key INTEGER NOT NULL,
         task TEXT NOT NULL,
         state TEXT NOT NULL,
         attempts INTEGER NOT NULL,
@@ -213,9 +221,9 @@ SQLITE_V1: Final = (
         started_at REAL,
         ended_at REAL,
         revert_started_at REAL,
-        revert_ended_at REAL,
-        PRIMARY KEY (run_id, task)
+        revert_ended_at REAL
     )""",
+    "CREATE UNIQUE INDEX ckflow_tasks_by_run ON ckflow_tasks (run_key, task)",
     """CREATE TABLE ckflow_checkpoints (
         run_id TEXT NOT NULL,
         checkpoint TEXT NOT NULL,
@@ -244,19 +252,18 @@ SQLITE_V1: Final = (
         parked INTEGER NOT NULL,
         PRIMARY KEY (run_id, region_id)
     )""",
-    # events are read by (run_id, seq) only: the primary key is the table. ``run_updated_at`` is set on the
-    # last event of a batch that left its run's row as it was but for the run's progress (``updated_at``,
-    # ``next_seq``), which that event carries instead: see ``ckflow_run_records``
+    # ``run_updated_at`` is set on the last event of a batch whose run's ``next_seq`` follows it: the run's
+    # ``updated_at`` then, which stands for the run's row's if the batch left it as it was (see ``ckflow_run_records``)
     """CREATE TABLE ckflow_events (
-        run_id TEXT NOT NULL,
+        run_key INTEGER NOT NULL,
         seq INTEGER NOT NULL,
         checkpoint TEXT,
         failure_kind TEXT,
         body TEXT NOT NULL,
-        run_updated_at REAL,
-        PRIMARY KEY (run_id, seq)
-    ) WITHOUT ROWID""",
-    "CREATE INDEX ckflow_events_failures ON ckflow_events (run_id, seq) "
+        run_updated_at REAL
+    )""",
+    "CREATE UNIQUE INDEX ckflow_events_by_run ON ckflow_events (run_key, seq)",
+    "CREATE INDEX ckflow_events_failures ON ckflow_events (run_key, seq) "
     "WHERE failure_kind IS NOT NULL AND failure_kind <> 'cancelled'",
     # The runs as the store reads them: a run's row, or the progress its last event carries if that is newer.
     # (Such an event comes after every change of the row: its seq is at least the row's next_seq.)
@@ -267,8 +274,8 @@ SQLITE_V1: Final = (
         r.ended_at AS ended_at, r.halted AS halted, r.goto AS goto,
         coalesce(p.seq + 1, r.next_seq) AS next_seq
     FROM ckflow_runs AS r LEFT JOIN ckflow_events AS p
-        ON p.run_id = r.run_id
-        AND p.seq = (SELECT max(seq) FROM ckflow_events WHERE run_id = r.run_id)
+        ON p.run_key = r.run_key
+        AND p.seq = (SELECT max(seq) FROM ckflow_events WHERE run_key = r.run_key)
         AND p.seq >= r.next_seq
         AND p.run_updated_at IS NOT NULL""",
     """CREATE TABLE ckflow_requests (
@@ -392,8 +399,6 @@ UPSERT_TASK: Final = _upsert("ckflow_tasks", TASK_COLUMNS, ("run_id", "task"))
 UPSERT_CHECKPOINT: Final = _upsert("ckflow_checkpoints", CHECKPOINT_COLUMNS, ("run_id", "checkpoint", "pass_no"))
 UPSERT_REGION: Final = _upsert("ckflow_regions", REGION_COLUMNS, ("run_id", "region_id"))
 UPSERT_EVENT: Final = _upsert("ckflow_events", EVENT_COLUMNS, ("run_id", "seq"))
-#: SQLite's: with the run's progress on the batch's last event (``SQLITE_V1``)
-SQLITE_UPSERT_EVENT: Final = _upsert("ckflow_events", (*EVENT_COLUMNS, "run_updated_at"), ("run_id", "seq"))
 UPSERT_REQUEST: Final = _upsert("ckflow_requests", REQUEST_COLUMNS, ("request_id",))
 DELETE_REGION: Final = "DELETE FROM ckflow_regions WHERE run_id = $1 AND region_id = $2"
 RETAIN_CHECKPOINTS: Final = "DELETE FROM ckflow_checkpoints WHERE run_id = $1 AND checkpoint = $2 AND pass_no < $3"
@@ -513,9 +518,9 @@ class Writes(NamedTuple):
 def prepare(batch: Batch, names: Callable[[Sequence[str]], Any], *, progress: bool = False) -> Writes:
     """The statements' parameters for ``batch``; ``names`` binds a list of names the dialect's way.
 
-    Rows are keyed by the batch's run, as ``MemoryStore`` keys them. With ``progress`` (SQLite's
-    ``SQLITE_UPSERT_EVENT``), each event's row ends with ``run_updated_at``: None, but for the last event
-    when the run's ``next_seq`` follows it, which carries the run's ``updated_at``.
+    Rows are keyed by the batch's run, as ``MemoryStore`` keys them. With ``progress`` (SQLite's events,
+    ``SQLITE_V1``), each event's row ends with ``run_updated_at``: None, but for the last event when the
+    run's ``next_seq`` follows it, which carries the run's ``updated_at``.
     """
     run = batch.run
     run_id = run.run_id

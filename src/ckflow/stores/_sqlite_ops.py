@@ -66,20 +66,47 @@ _SAME_RUN: Final = (
     "SELECT 1 FROM ckflow_runs WHERE run_id = ?1 AND owner = ?2 AND flow = ?3 AND state = ?4 AND inputs = ?5 "
     "AND created_at = ?6 AND ended_at IS ?8 AND halted = ?9 AND goto IS ?10 AND next_seq < ?11"
 )
-_UPSERT_TASK: Final = _q(_sql.UPSERT_TASK)
+#: the run's integer key, by which its tasks and events are kept (``_sql.SQLITE_V1``), from its id ``?1``
+_RUN_KEY: Final = "(SELECT run_key FROM ckflow_runs WHERE run_id = ?1)"
+
+
+def _upsert_by_run_key(table: str, columns: Sequence[str], key: str) -> str:
+    """Insert or replace a row of ``table`` by (run key, ``key``); its parameters are ``columns`` (run_id first)."""
+    names = ", ".join(("run_key", *columns[1:]))
+    values = ", ".join((_RUN_KEY, *(f"?{i}" for i in range(2, len(columns) + 1))))
+    update = ", ".join(f"{c} = excluded.{c}" for c in columns[1:] if c != key)
+    return f"INSERT INTO {table} ({names}) VALUES ({values}) ON CONFLICT (run_key, {key}) DO UPDATE SET {update}"
+
+
+def _select_by_run_key(table: str, columns: Sequence[str]) -> str:
+    """The rows of run ``?1`` in ``table``, as ``columns`` (run_id first)."""
+    return f"SELECT ?1, {', '.join(columns[1:])} FROM {table} WHERE run_key = {_RUN_KEY}"
+
+
+_UPSERT_TASK: Final = _upsert_by_run_key("ckflow_tasks", _sql.TASK_COLUMNS, "task")
 _UPSERT_CHECKPOINT: Final = _q(_sql.UPSERT_CHECKPOINT)
 _UPSERT_REGION: Final = _q(_sql.UPSERT_REGION)
-_UPSERT_EVENT: Final = _q(_sql.SQLITE_UPSERT_EVENT)
+#: an event, with ``run_updated_at`` last (``_sql.prepare(progress=True)``)
+_UPSERT_EVENT: Final = _upsert_by_run_key("ckflow_events", (*_sql.EVENT_COLUMNS, "run_updated_at"), "seq")
 _UPSERT_REQUEST: Final = _q(_sql.UPSERT_REQUEST)
 _DELETE_REGION: Final = _q(_sql.DELETE_REGION)
 _RETAIN_CHECKPOINTS: Final = _q(_sql.RETAIN_CHECKPOINTS)
 _RETAIN_EVENTS: Final = (
-    "DELETE FROM ckflow_events WHERE run_id = ?1 AND seq < ?2 AND checkpoint IN (SELECT value FROM json_each(?3))"
+    f"DELETE FROM ckflow_events WHERE run_key = {_RUN_KEY} AND seq < ?2 "
+    "AND checkpoint IN (SELECT value FROM json_each(?3))"
 )
 _SELECT_LATEST_CHECKPOINTS: Final = _q(_sql.SELECT_LATEST_CHECKPOINTS)
-_SELECT_FAILURES: Final = _q(_sql.SELECT_FAILURES)
-_ROW_COUNTS: Final = _q(_sql.ROW_COUNTS)
-TASKS: Final = f"SELECT {', '.join(_sql.TASK_COLUMNS)} FROM ckflow_tasks WHERE run_id = ?1 ORDER BY rowid"
+#: failures of execute and revert (not cancellations), through the events' partial index
+_SELECT_FAILURES: Final = (
+    f"SELECT body FROM ckflow_events WHERE run_key = {_RUN_KEY} AND failure_kind IS NOT NULL "
+    "AND failure_kind <> 'cancelled' ORDER BY seq"
+)
+_ROW_COUNTS: Final = "SELECT " + ", ".join(
+    f"(SELECT count(*) FROM ckflow_{table} WHERE "
+    + (f"run_key = {_RUN_KEY})" if table in ("tasks", "events") else "run_id = ?1)")
+    for table in _sql.TABLES
+)
+TASKS: Final = _select_by_run_key("ckflow_tasks", _sql.TASK_COLUMNS) + " ORDER BY rowid"
 _REGIONS: Final = f"SELECT {', '.join(_sql.REGION_COLUMNS)} FROM ckflow_regions WHERE run_id = ?1 ORDER BY rowid"
 CHECKPOINTS: Final = (
     f"SELECT {', '.join(_sql.CHECKPOINT_COLUMNS)} FROM ckflow_checkpoints WHERE run_id = ?1 "
@@ -90,7 +117,7 @@ CHECKPOINTS_OF: Final = (
     "ORDER BY pass_no"
 )
 EVENTS: Final = (
-    "SELECT run_id, seq, checkpoint, body FROM ckflow_events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+    _select_by_run_key("ckflow_events", ("run_id", "seq", "checkpoint", "body")) + " AND seq > ?2 ORDER BY seq LIMIT ?3"
 )
 REQUESTS: Final = (
     f"SELECT {', '.join(_sql.REQUEST_COLUMNS)} FROM ckflow_requests WHERE run_id = ?1 ORDER BY requested_at, rowid"
@@ -107,7 +134,13 @@ _CLAIM: Final = "UPDATE ckflow_runs SET owner = ?2, lease_expires = ?3 WHERE run
 _RELEASE: Final = "UPDATE ckflow_runs SET owner = NULL, lease_expires = NULL WHERE run_id = ?1 AND owner = ?2"
 _RUN_EXISTS: Final = "SELECT 1 FROM ckflow_runs WHERE run_id = ?1"
 _DELETE: Final = tuple(
-    f"DELETE FROM ckflow_{table} WHERE run_id IN (SELECT value FROM json_each(?1))" for table in (*_sql.TABLES, "runs")
+    f"DELETE FROM ckflow_{table} WHERE "
+    + (
+        "run_key IN (SELECT run_key FROM ckflow_runs WHERE run_id IN (SELECT value FROM json_each(?1)))"
+        if table in ("tasks", "events")
+        else "run_id IN (SELECT value FROM json_each(?1))"
+    )
+    for table in (*_sql.TABLES, "runs")
 )
 
 
