@@ -216,6 +216,42 @@ class TestStructlog:
             await ckflow.run(failing_flow())
         assert [entry["event"] for entry in logs] == ["ckflow.task.failure"]
 
+    async def test_failure_line_waits_for_the_revert_and_keeps_its_place(self, debug_logging: None) -> None:
+        """A task's failure reaches subscribers at once but the log only once its revert has started (a log
+        write never delays a revert); the log lines come in the order of the events all the same."""
+        names: list[str] = []
+        at_revert: dict[str, list[str]] = {}
+
+        @task
+        async def boom() -> None:
+            raise ValueError("boom")
+
+        @boom.revert
+        async def _(result: object) -> None:
+            at_revert["events"] = list(names)
+            at_revert["log"] = [entry["event"] for entry in logs]
+
+        with capture_logs() as logs:
+            result = await ckflow.run(Linear("l", boom), on_event=lambda e: names.append(e.name))
+        assert result.state is FlowState.REVERTED
+        assert "ckflow.task.failure" in at_revert["events"]
+        assert "ckflow.task.failure" not in at_revert["log"]
+        assert [entry["event"] for entry in logs] == names
+
+    async def test_held_lines_are_written_when_the_loop_goes_round_or_the_run_ends(self) -> None:
+        """Lines held behind a failure are written, in order, once the loop goes round, or at close()."""
+        for finish in ("loop", "close"):
+            hub = ckflow._events.EventHub("r", "f")
+            with capture_logs() as logs:
+                hub.emit(ckflow._events.WARNING, "ckflow.task.failure", task="t", defer_log=True)
+                hub.emit(ckflow._events.WARNING, "ckflow.walker.exhausted", task="t")
+                assert logs == []
+                if finish == "loop":
+                    await anyio.lowlevel.checkpoint()
+                else:
+                    hub.close()
+                assert [entry["event"] for entry in logs] == ["ckflow.task.failure", "ckflow.walker.exhausted"]
+
 
 class TestZeroCost:
     async def test_no_event_built_when_nobody_listens(self, monkeypatch: pytest.MonkeyPatch) -> None:

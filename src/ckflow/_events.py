@@ -10,10 +10,17 @@ in it without waiting, and a subscriber whose buffer is full is cut off: it
 still receives what was buffered, then its iterator raises
 ``EventsOverflowError``. A callback runs inline and must be quick; an
 exception it raises is logged and the callback is dropped.
+
+A task's failure is written to the log a moment later, when the event loop
+next goes round (``emit(defer_log=True)``): by then the walker has started
+undoing the failed branch, which a log line written first (some 0.15 ms for a
+JSON line) would delay. Lines written meanwhile wait behind it, so the log
+keeps the order of the events; subscribers get every event at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Final, final
@@ -114,7 +121,7 @@ def _level_enabled(log: Any, level: int) -> bool:
 class EventHub:
     """Fan-out of one run's events to structlog, callbacks and streams."""
 
-    __slots__ = ("_callbacks", "_levels", "_log", "_streams", "active", "flow", "run_id")
+    __slots__ = ("_callbacks", "_held", "_levels", "_log", "_streams", "active", "flow", "run_id")
 
     def __init__(self, run_id: str, flow: str) -> None:
         self.run_id = run_id
@@ -123,6 +130,8 @@ class EventHub:
         self._levels = {lvl: _level_enabled(self._log, lvl) for lvl in (DEBUG, INFO, WARNING, ERROR)}
         self._streams: list[tuple[MemoryObjectSendStream[Event], EventStream]] = []
         self._callbacks: list[Callable[[Event], object]] = []
+        #: log lines waiting for the loop to go round (``emit(defer_log=True)``), in order; None: none wait
+        self._held: list[tuple[int, str, dict[str, Any]]] | None = None
         self.active = False
         self._refresh()
 
@@ -155,8 +164,11 @@ class EventHub:
 
         return unsubscribe
 
-    def emit(self, level: int, name: str, **fields: Any) -> None:
-        """Build the event and hand it to everyone who listens (call only if ``wants(level)``)."""
+    def emit(self, level: int, name: str, *, defer_log: bool = False, **fields: Any) -> None:
+        """Build the event and hand it to everyone who listens (call only if ``wants(level)``).
+
+        ``defer_log``: write the log line when the loop next goes round (see the module's docstring).
+        """
         event = Event(
             name=name,
             run_id=self.run_id,
@@ -169,14 +181,17 @@ class EventHub:
             kw = {k: v for k, v in fields.items() if v is not None and k != "failure"}
             if event.failure is not None:
                 kw["error"] = str(event.failure)
-            self._log_safely(level, name, **kw)
+            if defer_log and self._held is None:
+                self._hold((level, name, kw))
+            else:
+                self._write(level, name, kw)
         for callback in tuple(self._callbacks):
             try:
                 callback(event)
             except Exception:
                 self._callbacks.remove(callback)
                 self._refresh()
-                self._log_safely(ERROR, "ckflow.events.callback_failed", callback=repr(callback), exc_info=True)
+                self._write(ERROR, "ckflow.events.callback_failed", {"callback": repr(callback), "exc_info": True})
         if self._streams:
             dropped = False
             for entry in self._streams:
@@ -194,6 +209,28 @@ class EventHub:
                 self._streams = [e for e in self._streams if not e[0]._closed]
                 self._refresh()
 
+    def _write(self, level: int, name: str, kw: dict[str, Any]) -> None:
+        """Write a log line, or queue it behind the lines that wait."""
+        if self._held is not None:
+            self._held.append((level, name, kw))
+        else:
+            self._log_safely(level, name, **kw)
+
+    def _hold(self, line: tuple[int, str, dict[str, Any]]) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on an asyncio loop (trio, say): write it now
+            self._log_safely(line[0], line[1], **line[2])
+            return
+        self._held = [line]
+        loop.call_soon(self.flush_log)
+
+    def flush_log(self) -> None:
+        """Write the log lines that wait, in order."""
+        held, self._held = self._held, None
+        for level, name, kw in held or ():
+            self._log_safely(level, name, **kw)
+
     def _log_safely(self, level: int, name: str, **kw: Any) -> None:
         # Observability must never break a run: a logging pipeline that raises (a closed pipe, a
         # processor bug) loses this line, not the run.
@@ -203,7 +240,8 @@ class EventHub:
             pass
 
     def close(self) -> None:
-        """End every stream: the run is over."""
+        """Write what waits in the log and end every stream: the run is over."""
+        self.flush_log()
         for send, _ in self._streams:
             send.close()
         self._streams.clear()

@@ -209,6 +209,8 @@ class RunCore:
                     checkpoint=self.graph.scopes[node.scope].name,
                     failure=failure if isinstance(failure, Failure) else None,
                     seq=seq,
+                    # a failure's log line waits for the walker to start undoing its region
+                    defer_log=new is FAILURE,
                 )
 
     def _set_flow(self, new: FlowState) -> None:
