@@ -181,6 +181,21 @@ class TestBackpressure:
         assert [(e.name, e.task) for e in events.events] == SUCCESS_LOG
         assert [entry["event"] for entry in logs] == ["ckflow.events.callback_failed"]
 
+    async def test_a_callback_failing_on_a_failure_is_logged_with_its_exception(self) -> None:
+        """A callback that raises on a task's failure event is logged with its own exception, even though its
+        line waits behind the failure's (written once the revert has started)."""
+
+        def bad(event: ckflow.Event) -> None:
+            if event.name == "ckflow.task.failure":
+                raise RuntimeError("bad subscriber")
+
+        with capture_logs() as logs:
+            result = await ckflow.run(failing_flow(), on_event=bad)
+        assert result.state is FlowState.REVERTED
+        [entry] = [entry for entry in logs if entry["event"] == "ckflow.events.callback_failed"]
+        assert isinstance(entry["exc_info"], RuntimeError)
+        assert str(entry["exc_info"]) == "bad subscriber"
+
 
 class TestStructlog:
     async def test_transitions_logged_with_run_id(self, debug_logging: None, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -188,10 +188,11 @@ class EventHub:
         for callback in tuple(self._callbacks):
             try:
                 callback(event)
-            except Exception:
+            except Exception as exc:
                 self._callbacks.remove(callback)
                 self._refresh()
-                self._write(ERROR, "ckflow.events.callback_failed", {"callback": repr(callback), "exc_info": True})
+                # the exception itself, not True: the line may be written after the handler has ended
+                self._write(ERROR, "ckflow.events.callback_failed", {"callback": repr(callback), "exc_info": exc})
         if self._streams:
             dropped = False
             for entry in self._streams:

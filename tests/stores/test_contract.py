@@ -198,6 +198,25 @@ class TestWrite:
         await store.write(Batch(run=written, owner=OWNER, events=[event("run-1", 0), event("run-1", 5)]))
         assert await store.get_run("run-1") == written
 
+    @pytest.mark.parametrize(
+        "steps",
+        [
+            pytest.param([([0, 5], 1), ([1], 2)], id="an-event-beyond-next-seq-then-progress"),
+            pytest.param([([0, 1, 2, 3, 4], 5), ([2], 3)], id="an-older-event-again-and-next-seq-back"),
+            pytest.param([([0], 1), ([3, 1], 2)], id="events-out-of-order"),
+        ],
+    )
+    async def test_progress_is_what_each_batch_says_whatever_its_seqs(
+        self, store: Store, steps: list[tuple[list[int], int]]
+    ) -> None:
+        """Batches of odd seqs (the engine writes none, but the protocol allows them) read back as written."""
+        run = run_record(next_seq=0)
+        await store.create_run(run)
+        for i, (seqs, next_seq) in enumerate(steps):
+            written = run.model_copy(update={"updated_at": T0 + 10 + i, "next_seq": next_seq})
+            await store.write(Batch(run=written, owner=OWNER, events=[event("run-1", s) for s in seqs]))
+            assert await store.get_run("run-1") == written, i
+
     async def test_a_lost_fence_keeps_the_progress(self, store: Store) -> None:
         """A batch of progress alone, by an engine that lost the lease, leaves the run's progress as it was."""
         run = run_record(next_seq=0)

@@ -519,8 +519,8 @@ def prepare(batch: Batch, names: Callable[[Sequence[str]], Any], *, progress: bo
     """The statements' parameters for ``batch``; ``names`` binds a list of names the dialect's way.
 
     Rows are keyed by the batch's run, as ``MemoryStore`` keys them. With ``progress`` (SQLite's events,
-    ``SQLITE_V1``), each event's row ends with ``run_updated_at``: None, but for the last event when the
-    run's ``next_seq`` follows it, which carries the run's ``updated_at``.
+    ``SQLITE_V1``), each event's row ends with ``run_updated_at``: None, but for the last event when it has
+    the batch's highest seq and the run's ``next_seq`` follows it, which carries the run's ``updated_at``.
     """
     run = batch.run
     run_id = run.run_id
@@ -536,7 +536,7 @@ def prepare(batch: Batch, names: Callable[[Sequence[str]], Any], *, progress: bo
         )
         for e in batch.events
     ]
-    if progress and events and events[-1][1] == run.next_seq - 1:
+    if progress and events and events[-1][1] == run.next_seq - 1 and all(e[1] < run.next_seq - 1 for e in events[:-1]):
         events[-1] = (*events[-1][:5], run.updated_at)
     return Writes(
         run_id,

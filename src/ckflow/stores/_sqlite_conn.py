@@ -35,8 +35,9 @@ _SYNCHRONOUS: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 _COMMIT_WITHOUT_SYNC: Final = frozenset({"OFF", "NORMAL"})
 _HEADER: Final = b"SQLite format 3\x00"
 #: the page size of a new store. A commit writes each page it changed, whole, to the WAL (a task's write
-#: changes 4 to 6), so smaller pages make each commit cheaper: 1 KiB rather than SQLite's default 4 KiB
-#: takes S5's write transaction from some 40 to 33 µs on a 2-core VM
+#: changes 5 to 8), so smaller pages make each commit cheaper: 1 KiB rather than SQLite's default 4 KiB
+#: takes S5's write transaction from some 40 to 33 µs on a 2-core VM. Reading a large run costs more
+#: (some 25 % for 100,000 events, 60 % for tasks with 8 KB results), which is rarer than writing it
 PAGE_SIZE: Final = 1024
 #: UPSERT needs 3.24; ``json_each`` (lists of ids) needs JSON1, built in since 3.38
 _MIN_SQLITE: Final = (3, 24, 0)

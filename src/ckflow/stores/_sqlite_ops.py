@@ -60,11 +60,18 @@ _UPDATE_RUN_SAME_KEYS: Final = (
     "UPDATE ckflow_runs SET flow = ?3, inputs = ?5, updated_at = ?7, ended_at = ?8, halted = ?9, goto = ?10, "
     "next_seq = ?11 WHERE run_id = ?1 AND owner = ?2 AND state = ?4 AND created_at = ?6"
 )
-#: the run's row, owned by the writer, holds what the batch's run holds but for its progress (same parameters;
-#: ``?7``, ``updated_at``, goes on the batch's last event)
+#: the run's row, owned by the writer, holds what the batch's run holds but for its progress, and no event
+#: stored comes after the batch's (same parameters; ``?7``, ``updated_at``, goes on the batch's last event)
 _SAME_RUN: Final = (
-    "SELECT 1 FROM ckflow_runs WHERE run_id = ?1 AND owner = ?2 AND flow = ?3 AND state = ?4 AND inputs = ?5 "
-    "AND created_at = ?6 AND ended_at IS ?8 AND halted = ?9 AND goto IS ?10 AND next_seq < ?11"
+    "SELECT 1 FROM ckflow_runs AS r WHERE run_id = ?1 AND owner = ?2 AND flow = ?3 AND state = ?4 AND inputs = ?5 "
+    "AND created_at = ?6 AND ended_at IS ?8 AND halted = ?9 AND goto IS ?10 AND next_seq < ?11 "
+    "AND NOT EXISTS (SELECT 1 FROM ckflow_events WHERE run_key = r.run_key AND seq >= ?11)"
+)
+#: a write of the run's row makes the progress that events at or after its ``next_seq`` carry stale (only a
+#: writer whose ``next_seq`` goes back has such events: an index probe finds none otherwise)
+_DROP_PROGRESS: Final = (
+    "UPDATE ckflow_events SET run_updated_at = NULL "
+    "WHERE run_key = (SELECT run_key FROM ckflow_runs WHERE run_id = ?1) AND seq >= ?2 AND run_updated_at IS NOT NULL"
 )
 #: the run's integer key, by which its tasks and events are kept (``_sql.SQLITE_V1``), from its id ``?1``
 _RUN_KEY: Final = "(SELECT run_key FROM ckflow_runs WHERE run_id = ?1)"
@@ -208,6 +215,7 @@ def _update_run(cur: sqlite3.Cursor, w: _sql.Writes, where: str) -> None:
         if fence[0] != w.owner:
             raise LeaseLostError(w.run_id, w.owner)
         cur.execute(_UPDATE_RUN, w.run)
+    cur.execute(_DROP_PROGRESS, (w.run_id, w.run[10]))
 
 
 def apply(cur: sqlite3.Cursor, arg: tuple[_sql.Writes, str]) -> None:
