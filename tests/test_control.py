@@ -152,6 +152,40 @@ class TestRevertTo:
         assert log.count(("attach", 1)) == 2
         assert "undo net" not in log
 
+    @pytest.mark.parametrize("other", ["revert_to", "revert_to_no_retry", "cancel"])
+    async def test_revert_to_returns_when_another_control_call_overlaps_it(self, other: str) -> None:
+        """revert_to(cp) returns even when another call's region absorbs its own (a second revert_to, a
+        revert_to without retry, a cancel): each call returns, and the run ends as the last one says."""
+        log: list[object] = []
+        gate, started = anyio.Event(), anyio.Event()
+        returned: list[str] = []
+
+        async with ckflow.Engine() as engine:
+            run = await engine.start(provisioning(log, gate, started))
+            await started.wait()
+
+            async def first() -> None:
+                await run.revert_to("disk")
+                returned.append("revert_to")
+
+            async def second() -> None:
+                if other == "cancel":
+                    await run.cancel()
+                else:
+                    await run.revert_to("disk", retry=other == "revert_to")
+                returned.append(other)
+
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(first)
+                    tg.start_soon(second)
+                gate.set()
+                if run.state is FlowState.SUSPENDED:
+                    await run.resume()
+                result = await run.wait()
+        assert sorted(returned) == sorted(["revert_to", other])
+        assert result.state is (FlowState.REVERTED if other == "cancel" else FlowState.SUCCESS)
+
     async def test_revert_to_with_retry_from_a_run_parked_there_goes_on(self) -> None:
         """revert_to(cp, retry=True) on a run parked at cp (nothing left to undo) runs the scope again."""
         log: list[object] = []

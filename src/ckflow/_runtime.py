@@ -40,7 +40,7 @@ from ckflow._failure import Failure, FailureKind
 from ckflow._models import RegionReport, RunResult, TaskSummary, _LazyTasks
 from ckflow._passes import iteration_done, record_pass, scopes_progress, sleep
 from ckflow._states import TASK_TRANSITIONS, FlowState, TaskState, check_flow_transition, check_task_transition
-from ckflow._walker import Region, member_settled, on_failure, queue_revert, record_region, revert
+from ckflow._walker import Region, member_settled, on_failure, queue_revert, record_region, revert, settle
 
 if TYPE_CHECKING:
     from ckflow._journal import Journal
@@ -728,6 +728,8 @@ class RunCore:
         self.journal = None
         self.t_end = self.t_end or time.monotonic()
         self.hub.close()
+        for region in self.regions:
+            settle(region)  # a wait for a region the run's end left undone (a revert_to's) ends too
         self.settled.set()
         self.terminal.set()
         self.suspended.set()

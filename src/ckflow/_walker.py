@@ -52,6 +52,7 @@ __all__ = [
     "reset_region",
     "revert",
     "schedule_revert",
+    "settle",
 ]
 
 PENDING: Final = TaskState.PENDING
@@ -74,6 +75,7 @@ class Region:
     """A set of nodes being undone together, and what happens once they are."""
 
     __slots__ = (
+        "absorbed",
         "action",
         "auto_resume",
         "backoff",
@@ -109,8 +111,10 @@ class Region:
         self.parked = False
         #: revert_to(..., retry=True): start the scope afresh instead of parking
         self.auto_resume = False
-        #: set once every member that ran has been reverted
+        #: set once every member that ran has been reverted, or the run has ended (``settle``)
         self.settled = anyio.Event()
+        #: regions merged into this one: whoever waits for them is done when this one is
+        self.absorbed: list[Region] = []
         #: durable runs: the journal generation that records the region (0 once it is committed); its
         #: reverts are held in ``held`` until then
         self.gen = 0
@@ -184,6 +188,7 @@ def open_region(
     core.region_ids += 1
     region = Region(core.region_ids, scope, depth, action, members, report)
     region.failures = carried
+    region.absorbed = list(old.values())
     region.auto_resume = auto_resume
     if failure is not None:
         region.failures.append(failure)
@@ -371,13 +376,22 @@ def _revert_finished(core: RunCore, region: Region, n: int) -> None:
         region_done(core, region)
 
 
+def settle(region: Region) -> None:
+    """Wake whoever waits for ``region``, or for a region merged into it."""
+    pending = [region]
+    while pending:
+        r = pending.pop()
+        r.settled.set()
+        pending.extend(r.absorbed)
+
+
 def region_done(core: RunCore, region: Region) -> None:
     """Every member of ``region`` that ran has been reverted: retry, park or end."""
     if region not in core.regions:
         return  # merged away meanwhile
     report = region.report
     report.reverts_done_at = time.monotonic() if report.first_revert_at is not None else None
-    region.settled.set()
+    settle(region)
     if core.failure_mode or region.action is Action.END:
         return
     scope = core.graph.scopes[region.scope]
