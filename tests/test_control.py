@@ -213,6 +213,78 @@ class TestRevertTo:
                 await run.revert_to("disk")
 
 
+class TestGoingBack:
+    """goto() past a checkpoint and revert_to() undo the scope and what consumed its values, not other branches."""
+
+    @staticmethod
+    def flow(log: list[str], gate: anyio.Event, started: anyio.Event) -> ckflow.Flow:
+        count = {"c": 0}
+
+        @task(provides="c")
+        async def c() -> int:
+            count["c"] += 1
+            log.append(f"c{count['c']}")
+            return count["c"] * 10
+
+        @c.revert
+        async def _(result: object) -> None:
+            log.append("undo c")
+
+        @task(provides="e")
+        async def e(c: int) -> int:
+            log.append(f"e({c})")
+            return c + 1
+
+        @e.revert
+        async def _(result: object) -> None:
+            log.append("undo e")
+
+        @task(provides="z")
+        async def z(e: int) -> int:
+            started.set()
+            await gate.wait()
+            return e
+
+        @task(provides="side")
+        async def side() -> str:
+            log.append("side")
+            return "s"
+
+        @side.revert
+        async def _(result: object) -> None:
+            log.append("undo side")
+
+        return Parallel("p", Linear("main", Linear("inner", Checkpoint("cp"), c), e, z), side)
+
+    @pytest.mark.parametrize("op", ["goto", "revert_to_parked", "revert_to_retry"])
+    async def test_what_consumed_the_scope_is_undone_and_runs_again(self, op: str) -> None:
+        """With c (in cp's scope), e (consumes c) done and z (consumes e) running, going back to cp reverts z,
+        then e, then c; run again, every value is the new c's, and the independent branch ran once."""
+        log: list[str] = []
+        gate, started = anyio.Event(), anyio.Event()
+        async with ckflow.Engine() as engine:
+            run = await engine.start(self.flow(log, gate, started))
+            await started.wait()
+            if op == "goto":
+                await run.goto("cp")
+            else:
+                await run.revert_to("cp", retry=op == "revert_to_retry")
+            if op != "revert_to_retry":
+                assert run.state is FlowState.SUSPENDED
+                assert {n: run.tasks[n].state for n in ("c", "e", "z")} == dict.fromkeys("cez", TaskState.REVERTED)
+            gate.set()
+            if op != "revert_to_retry":
+                await run.resume()
+            result = await run.wait()
+        assert result.state is FlowState.SUCCESS
+        assert result.outputs["c"] == 20
+        assert result.outputs["e"] == result.outputs["z"] == 21
+        assert log.index("undo e") < log.index("undo c")
+        assert log.count("side") == 1
+        assert "undo side" not in log
+        assert result.tasks["z"].attempts == 2
+
+
 class TestSuspendResumeCancel:
     async def test_suspend_then_cancel_reverts_everything(self) -> None:
         """cancel() of a SUSPENDED run reverts what ran and ends REVERTED."""

@@ -108,6 +108,29 @@ class TestThroughTheOwner:
         assert result.state is FlowState.REVERTED
         assert set(app.log) >= {"undo attach", "undo create"}
 
+    async def test_an_engine_leaving_its_block_still_carries_out_requests(self) -> None:
+        """While an engine waits for its runs at the end of its block, its heartbeat carries out what other
+        engines ask: a remote cancel of a run it is finishing returns, and the run is REVERTED."""
+        store, app = MemoryStore(), Gated()
+        leaving = anyio.Event()
+
+        async def owner() -> None:
+            async with Engine(store=store, heartbeat=BEAT) as engine:
+                await engine.start(app.flow, run_id="r")
+                leaving.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(owner)
+            await app.attaching.wait()
+            await leaving.wait()
+            async with Engine(store=store) as ctl:
+                remote = await ctl.attach("r")
+                with anyio.fail_after(5):
+                    await remote.cancel()
+                    result = await remote.wait()
+        assert result.state is FlowState.REVERTED
+        assert "undo create" in app.log
+
     async def test_goto_and_revert_to_from_another_engine(self) -> None:
         """goto() reverts back to a checkpoint the run is past; revert_to(retry=True) runs the scope again."""
         store, app = MemoryStore(), Gated()

@@ -77,7 +77,7 @@ def _check_controllable(core: RunCore, operation: str) -> None:
 
 
 def request_revert_to(core: RunCore, name: str, *, retry: bool) -> Region:
-    """Revert everything of checkpoint ``name``'s scope that ran; then run it afresh or park there."""
+    """Revert what ran of checkpoint ``name``'s scope and downstream of it; then run it afresh or park there."""
     scope = scope_named(core, name)
     _check_controllable(core, f"revert to {name!r}")
     core._walker_event("ckflow.control.revert_to", checkpoint=name, detail={"retry": retry})
@@ -91,12 +91,27 @@ def request_revert_to(core: RunCore, name: str, *, retry: bool) -> Region:
     for region in [r for r in core.regions if r.parked]:
         region.parked = False
         record_region(core, region)
-    members = set(scope_members(core.graph, scope))
+    # Going back to a checkpoint undoes what came after it too: the tasks that consumed the scope's values
+    # (transitively) would otherwise keep values its next pass replaces. Other branches are untouched.
+    members = _with_downstream(core, set(scope_members(core.graph, scope)))
     # With nothing of the scope left to undo, the region is done at once: retried afresh, or parked.
     region = open_region(core, scope, members, Action.SUSPEND, None, None, auto_resume=retry)
     core._kick()
     core._maybe_finish()
     return region
+
+
+def _with_downstream(core: RunCore, members: set[int]) -> set[int]:
+    """``members`` and every node downstream of them."""
+    nodes = core.nodes
+    found = set(members)
+    todo = list(members)
+    while todo:
+        for s in nodes[todo.pop()].succs:
+            if s not in found:
+                found.add(s)
+                todo.append(s)
+    return found
 
 
 def request_goto(core: RunCore, name: str) -> None:

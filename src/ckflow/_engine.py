@@ -262,7 +262,9 @@ class Engine:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool | None:
         tg, self._tg = self._tg, None
-        service, self._service = self._service, None
+        # The heartbeat goes on while the runs are waited for: it renews their leases and carries out what
+        # other processes ask of them (a remote cancel or suspend of a run this engine is finishing).
+        service = self._service
         assert tg is not None
         assert service is not None
         self._closing = True
@@ -278,7 +280,12 @@ class Engine:
                     tg.start_soon(self._leave_when_suspended, core)
         try:
             return await tg.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            if exc is not None and len(group.exceptions) == 1 and group.exceptions[0] is exc:
+                return False  # the block's own exception, alone: it propagates as it was raised
+            raise
         finally:
+            self._service = None
             service.cancel_scope.cancel()
             await service.__aexit__(None, None, None)
             store, self._store = self._store, None

@@ -442,6 +442,13 @@ def reset_region(core: RunCore, region: Region, *, fresh: bool) -> None:
     core.regions.discard(region)
     scope = region.scope
     nodes, state, region_of = core.nodes, core.state, core.region_of
+    # The scope and the scopes holding it: a member's own scopes below these start a new activation. (A
+    # revert_to's region also holds what ran downstream of the scope, outside it.)
+    holding = set()
+    s = scope
+    while s >= 0:
+        holding.add(s)
+        s = core.graph.scopes[s].parent
     members = region.members
     journal = core.journal
     if journal is not None:
@@ -469,14 +476,14 @@ def reset_region(core: RunCore, region: Region, *, fresh: bool) -> None:
         if chain is None:
             chain = chain_cache[node.scope] = core.graph.scope_chain(m)
         for s in chain:
-            if s == scope:
+            if s in holding:
                 break
             core.retries.pop((m, s), None)
         if fresh:
             core.retries.pop((m, scope), None)
         elif ran:
             core.retries[(m, scope)] = core.retries.get((m, scope), 0) + 1
-    for inner in {s for chain in chain_cache.values() for s in chain[: chain.index(scope)]}:
+    for inner in {s for chain in chain_cache.values() for s in _below(chain, holding)}:
         fresh_activation(core, inner)  # a Periodic inside too: from its first iteration, without waiting
     if fresh:
         core.history.pop(scope, None)
@@ -497,6 +504,14 @@ def reset_region(core: RunCore, region: Region, *, fresh: bool) -> None:
     for m in sorted(members):
         if waiting[m] == 0 and state[m] is PENDING:
             core._make_ready(m)
+
+
+def _below(chain: list[int], holding: set[int]) -> list[int]:
+    """The scopes of ``chain`` (innermost first) below the first one in ``holding``."""
+    for i, s in enumerate(chain):
+        if s in holding:
+            return chain[:i]
+    return chain
 
 
 def enter_failure_mode(core: RunCore) -> None:
