@@ -820,6 +820,15 @@ class TestTakeOver:
         assert (done.status, done.err) == (1, "Run 'ok-1' has already ended (SUCCESS); there is nothing to cancel.\n")
         assert cli("cancel", "flaky-1", "--store", url, *IMPORT).status == 0
 
+    def test_goto_and_revert_to_of_an_ended_run_are_refused(self, cli: Cli, url: str) -> None:
+        """goto and revert-to of a run that has ended are refused (exit 1), whatever state it ended in."""
+        finished(url)
+        for argv in (("goto", "ok-1", "work"), ("revert-to", "ok-1", "work"), ("revert-to", "flaky-1", "work")):
+            done = cli(*argv, "--store", url, *IMPORT)
+            assert done.status == 1, argv
+            assert f"Run {argv[1]!r} cannot " in done.err
+            assert "it has already ended" in done.err
+
     def test_json(self, cli: Cli, url: str) -> None:
         """With --json a control command prints the run's record once it is done."""
         left(url, "r")

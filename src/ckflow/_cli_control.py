@@ -161,10 +161,17 @@ async def _control(
     verb: str,
     expect: frozenset[FlowState],
     act: Callable[[Run], Awaitable[None]],
+    refused_once_ended: bool = False,
 ) -> int:
-    """Attach to the run and ``act`` on it; run it here if this engine took it over, else report its state."""
+    """Attach to the run and ``act`` on it; run it here if this engine took it over, else report its state.
+
+    ``refused_once_ended``: an ended run cannot do this (goto, revert-to), whatever state it ended in.
+    """
     before = await store.get_run(run_id)
     if before.state in TERMINAL:
+        if refused_once_ended:
+            console.note(f"Run {run_id!r} cannot {verb}: it has already ended ({before.state}).")
+            return 1
         console.note(f"Run {run_id!r} has already ended ({before.state}); there is nothing to {verb}.")
         return 0 if before.state in expect else 1
     owner = _live_owner(before)
@@ -203,9 +210,19 @@ async def _command(
     verb: str,
     expect: frozenset[FlowState],
     act: Callable[[Run], Awaitable[None]],
+    refused_once_ended: bool = False,
 ) -> int:
     async with _engine(args.store_url) as (engine, store):
-        return await _control(engine, store, args.run_id, console, verb=verb, expect=expect, act=act)
+        return await _control(
+            engine,
+            store,
+            args.run_id,
+            console,
+            verb=verb,
+            expect=expect,
+            act=act,
+            refused_once_ended=refused_once_ended,
+        )
 
 
 async def _resume(run: Run) -> None:
@@ -269,6 +286,7 @@ async def cmd_goto(args: argparse.Namespace, console: Console) -> int:
         verb=f"go to {checkpoint!r}",
         expect=frozenset({FlowState.SUSPENDED}),
         act=lambda r: r.goto(checkpoint),
+        refused_once_ended=True,
     )
 
 
@@ -282,4 +300,5 @@ async def cmd_revert_to(args: argparse.Namespace, console: Console) -> int:
         verb=f"revert to {checkpoint!r}",
         expect=frozenset({FlowState.SUCCESS if retry else FlowState.SUSPENDED}),
         act=lambda r: r.revert_to(checkpoint, retry=retry),
+        refused_once_ended=True,
     )
