@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 import ckflow
-from ckflow import Engine, FlowState, Linear, Parallel, TaskState, task
+from ckflow import Checkpoint, Engine, FlowState, Linear, Parallel, TaskState, task
 from ckflow.testing import EventRecorder
 
 
@@ -483,6 +483,29 @@ class TestCancel:
 
 
 class TestSuspend:
+    async def test_engine_closing_cancels_a_suspended_run_without_a_store(self) -> None:
+        """Leaving an engine's block with a SUSPENDED run that has no store (nothing could resume it once the
+        engine is closed) reverts it, instead of waiting for it forever."""
+        reverted: list[str] = []
+
+        @task
+        async def first() -> None: ...
+
+        @first.revert
+        async def _(result: object) -> None:
+            reverted.append("first")
+
+        @task
+        async def second() -> None: ...
+
+        with anyio.fail_after(5):
+            async with Engine() as engine:
+                run = await engine.start(Linear("l", first, Checkpoint("cp"), second))
+                await run.goto("cp")
+                assert run.state is FlowState.SUSPENDED
+        assert run.state is FlowState.REVERTED
+        assert reverted == ["first"]
+
     async def test_suspend_then_resume(self) -> None:
         """suspend() lets the running task finish and starts nothing new (SUSPENDED); resume() goes on to SUCCESS."""
         gate = anyio.Event()

@@ -276,8 +276,8 @@ class Engine:
                 # A durable run is stopped, not reverted, when its task is cancelled: see RunCore.main.
         else:
             for core in live:
-                if core.durable:
-                    tg.start_soon(self._leave_when_suspended, core)
+                watch = self._leave_when_suspended if core.durable else self._cancel_when_suspended
+                tg.start_soon(watch, core)
         try:
             return await tg.__aexit__(exc_type, exc, tb)
         except BaseExceptionGroup as group:
@@ -387,6 +387,16 @@ class Engine:
             await suspended.wait()
             if core.flow_state is FlowState.SUSPENDED and not core.terminal.is_set():
                 core.stop(None)
+                return
+
+    async def _cancel_when_suspended(self, core: RunCore) -> None:
+        """The engine is closing: a run without a store that is (or becomes) SUSPENDED could never be resumed
+        once the engine has closed, and would keep it from closing: it is cancelled (reverted) instead."""
+        while not core.terminal.is_set():
+            suspended = core.suspended
+            await suspended.wait()
+            if core.flow_state is FlowState.SUSPENDED and not core.terminal.is_set():
+                request_cancel(core)
                 return
 
     async def resume(
