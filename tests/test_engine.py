@@ -413,6 +413,51 @@ class TestCancel:
                 gate.set()
         assert log == ["careful finished", "undo careful (done)"]
 
+    @pytest.mark.parametrize("shape", ["last", "only"])
+    async def test_a_shielded_last_task_done_after_the_caller_is_cancelled_is_reverted(self, shape: str) -> None:
+        """A caller cancelled while the flow's last task runs shielded: the task finishes, then everything that
+        ran is reverted (the run does not end SUCCESS with a result nobody sees) and the cancellation goes on."""
+        started, gate = anyio.Event(), anyio.Event()
+        log: list[str] = []
+
+        @task(provides="r")
+        async def reserve() -> str:
+            log.append("reserve")
+            return "r1"
+
+        @reserve.revert
+        async def _(result: Any) -> None:
+            log.append("release")
+
+        @task(shield=True)
+        async def charge() -> None:
+            started.set()
+            await gate.wait()
+            log.append("charged")
+
+        @charge.revert
+        async def _(result: Any) -> None:
+            log.append("refund")
+
+        flow = Linear("order", reserve, charge) if shape == "last" else Linear("order", charge)
+        events = EventRecorder()
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                scope = anyio.CancelScope()
+
+                async def caller() -> None:
+                    with scope:
+                        await ckflow.run(flow, on_event=events)
+
+                tg.start_soon(caller)
+                await started.wait()
+                scope.cancel()
+                await anyio.wait_all_tasks_blocked()
+                gate.set()
+        assert scope.cancelled_caught
+        assert events.events[-1].name == "ckflow.run.reverted"
+        assert log == (["reserve", "charged", "refund", "release"] if shape == "last" else ["charged", "refund"])
+
     async def test_cancelling_caller_of_run_reverts_shielded_then_propagates(self) -> None:
         """Cancelling the caller of ckflow.run() reverts what ran, shielded, then the cancellation propagates."""
         blocker_started = anyio.Event()

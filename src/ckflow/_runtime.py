@@ -478,6 +478,11 @@ class RunCore:
             CURRENT.reset(token)
         if self.exec_scopes:
             self.exec_scopes.pop(n, None)
+        if node.shield and self.journal is None and anyio.current_effective_deadline() == -math.inf:
+            # The run's caller was cancelled while this task ran shielded: the run is cancelled, and everything
+            # that ran, this task included, is reverted; its late success must not end the run SUCCESS, a
+            # result its caller will never see.
+            request_cancel(self, spawn=False)
         if self.stopped is not None and self.journal is not None and scope.cancel_called:
             # Cancelled because this engine stopped running the run: owed an execution, not a revert.
             self.cancel_requested.discard(n)
