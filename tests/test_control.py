@@ -284,6 +284,39 @@ class TestGoingBack:
         assert "undo side" not in log
         assert result.tasks["z"].attempts == 2
 
+    @pytest.mark.parametrize("back", ["goto", "revert_to"])
+    async def test_going_back_from_a_later_checkpoint_runs_the_scope_before_what_follows(self, back: str) -> None:
+        """Parked at a later checkpoint (its first task already queued), going back to an earlier one and
+        resuming runs the earlier scope again before that task, which consumes its value."""
+        log: list[str] = []
+        count = {"a": 0}
+
+        @task(provides="a")
+        async def a() -> int:
+            count["a"] += 1
+            log.append("a")
+            return count["a"]
+
+        @task(provides="post")
+        async def post(a: int) -> int:
+            log.append(f"post({a})")
+            return a
+
+        flow = Linear("job", Linear("body", a, checkpoint=Checkpoint("tick")), Checkpoint("after"), post)
+        async with ckflow.Engine() as engine:
+            run = await engine.start(flow)
+            await run.goto("after")
+            if back == "goto":
+                await run.goto("tick")
+            else:
+                await run.revert_to("tick", retry=False)
+            assert run.state is FlowState.SUSPENDED
+            log.clear()
+            await run.resume()
+            result = await run.wait()
+        assert log == ["a", "post(2)"]
+        assert result.outputs["post"] == 2
+
 
 class TestSuspendResumeCancel:
     async def test_suspend_then_cancel_reverts_everything(self) -> None:

@@ -342,6 +342,7 @@ class RunCore:
         region_of = self.region_of
         state = self.state
         queued = self.queued
+        waiting = self.waiting
         while True:
             if revert_ready:
                 await revert(self, revert_ready.popleft())
@@ -351,7 +352,8 @@ class RunCore:
                     while ready:
                         candidate = ready.popleft()
                         queued[candidate] = 0
-                        if region_of[candidate] is None and state[candidate] is PENDING:
+                        # (a task queued before a region reset its predecessors waits for them again)
+                        if region_of[candidate] is None and state[candidate] is PENDING and not waiting[candidate]:
                             if candidate in self.barrier:
                                 reach_barrier(self, candidate)
                                 break
