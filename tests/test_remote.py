@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import anyio
 import pytest
+from tests.support import WatchedStore, expire_lease
 
 import ckflow
 from ckflow import Checkpoint, Engine, FlowState, Linear, Parallel, TaskState, task
-from ckflow.stores import MemoryStore
+from ckflow.stores import ControlRequest, MemoryStore
 
 #: the owner's heartbeat: how soon it picks up a request from another engine
 BEAT = 0.01
@@ -67,6 +68,19 @@ class Gated:
             create,
             Parallel("prepare", Linear("disk-branch", Checkpoint("disk"), attach, boot), net),
         )
+
+
+class Asking(WatchedStore):
+    """The controlling engine's store: ``asked`` is set once it has recorded a control request."""
+
+    def __init__(self, inner: MemoryStore) -> None:
+        super().__init__(inner)
+        self.asked = anyio.Event()
+
+    async def request(self, request: ControlRequest) -> None:
+        await self.inner.request(request)
+        if request.done_at is None:
+            self.asked.set()
 
 
 class TestThroughTheOwner:
@@ -130,6 +144,38 @@ class TestThroughTheOwner:
                     result = await remote.wait()
         assert result.state is FlowState.REVERTED
         assert "undo create" in app.log
+
+    @pytest.mark.parametrize("op", ["suspend", "cancel"])
+    async def test_a_request_to_an_owner_that_died_is_carried_out_once_its_lease_lapses(self, op: str) -> None:
+        """A control call made while the owner's lease is live, after the owner died, does not wait forever:
+        once the lease lapses, the caller takes the run over and carries it out itself."""
+        store, app = MemoryStore(), Gated()
+        dying = WatchedStore(store)
+        async with Engine(store=dying, heartbeat=BEAT, lease_ttl=60) as owner:
+            await owner.start(app.flow, run_id="r")
+            await app.attaching.wait()
+            dying.dead = True  # the owner's process is gone: it writes, renews and carries out nothing more
+            asking = Asking(store)
+            async with Engine(store=asking, poll_interval=0.01) as ctl:
+                remote = await ctl.attach("r", flow=app.flow)
+
+                async def lapse() -> None:
+                    await asking.asked.wait()
+                    expire_lease(store, "r")
+
+                with anyio.fail_after(5):
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(lapse)
+                        await (remote.suspend() if op == "suspend" else remote.cancel())
+                    assert asking.asked.is_set()
+                    assert remote.local
+                    app.gate.set()
+                    if op == "suspend":
+                        assert remote.state is FlowState.SUSPENDED
+                        await remote.cancel()
+                    assert (await remote.wait()).state is FlowState.REVERTED
+                assert all(r.done_at is not None for r in await store.requests("r"))
+            app.gate.set()
 
     async def test_goto_and_revert_to_from_another_engine(self) -> None:
         """goto() reverts back to a checkpoint the run is past; revert_to(retry=True) runs the scope again."""

@@ -338,16 +338,9 @@ class _Stored:
             return False
         if checkpoint is not None:
             self.engine._check_checkpoint(record, self.flow_obj, checkpoint)
-        try:
-            taken = await self.engine._take_over(record, self.flow_obj, op)
-        except RunOwnedError:
-            pass
-        else:
-            if taken is None:
-                await self.refresh()  # done in the store alone (a suspend of a run nobody runs)
-                return False
-            self.taken = taken
-            return True
+        here = await self._take_over(record, op)
+        if here is not None:
+            return here
         request = ControlRequest(
             request_id=uuid.uuid4().hex,
             run_id=self.run_id,
@@ -367,9 +360,30 @@ class _Stored:
                     raise RunStateError(done.error)
                 await self.refresh()
                 return False
-            if (await self.refresh()).state in _TERMINAL:
+            record = await self.refresh()
+            if record.state in _TERMINAL:
                 return False
+            if record.lease_expires is not None and record.lease_expires < time.time():
+                # The owner died before it carried the request out: take the run over and do it here.
+                here = await self._take_over(record, op)
+                if here is not None:
+                    # Done here: no owner may carry it out again (a second revert_to would revert again).
+                    await store.request(request.model_copy(update={"done_at": time.time()}))
+                    return here
             await anyio.sleep(self.engine._poll_interval)
+
+    async def _take_over(self, record: RunRecord, op: ControlOp) -> bool | None:
+        """Run ``op`` here if no live engine owns the run: True (the run now runs here), False (done in the store
+        alone: a suspend of a run nobody runs), or None if a live engine owns it."""
+        try:
+            taken = await self.engine._take_over(record, self.flow_obj, op)
+        except RunOwnedError:
+            return None
+        if taken is None:
+            await self.refresh()
+            return False
+        self.taken = taken
+        return True
 
     async def _local_or(self, op: ControlOp, checkpoint: str | None = None, retry: bool = True) -> _Local | None:
         if await self._control(op, checkpoint, retry):
