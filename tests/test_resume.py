@@ -359,6 +359,30 @@ class TestResume:
         assert "attach" in app.executed("resumed")
 
 
+class HeldRenewal(WatchedStore):
+    """A store whose first lease renewal waits for ``go`` once it has started (``renewing``); ``renewed`` is set
+    once it has returned, ``released`` once a lease has been released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.renewing, self.go, self.renewed = anyio.Event(), anyio.Event(), anyio.Event()
+        self.released = anyio.Event()
+
+    async def release(self, run_id: str, owner: str) -> None:
+        await super().release(run_id, owner)
+        self.released.set()
+
+    async def renew(self, owner: str, run_ids: Any, ttl: float) -> Any:
+        if self.renewed.is_set():
+            return await self.inner.renew(owner, run_ids, ttl)
+        self.renewing.set()
+        await self.go.wait()
+        try:
+            return await self.inner.renew(owner, run_ids, ttl)
+        finally:
+            self.renewed.set()
+
+
 class TestLeases:
     """A run is owned by one engine at a time; a stale lease is taken over."""
 
@@ -429,6 +453,30 @@ class TestLeases:
                 tg.start_soon(race, b)
         assert sorted(outcomes) == ["ran", "refused"]
         assert runs == ["r"]
+
+    async def test_a_run_that_ends_during_a_renewal_is_not_said_to_lose_its_lease(self) -> None:
+        """A renewal in flight while the run ends (and releases its lease) finds the run no longer owned: that is
+        the run's own release, not a lost lease, and no ckflow.run.stopped follows its success."""
+        store = HeldRenewal()
+        gate = anyio.Event()
+        names: list[str] = []
+
+        @task
+        async def slow() -> None:
+            await gate.wait()
+
+        async with Engine(store=store, heartbeat=0.01, lease_ttl=5) as engine:
+            run = await engine.start(Linear("l", slow), run_id="r", on_event=lambda e: names.append(e.name))
+            with anyio.fail_after(5):
+                await store.renewing.wait()  # the renewal holds run r
+                gate.set()
+                assert (await run.wait()).state is FlowState.SUCCESS
+                await store.released.wait()  # the engine releases the lease after the run's end
+                store.go.set()
+                await store.renewed.wait()
+                await anyio.lowlevel.checkpoint()
+        assert names[-1] == "ckflow.run.success"
+        assert "ckflow.run.stopped" not in names
 
     async def test_takeover_after_the_lease_lapses(self) -> None:
         """Once a lease lapses another engine takes the run over, and the old engine stops it (LeaseLostError)."""

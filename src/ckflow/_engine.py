@@ -622,7 +622,8 @@ class Engine:
                 continue
             for run_id in renewal.lost:
                 core = cores.get(run_id)
-                if core is not None:
+                # A run that ended meanwhile released its lease itself (a write that lost it says so)
+                if core is not None and core.flow_state not in _TERMINAL:
                     core.stop(LeaseLostError(run_id, self._id))
             tg = self._service
             for request in renewal.requests:
