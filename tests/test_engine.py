@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import anyio
@@ -457,6 +458,33 @@ class TestCancel:
         assert scope.cancelled_caught
         assert events.events[-1].name == "ckflow.run.reverted"
         assert log == (["reserve", "charged", "refund", "release"] if shape == "last" else ["charged", "refund"])
+
+    async def test_a_plain_asyncio_cancellation_does_not_cut_a_shielded_task_short(self) -> None:
+        """task.cancel() on the asyncio task that awaits ckflow.run() (as asyncio.timeout does) waits for a
+        shielded task to finish like an anyio cancellation does, then reverts it and propagates."""
+        started, gate = anyio.Event(), anyio.Event()
+        log: list[str] = []
+
+        @task(shield=True)
+        async def charge() -> None:
+            started.set()
+            await gate.wait()
+            log.append("charged")
+
+        @charge.revert
+        async def _(result: Any) -> None:
+            log.append("refund (cancelled)" if isinstance(result, ckflow.Failure) else "refund")
+
+        caller = asyncio.ensure_future(ckflow.run(Linear("pay", charge)))
+        with anyio.fail_after(5):
+            await started.wait()
+            caller.cancel()
+            await anyio.wait_all_tasks_blocked()
+            assert log == []  # still charging
+            gate.set()
+            with pytest.raises(asyncio.CancelledError):
+                await caller
+        assert log == ["charged", "refund"]
 
     async def test_cancelling_caller_of_run_reverts_shielded_then_propagates(self) -> None:
         """Cancelling the caller of ckflow.run() reverts what ran, shielded, then the cancellation propagates."""

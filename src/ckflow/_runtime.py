@@ -335,6 +335,15 @@ class RunCore:
         finally:
             self.workers -= 1
 
+    async def _execute_apart(self, n: int) -> None:
+        """A shielded task's execute, in a task of its own (see ``_work``); then this task works on as a worker."""
+        self.workers += 1
+        try:
+            await self._run_execute(n)
+            await self._work()
+        finally:
+            self.workers -= 1
+
     async def _work(self) -> None:
         steps = 0
         revert_ready = self.revert_ready
@@ -368,7 +377,14 @@ class RunCore:
                         await journal.flush()
                         continue
                     return
-                await self._execute(n)
+                tg = self.tg
+                if self.nodes[n].shield and tg is not None:
+                    # A shielded task runs in a task of its own: a plain asyncio cancellation of the task that
+                    # runs this worker (asyncio.timeout around ckflow.run, say) cannot be shielded inside it.
+                    self._begin(n)
+                    tg.start_soon(self._execute_apart, n)
+                else:
+                    await self._execute(n)
             steps += 1
             if steps >= _FAIRNESS_STEPS:
                 steps = 0
@@ -430,10 +446,8 @@ class RunCore:
             return call(kw)
         return anyio.to_thread.run_sync(partial(call, kw), limiter=self.limiter)
 
-    async def _execute(self, n: int) -> None:
-        node = self.nodes[n]
-        task = node.task
-        assert task is not None
+    def _begin(self, n: int) -> None:
+        """``n`` starts: RUNNING, counted, timed."""
         self._set(n, RUNNING)
         self.executions[n] += 1
         self.executing += 1
@@ -442,6 +456,16 @@ class RunCore:
             report = self.retry_watch.pop(n, None)
             if report is not None and report.retry_at is None:
                 report.retry_at = t0
+
+    async def _execute(self, n: int) -> None:
+        self._begin(n)
+        await self._run_execute(n)
+
+    async def _run_execute(self, n: int) -> None:
+        """The execute of ``n``, which has begun (``_begin``), to its outcome."""
+        node = self.nodes[n]
+        task = node.task
+        assert task is not None
         # The cancel scope is entered before the task's first step, so that any scope or task group the
         # task itself opens nests inside it; anyio needs scopes to exit in the reverse order of entry.
         deadline = math.inf if node.timeout is None else anyio.current_time() + node.timeout
