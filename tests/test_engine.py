@@ -84,6 +84,13 @@ class TestEngine:
         with pytest.raises(ckflow.RunStateError):
             await engine.start(Linear("l", noop("a")))
 
+    @pytest.mark.parametrize("name", ["lease_ttl", "heartbeat", "poll_interval"])
+    @pytest.mark.parametrize("value", [0, -1, float("inf"), float("nan")])
+    def test_times_must_be_positive_and_finite(self, name: str, value: float) -> None:
+        """lease_ttl, heartbeat and poll_interval are refused, by name, unless positive and finite."""
+        with pytest.raises(ValueError, match=f"Engine\\({name}=.*\\) must be a positive, finite number of seconds"):
+            Engine(**{name: value})
+
     async def test_get_run_unknown(self) -> None:
         """get_run of an unknown id raises RunStateError."""
         async with Engine() as engine:

@@ -119,6 +119,7 @@ class TestBoundedStorage:
         """keep_last must be a positive int and max_age a positive age, where the checkpoint is written."""
         with pytest.raises(ValueError, match="keep_last"):
             Checkpoint("c", keep_last=0)
-        with pytest.raises(ValueError, match="max_age"):
-            Checkpoint("c", max_age=0)
+        for age in (0, -1, datetime.timedelta(seconds=-5)):
+            with pytest.raises(ValueError, match=r"max_age=.* would keep nothing; give a positive age"):
+                Checkpoint("c", max_age=age)
         assert Checkpoint("c", max_age=datetime.timedelta(hours=1)).max_age == 3600.0

@@ -227,9 +227,12 @@ class Checkpoint:
         if isinstance(max_age, datetime.timedelta):
             max_age = max_age.total_seconds()
         if max_age is not None:
-            max_age = _check_number("Checkpoint", "max_age", max_age, minimum=0.0)
-            if max_age == 0:
-                raise ValueError(f"Checkpoint({name!r}, max_age=0) would keep nothing; give a positive age.")
+            max_age = _check_number("Checkpoint", "max_age", max_age, minimum=-math.inf)
+            if max_age <= 0:
+                raise ValueError(
+                    f"Checkpoint({name!r}, max_age={max_age!r}) would keep nothing; give a positive age (seconds or "
+                    "a timedelta)."
+                )
         set_(self, "max_age", max_age)
 
     def __setattr__(self, name: str, value: object) -> None:

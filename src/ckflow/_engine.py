@@ -14,6 +14,7 @@ run, takes the run over itself.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
@@ -73,8 +74,8 @@ _log = structlog.get_logger("ckflow")
 
 def _positive(owner: str, name: str, value: float) -> float:
     given: object = value
-    if isinstance(given, bool) or not isinstance(given, int | float) or not given > 0:
-        raise ValueError(f"{owner}({name}={value!r}) must be a positive number of seconds.")
+    if isinstance(given, bool) or not isinstance(given, int | float) or not 0 < given < math.inf:
+        raise ValueError(f"{owner}({name}={value!r}) must be a positive, finite number of seconds.")
     return float(value)
 
 
