@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
@@ -11,6 +12,9 @@ from tests.support import Crash, WatchedStore, expire_lease
 import ckflow
 from ckflow import Checkpoint, Engine, FlowState, Linear, Parallel, Retry, TaskState, task
 from ckflow.stores import MemoryStore
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 
 class Provisioning:
@@ -160,6 +164,43 @@ class TestResume:
         assert log == ["a", "b", "b"]
         assert result.tasks["b"].attempts == 2
         assert result.tasks["a"].attempts == 1
+
+    async def test_a_service_lifespan_that_cancels_its_engine_stops_runs_without_waiting(self) -> None:
+        """The README's lifespan: an engine whose block is left by cancelling a scope around it stops its durable
+        runs where they are (nothing reverted, lease released) instead of waiting for them; they resume later."""
+        store, gate, started = MemoryStore(), anyio.Event(), anyio.Event()
+        log: list[str] = []
+
+        @task
+        async def slow() -> None:
+            log.append("slow")
+            started.set()
+            await gate.wait()
+
+        @slow.revert
+        async def _(result: object) -> None:
+            log.append("undo slow")
+
+        flow = Linear("l", slow)
+
+        @contextlib.asynccontextmanager
+        async def lifespan() -> AsyncIterator[Engine]:
+            with anyio.CancelScope() as stop:
+                async with Engine(store=store) as engine:
+                    yield engine
+                    stop.cancel()
+
+        with anyio.fail_after(5):
+            async with lifespan() as engine:
+                await engine.start(flow, run_id="r")
+                await started.wait()
+            record = await store.get_run("r")
+            assert (record.state, record.owner) == (FlowState.RUNNING, None)
+            assert log == ["slow"]
+            gate.set()
+            async with Engine(store=store) as later:
+                assert (await (await later.resume("r", flow=flow)).wait()).state is FlowState.SUCCESS
+        assert log == ["slow", "slow"]
 
     async def test_shutdown_reverts_nothing(self) -> None:
         """An engine cancelled while a durable run runs stops it without reverting anything."""
