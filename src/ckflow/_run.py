@@ -148,6 +148,8 @@ class Run:
     async def goto(self, checkpoint: str) -> None:
         """Run forward until ``checkpoint`` is reached, or revert back to it if the run is past it.
 
+        Going back reverts what ran of the checkpoint's scope and downstream of it, as ``revert_to`` does.
+
         Returns once the run is SUSPENDED there (or has ended); ``resume()`` goes on.
 
         Raises:
@@ -158,7 +160,7 @@ class Run:
         self._adopted()
 
     async def revert_to(self, checkpoint: str, *, retry: bool = True) -> None:
-        """Revert everything of ``checkpoint``'s scope that ran, other branches untouched.
+        """Revert what ran of ``checkpoint``'s scope and downstream of it, other branches untouched.
 
         With ``retry=True`` the scope then runs again with a fresh budget, and
         this returns once its reverts are done; with ``retry=False`` the run
