@@ -171,7 +171,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint of the run's flow")
 
     sub = command(
-        "revert-to", control.cmd_revert_to, "revert what a checkpoint's scope ran, then run it again (or park there)"
+        "revert-to",
+        control.cmd_revert_to,
+        "revert what a checkpoint's scope and its consumers ran, then run it again (or park there)",
     )
     sub.add_argument("run_id", metavar="RUN", help="the run's id")
     sub.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint of the run's flow")
