@@ -878,7 +878,7 @@ class TestThroughTheOwner:
             await started.wait()
             done = await cli_thread("resume", "r", "--store", url, *IMPORT)
             assert done.status == 1
-            assert "Run 'r' is RUNNING in engine 'owner', which is alive and runs it" in done.err
+            assert "Run 'r' is RUNNING in engine 'owner', whose lease on it is live" in done.err
             gate.set()
             assert (await run.wait()).state is FlowState.SUCCESS
 

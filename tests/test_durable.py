@@ -301,7 +301,7 @@ class TestValues:
         assert error.type_name == "Opaque"
         assert isinstance(error.value, Opaque)
         assert "opaque" in str(error)
-        assert "Opaque" in str(error)
+        assert "returned an Opaque, which cannot be stored as JSON" in str(error)
         assert log == [("undo opaque", "ckflow.ResultNotSerializableError"), "undo first"]
 
     async def test_unserialisable_input_is_refused_at_start(self) -> None:
@@ -315,6 +315,7 @@ class TestValues:
             with pytest.raises(ckflow.ResultNotSerializableError, match="'thing'") as info:
                 await engine.start(Linear("l", use), {"thing": Opaque()}, run_id="r")
         assert info.value.input == "thing"
+        assert "Run input 'thing' is an Opaque" in str(info.value)
         assert await store.list_runs() == []
 
     async def test_results_come_back_as_their_annotated_types(self) -> None:

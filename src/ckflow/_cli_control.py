@@ -256,8 +256,9 @@ async def cmd_resume(args: argparse.Namespace, console: Console) -> int:
                 return await _foreground(run, console, store, success)
         if record.state is not FlowState.SUSPENDED:
             raise CliError(
-                f"Run {run_id!r} is {record.state} in engine {owner!r}, which is alive and runs it, so there is "
-                f"nothing to resume here; watch it with `ckflow events {run_id} --follow`."
+                f"Run {run_id!r} is {record.state} in engine {owner!r}, whose lease on it is live, so there is "
+                f"nothing to resume here (if that engine died, its lease lapses and the run can be resumed then); "
+                f"watch it with `ckflow events {run_id} --follow`."
             )
         # SUSPENDED in a live engine: ask that engine to resume it (it needs no flow here).
         return await _control(engine, store, run_id, console, verb="resume", expect=success, act=_resume)

@@ -278,6 +278,10 @@ class SchemaVersionError(StoreError):
         )
 
 
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
 class ResultNotSerializableError(StoreError, TypeError):
     """A task returned (or a run was given as input) a value that cannot be stored as JSON."""
 
@@ -294,8 +298,8 @@ class ResultNotSerializableError(StoreError, TypeError):
         self.value = value
         subject = f"Task {task!r} returned" if input is None else f"Run input {input!r} is"
         super().__init__(
-            f"{subject} a {type_name}, which cannot be stored as JSON ({problem}); use JSON-able data or a "
-            "pydantic model, or register a codec for the type with `ckflow.register_codec()`."
+            f"{subject} {_article(type_name)} {type_name}, which cannot be stored as JSON ({problem}); use JSON-able "
+            "data or a pydantic model, or register a codec for the type with `ckflow.register_codec()`."
         )
 
 
