@@ -58,14 +58,16 @@ def _demo(args: argparse.Namespace) -> int:
 # -- the parser ---------------------------------------------------------------------------
 
 
-def _state(choices: Sequence[str]) -> Any:
+def _add_states(sub: argparse.ArgumentParser, choices: Sequence[str], help: str) -> None:
+    """``--state STATE ...``: run states, any case, each one of ``choices``."""
+
     def parse(text: str) -> str:
         state = text.strip().upper()
         if state not in choices:
             raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(choices)}")
         return state
 
-    return parse
+    sub.add_argument("--state", dest="states", metavar="STATE", nargs="+", action="extend", type=parse, help=help)
 
 
 def _common(*, top: bool) -> argparse.ArgumentParser:
@@ -133,15 +135,7 @@ def _parser() -> argparse.ArgumentParser:
         return sub
 
     sub = command("runs", runs.cmd_runs, "list the runs of the store, newest first")
-    sub.add_argument(
-        "--state",
-        dest="states",
-        metavar="STATE",
-        nargs="+",
-        action="extend",
-        type=_state(_STATES),
-        help=f"only runs in these states ({', '.join(_STATES)})",
-    )
+    _add_states(sub, _STATES, f"only runs in these states ({', '.join(_STATES)})")
     sub.add_argument("--flow", metavar="NAME", help="only runs of this flow")
     sub.add_argument(
         "--limit", metavar="N", type=_count, default=50, help="show at most N runs (default: 50; 0 for all)"
@@ -189,15 +183,7 @@ def _parser() -> argparse.ArgumentParser:
         default=parse_duration("30d"),
         help="delete runs that ended longer ago than this: 30d, 12h, 90m, 3600s or 1h30m (default: 30d)",
     )
-    sub.add_argument(
-        "--state",
-        dest="states",
-        metavar="STATE",
-        nargs="+",
-        action="extend",
-        type=_state(_ENDED),
-        help="only runs that ended in these states (default: SUCCESS REVERTED FAILURE)",
-    )
+    _add_states(sub, _ENDED, "only runs that ended in these states (default: SUCCESS REVERTED FAILURE)")
     sub.add_argument("--dry-run", action="store_true", help="only list the runs that would be deleted")
     sub.add_argument("--yes", "-y", action="store_true", help="do not ask before deleting")
 

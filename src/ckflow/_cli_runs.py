@@ -17,7 +17,7 @@ import anyio
 from ckflow._cli_format import CliError, StatusLine, cut, failure_line, fmt_duration, fmt_time, table
 from ckflow._errors import CkflowError
 from ckflow._registry import registered_flow, registered_flows
-from ckflow._states import FlowState
+from ckflow._states import TERMINAL, FlowState
 from ckflow.stores import open_store
 
 if TYPE_CHECKING:
@@ -42,7 +42,6 @@ __all__ = [
     "owner_text",
 ]
 
-TERMINAL: Final = frozenset({FlowState.SUCCESS, FlowState.REVERTED, FlowState.FAILURE})
 #: seconds between looks at the store for ``events --follow``
 FOLLOW_POLL: float = 0.2
 #: runs deleted per ``delete_runs`` call by ``prune``

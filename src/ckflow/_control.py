@@ -7,14 +7,14 @@ task of the run's event loop, and idempotent. Each is recorded as a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 import anyio
 
 from ckflow._compile import ROOT
 from ckflow._errors import RunStateError, UnknownCheckpointError
 from ckflow._region import Action, scope_members
-from ckflow._states import FlowState, TaskState
+from ckflow._states import PENDING, TERMINAL, FlowState
 from ckflow._walker import open_region, record_region, reset_region
 
 if TYPE_CHECKING:
@@ -31,13 +31,10 @@ __all__ = [
     "scope_named",
 ]
 
-_TERMINAL: Final = frozenset({FlowState.SUCCESS, FlowState.REVERTED, FlowState.FAILURE})
-PENDING: Final = TaskState.PENDING
-
 
 def request_cancel(core: RunCore, *, spawn: bool = True) -> None:
     """Revert everything that ran; the run ends REVERTED. Idempotent."""
-    if core.flow_state in _TERMINAL or core.failure_mode or core.root_region is not None:
+    if core.flow_state in TERMINAL or core.failure_mode or core.root_region is not None:
         return
     core._walker_event("ckflow.control.cancel")
     if core.flow_state is FlowState.PENDING:
@@ -69,7 +66,7 @@ def scope_named(core: RunCore, name: str) -> int:
 def _check_controllable(core: RunCore, operation: str) -> None:
     if core.stopped is not None:
         raise RunStateError(f"Run {core.run_id!r} cannot {operation} here: {core.stopped}")
-    if core.flow_state in _TERMINAL or core.failure_mode or core.root_region is not None:
+    if core.flow_state in TERMINAL or core.failure_mode or core.root_region is not None:
         raise RunStateError(
             f"Run {core.run_id!r} cannot {operation}: it is {core.flow_state}"
             f"{' and reverting everything' if core.root_region is not None else ''}."
@@ -147,7 +144,7 @@ def reach_barrier(core: RunCore, n: int) -> None:
 
 def request_suspend(core: RunCore) -> None:
     """Let running tasks finish and start nothing new; the run becomes SUSPENDED."""
-    if core.flow_state in _TERMINAL or core.halted:
+    if core.flow_state in TERMINAL or core.halted:
         return
     core._walker_event("ckflow.control.suspend")
     core.halted = True
@@ -157,7 +154,7 @@ def request_suspend(core: RunCore) -> None:
 
 def request_resume(core: RunCore) -> None:
     """Go on after a suspension; a parked checkpoint starts a fresh budget."""
-    if core.flow_state in _TERMINAL or not core.halted or core.failure_mode:
+    if core.flow_state in TERMINAL or not core.halted or core.failure_mode:
         return
     core._walker_event("ckflow.control.resume")
     core.halted = False

@@ -50,7 +50,7 @@ from ckflow._registry import registered_flow
 from ckflow._resume import restore
 from ckflow._run import Run, _Local, _Stored
 from ckflow._runtime import RunCore
-from ckflow._states import FlowState
+from ckflow._states import TERMINAL, FlowState
 from ckflow.stores import Store, open_store
 
 if TYPE_CHECKING:
@@ -66,7 +66,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Engine", "run"]
 
-_TERMINAL: Final = frozenset({FlowState.SUCCESS, FlowState.REVERTED, FlowState.FAILURE})
 #: how many ended durable runs an engine keeps handles of (the store keeps them all)
 _ENDED_KEPT: Final = 1000
 _log = structlog.get_logger("ckflow")
@@ -429,7 +428,7 @@ class Engine:
             await local.resume()
             return local
         record = await self._store_or_fail().get_run(run_id)
-        if record.state in _TERMINAL:
+        if record.state in TERMINAL:
             return Run(_Stored(self, record, flow))
         handle = await self._take_over(record, flow, "resume", max_concurrency, on_event)
         assert handle is not None  # only a suspend is done without taking the run over
@@ -624,7 +623,7 @@ class Engine:
             for run_id in renewal.lost:
                 core = cores.get(run_id)
                 # A run that ended meanwhile released its lease itself (a write that lost it says so)
-                if core is not None and core.flow_state not in _TERMINAL:
+                if core is not None and core.flow_state not in TERMINAL:
                     core.stop(LeaseLostError(run_id, self._id))
             tg = self._service
             for request in renewal.requests:
@@ -721,7 +720,7 @@ class Engine:
         store = self._store_or_fail()
         with send:
             while True:
-                ended = (await store.get_run(run_id)).state in _TERMINAL
+                ended = (await store.get_run(run_id)).state in TERMINAL
                 for event in await store.events(run_id, after=after):
                     try:
                         send.send_nowait(event)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import TYPE_CHECKING, Final, Protocol, final
+from typing import TYPE_CHECKING, Protocol, final
 
 import anyio
 
@@ -20,7 +20,7 @@ from ckflow._control import request_cancel, request_goto, request_resume, reques
 from ckflow._errors import RunOwnedError, RunStateError
 from ckflow._events import DEFAULT_BUFFER, Event, EventStream
 from ckflow._records import ControlRequest
-from ckflow._states import FlowState
+from ckflow._states import TERMINAL, FlowState
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -32,8 +32,6 @@ if TYPE_CHECKING:
     from ckflow._runtime import RunCore
 
 __all__ = ["Run"]
-
-_TERMINAL: Final = frozenset({FlowState.SUCCESS, FlowState.REVERTED, FlowState.FAILURE})
 
 
 class _Backend(Protocol):
@@ -301,7 +299,7 @@ class _Stored:
         return self.record
 
     def events(self, buffer: int) -> EventStream:
-        if self.record.state in _TERMINAL:
+        if self.record.state in TERMINAL:
             raise RunStateError(f"Run {self.run_id!r} has ended ({self.state}); it has no more events.")
         return self.engine._tail_events(self.run_id, self.record.next_seq - 1, buffer)
 
@@ -322,17 +320,17 @@ class _Stored:
         local = self.taken
         if local is not None:
             return await local.wait()
-        await self._until(lambda r: r.state in _TERMINAL)
+        await self._until(lambda r: r.state in TERMINAL)
         return await self.engine._stored_result(self.record, self.flow_obj)
 
     async def wait_suspended(self) -> RunResult:
-        await self._until(lambda r: r.state in _TERMINAL or r.state is FlowState.SUSPENDED)
+        await self._until(lambda r: r.state in TERMINAL or r.state is FlowState.SUSPENDED)
         return await self.engine._stored_result(self.record, self.flow_obj)
 
     async def _control(self, op: ControlOp, checkpoint: str | None = None, retry: bool = True) -> bool:
         """Carry out ``op``: here if no live engine owns the run (True), else through its owner (False)."""
         record = await self.refresh()
-        if record.state in _TERMINAL:
+        if record.state in TERMINAL:
             if op in ("goto", "revert_to"):
                 raise RunStateError(
                     f"Run {self.run_id!r} cannot {op.replace('_', ' ')} {checkpoint!r}: it is {record.state}."
@@ -363,7 +361,7 @@ class _Stored:
                 await self.refresh()
                 return False
             record = await self.refresh()
-            if record.state in _TERMINAL:
+            if record.state in TERMINAL:
                 return False
             if record.lease_expires is not None and record.lease_expires < time.time():
                 # The owner died before it carried the request out: take the run over and do it here.

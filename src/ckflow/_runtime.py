@@ -39,7 +39,19 @@ from ckflow._events import DEBUG, ERROR, INFO, WARNING, Event, EventHub
 from ckflow._failure import Failure, FailureKind
 from ckflow._models import RegionReport, RunResult, TaskSummary, _LazyTasks
 from ckflow._passes import iteration_done, record_pass, scopes_progress, sleep
-from ckflow._states import TASK_TRANSITIONS, FlowState, TaskState, check_flow_transition, check_task_transition
+from ckflow._states import (
+    FAILURE,
+    PENDING,
+    REVERT_FAILURE,
+    RUNNING,
+    SUCCESS,
+    TASK_TRANSITIONS,
+    TERMINAL,
+    FlowState,
+    TaskState,
+    check_flow_transition,
+    check_task_transition,
+)
 from ckflow._walker import Region, member_settled, on_failure, queue_revert, record_region, revert, settle
 
 if TYPE_CHECKING:
@@ -47,15 +59,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RunCore", "thread_limiter"]
 
-PENDING: Final = TaskState.PENDING
-RUNNING: Final = TaskState.RUNNING
-SUCCESS: Final = TaskState.SUCCESS
-FAILURE: Final = TaskState.FAILURE
-REVERTING: Final = TaskState.REVERTING
-REVERTED: Final = TaskState.REVERTED
-REVERT_FAILURE: Final = TaskState.REVERT_FAILURE
 
-_TERMINAL: Final = frozenset({FlowState.SUCCESS, FlowState.REVERTED, FlowState.FAILURE})
 #: a worker that ran this many jobs without suspending lets the event loop breathe
 _FAIRNESS_STEPS: Final = 128
 
@@ -352,6 +356,7 @@ class RunCore:
         state = self.state
         queued = self.queued
         waiting = self.waiting
+        nodes = self.nodes
         while True:
             if revert_ready:
                 await revert(self, revert_ready.popleft())
@@ -378,7 +383,7 @@ class RunCore:
                         continue
                     return
                 tg = self.tg
-                if self.nodes[n].shield and tg is not None:
+                if nodes[n].shield and tg is not None:
                     # A shielded task runs in a task of its own: a plain asyncio cancellation of the task that
                     # runs this worker (asyncio.timeout around ckflow.run, say) cannot be shielded inside it.
                     self._begin(n)
@@ -654,7 +659,7 @@ class RunCore:
         ``reason`` is None when the engine shuts down (what changed is still
         written), or the store error after which nothing more may be written.
         """
-        if self.stopped is not None or (reason is None and self.flow_state in _TERMINAL):
+        if self.stopped is not None or (reason is None and self.flow_state in TERMINAL):
             return
         if reason is None:
             reason = RunStateError(
@@ -709,7 +714,7 @@ class RunCore:
         for region in self.regions:
             if region.held:
                 return  # its reverts wait for the region's record to be committed: the run is not idle
-        if self.flow_state in _TERMINAL:
+        if self.flow_state in TERMINAL:
             return
         if self.stopped is not None:
             if not self.stop_signalled:
@@ -784,7 +789,7 @@ class RunCore:
         return _LazyTasks(self.graph.index, self.summary)
 
     def result(self) -> RunResult:
-        if self._result is not None and self.flow_state in _TERMINAL:
+        if self._result is not None and self.flow_state in TERMINAL:
             return self._result
         result = RunResult(
             run_id=self.run_id,
@@ -796,7 +801,7 @@ class RunCore:
             regions=list(self.reports),
             duration=(self.t_end or time.monotonic()) - self.t_start,
         )
-        if self.flow_state in _TERMINAL:
+        if self.flow_state in TERMINAL:
             self._result = result
         return result
 

@@ -8,10 +8,24 @@ ckflow and raises ``CkflowInternalError`` at once.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Final
 
 from ckflow._errors import CkflowInternalError
 
-__all__ = ["FLOW_TRANSITIONS", "TASK_TRANSITIONS", "FlowState", "TaskState"]
+__all__ = [
+    "FAILURE",
+    "FLOW_TRANSITIONS",
+    "PENDING",
+    "REVERTED",
+    "REVERTING",
+    "REVERT_FAILURE",
+    "RUNNING",
+    "SUCCESS",
+    "TASK_TRANSITIONS",
+    "TERMINAL",
+    "FlowState",
+    "TaskState",
+]
 
 
 class TaskState(StrEnum):
@@ -36,6 +50,19 @@ class FlowState(StrEnum):
     REVERTED = "REVERTED"
     FAILURE = "FAILURE"
     SUSPENDED = "SUSPENDED"
+
+
+#: the task states as module constants, for the engine's hot paths (a global, not an attribute, lookup)
+PENDING: Final = TaskState.PENDING
+RUNNING: Final = TaskState.RUNNING
+SUCCESS: Final = TaskState.SUCCESS
+FAILURE: Final = TaskState.FAILURE
+REVERTING: Final = TaskState.REVERTING
+REVERTED: Final = TaskState.REVERTED
+REVERT_FAILURE: Final = TaskState.REVERT_FAILURE
+
+#: the states in which a run has ended
+TERMINAL: Final = frozenset({FlowState.SUCCESS, FlowState.REVERTED, FlowState.FAILURE})
 
 
 _T = TaskState

@@ -33,7 +33,7 @@ from ckflow._models import RegionReport
 from ckflow._passes import fresh_activation, new_pass, record_pass
 from ckflow._records import RegionRecord, construct
 from ckflow._region import Action, decide
-from ckflow._states import TaskState
+from ckflow._states import FAILURE, PENDING, REVERT_FAILURE, REVERTED, REVERTING, RUNNING, SUCCESS
 
 if TYPE_CHECKING:
     from ckflow._checkpoint import Checkpoint
@@ -55,13 +55,6 @@ __all__ = [
     "settle",
 ]
 
-PENDING: Final = TaskState.PENDING
-RUNNING: Final = TaskState.RUNNING
-SUCCESS: Final = TaskState.SUCCESS
-FAILURE: Final = TaskState.FAILURE
-REVERTING: Final = TaskState.REVERTING
-REVERTED: Final = TaskState.REVERTED
-REVERT_FAILURE: Final = TaskState.REVERT_FAILURE
 
 #: states of a node whose revert is still owed once it is in a region
 _OUTSTANDING: Final = frozenset({RUNNING, SUCCESS, FAILURE, REVERTING})

@@ -28,7 +28,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
 from ckflow._errors import StoreUnavailableError
-from ckflow.stores._sqlite_conn import BUSY_TIMEOUT_MS, MARK_WAL, connect, is_busy, rollback
+from ckflow.stores._sqlite_conn import BUSY_TIMEOUT_MS, commit_mark, connect, is_busy, rollback
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
@@ -409,12 +409,7 @@ def _checkpoint(conn: sqlite3.Connection, side: LoopSide) -> tuple[int, int, int
             finally:
                 conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     if restart:
-        try:
-            conn.execute(MARK_WAL)
-            conn.execute("COMMIT")
-        except BaseException:
-            rollback(conn)
-            raise
+        commit_mark(conn)
     return busy, frames, copied
 
 

@@ -26,7 +26,7 @@ from ckflow.stores._protocol import SCHEMA_VERSION
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["BUSY_TIMEOUT_MS", "MARK_WAL", "LoopSide", "connect", "is_busy", "parse", "rollback"]
+__all__ = ["BUSY_TIMEOUT_MS", "LoopSide", "commit_mark", "connect", "is_busy", "parse", "rollback"]
 
 #: how long the thread waits for another connection's write lock before failing with "database is locked"
 BUSY_TIMEOUT_MS: Final = 5000
@@ -44,7 +44,7 @@ _MIN_SQLITE: Final = (3, 24, 0)
 
 _READ_VERSION: Final = "SELECT value FROM ckflow_meta WHERE key = 'schema_version'"
 #: a commit that changes a page, whatever the file holds: SQLite skips rows rewritten with equal bytes
-MARK_WAL: Final = (
+_MARK_WAL: Final = (
     "INSERT INTO ckflow_meta (key, value) VALUES ('wal_restarts', '1') "
     "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
 )
@@ -218,8 +218,13 @@ def _mark_wal(conn: sqlite3.Connection) -> None:
     commit here rather than on the loop.
     """
     conn.execute("BEGIN IMMEDIATE")
+    commit_mark(conn)
+
+
+def commit_mark(conn: sqlite3.Connection) -> None:
+    """In a write transaction already begun: change one row (``_MARK_WAL``) and commit, or roll back and raise."""
     try:
-        conn.execute(MARK_WAL)
+        conn.execute(_MARK_WAL)
         conn.execute("COMMIT")
     except BaseException:
         rollback(conn)
