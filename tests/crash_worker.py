@@ -21,14 +21,12 @@ The process prints the run's final state and outputs (JSON) when it is not kille
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import structlog
 
 import ckflow
 from ckflow import Checkpoint, Linear, Parallel, Retry, task
@@ -153,7 +151,6 @@ class KillingStore:
 
 
 async def main(url: str, run_id: str, ledger_path: str, mode: str, scenario: str, kill: str) -> None:
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
     ledger = Ledger(ledger_path, kill)
     flow = build(ledger, scenario)
     inner = open_store(url)

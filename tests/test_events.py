@@ -1,22 +1,17 @@
-"""Events: one pydantic model per transition, to subscribers and to structlog (DESIGN §8, STYLE 35-36)."""
+"""Events: one pydantic model per transition, to subscribers (DESIGN §8, STYLE 35); logging is in test_logging."""
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import pytest
-import structlog
-from structlog.testing import capture_logs
 
 import ckflow
 import ckflow._events
 from ckflow import Engine, FlowState, Linear, task
 from ckflow.testing import EventRecorder
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
 
 SUCCESS_LOG = [
     ("ckflow.run.running", None),
@@ -49,14 +44,6 @@ def failing_flow() -> Linear:
         raise ValueError("boom")
 
     return Linear("l", a, boom)
-
-
-@pytest.fixture
-def debug_logging() -> Iterator[None]:
-    """Let ckflow's debug events through structlog for one test."""
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
-    yield
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
 
 class TestSubscribers:
@@ -162,7 +149,7 @@ class TestBackpressure:
                     pass
             assert [(e.name, e.task) async for e in fast] == SUCCESS_LOG
 
-    async def test_raising_callback_is_dropped(self) -> None:
+    async def test_raising_callback_is_dropped(self, caplog: pytest.LogCaptureFixture) -> None:
         """A callback that raises is called once, then dropped; the run goes on and is unaffected."""
         calls: list[str] = []
         events = EventRecorder()
@@ -171,17 +158,19 @@ class TestBackpressure:
             calls.append(event.name)
             raise RuntimeError("bad subscriber")
 
-        async with Engine() as engine:
-            run = await engine.start(two_tasks(), on_event=bad)
-            run.subscribe(events)
-            with capture_logs() as logs:
+        with caplog.at_level(logging.DEBUG, "ckflow.events"):
+            async with Engine() as engine:
+                run = await engine.start(two_tasks(), on_event=bad)
+                run.subscribe(events)
                 result = await run.wait()
         assert result.state is FlowState.SUCCESS
         assert calls == ["ckflow.run.running"]
         assert [(e.name, e.task) for e in events.events] == SUCCESS_LOG
-        assert [entry["event"] for entry in logs] == ["ckflow.events.callback_failed"]
+        assert [r.event for r in caplog.records] == ["ckflow.events.callback_failed"]  # type: ignore[attr-defined]
 
-    async def test_a_callback_failing_on_a_failure_is_logged_with_its_exception(self) -> None:
+    async def test_a_callback_failing_on_a_failure_is_logged_with_its_exception(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
         """A callback that raises on a task's failure event is logged with its own exception, even though its
         line waits behind the failure's (written once the revert has started)."""
 
@@ -189,88 +178,19 @@ class TestBackpressure:
             if event.name == "ckflow.task.failure":
                 raise RuntimeError("bad subscriber")
 
-        with capture_logs() as logs:
+        with caplog.at_level(logging.DEBUG, "ckflow"):
             result = await ckflow.run(failing_flow(), on_event=bad)
         assert result.state is FlowState.REVERTED
-        [entry] = [entry for entry in logs if entry["event"] == "ckflow.events.callback_failed"]
-        assert isinstance(entry["exc_info"], RuntimeError)
-        assert str(entry["exc_info"]) == "bad subscriber"
-
-
-class TestStructlog:
-    async def test_transitions_logged_with_run_id(self, debug_logging: None, monkeypatch: pytest.MonkeyPatch) -> None:
-        """Transitions are logged to the 'ckflow' structlog logger with run_id bound and old/new/attempt keys."""
-        names: list[Any] = []
-        real = structlog.get_logger
-
-        def spy(*args: Any, **kwargs: Any) -> Any:
-            names.append(args[0] if args else None)
-            return real(*args, **kwargs)
-
-        monkeypatch.setattr(structlog, "get_logger", spy)
-        with capture_logs() as logs:
-            result = await ckflow.run(failing_flow(), run_id="r-9")
-        assert result.state is FlowState.REVERTED
-        assert set(names) == {"ckflow"}
-        assert logs
-        assert {entry["run_id"] for entry in logs} == {"r-9"}
-        [failure] = [entry for entry in logs if entry["event"] == "ckflow.task.failure"]
-        assert failure["log_level"] == "warning"
-        assert failure["task"] == "boom"
-        assert (failure["old"], failure["new"], failure["attempt"]) == ("RUNNING", "FAILURE", 1)
-        assert failure["checkpoint"] == "l"
-        assert "ValueError" in failure["error"]
-        reverted = [entry["task"] for entry in logs if entry["event"] == "ckflow.task.reverted"]
-        assert reverted == ["boom", "a"]
-        assert logs[-1]["event"] == "ckflow.run.reverted"
-
-    async def test_levels_filter_early(self) -> None:
-        """At WARNING level only the failure and its consequences are logged, not the routine transitions."""
-        with capture_logs() as logs:
-            await ckflow.run(two_tasks())
-            await ckflow.run(failing_flow())
-        assert [entry["event"] for entry in logs] == ["ckflow.task.failure"]
-
-    async def test_failure_line_waits_for_the_revert_and_keeps_its_place(self, debug_logging: None) -> None:
-        """A task's failure reaches subscribers at once but the log only once its revert has started (a log
-        write never delays a revert); the log lines come in the order of the events all the same."""
-        names: list[str] = []
-        at_revert: dict[str, list[str]] = {}
-
-        @task
-        async def boom() -> None:
-            raise ValueError("boom")
-
-        @boom.revert
-        async def _(result: object) -> None:
-            at_revert["events"] = list(names)
-            at_revert["log"] = [entry["event"] for entry in logs]
-
-        with capture_logs() as logs:
-            result = await ckflow.run(Linear("l", boom), on_event=lambda e: names.append(e.name))
-        assert result.state is FlowState.REVERTED
-        assert "ckflow.task.failure" in at_revert["events"]
-        assert "ckflow.task.failure" not in at_revert["log"]
-        assert [entry["event"] for entry in logs] == names
-
-    async def test_held_lines_are_written_when_the_loop_goes_round_or_the_run_ends(self) -> None:
-        """Lines held behind a failure are written, in order, once the loop goes round, or at close()."""
-        for finish in ("loop", "close"):
-            hub = ckflow._events.EventHub("r", "f")
-            with capture_logs() as logs:
-                hub.emit(ckflow._events.WARNING, "ckflow.task.failure", task="t", defer_log=True)
-                hub.emit(ckflow._events.WARNING, "ckflow.walker.exhausted", task="t")
-                assert logs == []
-                if finish == "loop":
-                    await anyio.lowlevel.checkpoint()
-                else:
-                    hub.close()
-                assert [entry["event"] for entry in logs] == ["ckflow.task.failure", "ckflow.walker.exhausted"]
+        [record] = [r for r in caplog.records if r.getMessage().startswith("ckflow.events.callback_failed")]
+        assert record.exc_info is not None
+        assert isinstance(record.exc_info[1], RuntimeError)
+        assert str(record.exc_info[1]) == "bad subscriber"
+        assert "RuntimeError: bad subscriber" in caplog.text
 
 
 class TestZeroCost:
     async def test_no_event_built_when_nobody_listens(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """With no subscriber and structlog filtered at WARNING, a successful run builds no Event."""
+        """With no subscriber and logging as a fresh install leaves it, a successful run builds no Event."""
         built: list[str] = []
         real = ckflow._events.Event
 

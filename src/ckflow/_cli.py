@@ -31,7 +31,7 @@ from ckflow._states import FlowState
 from ckflow._version import __version__
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, MutableMapping, Sequence
+    from collections.abc import Iterator, Sequence
 
 __all__ = ["main"]
 
@@ -44,12 +44,8 @@ _ENDED: Final = tuple(str(state) for state in (FlowState.SUCCESS, FlowState.REVE
 
 
 def _demo(args: argparse.Namespace) -> int:
-    import structlog
-
     from ckflow._demo import run_demo
 
-    # The demo prints every event itself; as an application it may quiet ckflow's own log output.
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     fast: bool = args.fast
     store: str = args.store or DEMO_STORE
     return anyio.run(lambda: run_demo(fast=fast, store=store))
@@ -242,43 +238,54 @@ def _import(modules: Sequence[str]) -> None:
             ) from exc
 
 
-def _around_progress(logger: object, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """A structlog processor: keep ckflow's log lines from colliding with what the command draws."""
-    import structlog
+class _AroundProgress(logging.Filter):
+    """Keep ckflow's log lines from colliding with what the command draws."""
 
-    name = str(event.get("event", ""))
-    if name == "ckflow.run.stopped" and event.get("run_id") in LEFT_IN_STORE:
-        # The command left the run in its store on purpose and says so itself.
-        raise structlog.DropEvent
-    status = StatusLine.active()
-    if status is not None:
-        if name.startswith(("ckflow.task.", "ckflow.walker.", "ckflow.run.")):
-            raise structlog.DropEvent  # the progress display shows these itself
-        status.clear()  # the log line goes above the status line, which the next tick redraws
-    return event
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = str(getattr(record, "event", ""))
+        if name == "ckflow.run.stopped" and getattr(record, "run_id", None) in LEFT_IN_STORE:
+            return False  # the command left the run in its store on purpose and says so itself
+        status = StatusLine.active()
+        if status is not None:
+            if name.startswith(("ckflow.task.", "ckflow.walker.", "ckflow.run.")):
+                return False  # the progress display shows these itself
+            status.clear()  # the log line goes above the status line, which the next tick redraws
+        record.exc_info = None  # `ckflow show` gives the tracebacks; a warning line stays one line
+        return True
 
 
 @contextlib.contextmanager
 def _quiet_logs() -> Iterator[None]:
-    """ckflow's structlog output at WARNING and above, on stderr, while a command runs."""
+    """ckflow's log output at WARNING and above, on stderr, while a command runs.
+
+    The command line is an application: it gives the ``ckflow`` logger a handler of its own, which renders
+    records with structlog's console renderer (a library's records reach structlog this way, through
+    ``ProcessorFormatter`` and ``ExtraAdder``), and takes it away afterwards.
+    """
     import structlog
 
-    before = structlog.get_config()
-    structlog.configure(
-        processors=[
-            _around_progress,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=False),
-            structlog.dev.ConsoleRenderer(colors=False),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=False,
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.addFilter(_AroundProgress())
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.ExtraAdder(),
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=False),
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.dev.ConsoleRenderer(colors=False),
+            ],
+        )
     )
+    log = logging.getLogger("ckflow")
+    log.addHandler(handler)
     try:
         yield
     finally:
-        structlog.configure(**before)
+        log.removeHandler(handler)
         LEFT_IN_STORE.clear()
 
 

@@ -11,8 +11,8 @@ would stop; a new engine resumes it from the file, and what had succeeded is
 not run again.
 
 This module is an application of ckflow, not part of the library: it prints
-to stdout. The ``demo`` command (``_cli``) also quiets ckflow's structlog
-output, since the demo shows every event itself.
+to stdout (ckflow itself writes nothing unless the application configures
+logging; the demo shows every event itself, through a callback).
 """
 
 from __future__ import annotations

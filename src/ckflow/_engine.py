@@ -14,6 +14,7 @@ run, takes the run over itself.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -23,7 +24,6 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Final, final
 
 import anyio
-import structlog
 
 from ckflow._checkpoint import _is_positive_int
 from ckflow._codec import decode_object, encode, input_adapter, result_adapter
@@ -41,7 +41,7 @@ from ckflow._errors import (
     StoreError,
     UnknownCheckpointError,
 )
-from ckflow._events import Event, EventStream
+from ckflow._events import Event, EventStream, logger_for, write_log
 from ckflow._journal import Journal
 from ckflow._models import RunResult, TaskSummary
 from ckflow._patterns import Flow
@@ -68,7 +68,12 @@ __all__ = ["Engine", "run"]
 
 #: how many ended durable runs an engine keeps handles of (the store keeps them all)
 _ENDED_KEPT: Final = 1000
-_log = structlog.get_logger("ckflow")
+
+
+def _engine_warning(name: str, **fields: Any) -> None:
+    log = logger_for(name)
+    if log.isEnabledFor(logging.WARNING):
+        write_log(log, logging.WARNING, name, fields)
 
 
 def _positive(owner: str, name: str, value: float) -> float:
@@ -84,6 +89,7 @@ def _core(
     run_id: str | None,
     max_concurrency: int | None,
     on_event: Callable[[Event], object] | None,
+    traceparent: str | None = None,
 ) -> RunCore:
     if not isinstance(flow, Flow):
         raise TypeError(f"ckflow runs a flow (Linear, Parallel, Graph or Periodic), got {flow!r}.")
@@ -97,13 +103,15 @@ def _core(
     missing = {name: tasks for name, tasks in graph.required_inputs.items() if name not in given}
     if missing:
         raise MissingRequirementError(flow.name, missing)
-    return RunCore(
+    core = RunCore(
         graph,
         run_id or uuid.uuid4().hex,
         given,
         max_concurrency=max_concurrency,
         on_event=on_event,
     )
+    core.start_telemetry(traceparent)
+    return core
 
 
 def _input_adapters(graph: ExecutionGraph) -> dict[str, TypeAdapter[Any] | None]:
@@ -348,8 +356,14 @@ class Engine:
                 lease_expires=now + self._lease_ttl,
                 created_at=now,
                 updated_at=now,
+                trace=core.traceparent,
             )
-            await store.create_run(record)
+            try:
+                await store.create_run(record)
+            except BaseException:
+                if core.telemetry is not None:
+                    core.telemetry.run_ended(FlowState.PENDING, RunStateError("the run was not recorded"))
+                raise
             core.journal = Journal(core, store, self._id, record)
         return self._launch(core)
 
@@ -378,7 +392,7 @@ class Engine:
                         try:
                             await self._store.release(core.run_id, self._id)
                         except Exception as exc:  # the lease lapses by itself
-                            _log.warning("ckflow.engine.release_failed", run_id=core.run_id, error=str(exc))
+                            _engine_warning("ckflow.engine.release_failed", run_id=core.run_id, error=str(exc))
 
     async def _leave_when_suspended(self, core: RunCore) -> None:
         """The engine is closing: a durable run that is (or becomes) SUSPENDED is left in its store."""
@@ -587,7 +601,9 @@ class Engine:
                     f"Run {record.run_id!r}: its stored inputs do not decode into what the tasks' annotations "
                     f"say ({exc})."
                 ) from exc
-            core = _core(flow, inputs, record.run_id, max_concurrency or self._max_concurrency, on_event)
+            core = _core(
+                flow, inputs, record.run_id, max_concurrency or self._max_concurrency, on_event, stored.run.trace
+            )
             core.journal = Journal(core, store, self._id, stored.run)
             restore(core, stored, passes)
         except BaseException:
@@ -618,7 +634,7 @@ class Engine:
                 renewal = await store.renew(self._id, list(cores), self._lease_ttl)
             except Exception as exc:
                 # The store is unreachable: the leases may lapse, and the next write will say so.
-                _log.warning("ckflow.engine.heartbeat_failed", engine=self._id, error=str(exc))
+                _engine_warning("ckflow.engine.heartbeat_failed", engine=self._id, error=str(exc))
                 continue
             for run_id in renewal.lost:
                 core = cores.get(run_id)

@@ -186,6 +186,7 @@ class Journal:
             halted=core.halted,
             goto=core.goto_name,
             next_seq=self.seq,
+            trace=record.trace,
         )
 
     def task_record(self, n: int) -> TaskRecord:

@@ -19,6 +19,7 @@ import anyio
 
 from ckflow._codec import encode
 from ckflow._compile import JOIN, ROOT, TASK
+from ckflow._events import DEBUG
 from ckflow._failure import Failure
 from ckflow._records import CheckpointRecord, Retention, TaskOutline, construct
 from ckflow._states import TaskState
@@ -223,6 +224,7 @@ def loop_again(core: RunCore, scope: int) -> None:
         waiting[e] += 1  # the next iteration also waits for its time
     core._walker_event(
         "ckflow.periodic.next",
+        DEBUG,
         checkpoint=info.name,
         detail={"iteration": core.iteration[scope], "delay": delay},
     )

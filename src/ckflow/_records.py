@@ -88,6 +88,9 @@ class RunRecord(BaseModel):
     goto: str | None = None
     #: the sequence number the next event of the run will get
     next_seq: int = 0
+    #: the W3C ``traceparent`` of the run's OpenTelemetry span (``ckflow[otel]``), set when the run is created;
+    #: an engine that resumes the run continues this trace
+    trace: str | None = None
 
 
 class TaskOutline(BaseModel):

@@ -35,10 +35,12 @@ from ckflow._context import CURRENT, TaskContext
 from ckflow._control import reach_barrier, request_cancel
 from ckflow._coro import resume
 from ckflow._errors import ResultNotSerializableError, RunStateError
-from ckflow._events import DEBUG, ERROR, INFO, WARNING, Event, EventHub
+from ckflow._events import DEBUG, ERROR, INFO, TASK_LOG, WARNING, Event, EventHub
 from ckflow._failure import Failure, FailureKind
 from ckflow._models import RegionReport, RunResult, TaskSummary, _LazyTasks
+from ckflow._otel import RunTelemetry, capture_context, telemetry_for
 from ckflow._passes import iteration_done, record_pass, scopes_progress, sleep
+from ckflow._region import Action
 from ckflow._states import (
     FAILURE,
     PENDING,
@@ -95,6 +97,10 @@ class RunCore:
         self.inputs = dict(inputs)
         self.limit = max_concurrency or 0
         self.hub = EventHub(run_id, graph.flow_name)
+        #: OpenTelemetry spans and metrics of the run (None unless the otel extra and a provider are there)
+        self.telemetry: RunTelemetry | None = None
+        #: the W3C traceparent of the run's first span, recorded with a durable run: its resumptions continue it
+        self.traceparent: str | None = None
         if on_event is not None:
             self.hub.add_callback(on_event)
         n = len(graph.nodes)
@@ -144,6 +150,8 @@ class RunCore:
         self.t_start = 0.0
         self.t_end = 0.0
         self.limiter: anyio.CapacityLimiter | None = None
+        #: the running async library's CancelScope class (set in ``main``)
+        self.scope_class: type[anyio.CancelScope] = anyio.CancelScope
         self.tg: anyio.abc.TaskGroup | None = None
         self.settled = anyio.Event()
         self.terminal = anyio.Event()
@@ -183,9 +191,22 @@ class RunCore:
         #: Periodic scope -> seconds still to wait, for waits set up before the run's task group exists
         self.deferred_sleeps: dict[int, float] = {}
 
+    def start_telemetry(self, traceparent: str | None = None) -> None:
+        """Open the run's OpenTelemetry span (if tracing or metrics are on): under the span current here, where
+        the run is started, or under ``traceparent``, the recorded span of a durable run resumed here."""
+        telemetry = self.telemetry = telemetry_for(self)
+        if telemetry is not None:
+            telemetry.run_started(capture_context(), traceparent)
+            self.traceparent = traceparent or telemetry.traceparent()
+
     # -- transitions -------------------------------------------------------------
 
-    def _set(self, n: int, new: TaskState) -> None:
+    def _set(self, n: int, new: TaskState, *, log: bool = True) -> int | None:
+        """Move task ``n`` to ``new`` (checked against the table); returns its event's seq (durable runs).
+
+        ``log=False``: the transition's log line is written by the caller (a failure's, with the walker's
+        decision: ``_log_failure``).
+        """
         old = self.state[n]
         if (old, new) not in TASK_TRANSITIONS:
             check_task_transition(self.nodes[n].name, old, new)
@@ -195,39 +216,63 @@ class RunCore:
         if journal is not None:
             result = self.results[n] if new is FAILURE or new is REVERT_FAILURE else None
             seq = journal.transition(n, old, new, self._attempt(n), result if isinstance(result, Failure) else None)
+        telemetry = self.telemetry
+        if telemetry is not None:
+            telemetry.transition(n, old, new)
+        level = ERROR if new is REVERT_FAILURE else DEBUG
         hub = self.hub
-        if hub.active or new is FAILURE or new is REVERT_FAILURE:
-            level = ERROR if new is REVERT_FAILURE else DEBUG
-            failure = self.results[n] if new is FAILURE else None
-            if new is FAILURE and not (isinstance(failure, Failure) and failure.cancelled):
-                level = WARNING
-            if hub.wants(level):
-                node = self.nodes[n]
-                hub.emit(
-                    level,
-                    f"ckflow.task.{new.lower()}",
-                    task=node.name,
-                    old=old,
-                    new=new,
-                    attempt=self._attempt(n),
-                    checkpoint=self.graph.scopes[node.scope].name,
-                    failure=failure if isinstance(failure, Failure) else None,
-                    seq=seq,
-                    # a failure's log line waits for the walker to start undoing its region
-                    defer_log=new is FAILURE,
-                )
+        if hub.listening or TASK_LOG.isEnabledFor(level):
+            node = self.nodes[n]
+            failure = self.results[n] if new is FAILURE or new is REVERT_FAILURE else None
+            hub.emit(
+                level,
+                f"ckflow.task.{new.lower()}",
+                log=log,
+                task=node.name,
+                old=old,
+                new=new,
+                attempt=self._attempt(n),
+                checkpoint=self.graph.scopes[node.scope].name,
+                failure=failure if isinstance(failure, Failure) else None,
+                seq=seq,
+            )
+        return seq
+
+    def _log_failure(self, n: int, failure: Failure, level: int, seq: int | None) -> None:
+        """Write task ``n``'s failure to the log at ``level`` (INFO: its checkpoint retries it; WARNING: it
+        escalates or ends the run), once the loop goes round: the walker has started its revert by then."""
+        node = self.nodes[n]
+        self.hub.hold_log(
+            level,
+            "ckflow.task.failure",
+            task=node.name,
+            old=RUNNING,
+            new=FAILURE,
+            attempt=failure.attempt,
+            checkpoint=self.graph.scopes[node.scope].name,
+            failure=failure,
+            seq=seq,
+        )
 
     def _set_flow(self, new: FlowState) -> None:
         old = self.flow_state
         check_flow_transition(self.flow, old, new)
         self.flow_state = new
-        level = WARNING if new is FlowState.FAILURE else INFO
+        if self.telemetry is not None:
+            self.telemetry.run_transition(old, new)
+        level = INFO
+        if new is FlowState.FAILURE:
+            level = ERROR
+        elif new is FlowState.REVERTED and self.root_region is not None and self.root_region.report.cause is not None:
+            level = WARNING  # a failure reached the root (a cancel that reverts everything is no failure)
         self._walker_event(f"ckflow.run.{new.lower()}", level, old=old, new=new)
 
     def _walker_event(self, name: str, level: int = INFO, **fields: Any) -> None:
         """Emit a run, walker or control event (and record it, for a durable run)."""
         seq = None if self.journal is None else self.journal.event(name, fields)
-        if self.hub.wants(level):
+        if self.telemetry is not None:
+            self.telemetry.event(name, fields)
+        if self.hub.wants(level, name):
             self.hub.emit(level, name, seq=seq, **fields)
 
     # -- attempts ------------------------------------------------------------------
@@ -262,6 +307,10 @@ class RunCore:
         """Run to the end (or to SUSPENDED if asked); revert everything if cancelled from outside."""
         self.stop_on_suspend = stop_on_suspend
         self.limiter = thread_limiter()
+        # The event loop's own cancel-scope class, looked up once: anyio.CancelScope() asks which async
+        # library runs (sniffio) and for its backend on every call, some 40 % of a scope's cost per task.
+        self.scope_class = type(anyio.CancelScope())
+        telemetry = self.telemetry
         self.t_start = time.monotonic()
         self.pass_start = [start or self.t_start for start in self.pass_start]
         if self.flow_state is FlowState.PENDING and self.root_region is None:
@@ -282,6 +331,9 @@ class RunCore:
                     request_cancel(self, spawn=False)
                 await self._drive(self.terminal)
             raise
+        finally:
+            if telemetry is not None:
+                telemetry.run_ended(self.flow_state, self.stopped)
         return self.result()
 
     def _start_ready(self) -> None:
@@ -461,6 +513,8 @@ class RunCore:
             report = self.retry_watch.pop(n, None)
             if report is not None and report.retry_at is None:
                 report.retry_at = t0
+                if self.telemetry is not None:
+                    self.telemetry.retry_latency(report)
 
     async def _execute(self, n: int) -> None:
         self._begin(n)
@@ -476,10 +530,12 @@ class RunCore:
         deadline = math.inf if node.timeout is None else anyio.current_time() + node.timeout
         # shield=True: the task is awaited, never cut short, whoever cancels (the walker, the caller of
         # ckflow.run, an engine that shuts down); its own timeout still applies.
-        scope = anyio.CancelScope(deadline=deadline, shield=node.shield)
+        scope = self.scope_class(deadline=deadline, shield=node.shield)
         error: Exception | None = None
         value: Any = None
         token = CURRENT.set((self, n))
+        telemetry = self.telemetry
+        otel_token = None if telemetry is None else telemetry.attach(n)
         try:
             with scope:
                 try:
@@ -506,6 +562,8 @@ class RunCore:
                 self._cancelled(n, "the run was cancelled from outside")
             raise
         finally:
+            if telemetry is not None:
+                telemetry.detach(otel_token)
             CURRENT.reset(token)
         if self.exec_scopes:
             self.exec_scopes.pop(n, None)
@@ -619,16 +677,19 @@ class RunCore:
         failure = Failure.from_exception(node.name, kind, exc, self._attempt(n))
         self.failures.append(failure)
         self.results[n] = failure
-        self._set(n, FAILURE)
+        seq = self._set(n, FAILURE, log=False)
         self.executing -= 1
         region = self.region_of[n]
         if region is not None:
             # A failure inside a region that is already reverting joins that region.
+            self._log_failure(n, failure, INFO if region.action is Action.RETRY else WARNING, seq)
             region.failures.append(failure)
             record_region(self, region)
             member_settled(self, region, n)
         elif not self.failure_mode and self.stopped is None:
-            on_failure(self, n, exc, failure, failed_at)
+            on_failure(self, n, exc, failure, failed_at, seq)
+        else:
+            self._log_failure(n, failure, WARNING, seq)
         self._maybe_finish()
 
     def _cancelled(self, n: int, why: str) -> None:

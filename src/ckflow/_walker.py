@@ -27,7 +27,7 @@ from ckflow._compile import LOOP, ROOT, TASK
 from ckflow._context import CURRENT
 from ckflow._coro import resume
 from ckflow._errors import CkflowInternalError
-from ckflow._events import WARNING
+from ckflow._events import DEBUG, INFO, WARNING
 from ckflow._failure import Failure
 from ckflow._models import RegionReport
 from ckflow._passes import fresh_activation, new_pass, record_pass
@@ -114,8 +114,10 @@ class Region:
         self.held: list[int] = []
 
 
-def on_failure(core: RunCore, n: int, exc: BaseException, failure: Failure, failed_at: float) -> None:
+def on_failure(core: RunCore, n: int, exc: BaseException, failure: Failure, failed_at: float, seq: int | None) -> None:
     decision = decide(core.graph, n, exc, core._attempt_under, core._timed_out)
+    # An expected failure, which its checkpoint retries, is news (INFO); one that escalates is a warning.
+    core._log_failure(n, failure, INFO if decision.action is Action.RETRY else WARNING, seq)
     scopes = core.graph.scopes
     for s in decision.exhausted:
         core._walker_event(
@@ -192,6 +194,8 @@ def open_region(
         region_of[m] = region
     core._walker_event(
         "ckflow.walker.region",
+        # a region a failure opened and that will not be retried is an escalation; a control request's is news
+        INFO if action is Action.RETRY or cause is None else WARNING,
         task=report.cause,
         checkpoint=report.checkpoint,
         detail={"action": action.value, "members": report.members},
@@ -236,7 +240,9 @@ def arm_region(core: RunCore, region: Region) -> None:
             if exec_scope is not None:
                 core.cancel_requested.add(m)
                 exec_scope.cancel()
-                core._walker_event("ckflow.walker.cancel", task=nodes[m].name, checkpoint=region.report.checkpoint)
+                core._walker_event(
+                    "ckflow.walker.cancel", DEBUG, task=nodes[m].name, checkpoint=region.report.checkpoint
+                )
     rev_wait = region.rev_wait
     outstanding = 0
     for m in members:
@@ -302,6 +308,8 @@ async def revert(core: RunCore, n: int) -> None:
     t0 = core.rev_started[n] = time.monotonic()
     if region.report.first_revert_at is None:
         region.report.first_revert_at = t0
+        if core.telemetry is not None:
+            core.telemetry.revert_latency(region.report)
     params = task._sig.revert_params
     if params is None:
         _revert_returned(core, region, n, None)
@@ -315,6 +323,8 @@ async def revert(core: RunCore, n: int) -> None:
     if "result" in params:
         kw["result"] = core.results[n]
     token = CURRENT.set((core, n))
+    telemetry = core.telemetry
+    otel_token = None if telemetry is None else telemetry.attach(n, reverting=True)
     error: Exception | None = None
     try:
         # Reverts always finish: they are shielded from the cancellation of the run. The scope is
@@ -332,6 +342,8 @@ async def revert(core: RunCore, n: int) -> None:
             except Exception as exc:
                 error = exc
     finally:
+        if telemetry is not None:
+            telemetry.detach(otel_token)
         CURRENT.reset(token)
     _revert_returned(core, region, n, error)
 
@@ -395,7 +407,7 @@ def region_done(core: RunCore, region: Region) -> None:
         region.parked = True
         core.halted = True
         record_region(core, region)
-        core._walker_event("ckflow.walker.parked", checkpoint=scope.name)
+        core._walker_event("ckflow.walker.parked", WARNING, checkpoint=scope.name)
         return
     checkpoint = scope.checkpoint
     assert checkpoint is not None

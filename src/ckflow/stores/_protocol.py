@@ -28,7 +28,7 @@ __all__ = ["SCHEMA_VERSION", "Store", "StoreBase", "not_open", "open_store"]
 
 #: The version of the stores' schema that this ckflow writes. A store written by a newer ckflow is
 #: refused with ``SchemaVersionError``; an older one is migrated when it is opened.
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 #: URL scheme -> (module, class, extra to install)
 _BACKENDS: Final = {

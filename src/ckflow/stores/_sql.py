@@ -44,6 +44,7 @@ __all__ = [
     "EVENT_COLUMNS",
     "INSERT_RUN",
     "POSTGRES_V1",
+    "POSTGRES_V2",
     "REGION_COLUMNS",
     "REQUEST_COLUMNS",
     "RETAIN_CHECKPOINTS",
@@ -54,6 +55,7 @@ __all__ = [
     "SELECT_OWNER",
     "SELECT_RUN",
     "SQLITE_V1",
+    "SQLITE_V2",
     "TABLES",
     "TASK_COLUMNS",
     "UPDATE_RUN",
@@ -94,6 +96,7 @@ RUN_COLUMNS: Final = (
     "halted",
     "goto",
     "next_seq",
+    "trace",
 )
 TASK_COLUMNS: Final = (
     "run_id",
@@ -295,6 +298,25 @@ SQLITE_V1: Final = (
 
 # PostgreSQL: keys are COLLATE "C" so that names sort by code point, as MemoryStore sorts them, whatever
 # the database's collation; ``pos`` keeps the order in which rows were first written.
+#: Version 2 (both dialects): the run's ``trace``, the W3C traceparent of its OpenTelemetry span, written
+#: when the run is created and never changed, so that every resumption of the run continues its trace.
+SQLITE_V2: Final = (
+    "ALTER TABLE ckflow_runs ADD COLUMN trace TEXT",
+    "DROP VIEW ckflow_run_records",
+    """CREATE VIEW ckflow_run_records AS SELECT
+        r.run_id AS run_id, r.flow AS flow, r.state AS state, r.inputs AS inputs, r.owner AS owner,
+        r.lease_expires AS lease_expires, r.created_at AS created_at,
+        coalesce(p.run_updated_at, r.updated_at) AS updated_at,
+        r.ended_at AS ended_at, r.halted AS halted, r.goto AS goto,
+        coalesce(p.seq + 1, r.next_seq) AS next_seq, r.trace AS trace
+    FROM ckflow_runs AS r LEFT JOIN ckflow_events AS p
+        ON p.run_key = r.run_key
+        AND p.seq = (SELECT max(seq) FROM ckflow_events WHERE run_key = r.run_key)
+        AND p.seq >= r.next_seq
+        AND p.run_updated_at IS NOT NULL""",
+)
+POSTGRES_V2: Final = ("ALTER TABLE ckflow_runs ADD COLUMN trace text",)
+
 POSTGRES_V1: Final = (
     'CREATE TABLE ckflow_meta (key text COLLATE "C" PRIMARY KEY, value text NOT NULL)',
     """CREATE TABLE ckflow_runs (
@@ -474,6 +496,7 @@ def run_row(run: RunRecord) -> tuple[Any, ...]:
         run.halted,
         run.goto,
         run.next_seq,
+        run.trace,
     )
 
 

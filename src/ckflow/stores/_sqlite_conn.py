@@ -63,7 +63,12 @@ def _create_v1(conn: sqlite3.Connection) -> None:
 
 #: ``_MIGRATIONS[n]`` brings a store from schema version ``n`` to ``n + 1``, inside the open transaction;
 #: a new version is one more function here (and ``SCHEMA_VERSION`` raised by one).
-_MIGRATIONS: Final[tuple[Callable[[sqlite3.Connection], None], ...]] = (_create_v1,)
+def _to_v2(conn: sqlite3.Connection) -> None:
+    for statement in _sql.SQLITE_V2:
+        conn.execute(statement)
+
+
+_MIGRATIONS: Final[tuple[Callable[[sqlite3.Connection], None], ...]] = (_create_v1, _to_v2)
 assert len(_MIGRATIONS) == SCHEMA_VERSION, "one migration step per schema version"
 
 # -- transactions ----------------------------------------------------------------------------

@@ -64,7 +64,12 @@ async def _create_v1(conn: Any) -> None:
 
 #: ``_MIGRATIONS[n]`` brings a store from schema version ``n`` to ``n + 1``, inside the open transaction;
 #: a new version is one more function here (and ``SCHEMA_VERSION`` raised by one).
-_MIGRATIONS: Final[tuple[Callable[[Any], Awaitable[None]], ...]] = (_create_v1,)
+async def _to_v2(conn: Any) -> None:
+    for statement in _sql.POSTGRES_V2:
+        await conn.execute(statement)
+
+
+_MIGRATIONS: Final[tuple[Callable[[Any], Awaitable[None]], ...]] = (_create_v1, _to_v2)
 assert len(_MIGRATIONS) == SCHEMA_VERSION, "one migration step per schema version"
 
 # -- statements ----------------------------------------------------------------------
