@@ -10,7 +10,7 @@ import platform
 import sys
 import time
 
-from benchmarks._harness import configure_logging
+from benchmarks._harness import quiet_peers
 
 SCENARIOS = {
     "S1": "benchmarks.s1_linear",
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="comma-separated scenario ids, e.g. S1,S3")
     parser.add_argument("--out", default=None, help="also write the markdown to this file")
     args = parser.parse_args(argv)
-    configure_logging()
+    quiet_peers()
 
     wanted = [s.strip().upper() for s in args.only.split(",") if s.strip()] or list(SCENARIOS)
     unknown = [s for s in wanted if s not in SCENARIOS]

@@ -5,10 +5,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
+import os
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -18,40 +19,119 @@ import structlog
 import ckflow
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Collection, Mapping
+    from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 
 __all__ = [
+    "LOGGING_MODES",
     "Stat",
     "Table",
-    "configure_logging",
+    "by_logging",
+    "logging_mode",
     "measure",
     "measure_async",
     "measure_rounds",
     "percentile",
+    "quiet_peers",
     "time_ckflow_run",
 ]
 
 REPEAT = 5
 
 
-def configure_logging() -> None:
-    """Configure structlog as a production application would: WARNING and up, JSON lines to stderr.
+def quiet_peers() -> None:
+    """Raise the peers' stdlib loggers (sagaz logs every step at INFO) to CRITICAL; ckflow's are left alone.
 
-    (structlog's default development renderer formats and colours each line for a terminal; that
-    would time the renderer, not the engine.) The peers' stdlib loggers (sagaz logs every step at
-    INFO) are raised to CRITICAL.
+    Nothing else is configured: the scenarios measure what a fresh install pays. The logging
+    configurations an application may set are measured on their own, in ``logging_mode``.
     """
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso"),
-            structlog.processors.JSONRenderer(),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
     for name in ("sagaz", "taskflow"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+#: the logging set-ups S1 and S2 are measured under, as an application would leave them
+LOGGING_MODES = (
+    "fresh install (nothing configured)",
+    "stdlib logging, WARNING to stderr",
+    "structlog JSON at INFO (ProcessorFormatter)",
+    "OpenTelemetry SDK on (traces and metrics)",
+)
+
+
+@contextlib.contextmanager
+def logging_mode(mode: str) -> Iterator[None]:
+    """Set up logging as an application would for ``mode`` (one of ``LOGGING_MODES``), and undo it after."""
+    root = logging.getLogger()
+    level = root.level
+    handler: logging.Handler | None = None
+    sink = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115  (closed below, after the handler)
+    try:
+        if mode == LOGGING_MODES[1]:
+            handler = logging.StreamHandler(sink)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+            root.setLevel(logging.WARNING)
+        elif mode == LOGGING_MODES[2]:
+            handler = logging.StreamHandler(sink)
+            handler.setFormatter(
+                structlog.stdlib.ProcessorFormatter(
+                    foreign_pre_chain=[
+                        structlog.stdlib.ExtraAdder(),
+                        structlog.stdlib.add_log_level,
+                        structlog.processors.TimeStamper(fmt="iso"),
+                    ],
+                    processors=[
+                        structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                        structlog.processors.format_exc_info,
+                        structlog.processors.JSONRenderer(default=str),
+                    ],
+                )
+            )
+            root.setLevel(logging.INFO)
+        if handler is not None:
+            root.addHandler(handler)
+        if mode == LOGGING_MODES[3]:
+            with _otel_on():
+                yield
+        else:
+            yield
+    finally:
+        if handler is not None:
+            root.removeHandler(handler)
+        root.setLevel(level)
+        sink.close()
+
+
+@contextlib.contextmanager
+def _otel_on() -> Iterator[None]:
+    """The OpenTelemetry SDK as an application sets it up: batched spans to an exporter (which drops them),
+    metrics aggregated in a reader; the API's global providers are taken back afterwards."""
+    from opentelemetry import metrics, trace
+    from opentelemetry.metrics import _internal as metrics_internal
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry.util._once import Once
+
+    class Drop(SpanExporter):
+        def export(self, spans: object) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    def reset() -> None:
+        trace._TRACER_PROVIDER_SET_ONCE = Once()
+        trace._TRACER_PROVIDER = None
+        metrics_internal._METER_PROVIDER_SET_ONCE = Once()
+        metrics_internal._METER_PROVIDER = None
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(Drop(), max_queue_size=1 << 16))
+    reset()
+    trace.set_tracer_provider(tracer_provider)
+    metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
+    try:
+        yield
+    finally:
+        tracer_provider.shutdown()
+        reset()
 
 
 @dataclass
@@ -168,6 +248,8 @@ class Table:
     rows: list[list[str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     targets: list[tuple[str, bool | None, str]] = field(default_factory=list)
+    #: further tables of the same scenario, printed after this one
+    more: list[Table] = field(default_factory=list)
 
     def add(self, *cells: object) -> None:
         self.rows.append([str(c) for c in cells])
@@ -189,6 +271,7 @@ class Table:
             lines.append("")
             lines.extend(f"- {n}" for n in self.notes)
         lines.append("")
+        lines.extend(table.markdown() for table in self.more)
         return "\n".join(lines)
 
 
@@ -199,3 +282,37 @@ async def time_ckflow_run(flow: ckflow.Flow) -> float:
     elapsed = time.perf_counter() - t0
     assert result.state == ckflow.FlowState.SUCCESS, result.state
     return elapsed
+
+
+def by_logging(
+    label: str,
+    run_ckflow: Callable[[int], Awaitable[float]],
+    floor: Callable[[int], Awaitable[float]],
+    quick: bool,
+) -> Table:
+    """``label`` (S1 or S2) at each logging set-up an application may leave, beside the floor measured then."""
+    import asyncio
+
+    sizes = (1_000,) if quick else (1_000, 10_000)
+    table = Table(
+        f"{label} by logging set-up (µs per task, median (min–max); ratio to the asyncio floor measured with it)",
+        ["N", "set-up", "ckflow", "asyncio floor", "ckflow / floor"],
+    )
+    for n in sizes:
+        for mode in LOGGING_MODES:
+            with logging_mode(mode):
+                ck = asyncio.run(measure_async(lambda n=n: run_ckflow(n))).scaled(1e6 / n)
+                fl = asyncio.run(measure_async(lambda n=n: floor(n))).scaled(1e6 / n)
+            ratio = ck.median / fl.median
+            table.add(f"{n:,}", mode, ck.fmt(2), fl.fmt(2), f"{ratio:.2f}×")
+            if n == sizes[-1] and mode == LOGGING_MODES[0]:
+                table.target(
+                    f"{label} ≤2× floor at N={n:,}, logging as a fresh install leaves it", ratio <= 2, f"{ratio:.2f}×"
+                )
+    table.notes.append(
+        "Every other table of this run is measured as a fresh install leaves logging (nothing configured); "
+        "here each set-up is applied, measured, then taken back. The structlog set-up renders ckflow's stdlib "
+        "records as JSON (ExtraAdder) to /dev/null; OpenTelemetry exports spans in batches to an exporter "
+        "that drops them."
+    )
+    return table

@@ -9,7 +9,7 @@ import asyncio
 import time
 
 import ckflow
-from benchmarks._harness import Stat, Table, measure, measure_async, time_ckflow_run
+from benchmarks._harness import Stat, Table, by_logging, measure, measure_async, time_ckflow_run
 
 
 @ckflow.task(provides="v0")
@@ -125,4 +125,5 @@ def run(quick: bool = False) -> Table:
         "'ckflow' times ckflow.run(flow) on a freshly built flow, so compile is included (TaskFlow's "
         "engines.run compiles too); 'compiled beforehand' calls flow.compile() outside the timer."
     )
+    table.more.append(by_logging("S1", run_ckflow, floor, quick))
     return table

@@ -9,7 +9,7 @@ import asyncio
 import time
 
 import ckflow
-from benchmarks._harness import Table, measure, measure_async, time_ckflow_run
+from benchmarks._harness import Table, by_logging, measure, measure_async, time_ckflow_run
 
 
 @ckflow.task
@@ -81,4 +81,5 @@ def run(quick: bool = False) -> Table:
         if n == 10_000:
             ratio = ck.median / fl.median
             table.target("S2 ≤5× floor at N=10,000", ratio <= 5, f"{ratio:.2f}×")
+    table.more.append(by_logging("S2", run_ckflow, floor, quick))
     return table

@@ -36,9 +36,6 @@ def _peak_kib() -> int:
 
 def _child(kind: str, n: int) -> dict[str, float]:
     """Runs in the fresh process: baseline after imports, then build and run, then peak."""
-    from benchmarks._harness import configure_logging
-
-    configure_logging()
     import ckflow
 
     if kind == "taskflow":
