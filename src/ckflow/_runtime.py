@@ -401,6 +401,22 @@ class RunCore:
             self.workers -= 1
 
     async def _work(self) -> None:
+        """Run ready jobs until none is left, under one cancel scope for the plain tasks this worker runs.
+
+        One scope a worker, not one a task: entering and leaving an anyio scope is most of what a no-op task
+        costs. It is entered before any task's first step, so scopes a task opens nest inside it, and only
+        the task running in this worker is inside it at any time, so cancelling it (the walker, an engine
+        that stops the run) cancels that task alone. After such a cancel the worker goes on under a fresh
+        scope. Tasks with a timeout or ``shield=True`` get a scope of their own.
+        """
+        while True:
+            with self.scope_class() as scope:
+                if await self._work_in(scope):
+                    return
+            # the task this worker ran was cancelled through its scope: a fresh scope for the next ones
+
+    async def _work_in(self, scope: anyio.CancelScope) -> bool:
+        """Run ready jobs under ``scope``: True once none is left, False after a task cancelled through it."""
         steps = 0
         revert_ready = self.revert_ready
         ready = self.ready
@@ -433,15 +449,19 @@ class RunCore:
                     if journal is not None and journal.pending and not journal.flushing and not self.journal_dead:
                         await journal.flush()
                         continue
-                    return
+                    return True
+                node = nodes[n]
                 tg = self.tg
-                if nodes[n].shield and tg is not None:
+                if node.shield and tg is not None:
                     # A shielded task runs in a task of its own: a plain asyncio cancellation of the task that
                     # runs this worker (asyncio.timeout around ckflow.run, say) cannot be shielded inside it.
                     self._begin(n)
                     tg.start_soon(self._execute_apart, n)
                 else:
-                    await self._execute(n)
+                    self._begin(n)
+                    await self._run_execute(n, None if node.timeout is not None or node.shield else scope)
+                    if scope.cancel_called:
+                        return False
             steps += 1
             if steps >= _FAIRNESS_STEPS:
                 steps = 0
@@ -516,28 +536,31 @@ class RunCore:
                 if self.telemetry is not None:
                     self.telemetry.retry_latency(report)
 
-    async def _execute(self, n: int) -> None:
-        self._begin(n)
-        await self._run_execute(n)
+    async def _run_execute(self, n: int, shared: anyio.CancelScope | None = None) -> None:
+        """The execute of ``n``, which has begun (``_begin``), to its outcome.
 
-    async def _run_execute(self, n: int) -> None:
-        """The execute of ``n``, which has begun (``_begin``), to its outcome."""
+        ``shared``: the worker's scope, which this task runs in (see ``_work``); None for a scope of its own.
+        """
         node = self.nodes[n]
         task = node.task
         assert task is not None
-        # The cancel scope is entered before the task's first step, so that any scope or task group the
-        # task itself opens nests inside it; anyio needs scopes to exit in the reverse order of entry.
-        deadline = math.inf if node.timeout is None else anyio.current_time() + node.timeout
-        # shield=True: the task is awaited, never cut short, whoever cancels (the walker, the caller of
-        # ckflow.run, an engine that shuts down); its own timeout still applies.
-        scope = self.scope_class(deadline=deadline, shield=node.shield)
+        if shared is None:
+            # The cancel scope is entered before the task's first step, so that any scope or task group the
+            # task itself opens nests inside it; anyio needs scopes to exit in the reverse order of entry.
+            deadline = math.inf if node.timeout is None else anyio.current_time() + node.timeout
+            # shield=True: the task is awaited, never cut short, whoever cancels (the walker, the caller of
+            # ckflow.run, an engine that shuts down); its own timeout still applies.
+            scope = self.scope_class(deadline=deadline, shield=node.shield)
+            scope.__enter__()
+        else:
+            scope = shared
         error: Exception | None = None
         value: Any = None
         token = CURRENT.set((self, n))
         telemetry = self.telemetry
         otel_token = None if telemetry is None else telemetry.attach(n)
         try:
-            with scope:
+            try:
                 try:
                     kw = self.kwargs[n] = self._kwargs(node)
                     coro = self._start_call(task._call_execute, kw, node.is_async)
@@ -553,25 +576,48 @@ class RunCore:
                         value = await resume(coro, yielded)
                 except Exception as exc:
                     error = exc
+            except BaseException as exc:
+                if shared is None:
+                    if not scope.__exit__(type(exc), exc, exc.__traceback__):
+                        raise
+                elif not scope.cancel_called:
+                    raise
+                else:
+                    # The worker's scope was cancelled for this task: its cancellation goes on to the scope,
+                    # which ends it; the task's outcome is settled below, as for a scope of its own.
+                    self._settle_execute(n, scope, None, None)
+                    raise
+            else:
+                if shared is None:
+                    scope.__exit__(None, None, None)
         except BaseException:
             # An enclosing scope (the caller of ckflow.run, the engine) cancelled the run itself.
-            self.exec_scopes.pop(n, None)
-            if self.journal is not None:
-                self._interrupted(n)
-            else:
-                self._cancelled(n, "the run was cancelled from outside")
+            if self.state[n] is RUNNING:
+                self.exec_scopes.pop(n, None)
+                if self.journal is not None:
+                    self._interrupted(n)
+                else:
+                    self._cancelled(n, "the run was cancelled from outside")
             raise
         finally:
             if telemetry is not None:
                 telemetry.detach(otel_token)
             CURRENT.reset(token)
-        if self.exec_scopes:
-            self.exec_scopes.pop(n, None)
         if node.shield and self.journal is None and anyio.current_effective_deadline() == -math.inf:
             # The run's caller was cancelled while this task ran shielded: the run is cancelled, and everything
             # that ran, this task included, is reverted; its late success must not end the run SUCCESS, a
             # result its caller will never see.
             request_cancel(self, spawn=False)
+        self._settle_execute(n, scope, error, value)
+        if node.shield:
+            # A cancellation of the run (its caller, its engine) waited for this task: it applies now, before
+            # anything else starts.
+            await checkpoint_if_cancelled()
+
+    def _settle_execute(self, n: int, scope: anyio.CancelScope, error: Exception | None, value: Any) -> None:
+        """The execute of ``n`` has returned, raised or been cancelled through ``scope``: record its outcome."""
+        if self.exec_scopes:
+            self.exec_scopes.pop(n, None)
         if self.stopped is not None and self.journal is not None and scope.cancel_called:
             # Cancelled because this engine stopped running the run: owed an execution, not a revert.
             self.cancel_requested.discard(n)
@@ -579,17 +625,14 @@ class RunCore:
         elif n in self.cancel_requested:
             self.cancel_requested.discard(n)
             self._cancelled(n, "cancelled by the revert walker")
-        elif scope.cancel_called:
+        elif scope.cancel_called and self.nodes[n].timeout is not None:
             # The deadline passed; a task that ignored it (a thread cannot be interrupted) still timed out.
-            self._fail(n, TimeoutError(f"task {node.name!r} timed out after {node.timeout} s"), "timeout")
+            name, timeout = self.nodes[n].name, self.nodes[n].timeout
+            self._fail(n, TimeoutError(f"task {name!r} timed out after {timeout} s"), "timeout")
         elif error is not None:
             self._fail(n, error, "execute")
         else:
             self._succeed(n, value)
-        if node.shield:
-            # A cancellation of the run (its caller, its engine) waited for this task: it applies now, before
-            # anything else starts.
-            await checkpoint_if_cancelled()
 
     def _succeed(self, n: int, value: Any) -> None:
         node = self.nodes[n]
