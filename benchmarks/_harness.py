@@ -295,14 +295,17 @@ def by_logging(
 
     sizes = (1_000,) if quick else (1_000, 10_000)
     table = Table(
-        f"{label} by logging set-up (µs per task, median (min–max); ratio to the asyncio floor measured with it)",
+        f"{label} by logging set-up (µs per task, median (min–max) of 7 rounds, each timing ckflow and the floor)",
         ["N", "set-up", "ckflow", "asyncio floor", "ckflow / floor"],
     )
     for n in sizes:
         for mode in LOGGING_MODES:
             with logging_mode(mode):
-                ck = asyncio.run(measure_async(lambda n=n: run_ckflow(n))).scaled(1e6 / n)
-                fl = asyncio.run(measure_async(lambda n=n: floor(n))).scaled(1e6 / n)
+                # in rounds, each round timing both: the machine's drift hits ckflow and the floor alike
+                got = asyncio.run(
+                    measure_rounds({"ckflow": lambda n=n: run_ckflow(n), "floor": lambda n=n: floor(n)}, repeat=7)
+                )
+            ck, fl = got["ckflow"].scaled(1e6 / n), got["floor"].scaled(1e6 / n)
             ratio = ck.median / fl.median
             table.add(f"{n:,}", mode, ck.fmt(2), fl.fmt(2), f"{ratio:.2f}×")
             if n == sizes[-1] and mode == LOGGING_MODES[0]:
