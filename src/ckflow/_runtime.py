@@ -18,6 +18,7 @@ in ``_journal``. Those are functions over this module's ``RunCore``.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import deque
@@ -321,20 +322,48 @@ class RunCore:
         try:
             await self._drive(self.settled)
         except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True):
-                if self.journal is not None:
-                    # A durable run is only interrupted here: it stays in its store, as it is, for this or
-                    # another engine to resume. Nothing is reverted for it.
-                    self.stop(None)
-                else:
-                    # The caller hung up: undo everything that ran, shielded, then let the cancellation go on.
-                    request_cancel(self, spawn=False)
-                await self._drive(self.terminal)
+            if self.flow_state in TERMINAL:
+                # The cancellation arrived once the run had ended (its task group was closing): the work is
+                # done, or undone, and the caller gets the result rather than a cancellation that would leave
+                # it unknown.
+                return self.result()
+            if self.journal is not None:
+                # A durable run is only interrupted here: it stays in its store, as it is, for this or
+                # another engine to resume. Nothing is reverted for it.
+                self.stop(None)
+            else:
+                # The caller hung up: undo everything that ran, then let the cancellation go on.
+                request_cancel(self, spawn=False)
+            await self._drive_to_end()
             raise
         finally:
             if telemetry is not None:
                 telemetry.run_ended(self.flow_state, self.stopped)
         return self.result()
+
+    async def _drive_to_end(self) -> None:
+        """Drive the run to its end (its reverts, after a cancellation), whatever this task receives meanwhile.
+
+        A shielded cancel scope keeps anyio's cancellations out, but not a plain asyncio ``task.cancel()``,
+        which uvicorn's shutdown and ``asyncio.run``'s clean-up send a second time while the first one is
+        being handled: on asyncio the run's end is driven in a task of its own, which this task waits for,
+        shielded, through every further cancellation. (The caller's cancellation goes on afterwards.)
+        """
+        with anyio.CancelScope(shield=True):
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # not asyncio: anyio's shield is the whole story
+                await self._drive(self.terminal)
+                return
+            ending = loop.create_task(self._drive(self.terminal), name=f"ckflow run {self.run_id} ending")
+            while True:
+                try:
+                    await asyncio.shield(ending)
+                    return
+                except asyncio.CancelledError:
+                    if ending.done():
+                        ending.result()  # the end itself was cancelled (it never is): say so
+                        return
 
     def _start_ready(self) -> None:
         """Queue every task that waits for nothing (at the start, and when a run resumes)."""
