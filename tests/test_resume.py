@@ -579,3 +579,29 @@ class TestStopWithShieldedTask:
         records = {t.task: t for t in await store.tasks("r")}
         assert records["careful"].state is TaskState.SUCCESS
         assert records["careful"].result == "7"
+
+
+class TestRetryDurability:
+    """A durable run's retry starts once the region's reset is in the store (issue: a crash between them)."""
+
+    async def test_a_retry_starts_once_its_reset_is_committed(self) -> None:
+        """When the second attempt starts, the store already holds the reset: no open region, the retry counted;
+        a crash at that moment resumes the retry, never the reverted region again."""
+        store = MemoryStore()
+        seen: list[tuple[list[int], dict[str, int], TaskState]] = []
+        calls = {"n": 0}
+
+        @task
+        async def flaky() -> None:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise ConnectionError("first try")
+            stored = await store.load("r")
+            [record] = [t for t in stored.tasks if t.task == "flaky"]
+            seen.append(([r.region_id for r in stored.regions], record.retries, record.state))
+
+        flow = Linear("l", Checkpoint("cp", retry=Retry(attempts=2)), flaky)
+        async with Engine(store=store) as engine:
+            run = await engine.start(flow, run_id="r")
+            assert (await run.wait()).state is FlowState.SUCCESS
+        assert seen == [([], {"cp": 1}, TaskState.PENDING)]

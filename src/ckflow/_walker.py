@@ -19,6 +19,7 @@ These are functions over the run's ``RunCore``, as ``_control`` and
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Final
 
 import anyio
@@ -506,8 +507,22 @@ def reset_region(core: RunCore, region: Region, *, fresh: bool) -> None:
     for m in touched:
         # A predecessor whose success is not yet in the store still counts as unfinished.
         waiting[m] = sum(1 for p in nodes[m].preds if state[p] is not SUCCESS or hold_gen[p])
-    for m in sorted(members):
-        if waiting[m] == 0 and state[m] is PENDING:
+    first = [m for m in sorted(members) if waiting[m] == 0 and state[m] is PENDING]
+    if journal is None:
+        for m in first:
+            core._make_ready(m)
+    else:
+        # A durable run's retry starts once its reset (the region's reverts done, the retry counted) is in the
+        # store: a crash before that resumes the region as it was recorded, and no execute of the new attempt
+        # can have run whose effect the resumed run would not revert.
+        core._after_commit(partial(_start_reset, core, first))
+
+
+def _start_reset(core: RunCore, first: list[int]) -> None:
+    """Queue the members of a reset region that wait for nothing (once the reset is committed)."""
+    state, waiting, region_of = core.state, core.waiting, core.region_of
+    for m in first:
+        if state[m] is PENDING and waiting[m] == 0 and region_of[m] is None:
             core._make_ready(m)
 
 
