@@ -619,3 +619,36 @@ class TestSuspend:
                 result = await run.wait()
         assert result.state is FlowState.SUCCESS
         assert executed == ["first", "second"]
+
+
+class TestBoundedMemory:
+    """An engine keeps the handles of its last `keep_ended` ended runs, and of those a caller holds: no more."""
+
+    async def test_ended_runs_are_forgotten_past_keep_ended(self) -> None:
+        """Past `keep_ended`, an ended run whose handle nobody holds is forgotten; a held one stays reachable."""
+        import gc
+
+        @task
+        async def one() -> None: ...
+
+        flow = ckflow.Linear("small", one)
+        async with Engine(keep_ended=2) as engine:
+            held = await engine.start(flow, run_id="held")
+            await held.wait()
+            for i in range(4):
+                run = await engine.start(flow, run_id=f"r{i}")
+                await run.wait()
+                await anyio.wait_all_tasks_blocked()  # the run's task has handed it to the ended ones
+            del run
+            gc.collect()
+            assert engine.get_run("held") is held
+            assert {engine.get_run(f"r{i}").id for i in (2, 3)} == {"r2", "r3"}
+            for gone in ("r0", "r1"):
+                with pytest.raises(ckflow.RunNotFoundError):
+                    engine.get_run(gone)
+            assert set(engine.runs) == {"held", "r2", "r3"}
+
+    def test_keep_ended_is_checked(self) -> None:
+        """keep_ended must be an int >= 0."""
+        with pytest.raises(ValueError, match="keep_ended"):
+            Engine(keep_ended=-1)

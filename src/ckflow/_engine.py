@@ -20,8 +20,9 @@ import os
 import socket
 import time
 import uuid
+import weakref
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Any, final
 
 import anyio
 
@@ -65,9 +66,6 @@ if TYPE_CHECKING:
     from ckflow._records import ControlOp, ControlRequest
 
 __all__ = ["Engine", "run"]
-
-#: how many ended durable runs an engine keeps handles of (the store keeps them all)
-_ENDED_KEPT: Final = 1000
 
 
 def _engine_warning(name: str, **fields: Any) -> None:
@@ -189,6 +187,10 @@ class Engine:
         poll_interval: seconds between looks at the store while waiting for a run that
             another engine runs.
         id: this engine's name in the store (default: host, process id and a random suffix).
+        keep_ended: how many ended runs the engine keeps handles of, newest first, for ``get_run``
+            and ``attach``; an ended run whose handle a caller still holds stays reachable too. Older
+            ones are forgotten (a store keeps every run it recorded), so memory stays flat however
+            many runs a long-lived engine runs.
     """
 
     __slots__ = (
@@ -197,10 +199,12 @@ class Engine:
         "_ended",
         "_heartbeat",
         "_id",
+        "_keep_ended",
         "_lease_ttl",
         "_max_concurrency",
         "_owns_store",
         "_poll_interval",
+        "_referenced",
         "_runs",
         "_service",
         "_store",
@@ -217,11 +221,14 @@ class Engine:
         heartbeat: float | None = None,
         poll_interval: float = 0.1,
         id: str | None = None,
+        keep_ended: int = 100,
     ) -> None:
         if store is not None and not isinstance(store, str | Store):
             raise TypeError(f"Engine(store=...) takes a URL or a ckflow.stores.Store, got {store!r}.")
         if max_concurrency is not None and not _is_positive_int(max_concurrency):
             raise ValueError(f"Engine(max_concurrency={max_concurrency!r}) must be a positive int or None.")
+        if not (keep_ended == 0 or _is_positive_int(keep_ended)):
+            raise ValueError(f"Engine(keep_ended={keep_ended!r}) must be an int >= 0.")
         self._lease_ttl = _positive("Engine", "lease_ttl", lease_ttl)
         self._heartbeat = _positive("Engine", "heartbeat", heartbeat if heartbeat is not None else lease_ttl / 10)
         if self._heartbeat >= self._lease_ttl:
@@ -234,6 +241,9 @@ class Engine:
         self._max_concurrency = max_concurrency
         self._runs: dict[str, Run] = {}
         self._ended: OrderedDict[str, Run] = OrderedDict()
+        #: ended runs whose handles someone still holds
+        self._referenced: weakref.WeakValueDictionary[str, Run] = weakref.WeakValueDictionary()
+        self._keep_ended = keep_ended
         self._carrying: set[str] = set()
         self._closing = False
         self._tg: TaskGroup | None = None
@@ -341,11 +351,12 @@ class Engine:
         self._open_tg("start")
         if isinstance(flow, str):
             flow = registered_flow(flow)
-        if run_id is not None and (run_id in self._runs or run_id in self._ended):
+        if run_id is not None and (run_id in self._runs or run_id in self._ended or run_id in self._referenced):
             raise RunExistsError(run_id, "this engine")
         core = _core(flow, inputs, run_id, max_concurrency or self._max_concurrency, on_event)
         store = self._store
         if store is not None:
+            lease_from = time.monotonic()
             now = time.time()
             record = RunRecord(
                 run_id=core.run_id,
@@ -364,7 +375,7 @@ class Engine:
                 if core.telemetry is not None:
                     core.telemetry.run_ended(FlowState.PENDING, RunStateError("the run was not recorded"))
                 raise
-            core.journal = Journal(core, store, self._id, record)
+            core.journal = Journal(core, store, self._id, record, lease_ttl=self._lease_ttl, lease_from=lease_from)
         return self._launch(core)
 
     def _launch(self, core: RunCore) -> Run:
@@ -379,20 +390,20 @@ class Engine:
             await core.main()
         finally:
             handle = self._runs.pop(core.run_id, None)
-            if not core.durable:
-                if handle is not None:
-                    self._runs[core.run_id] = handle  # without a store, the engine is where runs are kept
-            else:
-                if handle is not None:
+            if handle is not None:
+                # An ended run stays reachable (get_run, attach) while a caller holds its handle, and the last
+                # `keep_ended` ones are kept besides: a service that runs millions of runs stays flat.
+                self._referenced[core.run_id] = handle
+                if self._keep_ended:
                     self._ended[core.run_id] = handle
-                    while len(self._ended) > _ENDED_KEPT:
+                    while len(self._ended) > self._keep_ended:
                         self._ended.popitem(last=False)
-                if not core.journal_dead and self._store is not None:
-                    with anyio.CancelScope(shield=True):
-                        try:
-                            await self._store.release(core.run_id, self._id)
-                        except Exception as exc:  # the lease lapses by itself
-                            _engine_warning("ckflow.engine.release_failed", run_id=core.run_id, error=str(exc))
+            if core.durable and not core.journal_dead and self._store is not None:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await self._store.release(core.run_id, self._id)
+                    except Exception as exc:  # the lease lapses by itself
+                        _engine_warning("ckflow.engine.release_failed", run_id=core.run_id, error=str(exc))
 
     async def _leave_when_suspended(self, core: RunCore) -> None:
         """The engine is closing: a durable run that is (or becomes) SUSPENDED is left in its store."""
@@ -462,7 +473,7 @@ class Engine:
             RunNotFoundError: the store has no run with this id.
         """
         self._open_tg("attach")
-        local = self._runs.get(run_id) or self._ended.get(run_id)
+        local = self._runs.get(run_id) or self._ended.get(run_id) or self._referenced.get(run_id)
         if local is not None:
             return local
         record = await self._store_or_fail().get_run(run_id)
@@ -473,20 +484,21 @@ class Engine:
         return Run(impl)
 
     def get_run(self, run_id: str) -> Run:
-        """The handle of a run this engine runs (or ran: the last 1,000 durable ones are kept).
+        """The handle of a run this engine runs, or ran (the last ``keep_ended`` ended runs, and any whose handle
+        a caller still holds).
 
         Raises:
             RunNotFoundError: this engine has no run with that id (``attach`` finds runs in the store).
         """
-        handle = self._runs.get(run_id) or self._ended.get(run_id)
+        handle = self._runs.get(run_id) or self._ended.get(run_id) or self._referenced.get(run_id)
         if handle is None:
             raise RunNotFoundError(run_id, "this engine")
         return handle
 
     @property
     def runs(self) -> Mapping[str, Run]:
-        """Every run this engine runs now (and, without a store, every run it ran), by id."""
-        return dict(self._runs)
+        """Every run this engine runs now, then the ended runs it still keeps (``keep_ended``), by id."""
+        return {**self._referenced, **self._ended, **self._runs}
 
     # -- taking over -------------------------------------------------------------
 
@@ -535,6 +547,7 @@ class Engine:
         """
         self._open_tg(op)
         store = self._store_or_fail()
+        lease_from = time.monotonic()
         claimed = await store.claim(record.run_id, self._id, self._lease_ttl)
         try:
             found = self._flow_for(claimed, flow, required=op != "suspend")
@@ -549,7 +562,7 @@ class Engine:
                 with anyio.CancelScope(shield=True):
                     await store.release(claimed.run_id, self._id)
             return None
-        return await self._adopt(claimed, found, max_concurrency, on_event)
+        return await self._adopt(claimed, found, max_concurrency, on_event, lease_from)
 
     async def _suspend_in_store(self, record: RunRecord) -> None:
         """Suspend a run that nobody runs, in its store alone: nothing of it starts until it is resumed."""
@@ -586,8 +599,9 @@ class Engine:
         flow: Flow,
         max_concurrency: int | None,
         on_event: Callable[[Event], object] | None,
+        lease_from: float,
     ) -> Run:
-        """Rebuild a run this engine has just claimed, and run it here."""
+        """Rebuild a run this engine has just claimed (its claim sent at ``lease_from``), and run it here."""
         store = self._store_or_fail()
         try:
             stored = await store.load(record.run_id)
@@ -604,7 +618,7 @@ class Engine:
             core = _core(
                 flow, inputs, record.run_id, max_concurrency or self._max_concurrency, on_event, stored.run.trace
             )
-            core.journal = Journal(core, store, self._id, stored.run)
+            core.journal = Journal(core, store, self._id, stored.run, lease_ttl=self._lease_ttl, lease_from=lease_from)
             restore(core, stored, passes)
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -630,17 +644,23 @@ class Engine:
             cores = self._durable_live()
             if not cores:
                 continue
+            sent_at = time.monotonic()
             try:
                 renewal = await store.renew(self._id, list(cores), self._lease_ttl)
             except Exception as exc:
                 # The store is unreachable: the leases may lapse, and the next write will say so.
                 _engine_warning("ckflow.engine.heartbeat_failed", engine=self._id, error=str(exc))
                 continue
+            lost = set(renewal.lost)
+            for run_id, live in cores.items():
+                journal = live.journal
+                if run_id not in lost and journal is not None:
+                    journal.lease_renewed(sent_at)
             for run_id in renewal.lost:
-                core = cores.get(run_id)
+                gone = cores.get(run_id)
                 # A run that ended meanwhile released its lease itself (a write that lost it says so)
-                if core is not None and core.flow_state not in TERMINAL:
-                    core.stop(LeaseLostError(run_id, self._id))
+                if gone is not None and gone.flow_state not in TERMINAL:
+                    gone.stop(LeaseLostError(run_id, self._id))
             tg = self._service
             for request in renewal.requests:
                 if request.request_id not in self._carrying and tg is not None:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 
 from ckflow._coro import resume
-from ckflow._errors import StoreError
+from ckflow._errors import LeaseLostError, StoreError
 from ckflow._events import Event
 from ckflow._failure import Failure
 from ckflow._records import (
@@ -61,6 +61,7 @@ class Journal:
     __slots__ = (
         "after",
         "checkpoints",
+        "confirming",
         "core",
         "dirty",
         "drop_regions",
@@ -69,6 +70,8 @@ class Journal:
         "gen",
         "held",
         "held_regions",
+        "lease_ttl",
+        "lease_until",
         "owner",
         "record",
         "regions",
@@ -80,11 +83,19 @@ class Journal:
         "wall0",
     )
 
-    def __init__(self, core: RunCore, store: Store, owner: str, record: RunRecord) -> None:
+    def __init__(
+        self, core: RunCore, store: Store, owner: str, record: RunRecord, *, lease_ttl: float, lease_from: float
+    ) -> None:
         self.core = core
         core.durable = True
         self.store = store
         self.owner = owner
+        self.lease_ttl = lease_ttl
+        #: time.monotonic() at which this engine's lease on the run lapses by its own clock: counted from the
+        #: moment before the claim or renewal that set it was sent, so never later than the store's expiry
+        self.lease_until = lease_from + lease_ttl
+        #: set while a worker asks the store whether the lease still holds (``confirm_lease``)
+        self.confirming: anyio.Event | None = None
         #: the run's record as it was loaded or created; each write derives the current one from it
         self.record = record
         self.seq = record.next_seq
@@ -163,6 +174,43 @@ class Journal:
     def urgent(self) -> bool:
         """True when some step waits for the next commit."""
         return bool(self.held or self.held_regions or self.after)
+
+    # -- the lease -------------------------------------------------------------------
+
+    def lease_renewed(self, sent_at: float) -> None:
+        """A renewal sent at ``sent_at`` (time.monotonic()) extended the lease."""
+        self.lease_until = max(self.lease_until, sent_at + self.lease_ttl)
+
+    async def confirm_lease(self) -> None:
+        """The lease has lapsed by this engine's clock (it stalled: a long pause, a frozen process): before
+        anything more starts, renew it, or learn from the store that another engine took the run over and stop.
+
+        Workers that find the lease lapsed meanwhile wait for the one renewal in flight.
+        """
+        if self.confirming is not None:
+            await self.confirming.wait()
+            return
+        confirming = self.confirming = anyio.Event()
+        core = self.core
+        try:
+            sent_at = time.monotonic()
+            with anyio.CancelScope(shield=True):
+                renewal = await self.store.renew(self.owner, [core.run_id], self.lease_ttl)
+            if core.run_id in renewal.lost:
+                core.stop(LeaseLostError(core.run_id, self.owner))
+            else:
+                self.lease_renewed(sent_at)
+        except Exception as exc:
+            # The store cannot say the run is still ours: this engine starts nothing more of it.
+            error = StoreError(
+                f"Run {core.run_id!r}: engine {self.owner!r} could not renew its lapsed lease ({exc!r}); it stopped "
+                "running the run, which stays as the store last recorded it."
+            )
+            error.__cause__ = exc
+            core.stop(error)
+        finally:
+            self.confirming = None
+            confirming.set()
 
     # -- writing -------------------------------------------------------------------
 

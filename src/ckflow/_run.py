@@ -65,7 +65,7 @@ class Run:
     are as of the handle's last look at the store.
     """
 
-    __slots__ = ("_impl",)
+    __slots__ = ("__weakref__", "_impl")
 
     def __init__(self, impl: _Backend) -> None:
         self._impl = impl

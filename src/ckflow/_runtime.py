@@ -455,6 +455,17 @@ class RunCore:
         waiting = self.waiting
         nodes = self.nodes
         while True:
+            journal = self.journal
+            if (
+                journal is not None
+                and (revert_ready or ready)
+                and journal.lease_until <= time.monotonic()
+                and self.stopped is None
+            ):
+                # This engine's lease may have lapsed (it stalled, and another engine may run the run now):
+                # nothing starts before the store says the run is still ours.
+                await journal.confirm_lease()
+                continue
             if revert_ready:
                 await revert(self, revert_ready.popleft())
             else:
