@@ -11,6 +11,11 @@ validated against its return annotation and an input against the annotation
 of a parameter that reads it, so that a ``-> Volume`` model or a
 ``-> tuple[str, int]`` comes back as itself after a resume. Without an
 annotation, a value comes back as plain JSON data (a tuple as a list).
+
+A registered codec's value is written as ``{"__ckflow_codec__": name, "value": data}``. So that user data
+never reads as one, a user dict's key that is the tag, or the tag followed by ``~`` marks, is written with one
+more ``~`` and read back without it: user data round-trips unchanged whatever keys it has. The common case
+(no codec registered, no tag text in the JSON) is one ``pydantic_core.to_json`` call and no walk.
 """
 
 from __future__ import annotations
@@ -29,11 +34,14 @@ if TYPE_CHECKING:
 
     from ckflow._task import Task
 
-__all__ = ["decode", "decode_object", "encode", "input_adapter", "register_codec", "result_adapter"]
+__all__ = ["decode", "decode_object", "encode", "encode_name", "input_adapter", "register_codec", "result_adapter"]
 
 #: The key that marks a value encoded by a registered codec: ``{"__ckflow_codec__": name, "value": ...}``.
 TAG: Final = "__ckflow_codec__"
 _TAG_BYTES: Final = TAG.encode()
+#: The escape mark added to a user dict's key that is the tag (or the tag and marks already).
+_MARK: Final = "~"
+_SCALARS: Final = (str, int, float, bool, bytes, bytearray)
 _CONFIG: Final = ConfigDict(arbitrary_types_allowed=True, ser_json_bytes="base64", val_json_bytes="base64")
 
 
@@ -87,22 +95,41 @@ def register_codec(
     _ADAPTERS.clear()
 
 
+def _is_tag_key(key: object) -> bool:
+    """Whether ``key`` is the tag followed by zero or more escape marks (``TAG``, ``TAG~``, ``TAG~~``...)."""
+    return isinstance(key, str) and key.startswith(TAG) and not key[len(TAG) :].strip(_MARK)
+
+
+def _escaped(key: Any) -> Any:
+    """A user dict's ``key`` as written: one more mark on a tag-like key, so that no user dict has the tag."""
+    return key + _MARK if _is_tag_key(key) else key
+
+
+def _unescaped(key: str) -> str:
+    return key[:-1] if key != TAG and _is_tag_key(key) else key
+
+
 def _tagged(value: Any) -> Any:
-    """``value`` with every object of a registered type replaced by its tagged encoding."""
+    """``value`` as data pydantic writes as is: objects of registered types tagged, user dicts' keys escaped."""
     codec = _BY_TYPE.get(type(value))
     if codec is not None:
         return {TAG: codec.name, "value": _tagged(codec.encode(value))}
     if isinstance(value, dict):
-        return {k: _tagged(v) for k, v in value.items()}
+        return {_escaped(k): _tagged(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [_tagged(v) for v in value]
-    return value
+    if value is None or isinstance(value, _SCALARS):
+        return value
+    # An object pydantic serialises by itself (a model, a dataclass...): its JSON data, escaped if it has to be.
+    raw = pydantic_core.to_json(value, bytes_mode="base64")
+    return value if _TAG_BYTES not in raw else _tagged(pydantic_core.from_json(raw))
 
 
 def _untagged(data: Any) -> Any:
+    """The inverse of ``_tagged``: tagged objects rebuilt by their codecs, user dicts' keys unescaped."""
     if isinstance(data, dict):
         name = data.get(TAG)
-        if name is not None and len(data) == 2 and "value" in data:
+        if isinstance(name, str) and len(data) == 2 and "value" in data:
             codec = _BY_NAME.get(name)
             if codec is None:
                 raise StoreError(
@@ -110,7 +137,8 @@ def _untagged(data: Any) -> Any:
                     "process; call `ckflow.register_codec()` for it before resuming."
                 )
             return codec.decode(_untagged(data["value"]))
-        return {k: _untagged(v) for k, v in data.items()}
+        # A user dict (one with the tag itself was written before keys were escaped: it stays a dict).
+        return {_unescaped(k): _untagged(v) for k, v in data.items()}
     if isinstance(data, list):
         return [_untagged(v) for v in data]
     return data
@@ -119,15 +147,27 @@ def _untagged(data: Any) -> Any:
 def encode(value: Any) -> str:
     """``value`` as JSON text.
 
+    A user dict's key that is the tag (or the tag followed by escape marks) gets one more mark, so that stored
+    user data never looks like a codec's value and comes back unchanged whatever keys it has.
+
     Raises:
         TypeError: pydantic cannot serialise ``value`` and no codec covers it (the message names the type).
     """
-    if _BY_TYPE:
-        value = _tagged(value)
     try:
-        return pydantic_core.to_json(value, bytes_mode="base64").decode()
+        if not _BY_TYPE:
+            raw = pydantic_core.to_json(value, bytes_mode="base64")
+            if _TAG_BYTES not in raw:
+                return raw.decode()  # the common case: nothing to tag or escape, no walk
+            # The tag's text is somewhere (maybe only in a string): escape the keys of the JSON data.
+            value = pydantic_core.from_json(raw)
+        return pydantic_core.to_json(_tagged(value), bytes_mode="base64").decode()
     except pydantic_core.PydanticSerializationError as exc:
         raise TypeError(str(exc)) from exc
+
+
+def encode_name(name: str) -> str:
+    """``name`` as the JSON text of a key of an object of named values (a snapshot), escaped as ``encode`` does."""
+    return pydantic_core.to_json(_escaped(name)).decode()
 
 
 def decode(text: str, adapter: TypeAdapter[Any] | None) -> Any:

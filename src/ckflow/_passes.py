@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from ckflow._codec import encode
+from ckflow._codec import encode, encode_name
 from ckflow._compile import JOIN, ROOT, TASK
 from ckflow._events import DEBUG
 from ckflow._failure import Failure
@@ -125,9 +125,9 @@ def _snapshot(core: RunCore, tasks: list[int]) -> str:
         provides = nodes[m].provides
         text = encoded[m]
         if len(provides) == 1 and text is not None:
-            parts.append(f"{encode(provides[0])}:{text}")
+            parts.append(f"{encode_name(provides[0])}:{text}")
         else:
-            parts.extend(f"{encode(p)}:{encode(values[p])}" for p in provides if p in values)
+            parts.extend(f"{encode_name(p)}:{encode(values[p])}" for p in provides if p in values)
     return "{" + ",".join(parts) + "}"
 
 
