@@ -34,6 +34,11 @@ __all__ = ["decode", "decode_object", "encode", "input_adapter", "register_codec
 #: The key that marks a value encoded by a registered codec: ``{"__ckflow_codec__": name, "value": ...}``.
 TAG: Final = "__ckflow_codec__"
 _TAG_BYTES: Final = TAG.encode()
+#: why a string with a lone surrogate (``"\ud800"``, say from ``os.fsdecode`` of bytes that are not UTF-8) is refused
+_SURROGATE_PROBLEM: Final = (
+    "a string in it holds a lone surrogate such as '\\ud800', which UTF-8 cannot encode: repair the text, "
+    "e.g. with `s.encode('utf-8', 'replace').decode()`"
+)
 _CONFIG: Final = ConfigDict(arbitrary_types_allowed=True, ser_json_bytes="base64", val_json_bytes="base64")
 
 
@@ -127,6 +132,8 @@ def encode(value: Any) -> str:
     try:
         return pydantic_core.to_json(value, bytes_mode="base64").decode()
     except pydantic_core.PydanticSerializationError as exc:
+        if "surrogates not allowed" in str(exc):
+            raise TypeError(_SURROGATE_PROBLEM) from exc
         raise TypeError(str(exc)) from exc
 
 
