@@ -312,9 +312,9 @@ class StoreCorruptError(StoreError):
         self.problem = problem
         file = shlex.quote(path)
         super().__init__(
-            f"Store {url!r} is damaged ({problem}): check it with `sqlite3 {file} \"PRAGMA integrity_check\"`, "
+            f'Store {url!r} is damaged ({problem}): check it with `sqlite3 {file} "PRAGMA integrity_check"`, '
             f"then restore it from a backup, or save what is readable with "
-            f"`sqlite3 {file} \".recover\" | sqlite3 NEW.db` and use NEW.db."
+            f'`sqlite3 {file} ".recover" | sqlite3 NEW.db` and use NEW.db.'
         )
 
 
