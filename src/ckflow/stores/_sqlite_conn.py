@@ -236,9 +236,9 @@ def connect(_: None, arg: tuple[str, str, str]) -> tuple[sqlite3.Connection, Loo
                     raise  # else another process writes: its commit synced the WAL's header, or the loop's will
     except sqlite3.Error as exc:
         _close(conn, side)
-        error = damaged(exc, url, path)
-        if error is not exc:
-            raise error from exc
+        if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_CORRUPT:
+            # a ckflow store whose pages are damaged; a file SQLite does not read at all (NOTADB) is no store
+            raise damaged(exc, url, path) from exc
         raise StoreUnavailableError(url, f"{path!r} is not a usable ckflow store ({exc}).") from exc
     except BaseException:
         _close(conn, side)
