@@ -32,6 +32,7 @@ from ckflow._errors import DuplicateTaskError as DuplicateTaskError
 from ckflow._errors import EventsOverflowError as EventsOverflowError
 from ckflow._errors import FlowDefinitionError as FlowDefinitionError
 from ckflow._errors import FlowNotRegisteredError as FlowNotRegisteredError
+from ckflow._errors import InvalidRunIdError as InvalidRunIdError
 from ckflow._errors import LeaseLostError as LeaseLostError
 from ckflow._errors import MisplacedCheckpointError as MisplacedCheckpointError
 from ckflow._errors import MissingRequirementError as MissingRequirementError
@@ -44,6 +45,7 @@ from ckflow._errors import RunOwnedError as RunOwnedError
 from ckflow._errors import RunStateError as RunStateError
 from ckflow._errors import SchemaVersionError as SchemaVersionError
 from ckflow._errors import SiblingDependencyError as SiblingDependencyError
+from ckflow._errors import StoreCorruptError as StoreCorruptError
 from ckflow._errors import StoreError as StoreError
 from ckflow._errors import StoreUnavailableError as StoreUnavailableError
 from ckflow._errors import TaskDefinitionError as TaskDefinitionError
@@ -89,6 +91,7 @@ __all__ = (
     "FlowState",
     "FunctionTask",
     "Graph",
+    "InvalidRunIdError",
     "LeaseLostError",
     "Linear",
     "MisplacedCheckpointError",
@@ -108,6 +111,7 @@ __all__ = (
     "RunStateError",
     "SchemaVersionError",
     "SiblingDependencyError",
+    "StoreCorruptError",
     "StoreError",
     "StoreUnavailableError",
     "Task",

@@ -25,8 +25,9 @@ import anyio
 
 from ckflow import _cli_control, _cli_runs
 from ckflow._cli_control import LEFT_IN_STORE
-from ckflow._cli_format import CliError, Console, StatusLine, parse_duration
-from ckflow._errors import CkflowError, FlowNotRegisteredError
+from ckflow._cli_format import CliError, Console, StatusLine, parse_duration, printable
+from ckflow._errors import CkflowError, FlowNotRegisteredError, InvalidRunIdError
+from ckflow._ids import check_run_id
 from ckflow._states import FlowState
 from ckflow._version import __version__
 
@@ -84,7 +85,10 @@ def _common(*, top: bool) -> argparse.ArgumentParser:
         dest="imports" if top else "more_imports",
         action="append",
         default=[] if top else argparse.SUPPRESS,
-        help="import MODULE first (it registers flows with ckflow.register_flow); repeatable",
+        help=(
+            "import MODULE first (it registers flows with ckflow.register_flow); repeatable; the current "
+            "directory is searched last, after the standard library and installed packages"
+        ),
     )
     group.add_argument(
         "--json",
@@ -138,26 +142,26 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     sub = command("show", runs.cmd_show, "show a run: its record, tasks, checkpoints and pending requests")
-    sub.add_argument("run_id", metavar="RUN", help="the run's id")
+    sub.add_argument("run_id", metavar="RUN", help="the run's id", type=_run_id)
 
     sub = command("events", runs.cmd_events, "print a run's events in order")
-    sub.add_argument("run_id", metavar="RUN", help="the run's id")
+    sub.add_argument("run_id", metavar="RUN", help="the run's id", type=_run_id)
     sub.add_argument("--after", metavar="SEQ", type=int, default=-1, help="only events after sequence number SEQ")
     sub.add_argument("--follow", "-f", action="store_true", help="keep printing new events until the run ends")
 
     sub = command(
         "resume", control.cmd_resume, "go on with a run here, in the foreground, until it ends or is suspended"
     )
-    sub.add_argument("run_id", metavar="RUN", help="the run's id")
+    sub.add_argument("run_id", metavar="RUN", help="the run's id", type=_run_id)
 
     sub = command("suspend", control.cmd_suspend, "suspend a run: running tasks finish, nothing new starts")
-    sub.add_argument("run_id", metavar="RUN", help="the run's id")
+    sub.add_argument("run_id", metavar="RUN", help="the run's id", type=_run_id)
 
     sub = command("cancel", control.cmd_cancel, "cancel a run: revert everything that ran")
-    sub.add_argument("run_id", metavar="RUN", help="the run's id")
+    sub.add_argument("run_id", metavar="RUN", help="the run's id", type=_run_id)
 
     sub = command("goto", control.cmd_goto, "run a run forward (or back) to a checkpoint and suspend it there")
-    sub.add_argument("run_id", metavar="RUN", help="the run's id")
+    sub.add_argument("run_id", metavar="RUN", help="the run's id", type=_run_id)
     sub.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint of the run's flow")
 
     sub = command(
@@ -165,7 +169,7 @@ def _parser() -> argparse.ArgumentParser:
         control.cmd_revert_to,
         "revert what a checkpoint's scope and its consumers ran, then run it again (or park there)",
     )
-    sub.add_argument("run_id", metavar="RUN", help="the run's id")
+    sub.add_argument("run_id", metavar="RUN", help="the run's id", type=_run_id)
     sub.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint of the run's flow")
     sub.add_argument(
         "--no-retry", dest="retry", action="store_false", help="park the run SUSPENDED at the checkpoint instead"
@@ -190,7 +194,9 @@ def _parser() -> argparse.ArgumentParser:
         check=_check_graph,
     )
     sub.add_argument("flow", metavar="NAME", nargs="?", help="the name a flow is registered under")
-    sub.add_argument("--run", metavar="RUN", dest="run_id", help="the flow of this run, coloured by its task states")
+    sub.add_argument(
+        "--run", metavar="RUN", dest="run_id", type=_run_id, help="the flow of this run, coloured by its task states"
+    )
 
     command("flows", runs.cmd_flows, "list the registered flows (after --import)", check=None)
     return parser
@@ -208,6 +214,14 @@ def _check_graph(args: argparse.Namespace) -> str | None:
     return None if args.run_id is None else _needs_store(args)
 
 
+def _run_id(text: str) -> str:
+    """A RUN argument: refused as a usage error, before any store is opened, if it cannot be a run id."""
+    try:
+        return check_run_id(text)
+    except InvalidRunIdError as exc:
+        raise argparse.ArgumentTypeError(printable(str(exc))) from None
+
+
 def _count(text: str) -> int:
     try:
         value = int(text)
@@ -222,12 +236,16 @@ def _count(text: str) -> int:
 
 
 def _import(modules: Sequence[str]) -> None:
-    """Import the ``--import`` modules, which register flows and codecs, from the current directory too."""
+    """Import the ``--import`` modules, which register flows and codecs, from the current directory too.
+
+    The current directory goes at the end of ``sys.path`` (if it is not there already): a ``./json.py`` or
+    ``./ckflow.py`` must not shadow the standard library or an installed package.
+    """
     if not modules:
         return
     here = os.getcwd()
     if "" not in sys.path and here not in sys.path:
-        sys.path.insert(0, here)  # as `python -m` does, so that `ckflow --import myflows` finds ./myflows.py
+        sys.path.append(here)  # so that `ckflow --import myflows` finds ./myflows.py
     for name in modules:
         try:
             importlib.import_module(name)
@@ -242,6 +260,9 @@ class _AroundProgress(logging.Filter):
     """Keep ckflow's log lines from colliding with what the command draws."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in list(vars(record).items()):
+            if isinstance(value, str):
+                setattr(record, key, printable(value))  # a run id or a failure message may carry terminal escapes
         name = str(getattr(record, "event", ""))
         if name == "ckflow.run.stopped" and getattr(record, "run_id", None) in LEFT_IN_STORE:
             return False  # the command left the run in its store on purpose and says so itself

@@ -3,6 +3,11 @@
 Everything here is plain text for a terminal: aligned columns, local times,
 no colour. Tables go to stdout; progress goes to stderr and is drawn only
 when stderr is a terminal, so stdout stays clean for pipes.
+
+What the command prints comes from the store (run ids, flow and task names,
+failure messages) and may hold escape sequences that a terminal would obey:
+``Console`` and ``StatusLine`` write every line through ``printable``, which
+escapes control characters (ESC as ``\\x1b``). JSON output is left to ``json``.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ __all__ = [
     "fmt_duration",
     "fmt_time",
     "parse_duration",
+    "printable",
     "table",
 ]
 
@@ -40,6 +46,18 @@ __all__ = [
 ELLIPSIS: Final = "…"
 _UNITS: Final = {"w": 604_800.0, "d": 86_400.0, "h": 3_600.0, "m": 60.0, "s": 1.0}
 _DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)([wdhms])")
+#: C0 controls (ESC, BEL, CR, ...), DEL, C1 controls and lone surrogates (which no terminal encoding can write)
+_UNPRINTABLE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _escape(found: re.Match[str]) -> str:
+    code = ord(found.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """``text`` with its control characters and lone surrogates written as escapes: ESC as ``\\x1b``."""
+    return _UNPRINTABLE.sub(_escape, text)
 
 
 class CliError(Exception):
@@ -69,7 +87,7 @@ class Console:
 
     def print(self, text: str = "") -> None:
         """A line of results, on stdout."""
-        print(text, file=self.out, flush=True)
+        print(printable(text), file=self.out, flush=True)
 
     def emit(self, value: Any) -> None:
         """One JSON document (a line of JSON lines) on stdout."""
@@ -81,7 +99,7 @@ class Console:
 
     def note(self, text: str) -> None:
         """A summary or a hint, on stderr (always shown)."""
-        print(text, file=self.err, flush=True)
+        print(printable(text), file=self.err, flush=True)
 
 
 def _isatty(stream: TextIO) -> bool:
@@ -217,7 +235,7 @@ class StatusLine:
         if not self.enabled:
             return
         columns = shutil.get_terminal_size((100, 24)).columns
-        self._console.err.write("\r\033[K" + cut(text, columns - 1))
+        self._console.err.write("\r\033[K" + cut(printable(text), columns - 1))
         self._console.err.flush()
         self._shown = True
         _ACTIVE[0] = self
@@ -227,7 +245,7 @@ class StatusLine:
         if not self.enabled:
             return
         self.clear()
-        print(text, file=self._console.err, flush=True)
+        print(printable(text), file=self._console.err, flush=True)
 
     def clear(self) -> None:
         """Remove the status line, so that what comes next starts on a clean line."""

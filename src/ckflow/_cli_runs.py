@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
-from ckflow._cli_format import CliError, StatusLine, cut, failure_line, fmt_duration, fmt_time, table
+from ckflow._cli_format import CliError, StatusLine, cut, failure_line, fmt_duration, fmt_time, printable, table
 from ckflow._errors import CkflowError
 from ckflow._registry import registered_flow, registered_flows
 from ckflow._states import TERMINAL, FlowState
@@ -347,7 +347,7 @@ async def cmd_events(args: argparse.Namespace, console: Console) -> int:
 
 async def _confirm(question: str) -> bool:
     def ask() -> str:
-        print(question, end="", file=sys.stderr, flush=True)
+        print(printable(question), end="", file=sys.stderr, flush=True)
         return sys.stdin.readline()
 
     answer = await anyio.to_thread.run_sync(ask)

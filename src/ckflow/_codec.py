@@ -42,6 +42,11 @@ _TAG_BYTES: Final = TAG.encode()
 #: The escape mark added to a user dict's key that is the tag (or the tag and marks already).
 _MARK: Final = "~"
 _SCALARS: Final = (str, int, float, bool, bytes, bytearray)
+#: why a string with a lone surrogate (``"\ud800"``, say from ``os.fsdecode`` of bytes that are not UTF-8) is refused
+_SURROGATE_PROBLEM: Final = (
+    "a string in it holds a lone surrogate such as '\\ud800', which UTF-8 cannot encode: repair the text, "
+    "e.g. with `s.encode('utf-8', 'replace').decode()`"
+)
 _CONFIG: Final = ConfigDict(arbitrary_types_allowed=True, ser_json_bytes="base64", val_json_bytes="base64")
 
 
@@ -162,6 +167,8 @@ def encode(value: Any) -> str:
             value = pydantic_core.from_json(raw)
         return pydantic_core.to_json(_tagged(value), bytes_mode="base64").decode()
     except pydantic_core.PydanticSerializationError as exc:
+        if "surrogates not allowed" in str(exc):
+            raise TypeError(_SURROGATE_PROBLEM) from exc
         raise TypeError(str(exc)) from exc
 
 

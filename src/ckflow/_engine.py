@@ -43,6 +43,7 @@ from ckflow._errors import (
     UnknownCheckpointError,
 )
 from ckflow._events import Event, EventStream, logger_for, write_log
+from ckflow._ids import check_run_id
 from ckflow._journal import Journal
 from ckflow._models import RunResult, TaskSummary
 from ckflow._patterns import Flow
@@ -93,9 +94,8 @@ def _core(
         raise TypeError(f"ckflow runs a flow (Linear, Parallel, Graph or Periodic), got {flow!r}.")
     if max_concurrency is not None and not _is_positive_int(max_concurrency):
         raise ValueError(f"max_concurrency must be a positive int or None, got {max_concurrency!r}.")
-    given: object = run_id
-    if given is not None and (not isinstance(given, str) or not given):
-        raise TypeError(f"run_id must be a non-empty string, got {run_id!r}.")
+    if run_id is not None:
+        check_run_id(run_id)
     graph = flow.compile()
     given = dict(inputs or {})
     missing = {name: tasks for name, tasks in graph.required_inputs.items() if name not in given}
@@ -130,7 +130,7 @@ def _encode_inputs(inputs: Mapping[str, Any]) -> str:
     except TypeError:
         for name, value in inputs.items():
             try:
-                encode(value)
+                encode({name: value})  # the name too: it may be what cannot be encoded
             except TypeError as exc:
                 raise ResultNotSerializableError(
                     None, type(value).__qualname__, str(exc), input=name, value=value
@@ -156,6 +156,7 @@ async def run(
 
     Raises:
         FlowDefinitionError: the flow does not compile, or ``inputs`` lack a required value.
+        InvalidRunIdError: ``run_id`` is empty, over 200 characters, or holds a control character or a surrogate.
     """
     core = _core(flow, inputs, run_id, max_concurrency, on_event)
     return await core.main(stop_on_suspend=True)
@@ -346,12 +347,15 @@ class Engine:
             FlowNotRegisteredError: no flow is registered under that name.
             ResultNotSerializableError: an input cannot be stored as JSON (durable runs).
             RunExistsError: ``run_id`` is taken.
+            InvalidRunIdError: ``run_id`` is empty, over 200 characters, or holds a control character or a surrogate.
             RunStateError: the engine is not open.
         """
         self._open_tg("start")
         if isinstance(flow, str):
             flow = registered_flow(flow)
-        if run_id is not None and (run_id in self._runs or run_id in self._ended or run_id in self._referenced):
+        if run_id is not None and (
+            check_run_id(run_id) in self._runs or run_id in self._ended or run_id in self._referenced
+        ):
             raise RunExistsError(run_id, "this engine")
         core = _core(flow, inputs, run_id, max_concurrency or self._max_concurrency, on_event)
         store = self._store
@@ -441,12 +445,14 @@ class Engine:
         that has ended is not run again: its handle gives its result.
 
         Raises:
+            InvalidRunIdError: ``run_id`` cannot be a run id (see ``Engine.start``).
             RunNotFoundError: the store has no run with this id.
             RunOwnedError: another engine holds a live lease on the run (it runs there).
             FlowNotRegisteredError: ``flow`` was not given and no flow is registered under the run's flow name.
             FlowDefinitionError: ``flow`` is not the run's flow.
             StoreError: a stored value cannot be decoded.
         """
+        check_run_id(run_id)
         self._open_tg("resume")
         local = self._runs.get(run_id)
         if local is not None:
@@ -470,8 +476,10 @@ class Engine:
         (which needs ``flow`` or a registered flow, except to suspend).
 
         Raises:
+            InvalidRunIdError: ``run_id`` cannot be a run id (see ``Engine.start``).
             RunNotFoundError: the store has no run with this id.
         """
+        check_run_id(run_id)
         self._open_tg("attach")
         local = self._runs.get(run_id) or self._ended.get(run_id) or self._referenced.get(run_id)
         if local is not None:
@@ -488,9 +496,10 @@ class Engine:
         a caller still holds).
 
         Raises:
+            InvalidRunIdError: ``run_id`` cannot be a run id (see ``Engine.start``).
             RunNotFoundError: this engine has no run with that id (``attach`` finds runs in the store).
         """
-        handle = self._runs.get(run_id) or self._ended.get(run_id) or self._referenced.get(run_id)
+        handle = self._runs.get(check_run_id(run_id)) or self._ended.get(run_id) or self._referenced.get(run_id)
         if handle is None:
             raise RunNotFoundError(run_id, "this engine")
         return handle

@@ -16,11 +16,13 @@
     │   ├── RunNotFoundError           (no run has that id, in the engine or its store)
     │   ├── RunExistsError             (a run id is taken)
     │   ├── RunOwnedError              (another live engine holds the run's lease)
+    │   ├── InvalidRunIdError          (a run id that is not a short, printable, UTF-8 string)
     │   └── UnknownCheckpointError     (the flow has no checkpoint of that name)
     ├── FlowNotRegisteredError         (no flow was registered under a name)
     ├── StoreError                     (a store cannot do what was asked)
     │   ├── StoreUnavailableError      (cannot connect, or the file is not a ckflow store)
     │   ├── SchemaVersionError         (the store was written by a newer ckflow)
+    │   ├── StoreCorruptError          (the SQLite file is damaged)
     │   ├── ResultNotSerializableError (a task's value cannot be stored as JSON)
     │   └── LeaseLostError             (another engine took the run over; this one stops)
     ├── EventsOverflowError            (a subscriber fell further behind than its buffer)
@@ -36,7 +38,8 @@ than parse text.
 from __future__ import annotations
 
 import datetime
-from typing import TYPE_CHECKING
+import shlex
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -52,6 +55,7 @@ __all__ = [
     "EventsOverflowError",
     "FlowDefinitionError",
     "FlowNotRegisteredError",
+    "InvalidRunIdError",
     "LeaseLostError",
     "MisplacedCheckpointError",
     "MissingRequirementError",
@@ -64,11 +68,16 @@ __all__ = [
     "RunStateError",
     "SchemaVersionError",
     "SiblingDependencyError",
+    "StoreCorruptError",
     "StoreError",
     "StoreUnavailableError",
     "TaskDefinitionError",
     "UnknownCheckpointError",
 ]
+
+
+#: the longest run id every store keeps (PostgreSQL indexes it; a run id is a name, not a payload)
+RUN_ID_MAX_LENGTH: Final = 200
 
 
 def _wall(ts: float) -> str:
@@ -227,6 +236,22 @@ class RunOwnedError(RunStateError):
         )
 
 
+class InvalidRunIdError(RunStateError, ValueError):
+    """A run id that every store cannot keep as it is: empty, too long, with control characters, or not UTF-8."""
+
+    def __init__(self, run_id: object, problem: str) -> None:
+        #: the id as given (it may be long, or not even a string)
+        self.run_id = run_id
+        self.problem = problem
+        shown = repr(run_id)
+        if len(shown) > 60:
+            shown = f"{shown[:50]}...{shown[-7:]} ({len(run_id) if isinstance(run_id, str) else '?'} characters)"
+        super().__init__(
+            f"Run id {shown} {problem}; use a non-empty string of at most {RUN_ID_MAX_LENGTH} printable characters, "
+            "such as letters, digits, '-', '_', '.' and ':'."
+        )
+
+
 class UnknownCheckpointError(RunStateError, LookupError):
     """The run's flow has no checkpoint of this name."""
 
@@ -275,6 +300,21 @@ class SchemaVersionError(StoreError):
         super().__init__(
             f"Store {url!r} has schema version {found}, written by a newer ckflow; this ckflow reads up to "
             f"version {supported}: upgrade ckflow (`pip install -U ckflow`) before opening it."
+        )
+
+
+class StoreCorruptError(StoreError):
+    """The SQLite file of a store is damaged (SQLite says "database disk image is malformed")."""
+
+    def __init__(self, url: str, path: str, problem: str) -> None:
+        self.url = url
+        self.path = path
+        self.problem = problem
+        file = shlex.quote(path)
+        super().__init__(
+            f'Store {url!r} is damaged ({problem}): check it with `sqlite3 {file} "PRAGMA integrity_check"`, '
+            f"then restore it from a backup, or save what is readable with "
+            f'`sqlite3 {file} ".recover" | sqlite3 NEW.db` and use NEW.db.'
         )
 
 

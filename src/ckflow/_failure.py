@@ -16,6 +16,13 @@ __all__ = ["Failure", "FailureKind"]
 FailureKind = Literal["execute", "revert", "timeout", "cancelled"]
 
 
+def _utf8(text: str) -> str:
+    """``text`` with each lone surrogate written as an escape (``\\ud800``), so that every store can keep it."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class Failure(BaseModel):
     """What went wrong in one task, in a form that survives JSON.
 
@@ -46,7 +53,7 @@ class Failure(BaseModel):
                 private = object.__getattribute__(self, "__pydantic_private__") or {}
                 exc = private.get("_exception")
                 if exc is not None:
-                    text = fields["traceback"] = "".join(traceback.format_exception(exc))
+                    text = fields["traceback"] = _utf8("".join(traceback.format_exception(exc)))
             return text
         return super().__getattribute__(name)
 
@@ -74,7 +81,7 @@ class Failure(BaseModel):
             task=task,
             kind=kind,
             exc_type=qualname if module == "builtins" else f"{module}.{qualname}",
-            message=str(exc),
+            message=_utf8(str(exc)),
             attempt=attempt,
             at=time.time(),
         )

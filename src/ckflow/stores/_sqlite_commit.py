@@ -28,7 +28,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
 from ckflow._errors import StoreUnavailableError
-from ckflow.stores._sqlite_conn import BUSY_TIMEOUT_MS, commit_mark, connect, is_busy, rollback
+from ckflow.stores._sqlite_conn import BUSY_TIMEOUT_MS, commit_mark, connect, damaged, is_busy, rollback
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
@@ -283,6 +283,8 @@ def _serve(jobs: queue.SimpleQueue[_Job]) -> None:
     cur: sqlite3.Cursor | None = None
     side: LoopSide | None = None
     done: list[_Done] = []
+    #: (url, path) of the store, for the error that says its file is damaged
+    where = ("", "")
     while True:
         taken = [jobs.get()]
         while True:
@@ -311,6 +313,7 @@ def _serve(jobs: queue.SimpleQueue[_Job]) -> None:
                 return
             i += 1
             if kind == _OPEN:
+                where = job[2][0], job[2][1]
                 try:
                     conn, side = connected = job[1](None, job[2])
                 except BaseException as exc:
@@ -331,13 +334,16 @@ def _serve(jobs: queue.SimpleQueue[_Job]) -> None:
                     results = _write_group(cur, [(job[1], job[2]) for job in group], on_loop=False)
                 except BaseException as exc:
                     results = [(exc, None)] * len(group)
-                done.extend((job, exc, value) for job, (exc, value) in zip(group, results, strict=True))
+                done.extend(
+                    (job, None if exc is None else damaged(exc, *where), value)
+                    for job, (exc, value) in zip(group, results, strict=True)
+                )
             else:
                 try:
                     done.append((job, None, _read(conn, job) if kind == READ else job[1](conn, job[2])))
                 except BaseException as exc:
                     rollback(conn)
-                    done.append((job, exc, None))
+                    done.append((job, damaged(exc, *where), None))
         _flush(done)
 
 
@@ -562,7 +568,7 @@ class Session:
             if exc is None:
                 future.set_result(value)
             else:
-                future.set_exception(exc)
+                future.set_exception(damaged(exc, self._url, side.path))
         self.commits += 1
         self.maybe_checkpoint()
 

@@ -19,14 +19,24 @@ import threading
 from typing import TYPE_CHECKING, Final, final
 from urllib.parse import parse_qsl, unquote
 
-from ckflow._errors import SchemaVersionError, StoreUnavailableError
+from ckflow._errors import SchemaVersionError, StoreCorruptError, StoreUnavailableError
 from ckflow.stores import _sql
 from ckflow.stores._protocol import SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["BUSY_TIMEOUT_MS", "LoopSide", "commit_mark", "connect", "is_busy", "parse", "rollback"]
+__all__ = [
+    "BUSY_TIMEOUT_MS",
+    "FILE_MODE",
+    "LoopSide",
+    "commit_mark",
+    "connect",
+    "damaged",
+    "is_busy",
+    "parse",
+    "rollback",
+]
 
 #: how long the thread waits for another connection's write lock before failing with "database is locked"
 BUSY_TIMEOUT_MS: Final = 5000
@@ -39,6 +49,11 @@ _HEADER: Final = b"SQLite format 3\x00"
 #: takes S5's write transaction from some 40 to 33 µs on a 2-core VM. Reading a large run costs more
 #: (some 25 % for 100,000 events, 60 % for tasks with 8 KB results), which is rarer than writing it
 PAGE_SIZE: Final = 1024
+#: the permissions of a new store file: it holds the runs' inputs and results, so only its owner reads it (SQLite
+#: gives its -wal and -shm files the same); ``chmod`` it to share it, ckflow never changes an existing file's mode
+FILE_MODE: Final = 0o600
+#: SQLITE_CORRUPT and SQLITE_NOTADB: "database disk image is malformed", "file is not a database"
+_DAMAGED: Final = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 #: UPSERT needs 3.24; ``json_each`` (lists of ids) needs JSON1, built in since 3.38
 _MIN_SQLITE: Final = (3, 24, 0)
 
@@ -80,6 +95,15 @@ def rollback(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
         except sqlite3.Error:
             pass  # the transaction is gone either way
+
+
+def damaged(exc: BaseException, url: str, path: str) -> BaseException:
+    """``StoreCorruptError`` for SQLite's error on a damaged file (caused by ``exc``); else ``exc`` itself."""
+    if isinstance(exc, sqlite3.DatabaseError) and exc.sqlite_errorcode & 0xFF in _DAMAGED:
+        error = StoreCorruptError(url, path, str(exc))
+        error.__cause__ = exc
+        return error
+    return exc
 
 
 def is_busy(exc: BaseException) -> bool:
@@ -126,6 +150,20 @@ def _check_file(url: str, path: str) -> None:
         raise StoreUnavailableError(url, f"{path!r} is not a SQLite database (it lacks the SQLite header).")
 
 
+def _create_private(url: str, path: str) -> None:
+    """Create a new store's file readable by its owner only (``FILE_MODE``), before SQLite creates it 0644.
+
+    An existing file is left as it is. The process's umask is not touched (it is the whole process's).
+    """
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise StoreUnavailableError(url, f"{path!r} cannot be created ({exc.strerror}).") from exc
+    os.close(fd)
+
+
 def _schema_version(conn: sqlite3.Connection, url: str) -> int:
     """The store's schema version; 0 for a database without ckflow's tables."""
     if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'ckflow_meta'").fetchone() is None:
@@ -166,6 +204,7 @@ def connect(_: None, arg: tuple[str, str, str]) -> tuple[sqlite3.Connection, Loo
         raise StoreUnavailableError(url, f"ckflow needs SQLite 3.24 or newer; this Python has {found}.")
     if path != ":memory:":
         _check_file(url, path)
+        _create_private(url, path)
     try:
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, cached_statements=256)
     except sqlite3.Error as exc:
@@ -202,6 +241,9 @@ def connect(_: None, arg: tuple[str, str, str]) -> tuple[sqlite3.Connection, Loo
                     raise  # else another process writes: its commit synced the WAL's header, or the loop's will
     except sqlite3.Error as exc:
         _close(conn, side)
+        if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_CORRUPT:
+            # a ckflow store whose pages are damaged; a file SQLite does not read at all (NOTADB) is no store
+            raise damaged(exc, url, path) from exc
         raise StoreUnavailableError(url, f"{path!r} is not a usable ckflow store ({exc}).") from exc
     except BaseException:
         _close(conn, side)
@@ -240,9 +282,10 @@ def commit_mark(conn: sqlite3.Connection) -> None:
 class LoopSide:
     """What lets changes commit on the loop: the loop's connection, and what keeps a WAL restart off it."""
 
-    __slots__ = ("conn", "cursor", "pin", "restarting")
+    __slots__ = ("conn", "cursor", "path", "pin", "restarting")
 
     def __init__(self, path: str, synchronous: str) -> None:
+        self.path = path
         #: used on the loop only, between two of its iterations; opened and closed in the thread
         self.conn = sqlite3.connect(
             path, timeout=0, isolation_level=None, cached_statements=256, check_same_thread=False

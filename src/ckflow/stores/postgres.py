@@ -215,11 +215,32 @@ def _count(status: str) -> int:
 # -- opening -----------------------------------------------------------------------------
 
 
+def _check_ports(url: str, netloc: str) -> None:
+    """Refuse a port that is not a number from 1 to 65535, in any ``host:port`` of the URL."""
+    hosts = netloc.rpartition("@")[2]
+    for host in hosts.split(","):
+        port = host.rpartition("]")[2] if host.startswith("[") else host
+        if ":" not in port:
+            continue
+        text = port.rpartition(":")[2]
+        if text:  # `host:` is the default port
+            _check_port(url, text)
+
+
+def _check_port(url: str, text: str) -> None:
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 65535):
+        raise ValueError(
+            f"PostgreSQL store URL {url!r}: port {text!r} is not a number from 1 to 65535; write e.g. "
+            "'postgresql://user@host:5432/db'."
+        )
+
+
 def _parse(url: str) -> tuple[str, str, str, float]:
     """(asyncpg's DSN, the URL without password, schema, connect timeout) of a ``postgresql://`` URL."""
     parts = urlsplit(url)
     if parts.scheme.lower() not in ("postgresql", "postgres") or not parts.netloc:
         raise ValueError(f"A PostgreSQL store URL looks like 'postgresql://user@host:5432/db', got {url!r}.")
+    _check_ports(url, parts.netloc)
     schema = "public"
     timeout = _DEFAULT_CONNECT_TIMEOUT
     passed: list[tuple[str, str]] = []
@@ -236,6 +257,9 @@ def _parse(url: str) -> tuple[str, str, str, float]:
             if not timeout > 0:
                 raise ValueError(f"PostgreSQL store URL {url!r}: connect_timeout={value!r} is not a positive number.")
         else:
+            if key == "port":
+                for text in value.split(","):
+                    _check_port(url, text)
             passed.append((key, value))
     dsn = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(passed), ""))
     netloc = parts.netloc
@@ -339,6 +363,8 @@ class PostgresStore(StoreBase):
                 )
             except _UNREACHABLE as exc:
                 raise StoreUnavailableError(self._url, _reason(exc, self._timeout)) from exc
+            except (ValueError, OverflowError) as exc:  # asyncpg refuses an option of the URL
+                raise StoreUnavailableError(self._url, f"the URL's options are not valid ({exc}).") from exc
             try:
                 async with pool.acquire() as conn:
                     await _migrate(conn, self._url, self._schema)
