@@ -23,8 +23,8 @@ TASKS_PER_RUN = 3
 #: the PostgreSQL pool's connections (some 4,000 runs)
 FULL = ((1_000, 10_000, 50_000, 100_000), 1)
 QUICK = ((1_000, 2_000, 5_000, 10_000), 2)
-#: PostgreSQL takes 5 to 7 ms a run here (a round trip per commit), so 100,000 runs would take over ten
-#: minutes: 20,000 take two or three and still show a slope (the row says so)
+#: PostgreSQL takes 4 to 7 ms a run here (a round trip per commit), so 100,000 runs would take 7 to 11
+#: minutes: 20,000 take one or two and still show a slope (the row says so)
 POSTGRES_FULL = ((1_000, 5_000, 10_000, 20_000), 1)
 POSTGRES_QUICK = ((1_000, 2_000, 4_000, 6_000), 2)
 
@@ -177,8 +177,8 @@ def run(quick: bool = False) -> Table:
         "objects."
     )
     table.notes.append(
-        f"PostgreSQL: {_public(dsn)} (env {DSN_ENV}), a fresh schema dropped afterwards, and fewer runs: at 5 to "
-        "7 ms a run (a loopback round trip per commit) 100,000 would take over ten minutes."
+        f"PostgreSQL: {_public(dsn)} (env {DSN_ENV}), a fresh schema dropped afterwards, and fewer runs: at 4 to "
+        "7 ms a run (a loopback round trip per commit) 100,000 would take 7 to 11 minutes."
     )
     table.notes.append(
         "No store: the engine keeps every ended run (`Engine._runs`), which is where a storeless engine's runs are "
