@@ -650,3 +650,49 @@ class TestLoopCommits:
             assert len(headers) == 21
             assert all(before == after for before, after in headers)  # no commit on the loop did
             assert [e.seq for e in await store.events("run-1")] == list(range(20))
+
+    async def test_a_checkpoint_restarts_the_wal_though_commits_came_during_it(self, db: Path) -> None:
+        """Frames committed while the checkpoint copied are copied too, and the WAL restarts.
+
+        (S12: under a steady stream of commits the WAL never restarted, and it and its index grew without bound.)
+        """
+        async with SQLiteStore(url_of(db)) as store:
+            run = run_record()
+            await store.create_run(run)
+            for seq in range(50):
+                await store.write(Batch(run=run, owner=OWNER, events=[event("run-1", seq)]))
+            side = session(store).side
+            assert side is not None
+            other = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+
+            class CommitDuringCheckpoint:
+                """The thread's connection, with another connection committing right after the first checkpoint."""
+
+                def __init__(self, conn: sqlite3.Connection) -> None:
+                    self.conn = conn
+                    self.first = True
+
+                def execute(self, sql: str, *args: Any) -> Any:
+                    cursor = self.conn.execute(sql, *args)
+                    if self.first and sql.startswith("PRAGMA wal_checkpoint"):
+                        self.first = False
+                        row = cursor.fetchone()
+                        other.execute("BEGIN IMMEDIATE")
+                        _sqlite_conn.commit_mark(other)
+                        return type("Rows", (), {"fetchone": lambda _: row})()
+                    return cursor
+
+            def checkpoint(conn: sqlite3.Connection, side: Any) -> tuple[int, int, int]:
+                return _sqlite_commit._checkpoint(CommitDuringCheckpoint(conn), side)  # type: ignore[arg-type]
+
+            try:
+                busy, frames, copied = await session(store).worker.submit(_sqlite_commit.RAW, checkpoint, side)
+                assert busy == 0
+                assert frames == copied > 50
+                # the WAL restarted: it holds only the restarting commit's frames
+                busy, frames, copied = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                assert (busy, frames) == (0, copied)
+                assert frames <= 2
+            finally:
+                other.close()
+            assert [e.seq for e in await store.events("run-1")] == list(range(50))

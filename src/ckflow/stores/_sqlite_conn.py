@@ -54,6 +54,12 @@ PAGE_SIZE: Final = 1024
 FILE_MODE: Final = 0o600
 #: SQLITE_CORRUPT and SQLITE_NOTADB: "database disk image is malformed", "file is not a database"
 _DAMAGED: Final = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+#: prepared statements kept per connection. The store runs some 30 distinct statements (its parameters are
+#: bound, never spelled into the SQL), so the cache never churns. With SQLite's default page cache (2,000 KiB
+#: a connection) and the WAL kept under some 9 MB by the store's checkpoints (its index, the -shm file
+#: mapped by each connection, under 100 KiB), what a store keeps in memory is bounded: S12 measures
+#: SQLite's heap (``sqlite3_memory_used``) at 0.5 to 1.6 MB, and the process flat from some 5,000 runs on
+_CACHED_STATEMENTS: Final = 256
 #: UPSERT needs 3.24; ``json_each`` (lists of ids) needs JSON1, built in since 3.38
 _MIN_SQLITE: Final = (3, 24, 0)
 
@@ -206,7 +212,9 @@ def connect(_: None, arg: tuple[str, str, str]) -> tuple[sqlite3.Connection, Loo
         _check_file(url, path)
         _create_private(url, path)
     try:
-        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, cached_statements=256)
+        conn = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, cached_statements=_CACHED_STATEMENTS
+        )
     except sqlite3.Error as exc:
         raise StoreUnavailableError(url, f"SQLite cannot open {path!r} ({exc}).") from exc
     side: LoopSide | None = None
@@ -288,7 +296,7 @@ class LoopSide:
         self.path = path
         #: used on the loop only, between two of its iterations; opened and closed in the thread
         self.conn = sqlite3.connect(
-            path, timeout=0, isolation_level=None, cached_statements=256, check_same_thread=False
+            path, timeout=0, isolation_level=None, cached_statements=_CACHED_STATEMENTS, check_same_thread=False
         )
         try:
             self.conn.execute("PRAGMA wal_autocheckpoint = 0")

@@ -19,7 +19,8 @@ What blocks the loop, and for how long: one transaction, never a lock wait, neve
   goes to the thread, which waits for the lock with its ``busy_timeout``.
 - No connection checkpoints by itself (``wal_autocheckpoint = 0``): every ``_CHECKPOINT_EVERY``
   commits the store has its thread run a PASSIVE checkpoint, which waits for no one, fsyncs there,
-  and keeps the WAL bounded while the loop goes on committing.
+  and keeps the WAL bounded while the loop goes on committing: to restart the WAL it copies the
+  frames committed meanwhile with the loop's commits held off (a few milliseconds, once per checkpoint).
 - The first commit into a fresh WAL (an empty one, or one that a checkpoint copied whole) writes the
   WAL's header and fsyncs it, even with ``synchronous=NORMAL``. The thread makes that commit itself,
   at ``open()`` and after each checkpoint; ``_checkpoint`` says how no commit on the loop can come
