@@ -6,6 +6,9 @@ it would get from SQLite or PostgreSQL: no live exception on a failure, lists
 where tuples were written), leases expire, and writes are fenced. It forgets
 everything when the process ends. ``memory://`` is a fresh store;
 ``memory://name`` is shared by every engine of the process that names it.
+``?keep_ended=N`` keeps only the N runs that ended last, so that a store in a
+long-lived process stays bounded (by default it keeps every run until
+``delete_runs``).
 
 Keeping bytes rather than objects also keeps a long-lived store out of the way
 of Python's cyclic garbage collector, which walks every live container on each
@@ -18,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, final
+from urllib.parse import parse_qsl, urlsplit
 
 from ckflow._errors import LeaseLostError, RunExistsError, RunNotFoundError, RunOwnedError
 from ckflow._events import Event
@@ -30,6 +34,7 @@ from ckflow._records import (
     StoredRun,
     TaskRecord,
 )
+from ckflow._states import TERMINAL
 from ckflow.stores._protocol import StoreBase
 
 if TYPE_CHECKING:
@@ -87,12 +92,23 @@ _SHARED: Final[dict[str, dict[str, _Run]]] = {}
 class MemoryStore(StoreBase):
     """A store in this process's memory (see the module docstring)."""
 
-    __slots__ = ("_runs", "_url")
+    __slots__ = ("_ended", "_keep_ended", "_runs", "_url")
 
     def __init__(self, url: str = "memory://") -> None:
         self._url = url
-        name = url.split("://", 1)[1] if "://" in url else ""
+        parts = urlsplit(url)
+        name = parts.netloc + parts.path
         self._runs: dict[str, _Run] = _SHARED.setdefault(name, {}) if name else {}
+        #: ``?keep_ended=N``: keep only the N runs that ended last (None: every run, until ``delete_runs``)
+        self._keep_ended: int | None = None
+        for key, value in parse_qsl(parts.query):
+            if key != "keep_ended" or not value.isdigit() or int(value) < 1:
+                raise ValueError(
+                    f"Memory store URL {url!r}: the one option is `?keep_ended=N` (N >= 1), got {key}={value!r}."
+                )
+            self._keep_ended = int(value)
+        #: ended runs, oldest first (only with ``keep_ended``)
+        self._ended: dict[str, None] = {}
 
     @property
     def url(self) -> str:
@@ -191,6 +207,13 @@ class MemoryStore(StoreBase):
             requests = entry.own_requests()
             for req in batch.requests:
                 requests[req.request_id] = _json(req)
+        if self._keep_ended is not None and batch.run.state in TERMINAL:
+            ended = self._ended
+            ended[run_id] = None
+            while len(ended) > self._keep_ended:
+                oldest = next(iter(ended))
+                del ended[oldest]
+                self._runs.pop(oldest, None)
 
     # -- leases ------------------------------------------------------------------
 
