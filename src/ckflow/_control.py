@@ -36,12 +36,12 @@ def request_cancel(core: RunCore, *, spawn: bool = True) -> None:
     """Revert everything that ran; the run ends REVERTED. Idempotent."""
     if core.flow_state in TERMINAL or core.failure_mode or core.root_region is not None:
         return
-    core._walker_event("ckflow.control.cancel")
+    core.event("ckflow.control.cancel")
     if core.flow_state is FlowState.PENDING:
-        core._finish(FlowState.REVERTED)
+        core.finish(FlowState.REVERTED)
         return
     if core.flow_state is FlowState.SUSPENDED:
-        core._set_flow(FlowState.RUNNING)
+        core.set_flow(FlowState.RUNNING)
         core.suspended = anyio.Event()
     core.halted = False
     for region in list(core.regions):
@@ -50,8 +50,8 @@ def request_cancel(core: RunCore, *, spawn: bool = True) -> None:
             record_region(core, region)
     open_region(core, ROOT, set(range(core.total)), Action.END, None, None)
     if spawn:
-        core._kick()
-    core._maybe_finish()
+        core.kick()
+    core.maybe_finish()
 
 
 def scope_named(core: RunCore, name: str) -> int:
@@ -77,9 +77,9 @@ def request_revert_to(core: RunCore, name: str, *, retry: bool) -> Region:
     """Revert what ran of checkpoint ``name``'s scope and downstream of it; then run it afresh or park there."""
     scope = scope_named(core, name)
     _check_controllable(core, f"revert to {name!r}")
-    core._walker_event("ckflow.control.revert_to", checkpoint=name, detail={"retry": retry})
+    core.event("ckflow.control.revert_to", checkpoint=name, detail={"retry": retry})
     if core.flow_state is FlowState.SUSPENDED:
-        core._set_flow(FlowState.RUNNING)
+        core.set_flow(FlowState.RUNNING)
         core.suspended = anyio.Event()
     core.barrier = frozenset()
     core.goto_name = None
@@ -93,8 +93,8 @@ def request_revert_to(core: RunCore, name: str, *, retry: bool) -> Region:
     members = _with_downstream(core, set(scope_members(core.graph, scope)))
     # With nothing of the scope left to undo, the region is done at once: retried afresh, or parked.
     region = open_region(core, scope, members, Action.SUSPEND, None, None, auto_resume=retry)
-    core._kick()
-    core._maybe_finish()
+    core.kick()
+    core.maybe_finish()
     return region
 
 
@@ -119,19 +119,19 @@ def request_goto(core: RunCore, name: str) -> None:
     if any(core.state[m] is not PENDING for m in members):
         request_revert_to(core, name, retry=False)
         return
-    core._walker_event("ckflow.control.goto", checkpoint=name)
+    core.event("ckflow.control.goto", checkpoint=name)
     core.barrier = frozenset(members)
     core.goto_name = name
     if core.flow_state is FlowState.SUSPENDED:
         # Suspended before the checkpoint: go forward to it.
-        core._set_flow(FlowState.RUNNING)
+        core.set_flow(FlowState.RUNNING)
         core.suspended = anyio.Event()
     core.halted = False
     for n in range(core.total):
         if core.state[n] is PENDING and core.waiting[n] == 0:
-            core._make_ready(n)
-    core._kick()
-    core._maybe_finish()
+            core.make_ready(n)
+    core.kick()
+    core.maybe_finish()
 
 
 def reach_barrier(core: RunCore, n: int) -> None:
@@ -139,29 +139,29 @@ def reach_barrier(core: RunCore, n: int) -> None:
     core.queued[n] = 1
     core.ready.appendleft(n)
     core.halted = True
-    core._maybe_finish()
+    core.maybe_finish()
 
 
 def request_suspend(core: RunCore) -> None:
     """Let running tasks finish and start nothing new; the run becomes SUSPENDED."""
     if core.flow_state in TERMINAL or core.halted:
         return
-    core._walker_event("ckflow.control.suspend")
+    core.event("ckflow.control.suspend")
     core.halted = True
-    core._kick()
-    core._maybe_finish()
+    core.kick()
+    core.maybe_finish()
 
 
 def request_resume(core: RunCore) -> None:
     """Go on after a suspension; a parked checkpoint starts a fresh budget."""
     if core.flow_state in TERMINAL or not core.halted or core.failure_mode:
         return
-    core._walker_event("ckflow.control.resume")
+    core.event("ckflow.control.resume")
     core.halted = False
     core.barrier = frozenset()
     core.goto_name = None
     if core.flow_state is FlowState.SUSPENDED:
-        core._set_flow(FlowState.RUNNING)
+        core.set_flow(FlowState.RUNNING)
         core.suspended = anyio.Event()
         if core.stop_on_suspend:
             core.settled = anyio.Event()
@@ -169,5 +169,5 @@ def request_resume(core: RunCore) -> None:
         reset_region(core, region, fresh=True)
     for n in range(core.total):
         if core.state[n] is PENDING and core.waiting[n] == 0:
-            core._make_ready(n)
-    core._kick()
+            core.make_ready(n)
+    core.kick()

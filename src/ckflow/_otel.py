@@ -278,7 +278,7 @@ class RunTelemetry:
         return {
             "ckflow.run_id": core.run_id,
             "ckflow.task": node.name,
-            "ckflow.attempt": core._attempt(n),
+            "ckflow.attempt": core.attempt(n),
             "ckflow.checkpoint": core.graph.scopes[node.scope].name,
         }
 

@@ -105,7 +105,7 @@ def record_pass(core: RunCore, scope: int, *, completed: bool = False, next_at: 
         checkpoint=name,
         pass_no=core.pass_no[scope],
         state="completed" if completed else "active",
-        attempts=max((core._attempt_under(m, scope) for m in tasks), default=1),
+        attempts=max((core.attempt_under(m, scope) for m in tasks), default=1),
         history=list(core.history.get(scope, ())),
         first_failure_at=journal.wall(core.first_failure.get(scope)),
         snapshot=snapshot,
@@ -203,7 +203,7 @@ def loop_again(core: RunCore, scope: int) -> None:
                 core.results[m] = None
                 core.encoded[m] = None
                 core.kwargs[m] = None
-                core._set(m, PENDING)
+                core.transition(m, PENDING)
             else:
                 state[m] = PENDING
         for s in node.chain:
@@ -222,7 +222,7 @@ def loop_again(core: RunCore, scope: int) -> None:
         waiting[m] = sum(1 for p in nodes[m].preds if state[p] is not SUCCESS or hold_gen[p])
     for e in info.entries:
         waiting[e] += 1  # the next iteration also waits for its time
-    core._walker_event(
+    core.event(
         "ckflow.periodic.next",
         DEBUG,
         checkpoint=info.name,
@@ -248,7 +248,7 @@ async def _sleeper(core: RunCore, scope: int, sleeper: anyio.CancelScope, delay:
         return
     del core.sleepers[scope]
     wake(core, scope)
-    await core._worker()
+    await core.worker()
 
 
 def wake(core: RunCore, scope: int) -> None:
@@ -260,4 +260,4 @@ def wake(core: RunCore, scope: int) -> None:
     for e in core.graph.scopes[scope].entries:
         waiting[e] -= 1
         if waiting[e] == 0 and state[e] is PENDING:
-            core._make_ready(e)
+            core.make_ready(e)

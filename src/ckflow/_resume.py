@@ -79,7 +79,7 @@ def restore(core: RunCore, stored: StoredRun, passes: list[CheckpointRecord]) ->
         _load_task(core, n, record, mono)
         if record.state is TaskState.RUNNING:
             interrupted.append(record.task)
-            journal.transition(n, TaskState.RUNNING, TaskState.PENDING, core._attempt(n), None)
+            journal.transition(n, TaskState.RUNNING, TaskState.PENDING, core.attempt(n), None)
     _derive_gates(core, stored)
     _load_passes(core, stored.checkpoints, passes, mono)
     core.failures = list(stored.failures)
@@ -104,8 +104,8 @@ def restore(core: RunCore, stored: StoredRun, passes: list[CheckpointRecord]) ->
         core.barrier = frozenset(n for n in range(core.total) if graph.in_scope(n, graph.scope_index[run.goto]))
     core.failure_mode = any(st is TaskState.REVERT_FAILURE for st in state)
     if core.failure_mode:
-        core._cancel_waits()
-    core._walker_event("ckflow.run.resumed", detail={"interrupted": interrupted, "owner": journal.owner})
+        core.cancel_waits()
+    core.event("ckflow.run.resumed", detail={"interrupted": interrupted, "owner": journal.owner})
     for region in stored.regions:
         _load_region(core, region)
     if core.flow_state is FlowState.SUSPENDED:

@@ -202,7 +202,7 @@ class RunCore:
 
     # -- transitions -------------------------------------------------------------
 
-    def _set(self, n: int, new: TaskState, *, log: bool = True) -> int | None:
+    def transition(self, n: int, new: TaskState, *, log: bool = True) -> int | None:
         """Move task ``n`` to ``new`` (checked against the table); returns its event's seq (durable runs).
 
         ``log=False``: the transition's log line is written by the caller (a failure's, with the walker's
@@ -216,7 +216,7 @@ class RunCore:
         journal = self.journal
         if journal is not None:
             result = self.results[n] if new is FAILURE or new is REVERT_FAILURE else None
-            seq = journal.transition(n, old, new, self._attempt(n), result if isinstance(result, Failure) else None)
+            seq = journal.transition(n, old, new, self.attempt(n), result if isinstance(result, Failure) else None)
         telemetry = self.telemetry
         if telemetry is not None:
             telemetry.transition(n, old, new)
@@ -232,14 +232,14 @@ class RunCore:
                 task=node.name,
                 old=old,
                 new=new,
-                attempt=self._attempt(n),
+                attempt=self.attempt(n),
                 checkpoint=self.graph.scopes[node.scope].name,
                 failure=failure if isinstance(failure, Failure) else None,
                 seq=seq,
             )
         return seq
 
-    def _log_failure(self, n: int, failure: Failure, level: int, seq: int | None) -> None:
+    def log_failure(self, n: int, failure: Failure, level: int, seq: int | None) -> None:
         """Write task ``n``'s failure to the log at ``level`` (INFO: its checkpoint retries it; WARNING: it
         escalates or ends the run), once the loop goes round: the walker has started its revert by then."""
         node = self.nodes[n]
@@ -255,7 +255,7 @@ class RunCore:
             seq=seq,
         )
 
-    def _set_flow(self, new: FlowState) -> None:
+    def set_flow(self, new: FlowState) -> None:
         old = self.flow_state
         check_flow_transition(self.flow, old, new)
         self.flow_state = new
@@ -266,9 +266,9 @@ class RunCore:
             level = ERROR
         elif new is FlowState.REVERTED and self.root_region is not None and self.root_region.report.cause is not None:
             level = WARNING  # a failure reached the root (a cancel that reverts everything is no failure)
-        self._walker_event(f"ckflow.run.{new.lower()}", level, old=old, new=new)
+        self.event(f"ckflow.run.{new.lower()}", level, old=old, new=new)
 
-    def _walker_event(self, name: str, level: int = INFO, **fields: Any) -> None:
+    def event(self, name: str, level: int = INFO, **fields: Any) -> None:
         """Emit a run, walker or control event (and record it, for a durable run)."""
         seq = None if self.journal is None else self.journal.event(name, fields)
         if self.telemetry is not None:
@@ -278,13 +278,13 @@ class RunCore:
 
     # -- attempts ------------------------------------------------------------------
 
-    def _attempt_under(self, n: int, scope: int) -> int:
+    def attempt_under(self, n: int, scope: int) -> int:
         return 1 + self.retries.get((n, scope), 0)
 
-    def _attempt(self, n: int) -> int:
+    def attempt(self, n: int) -> int:
         return 1 + self.retries.get((n, self.nodes[n].scope), 0) if self.retries else 1
 
-    def _timed_out(self, scope: int) -> bool:
+    def timed_out(self, scope: int) -> bool:
         checkpoint = self.graph.scopes[scope].checkpoint
         if checkpoint is None or checkpoint.retry.timeout is None:
             return False
@@ -296,7 +296,7 @@ class RunCore:
         return TaskContext(
             self.run_id,
             self.nodes[n].name,
-            self._attempt(n),
+            self.attempt(n),
             self.graph.scopes[scope].name,
             tuple(self.history.get(scope, ())),
             self.iteration_of(n),
@@ -315,7 +315,7 @@ class RunCore:
         self.t_start = time.monotonic()
         self.pass_start = [start or self.t_start for start in self.pass_start]
         if self.flow_state is FlowState.PENDING and self.root_region is None:
-            self._set_flow(FlowState.RUNNING)
+            self.set_flow(FlowState.RUNNING)
             self._start_ready()
         elif self.flow_state is FlowState.RUNNING:
             self._start_ready()  # a run resumed from its store
@@ -370,7 +370,7 @@ class RunCore:
         state, waiting, region_of = self.state, self.waiting, self.region_of
         for n in range(self.total):
             if waiting[n] == 0 and state[n] is PENDING and region_of[n] is None:
-                self._make_ready(n)
+                self.make_ready(n)
 
     async def _drive(self, until: anyio.Event) -> None:
         try:
@@ -379,17 +379,17 @@ class RunCore:
                 for scope, delay in self.deferred_sleeps.items():
                     sleep(self, scope, delay)
                 self.deferred_sleeps.clear()
-                self._maybe_finish()
-                await self._worker()
+                self.maybe_finish()
+                await self.worker()
                 await until.wait()
         finally:
             self.tg = None
 
     async def _helper(self) -> None:
         self.idle_helpers -= 1
-        await self._worker()
+        await self.worker()
 
-    def _spawn_helpers(self) -> None:
+    def spawn_helpers(self) -> None:
         """Called when a worker's task suspends: make sure every ready job has a worker."""
         jobs = len(self.revert_ready)
         if not self.halted:
@@ -407,13 +407,13 @@ class RunCore:
             self.idle_helpers += 1
             tg.start_soon(self._helper)
 
-    def _kick(self) -> None:
+    def kick(self) -> None:
         """Start a worker for jobs that appeared outside any worker (control requests)."""
         if self.tg is not None and self.idle_helpers == 0:
             self.idle_helpers += 1
             self.tg.start_soon(self._helper)
 
-    async def _worker(self) -> None:
+    async def worker(self) -> None:
         self.workers += 1
         try:
             await self._work()
@@ -511,7 +511,7 @@ class RunCore:
                 else:
                     await checkpoint()
 
-    def _make_ready(self, n: int) -> None:
+    def make_ready(self, n: int) -> None:
         """``n`` has no unfinished predecessor: queue it, or pass straight through a join."""
         if self.region_of[n] is not None:
             return
@@ -541,11 +541,11 @@ class RunCore:
                         self.queued[s] = 1
                         self.ready.append(s)
         if self.n_success == self.total:
-            self._maybe_finish()
+            self.maybe_finish()
 
     # -- execute -----------------------------------------------------------------
 
-    def _kwargs(self, node: Node) -> dict[str, Any]:
+    def task_inputs(self, node: Node) -> dict[str, Any]:
         kw: dict[str, Any] = dict(node.const_in) if node.const_in else {}
         if node.value_in:
             values = self.values
@@ -558,14 +558,14 @@ class RunCore:
                     kw[param] = inputs[name]
         return kw
 
-    def _start_call(self, call: Callable[[dict[str, Any]], Any], kw: dict[str, Any], is_async: bool) -> Any:
+    def start_call(self, call: Callable[[dict[str, Any]], Any], kw: dict[str, Any], is_async: bool) -> Any:
         if is_async:
             return call(kw)
         return anyio.to_thread.run_sync(partial(call, kw), limiter=self.limiter)
 
     def _begin(self, n: int) -> None:
         """``n`` starts: RUNNING, counted, timed."""
-        self._set(n, RUNNING)
+        self.transition(n, RUNNING)
         self.executions[n] += 1
         self.executing += 1
         t0 = self.started[n] = time.monotonic()
@@ -602,8 +602,8 @@ class RunCore:
         try:
             try:
                 try:
-                    kw = self.kwargs[n] = self._kwargs(node)
-                    coro = self._start_call(task._call_execute, kw, node.is_async)
+                    kw = self.kwargs[n] = self.task_inputs(node)
+                    coro = self.start_call(task._call_execute, kw, node.is_async)
                     try:
                         yielded = coro.send(None)
                     except StopIteration as stop:
@@ -612,7 +612,7 @@ class RunCore:
                         # The task suspended: from here on it can be cancelled, and other ready
                         # jobs need workers of their own.
                         self.exec_scopes[n] = scope
-                        self._spawn_helpers()
+                        self.spawn_helpers()
                         value = await resume(coro, yielded)
                 except Exception as exc:
                     error = exc
@@ -696,7 +696,7 @@ class RunCore:
                     return
                 self.values.update(unpacked)
         self.results[n] = value
-        self._set(n, SUCCESS)
+        self.transition(n, SUCCESS)
         self.executing -= 1
         self.ended[n] = time.monotonic()
         self.n_success += 1
@@ -704,7 +704,7 @@ class RunCore:
         if region is not None:
             # A shielded member finished while its region reverts: now revert it too.
             member_settled(self, region, n)
-            self._maybe_finish()
+            self.maybe_finish()
             return
         if journal is not None:
             # The successors start once the result is in the store.
@@ -715,7 +715,7 @@ class RunCore:
         else:
             self._release(n)
         if self.n_success == self.total or self.halted:
-            self._maybe_finish()
+            self.maybe_finish()
 
     def _release(self, n: int) -> None:
         """``n`` succeeded (durably, for a durable run): its successors have one predecessor less to wait for."""
@@ -724,14 +724,14 @@ class RunCore:
             w = waiting[s] - 1
             waiting[s] = w
             if w == 0:
-                self._make_ready(s)
+                self.make_ready(s)
 
     def _interrupted(self, n: int) -> None:
         """A durable run stops in this engine while ``n`` executes: ``n`` is owed an execution, not a revert."""
         self.results[n] = None
-        self._set(n, PENDING)
+        self.transition(n, PENDING)
         self.executing -= 1
-        self._maybe_finish()
+        self.maybe_finish()
 
     def committed(self, gen: int, held: list[int], held_regions: list[Region], after: list[Callable[[], None]]) -> None:
         """The journal's generation ``gen`` is in the store: release what waited for it."""
@@ -751,42 +751,42 @@ class RunCore:
                 region.held.clear()
         for callback in after:
             callback()
-        self._maybe_finish()
+        self.maybe_finish()
 
     def _fail(self, n: int, exc: BaseException, kind: FailureKind) -> None:
         # The failure's moment is now, before recording and logging it: latencies count from here.
         failed_at = self.ended[n] = time.monotonic()
         node = self.nodes[n]
-        failure = Failure.from_exception(node.name, kind, exc, self._attempt(n))
+        failure = Failure.from_exception(node.name, kind, exc, self.attempt(n))
         self.failures.append(failure)
         self.results[n] = failure
-        seq = self._set(n, FAILURE, log=False)
+        seq = self.transition(n, FAILURE, log=False)
         self.executing -= 1
         region = self.region_of[n]
         if region is not None:
             # A failure inside a region that is already reverting joins that region.
-            self._log_failure(n, failure, INFO if region.action is Action.RETRY else WARNING, seq)
+            self.log_failure(n, failure, INFO if region.action is Action.RETRY else WARNING, seq)
             region.failures.append(failure)
             record_region(self, region)
             member_settled(self, region, n)
         elif not self.failure_mode and self.stopped is None:
             on_failure(self, n, exc, failure, failed_at, seq)
         else:
-            self._log_failure(n, failure, WARNING, seq)
-        self._maybe_finish()
+            self.log_failure(n, failure, WARNING, seq)
+        self.maybe_finish()
 
     def _cancelled(self, n: int, why: str) -> None:
-        failure = Failure.cancellation(self.nodes[n].name, self._attempt(n), why)
+        failure = Failure.cancellation(self.nodes[n].name, self.attempt(n), why)
         self.results[n] = failure
-        self._set(n, FAILURE)
+        self.transition(n, FAILURE)
         self.executing -= 1
         self.ended[n] = time.monotonic()
         region = self.region_of[n]
         if region is not None:
             member_settled(self, region, n)
-        self._maybe_finish()
+        self.maybe_finish()
 
-    def _cancel_waits(self) -> None:
+    def cancel_waits(self) -> None:
         """Cancel every backoff and every wait for a Periodic's next iteration."""
         for region in self.regions:
             if region.backoff is not None:
@@ -818,13 +818,13 @@ class RunCore:
         self.revert_ready.clear()
         for region in self.regions:
             region.held.clear()  # reverts that waited for a commit: the engine that resumes the run does them
-        self._cancel_waits()
+        self.cancel_waits()
         for n, scope in self.exec_scopes.items():
             if not self.nodes[n].shield:
                 scope.cancel()
-        self._walker_event("ckflow.run.stopped", WARNING, detail={"reason": str(reason)})
-        self._kick()
-        self._maybe_finish()
+        self.event("ckflow.run.stopped", WARNING, detail={"reason": str(reason)})
+        self.kick()
+        self.maybe_finish()
 
     # -- checkpoint passes and Periodic iterations -----------------------------------
 
@@ -852,7 +852,7 @@ class RunCore:
 
     # -- the end -----------------------------------------------------------------
 
-    def _maybe_finish(self) -> None:
+    def maybe_finish(self) -> None:
         if self.executing or self.reverting or self.revert_ready:
             return
         for region in self.regions:
@@ -863,17 +863,17 @@ class RunCore:
         if self.stopped is not None:
             if not self.stop_signalled:
                 self.stop_signalled = True
-                self._after_commit(self._finish_events)
+                self.after_commit(self.finish_events)
             return
         if self.failure_mode:
-            self._finish(FlowState.FAILURE)
+            self.finish(FlowState.FAILURE)
         elif self.root_region is not None:
             if self.root_region.outstanding == 0:
-                self._finish(FlowState.REVERTED)
+                self.finish(FlowState.REVERTED)
         elif self.n_success == self.total:
-            self._finish(FlowState.SUCCESS)
+            self.finish(FlowState.SUCCESS)
         elif self.halted and self.flow_state is FlowState.RUNNING:
-            self._set_flow(FlowState.SUSPENDED)
+            self.set_flow(FlowState.SUSPENDED)
             suspended, settled = self.suspended, self.settled
 
             def signal() -> None:
@@ -881,9 +881,9 @@ class RunCore:
                 if self.stop_on_suspend:
                     settled.set()
 
-            self._after_commit(signal)
+            self.after_commit(signal)
 
-    def _after_commit(self, callback: Callable[[], None]) -> None:
+    def after_commit(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once what the run changed is in its store (at once for a run without one)."""
         journal = self.journal
         if journal is None or self.journal_dead:
@@ -893,17 +893,17 @@ class RunCore:
             if not self.workers:
                 # Nothing executes now (the run is idle or ending), so a running worker is between jobs or
                 # writing, and writes this before it returns: only without one is a worker needed.
-                self._kick()
+                self.kick()
 
-    def _finish(self, state: FlowState) -> None:
-        self._set_flow(state)
+    def finish(self, state: FlowState) -> None:
+        self.set_flow(state)
         self.t_end = time.monotonic()
         if state is FlowState.SUCCESS and self.journal is not None:
             record_pass(self, ROOT, completed=True)  # the root's snapshot: the run's outputs
-        self._cancel_waits()
-        self._after_commit(self._finish_events)
+        self.cancel_waits()
+        self.after_commit(self.finish_events)
 
-    def _finish_events(self) -> None:
+    def finish_events(self) -> None:
         # Everything of the run is in its store now: its journal (a dozen containers) can go.
         self.journal = None
         self.t_end = self.t_end or time.monotonic()

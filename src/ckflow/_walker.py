@@ -116,12 +116,12 @@ class Region:
 
 
 def on_failure(core: RunCore, n: int, exc: BaseException, failure: Failure, failed_at: float, seq: int | None) -> None:
-    decision = decide(core.graph, n, exc, core._attempt_under, core._timed_out)
+    decision = decide(core.graph, n, exc, core.attempt_under, core.timed_out)
     # An expected failure, which its checkpoint retries, is news (INFO); one that escalates is a warning.
-    core._log_failure(n, failure, INFO if decision.action is Action.RETRY else WARNING, seq)
+    core.log_failure(n, failure, INFO if decision.action is Action.RETRY else WARNING, seq)
     scopes = core.graph.scopes
     for s in decision.exhausted:
-        core._walker_event(
+        core.event(
             "ckflow.walker.exhausted",
             WARNING,
             task=core.nodes[n].name,
@@ -193,7 +193,7 @@ def open_region(
         core.root_region = region
     for m in members:
         region_of[m] = region
-    core._walker_event(
+    core.event(
         "ckflow.walker.region",
         # a region a failure opened and that will not be retried is an escalation; a control request's is news
         INFO if action is Action.RETRY or cause is None else WARNING,
@@ -241,9 +241,7 @@ def arm_region(core: RunCore, region: Region) -> None:
             if exec_scope is not None:
                 core.cancel_requested.add(m)
                 exec_scope.cancel()
-                core._walker_event(
-                    "ckflow.walker.cancel", DEBUG, task=nodes[m].name, checkpoint=region.report.checkpoint
-                )
+                core.event("ckflow.walker.cancel", DEBUG, task=nodes[m].name, checkpoint=region.report.checkpoint)
     rev_wait = region.rev_wait
     outstanding = 0
     for m in members:
@@ -304,7 +302,7 @@ async def revert(core: RunCore, n: int) -> None:
             remaining = core.remaining
             for s in node.chain:
                 remaining[s] += 1
-    core._set(n, REVERTING)
+    core.transition(n, REVERTING)
     core.reverting += 1
     t0 = core.rev_started[n] = time.monotonic()
     if region.report.first_revert_at is None:
@@ -319,7 +317,7 @@ async def revert(core: RunCore, n: int) -> None:
     if given is None:
         # A task restored from the store: rebuild its inputs from the values it was given (still there, since
         # what provided them is reverted after it).
-        given = core.kwargs[n] = core._kwargs(node)
+        given = core.kwargs[n] = core.task_inputs(node)
     kw = {p: given[p] for p in params if p in given}
     if "result" in params:
         kw["result"] = core.results[n]
@@ -332,13 +330,13 @@ async def revert(core: RunCore, n: int) -> None:
         # entered before the first step so that scopes the revert opens nest inside it.
         with anyio.CancelScope(shield=True):
             try:
-                coro = core._start_call(task._call_revert, kw, task._sig.revert_is_async)
+                coro = core.start_call(task._call_revert, kw, task._sig.revert_is_async)
                 try:
                     yielded = coro.send(None)
                 except StopIteration:
                     pass
                 else:
-                    core._spawn_helpers()
+                    core.spawn_helpers()
                     await resume(coro, yielded)
             except Exception as exc:
                 error = exc
@@ -354,17 +352,17 @@ def _revert_returned(core: RunCore, region: Region, n: int, error: Exception | N
     core.rev_ended[n] = time.monotonic()
     region = core.region_of[n] or region  # it may have merged into a wider region meanwhile
     if error is not None:
-        failure = Failure.from_exception(core.nodes[n].name, "revert", error, core._attempt(n))
+        failure = Failure.from_exception(core.nodes[n].name, "revert", error, core.attempt(n))
         core.failures.append(failure)
         core.results[n] = failure
-        core._set(n, REVERT_FAILURE)
+        core.transition(n, REVERT_FAILURE)
         region.outstanding -= 1
         enter_failure_mode(core)
-        core._maybe_finish()
+        core.maybe_finish()
         return
-    core._set(n, REVERTED)
+    core.transition(n, REVERTED)
     _revert_finished(core, region, n)
-    core._maybe_finish()
+    core.maybe_finish()
 
 
 def _revert_finished(core: RunCore, region: Region, n: int) -> None:
@@ -408,14 +406,14 @@ def region_done(core: RunCore, region: Region) -> None:
         region.parked = True
         core.halted = True
         record_region(core, region)
-        core._walker_event("ckflow.walker.parked", WARNING, checkpoint=scope.name)
+        core.event("ckflow.walker.parked", WARNING, checkpoint=scope.name)
         return
     checkpoint = scope.checkpoint
     assert checkpoint is not None
     tasks = [m for m in region.members if core.nodes[m].kind == TASK and core.state[m] is REVERTED]
-    retry_number = max((core._attempt_under(m, region.scope) for m in tasks), default=1)
+    retry_number = max((core.attempt_under(m, region.scope) for m in tasks), default=1)
     delay = checkpoint.retry.delay_for(retry_number)
-    core._walker_event(
+    core.event(
         "ckflow.walker.retry",
         checkpoint=scope.name,
         attempt=retry_number + 1,
@@ -436,7 +434,7 @@ async def _backoff(core: RunCore, region: Region, delay: float) -> None:
     if scope.cancel_called or region not in core.regions:
         return  # the run was cancelled, or the region merged into a wider one
     reset_region(core, region, fresh=False)
-    await core._worker()
+    await core.worker()
 
 
 def reset_region(core: RunCore, region: Region, *, fresh: bool) -> None:
@@ -472,7 +470,7 @@ def reset_region(core: RunCore, region: Region, *, fresh: bool) -> None:
         if ran:
             core.results[m] = None
             core.encoded[m] = None
-            core._set(m, PENDING)
+            core.transition(m, PENDING)
             core.kwargs[m] = None
             core.retry_watch[m] = region.report
         elif journal is not None:
@@ -510,12 +508,12 @@ def reset_region(core: RunCore, region: Region, *, fresh: bool) -> None:
     first = [m for m in sorted(members) if waiting[m] == 0 and state[m] is PENDING]
     if journal is None:
         for m in first:
-            core._make_ready(m)
+            core.make_ready(m)
     else:
         # A durable run's retry starts once its reset (the region's reverts done, the retry counted) is in the
         # store: a crash before that resumes the region as it was recorded, and no execute of the new attempt
         # can have run whose effect the resumed run would not revert.
-        core._after_commit(partial(_start_reset, core, first))
+        core.after_commit(partial(_start_reset, core, first))
 
 
 def _start_reset(core: RunCore, first: list[int]) -> None:
@@ -523,7 +521,7 @@ def _start_reset(core: RunCore, first: list[int]) -> None:
     state, waiting, region_of = core.state, core.waiting, core.region_of
     for m in first:
         if state[m] is PENDING and waiting[m] == 0 and region_of[m] is None:
-            core._make_ready(m)
+            core.make_ready(m)
 
 
 def _below(chain: list[int], holding: set[int]) -> list[int]:
@@ -546,7 +544,7 @@ def enter_failure_mode(core: RunCore) -> None:
         if not core.nodes[n].shield and n not in core.cancel_requested:
             core.cancel_requested.add(n)
             scope.cancel()
-    core._cancel_waits()
+    core.cancel_waits()
 
 
 def _on_exhausted(checkpoint: Checkpoint | None) -> str:
