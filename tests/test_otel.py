@@ -234,8 +234,8 @@ class TestOff:
 
     async def test_no_extra_no_telemetry(self, otel: Telemetry, monkeypatch: pytest.MonkeyPatch) -> None:
         """Without the otel extra installed, a run has no telemetry even if a provider exists."""
-        import ckflow._otel
+        import ckflow._runtime._otel
 
-        monkeypatch.setattr(ckflow._otel, "_AVAILABLE", False)
+        monkeypatch.setattr(ckflow._runtime._otel, "_AVAILABLE", False)
         await ckflow.run(seed_flow())
         assert otel.spans.get_finished_spans() == ()

@@ -19,8 +19,6 @@ from __future__ import annotations
 from ckflow._checkpoint import Checkpoint as Checkpoint
 from ckflow._checkpoint import Retry as Retry
 from ckflow._codec import register_codec as register_codec
-from ckflow._context import TaskContext as TaskContext
-from ckflow._context import current as current
 from ckflow._engine import Engine as Engine
 from ckflow._engine import run as run
 from ckflow._errors import AmbiguousProviderError as AmbiguousProviderError
@@ -65,6 +63,8 @@ from ckflow._patterns import Periodic as Periodic
 from ckflow._registry import register_flow as register_flow
 from ckflow._registry import registered_flows as registered_flows
 from ckflow._run import Run as Run
+from ckflow._runtime._context import TaskContext as TaskContext
+from ckflow._runtime._context import current as current
 from ckflow._states import FlowState as FlowState
 from ckflow._states import TaskState as TaskState
 from ckflow._task import FunctionTask as FunctionTask

@@ -28,7 +28,8 @@ import anyio
 
 from ckflow._checkpoint import _is_positive_int
 from ckflow._codec import decode_object, encode, input_adapter, result_adapter
-from ckflow._control import request_cancel
+from ckflow._durable._journal import Journal
+from ckflow._durable._resume import restore
 from ckflow._errors import (
     CkflowError,
     FlowDefinitionError,
@@ -44,14 +45,13 @@ from ckflow._errors import (
 )
 from ckflow._events import Event, EventStream, logger_for, write_log
 from ckflow._ids import check_run_id
-from ckflow._journal import Journal
 from ckflow._models import RunResult, TaskSummary
 from ckflow._patterns import Flow
 from ckflow._records import Batch, RunRecord
 from ckflow._registry import registered_flow
-from ckflow._resume import restore
 from ckflow._run import Run, _Local, _Stored
-from ckflow._runtime import RunCore
+from ckflow._runtime._control import request_cancel
+from ckflow._runtime._core import RunCore
 from ckflow._states import TERMINAL, FlowState
 from ckflow.stores import Store, open_store
 

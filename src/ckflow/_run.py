@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Protocol, final
 
 import anyio
 
-from ckflow._control import request_cancel, request_goto, request_resume, request_revert_to, request_suspend
 from ckflow._errors import RunOwnedError, RunStateError
 from ckflow._events import DEFAULT_BUFFER, Event, EventStream
 from ckflow._records import ControlRequest
+from ckflow._runtime._control import request_cancel, request_goto, request_resume, request_revert_to, request_suspend
 from ckflow._states import TERMINAL, FlowState
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from ckflow._models import RunResult, TaskSummary
     from ckflow._patterns import Flow
     from ckflow._records import ControlOp, RunRecord
-    from ckflow._runtime import RunCore
+    from ckflow._runtime._core import RunCore
 
 __all__ = ["Run"]
 

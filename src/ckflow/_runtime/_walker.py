@@ -25,20 +25,20 @@ from typing import TYPE_CHECKING, Final
 import anyio
 
 from ckflow._compile import LOOP, ROOT, TASK
-from ckflow._context import CURRENT
-from ckflow._coro import resume
 from ckflow._errors import CkflowInternalError
 from ckflow._events import DEBUG, INFO, WARNING
 from ckflow._failure import Failure
 from ckflow._models import RegionReport
-from ckflow._passes import fresh_activation, new_pass, record_pass
 from ckflow._records import RegionRecord, construct
 from ckflow._region import Action, decide
+from ckflow._runtime._context import CURRENT
+from ckflow._runtime._coro import resume
+from ckflow._runtime._passes import fresh_activation, new_pass, record_pass
 from ckflow._states import FAILURE, PENDING, REVERT_FAILURE, REVERTED, REVERTING, RUNNING, SUCCESS
 
 if TYPE_CHECKING:
     from ckflow._checkpoint import Checkpoint
-    from ckflow._runtime import RunCore
+    from ckflow._runtime._core import RunCore
 
 __all__ = [
     "Region",

@@ -14,12 +14,12 @@ import anyio
 from ckflow._compile import ROOT
 from ckflow._errors import RunStateError, UnknownCheckpointError
 from ckflow._region import Action, scope_members
+from ckflow._runtime._walker import open_region, record_region, reset_region
 from ckflow._states import PENDING, TERMINAL, FlowState
-from ckflow._walker import open_region, record_region, reset_region
 
 if TYPE_CHECKING:
-    from ckflow._runtime import RunCore
-    from ckflow._walker import Region
+    from ckflow._runtime._core import RunCore
+    from ckflow._runtime._walker import Region
 
 __all__ = [
     "reach_barrier",

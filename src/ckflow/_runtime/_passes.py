@@ -25,7 +25,7 @@ from ckflow._records import CheckpointRecord, Retention, TaskOutline, construct
 from ckflow._states import TaskState
 
 if TYPE_CHECKING:
-    from ckflow._runtime import RunCore
+    from ckflow._runtime._core import RunCore
 
 __all__ = [
     "fresh_activation",

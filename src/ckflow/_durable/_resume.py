@@ -28,13 +28,13 @@ from ckflow._compile import JOIN, LOOP, ROOT, TASK
 from ckflow._errors import FlowDefinitionError, StoreError
 from ckflow._models import RegionReport
 from ckflow._region import Action
+from ckflow._runtime._walker import Region, arm_region
 from ckflow._states import FlowState, TaskState
 from ckflow._task import Task
-from ckflow._walker import Region, arm_region
 
 if TYPE_CHECKING:
     from ckflow._records import CheckpointRecord, RegionRecord, StoredRun, TaskRecord
-    from ckflow._runtime import RunCore
+    from ckflow._runtime._core import RunCore
 
 __all__ = ["restore"]
 

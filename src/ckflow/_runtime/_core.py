@@ -32,16 +32,17 @@ from anyio.lowlevel import RunVar, checkpoint, checkpoint_if_cancelled
 
 from ckflow._codec import encode
 from ckflow._compile import LOOP, ROOT, TASK, ExecutionGraph, Node
-from ckflow._context import CURRENT, TaskContext
-from ckflow._control import reach_barrier, request_cancel
-from ckflow._coro import resume
 from ckflow._errors import ResultNotSerializableError, RunStateError
 from ckflow._events import DEBUG, ERROR, INFO, TASK_LOG, WARNING, Event, EventHub
 from ckflow._failure import Failure, FailureKind
 from ckflow._models import RegionReport, RunResult, TaskSummary, _LazyTasks
-from ckflow._otel import RunTelemetry, capture_context, telemetry_for
-from ckflow._passes import iteration_done, record_pass, scopes_progress, sleep
 from ckflow._region import Action
+from ckflow._runtime._context import CURRENT, TaskContext
+from ckflow._runtime._control import reach_barrier, request_cancel
+from ckflow._runtime._coro import resume
+from ckflow._runtime._otel import RunTelemetry, capture_context, telemetry_for
+from ckflow._runtime._passes import iteration_done, record_pass, scopes_progress, sleep
+from ckflow._runtime._walker import Region, member_settled, on_failure, queue_revert, record_region, revert, settle
 from ckflow._states import (
     FAILURE,
     PENDING,
@@ -55,10 +56,9 @@ from ckflow._states import (
     check_flow_transition,
     check_task_transition,
 )
-from ckflow._walker import Region, member_settled, on_failure, queue_revert, record_region, revert, settle
 
 if TYPE_CHECKING:
-    from ckflow._journal import Journal
+    from ckflow._durable._journal import Journal
 
 __all__ = ["RunCore", "thread_limiter"]
 

@@ -41,7 +41,7 @@ except ImportError:  # the otel extra is not installed
 if TYPE_CHECKING:
     from ckflow._failure import Failure
     from ckflow._models import RegionReport
-    from ckflow._runtime import RunCore
+    from ckflow._runtime._core import RunCore
 
 __all__ = ["RunTelemetry", "capture_context", "telemetry_for"]
 

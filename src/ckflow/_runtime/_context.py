@@ -9,7 +9,7 @@ from ckflow._errors import CkflowError
 
 if TYPE_CHECKING:
     from ckflow._failure import Failure
-    from ckflow._runtime import RunCore
+    from ckflow._runtime._core import RunCore
 
 __all__ = ["CURRENT", "TaskContext", "current"]
 

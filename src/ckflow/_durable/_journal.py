@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
-from ckflow._coro import resume
 from ckflow._errors import LeaseLostError, StoreError
 from ckflow._events import Event
 from ckflow._failure import Failure
@@ -41,13 +40,14 @@ from ckflow._records import (
     TaskRecord,
     construct,
 )
+from ckflow._runtime._coro import resume
 from ckflow._states import TaskState
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ckflow._runtime import RunCore
-    from ckflow._walker import Region
+    from ckflow._runtime._core import RunCore
+    from ckflow._runtime._walker import Region
     from ckflow.stores import Store
 
 __all__ = ["Journal"]
