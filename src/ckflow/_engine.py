@@ -50,7 +50,6 @@ from ckflow._patterns import Flow
 from ckflow._records import Batch, RunRecord
 from ckflow._registry import registered_flow
 from ckflow._run import Run, _Local, _Stored
-from ckflow._runtime._control import request_cancel
 from ckflow._runtime._core import RunCore
 from ckflow._states import TERMINAL, FlowState
 from ckflow.stores import Store, open_store
@@ -291,7 +290,7 @@ class Engine:
         if exc is not None:
             for core in live:
                 if not core.durable:
-                    request_cancel(core)
+                    core.request_cancel()
                 # A durable run is stopped, not reverted, when its task is cancelled: see RunCore.main.
         else:
             for core in live:
@@ -425,7 +424,7 @@ class Engine:
             suspended = core.suspended
             await suspended.wait()
             if core.flow_state is FlowState.SUSPENDED and not core.terminal.is_set():
-                request_cancel(core)
+                core.request_cancel()
                 return
 
     async def resume(

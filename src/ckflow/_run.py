@@ -19,7 +19,6 @@ import anyio
 from ckflow._errors import RunOwnedError, RunStateError
 from ckflow._events import DEFAULT_BUFFER, Event, EventStream
 from ckflow._records import ControlRequest
-from ckflow._runtime._control import request_cancel, request_goto, request_resume, request_revert_to, request_suspend
 from ckflow._states import TERMINAL, FlowState
 
 if TYPE_CHECKING:
@@ -242,25 +241,25 @@ class _Local:
         return self.core.result()
 
     async def cancel(self) -> None:
-        request_cancel(self.core)
+        self.core.request_cancel()
 
     async def suspend(self) -> None:
-        request_suspend(self.core)
+        self.core.request_suspend()
         await self.core.suspended.wait()
 
     async def goto(self, checkpoint: str) -> None:
-        request_goto(self.core, checkpoint)
+        self.core.request_goto(checkpoint)
         await self.core.suspended.wait()
 
     async def revert_to(self, checkpoint: str, retry: bool) -> None:
-        region = request_revert_to(self.core, checkpoint, retry=retry)
+        region = self.core.request_revert_to(checkpoint, retry=retry)
         if retry:
             await region.settled.wait()
         else:
             await self.core.suspended.wait()
 
     async def resume(self) -> None:
-        request_resume(self.core)
+        self.core.request_resume()
 
 
 class _Stored:

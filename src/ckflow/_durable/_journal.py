@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
+from ckflow._codec import encode
 from ckflow._errors import LeaseLostError, StoreError
 from ckflow._events import Event
 from ckflow._failure import Failure
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ckflow._runtime._core import RunCore
-    from ckflow._runtime._walker import Region
     from ckflow.stores import Store
 
 __all__ = ["Journal"]
@@ -63,13 +63,15 @@ class Journal:
         "checkpoints",
         "confirming",
         "core",
+        "dead",
         "dirty",
         "drop_regions",
+        "encoded",
         "events",
         "flushing",
         "gen",
-        "held",
-        "held_regions",
+        "held_nodes",
+        "hold_gen",
         "lease_ttl",
         "lease_until",
         "owner",
@@ -83,11 +85,13 @@ class Journal:
         "wall0",
     )
 
+    #: a journal writes: some steps wait for its commits
+    durable: Final = True
+
     def __init__(
         self, core: RunCore, store: Store, owner: str, record: RunRecord, *, lease_ttl: float, lease_from: float
     ) -> None:
         self.core = core
-        core.durable = True
         self.store = store
         self.owner = owner
         self.lease_ttl = lease_ttl
@@ -112,9 +116,14 @@ class Journal:
         self.requests: list[ControlRequest] = []
         self.run_dirty = False
         #: nodes whose successors wait for this generation's commit
-        self.held: list[int] = []
-        #: regions whose reverts wait for this generation's commit
-        self.held_regions: list[Region] = []
+        self.held_nodes: list[int] = []
+        n = core.run.total
+        #: node -> the generation whose commit releases its successors (0: none)
+        self.hold_gen: list[int] = [0] * n
+        #: node -> its last result as JSON text, kept until the task is reset
+        self.encoded: list[str | None] = [None] * n
+        #: the store failed or the lease was lost: nothing more is written
+        self.dead = False
         #: called once this generation is committed
         self.after: list[Callable[[], None]] = []
         #: add to a time.monotonic() reading to get wall-clock time
@@ -147,35 +156,80 @@ class Journal:
         """Task ``n``'s record changed without a transition (its retries were counted, say)."""
         self.dirty[n] = None
 
-    def hold(self, n: int) -> None:
-        self.held.append(n)
+    def encode_result(self, n: int, value: Any) -> None:
+        """Keep task ``n``'s result as JSON.
 
-    def hold_region(self, region: Region) -> None:
-        self.held_regions.append(region)
+        Raises:
+            TypeError: the value cannot be stored as JSON.
+        """
+        self.encoded[n] = encode(value)
 
-    def on_commit(self, callback: Callable[[], None]) -> None:
+    def forget_result(self, n: int) -> None:
+        self.encoded[n] = None
+
+    def result_text(self, n: int) -> str | None:
+        return self.encoded[n]
+
+    def hold(self, n: int) -> bool:
+        """Task ``n`` succeeded: its successors wait for this generation's commit."""
+        self.hold_gen[n] = self.gen
+        self.held_nodes.append(n)
+        return True
+
+    def held(self, n: int) -> bool:
+        return self.hold_gen[n] != 0
+
+    def region(self, region_id: int, record: Callable[[], RegionRecord]) -> int:
+        """Record a region (after it opens, and whenever it changes); returns the generation that writes it."""
+        self.regions[region_id] = record()
+        return self.gen
+
+    def drop_region(self, region_id: int) -> None:
+        self.regions.pop(region_id, None)
+        self.drop_regions.append(region_id)
+
+    def checkpoint(self, key: tuple[str, int], record: Callable[[], CheckpointRecord]) -> None:
+        self.checkpoints[key] = record()
+
+    def retain(self, rule: Retention) -> None:
+        self.retention.append(rule)
+
+    def on_commit(self, callback: Callable[[], None]) -> bool:
+        """Call ``callback`` once this generation is committed (at once if nothing more will be written)."""
+        if self.dead:
+            callback()
+            return False
         self.after.append(callback)
+        return True
 
     @property
     def pending(self) -> bool:
-        """True when something is not yet written."""
-        return bool(
-            self.dirty
-            or self.events
-            or self.run_dirty
-            or self.checkpoints
-            or self.regions
-            or self.drop_regions
-            or self.requests
-            or self.after
+        """True when something is not yet written, and a write may start now."""
+        return (
+            not self.flushing
+            and not self.dead
+            and bool(
+                self.dirty
+                or self.events
+                or self.run_dirty
+                or self.checkpoints
+                or self.regions
+                or self.drop_regions
+                or self.requests
+                or self.after
+            )
         )
 
     @property
     def urgent(self) -> bool:
-        """True when some step waits for the next commit."""
-        return bool(self.held or self.held_regions or self.after)
+        """True when some step waits for the next commit, and a write may start now."""
+        return not self.flushing and not self.dead and bool(self.held_nodes or self.after)
 
     # -- the lease -------------------------------------------------------------------
+
+    def kill(self) -> None:
+        """Nothing more is written (the store failed, or the lease was lost)."""
+        self.dead = True
 
     def lease_renewed(self, sent_at: float) -> None:
         """A renewal sent at ``sent_at`` (time.monotonic()) extended the lease."""
@@ -224,44 +278,44 @@ class Journal:
             RunRecord,
             run_id=record.run_id,
             flow=record.flow,
-            state=core.flow_state,
+            state=core.run.flow_state,
             inputs=record.inputs,
             owner=self.owner,
             lease_expires=None,
             created_at=record.created_at,
             updated_at=time.time(),
             ended_at=self.wall(core.t_end) if core.t_end else None,
-            halted=core.halted,
+            halted=core.run.halted,
             goto=core.goto_name,
             next_seq=self.seq,
             trace=record.trace,
         )
 
     def task_record(self, n: int) -> TaskRecord:
-        core = self.core
-        result = core.results[n]
+        run = self.core.run
+        result = run.results[n]
         wall = self.wall
         return construct(
             TaskRecord,
-            run_id=core.run_id,
-            task=core.nodes[n].name,
-            state=core.state[n],
-            attempts=core.executions[n],
-            retries=core.retries_of(n),
-            iteration=core.iteration_of(n),
-            result=core.encoded[n],
+            run_id=run.run_id,
+            task=run.nodes[n].name,
+            state=run.state[n],
+            attempts=run.executions[n],
+            retries=run.retries_of(n),
+            iteration=self.core.passes.iteration_of(n),
+            result=self.encoded[n],
             failure=result if isinstance(result, Failure) else None,
-            started_at=wall(core.started[n]),
-            ended_at=wall(core.ended[n]),
-            revert_started_at=wall(core.rev_started.get(n)),
-            revert_ended_at=wall(core.rev_ended.get(n)),
+            started_at=wall(run.started[n]),
+            ended_at=wall(run.ended[n]),
+            revert_started_at=wall(run.rev_started.get(n)),
+            revert_ended_at=wall(run.rev_ended.get(n)),
         )
 
     def _event(self, entry: tuple[int, int, TaskState, TaskState, float, int, Failure | None] | Event) -> Event:
         if isinstance(entry, Event):
             return entry
         seq, n, old, new, mono, attempt, failure = entry
-        core = self.core
+        core = self.core.run
         node = core.nodes[n]
         return construct(
             Event,
@@ -280,7 +334,7 @@ class Journal:
             seq=seq,
         )
 
-    def _take(self) -> tuple[Batch, list[int], list[Region], list[Callable[[], None]], int]:
+    def _take(self) -> tuple[Batch, list[int], list[Callable[[], None]], int]:
         """Turn the gathered generation into a batch, and start gathering the next one."""
         batch = Batch(
             run=self.run_record(),
@@ -293,7 +347,7 @@ class Journal:
             retention=self.retention,
             requests=self.requests,
         )
-        taken = (batch, self.held, self.held_regions, self.after, self.gen)
+        taken = (batch, self.held_nodes, self.after, self.gen)
         self.dirty = {}
         self.events = []
         self.checkpoints = {}
@@ -302,8 +356,7 @@ class Journal:
         self.retention = []
         self.requests = []
         self.run_dirty = False
-        self.held = []
-        self.held_regions = []
+        self.held_nodes = []
         self.after = []
         self.gen += 1
         return taken
@@ -317,7 +370,7 @@ class Journal:
         """
         self.flushing = True
         try:
-            batch, held, held_regions, after, gen = self._take()
+            batch, held, after, gen = self._take()
             try:
                 write = self.store.write(batch)
                 try:
@@ -346,4 +399,16 @@ class Journal:
                 return
         finally:
             self.flushing = False
-        self.core.committed(gen, held, held_regions, after)
+        self._committed(gen, held, after)
+
+    def _committed(self, gen: int, held: list[int], after: list[Callable[[], None]]) -> None:
+        """Generation ``gen`` is in the store: release what waited for it."""
+        hold_gen, sched = self.hold_gen, self.core.sched
+        for n in held:
+            # A node reverted (and maybe run again) since it was held is no longer this generation's.
+            if hold_gen[n] == gen:
+                hold_gen[n] = 0
+                sched.released(n)
+        for callback in after:
+            callback()
+        self.core.maybe_finish()

@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 from ckflow._codec import decode, result_adapter
 from ckflow._compile import JOIN, LOOP, ROOT, TASK
+from ckflow._durable._journal import Journal
 from ckflow._errors import FlowDefinitionError, StoreError
 from ckflow._models import RegionReport
 from ckflow._region import Action
-from ckflow._runtime._walker import Region, arm_region
+from ckflow._runtime._walker import Region
 from ckflow._states import FlowState, TaskState
 from ckflow._task import Task
 
@@ -58,7 +59,7 @@ def restore(core: RunCore, stored: StoredRun, passes: list[CheckpointRecord]) ->
         FlowDefinitionError: the flow lacks a task or checkpoint the run recorded.
         StoreError: a stored value cannot be decoded into what its task's annotations say.
     """
-    graph = core.graph
+    graph = core.run.graph
     unknown = sorted(t.task for t in stored.tasks if t.task not in graph.index)
     unknown += sorted(r.checkpoint for r in stored.regions if r.checkpoint not in graph.scope_index)
     if unknown:
@@ -67,7 +68,7 @@ def restore(core: RunCore, stored: StoredRun, passes: list[CheckpointRecord]) ->
             f"{unknown}, which the flow does not have; resume it with the flow it was started with."
         )
     journal = core.journal
-    assert journal is not None
+    assert isinstance(journal, Journal)
     offset = journal.wall0  # wall - monotonic
 
     def mono(wall: float | None) -> float | None:
@@ -79,64 +80,66 @@ def restore(core: RunCore, stored: StoredRun, passes: list[CheckpointRecord]) ->
         _load_task(core, n, record, mono)
         if record.state is TaskState.RUNNING:
             interrupted.append(record.task)
-            journal.transition(n, TaskState.RUNNING, TaskState.PENDING, core.attempt(n), None)
+            journal.transition(n, TaskState.RUNNING, TaskState.PENDING, core.run.attempt(n), None)
     _derive_gates(core, stored)
     _load_passes(core, stored.checkpoints, passes, mono)
-    core.failures = list(stored.failures)
-    state = core.state
-    nodes = core.nodes
-    core.n_success = sum(1 for st in state if st is TaskState.SUCCESS)
-    remaining = core.remaining
+    core.run.failures = list(stored.failures)
+    state = core.run.state
+    nodes = core.run.nodes
+    core.sched.n_success = sum(1 for st in state if st is TaskState.SUCCESS)
+    remaining = core.passes.remaining
     for n, node in enumerate(nodes):
         if node.kind != JOIN and state[n] is TaskState.SUCCESS:
             remaining[ROOT] -= 1
             for s in node.chain:
                 remaining[s] -= 1
-    waiting = core.waiting
+    waiting = core.sched.waiting
     for n, node in enumerate(nodes):
         waiting[n] = sum(1 for p in node.preds if state[p] is not TaskState.SUCCESS)
     _resume_sleeps(core, stored.checkpoints, mono)
     run = stored.run
-    core.flow_state = run.state
-    core.halted = run.halted or run.state is FlowState.SUSPENDED
+    core.run.flow_state = run.state
+    core.run.halt(run.halted or run.state is FlowState.SUSPENDED)
     if run.goto is not None and run.goto in graph.scope_index:
         core.goto_name = run.goto
-        core.barrier = frozenset(n for n in range(core.total) if graph.in_scope(n, graph.scope_index[run.goto]))
-    core.failure_mode = any(st is TaskState.REVERT_FAILURE for st in state)
-    if core.failure_mode:
-        core.cancel_waits()
-    core.event("ckflow.run.resumed", detail={"interrupted": interrupted, "owner": journal.owner})
+        core.sched.barrier = frozenset(
+            n for n in range(core.run.total) if graph.in_scope(n, graph.scope_index[run.goto])
+        )
+    if any(st is TaskState.REVERT_FAILURE for st in state):
+        core.run.fail()
+        core.walker.cancel_waits()
+    core.run.event("ckflow.run.resumed", detail={"interrupted": interrupted, "owner": journal.owner})
     for region in stored.regions:
         _load_region(core, region)
-    if core.flow_state is FlowState.SUSPENDED:
+    if core.run.flow_state is FlowState.SUSPENDED:
         core.suspended.set()
 
 
 def _load_task(core: RunCore, n: int, record: TaskRecord, mono: Any) -> None:
-    node = core.nodes[n]
+    node = core.run.nodes[n]
     task = node.task
     assert isinstance(task, Task)
-    core.executions[n] = record.attempts
-    core.started[n] = mono(record.started_at)
-    core.ended[n] = mono(record.ended_at)
+    core.run.executions[n] = record.attempts
+    core.run.started[n] = mono(record.started_at)
+    core.run.ended[n] = mono(record.ended_at)
     if record.revert_started_at is not None:
-        core.rev_started[n] = mono(record.revert_started_at)
+        core.run.rev_started[n] = mono(record.revert_started_at)
     if record.revert_ended_at is not None:
-        core.rev_ended[n] = mono(record.revert_ended_at)
-    index = core.graph.scope_index
+        core.run.rev_ended[n] = mono(record.revert_ended_at)
+    index = core.run.graph.scope_index
     for name, count in record.retries.items():
         s = index.get(name)
         if s is not None and count:
-            core.retries[(n, s)] = count
+            core.run.retries[(n, s)] = count
     loaded = record.state
     if loaded is TaskState.REVERTING:
         # Its revert was interrupted: it is owed again, from the state it was reverted from.
         loaded = TaskState.SUCCESS if record.failure is None else TaskState.FAILURE
     else:
         loaded = _LOADED[loaded]
-    core.state[n] = loaded
+    core.run.state[n] = loaded
     if record.failure is not None:
-        core.results[n] = record.failure
+        core.run.results[n] = record.failure
     elif record.result is not None and loaded is TaskState.SUCCESS:
         try:
             value = decode(record.result, result_adapter(task))
@@ -145,25 +148,27 @@ def _load_task(core: RunCore, n: int, record: TaskRecord, mono: Any) -> None:
                 f"Run {core.run_id!r}: the stored result of task {node.name!r} does not decode into what its "
                 f"return annotation says ({exc}); fix the annotation, or resume with the code that wrote it."
             ) from exc
-        core.results[n] = value
-        core.encoded[n] = record.result
+        core.run.results[n] = value
+        journal = core.journal
+        assert isinstance(journal, Journal)
+        journal.encoded[n] = record.result
         _provide(core, n, value)
 
 
 def _provide(core: RunCore, n: int, value: Any) -> None:
-    provides = core.nodes[n].provides
+    provides = core.run.nodes[n].provides
     if not provides:
         return
     if len(provides) == 1:
-        core.values[provides[0]] = value
+        core.run.values[provides[0]] = value
     elif isinstance(value, dict):
-        core.values.update({p: value[p] for p in provides if p in value})
+        core.run.values.update({p: value[p] for p in provides if p in value})
     elif isinstance(value, list | tuple):
-        core.values.update(zip(provides, value, strict=False))
+        core.run.values.update(zip(provides, value, strict=False))
 
 
 def _topological(core: RunCore) -> list[int]:
-    nodes = core.nodes
+    nodes = core.run.nodes
     indegree = [len(node.preds) for node in nodes]
     order = [n for n, d in enumerate(indegree) if d == 0]
     for n in order:
@@ -176,16 +181,16 @@ def _topological(core: RunCore) -> list[int]:
 
 def _derive_gates(core: RunCore, stored: StoredRun) -> None:
     """Joins succeed when all their predecessors have; a Periodic's gate once its last iteration has."""
-    graph = core.graph
+    graph = core.run.graph
     iterations: dict[int, int] = {}
     for record in stored.tasks:
         n = graph.index[record.task]
-        for s in core.nodes[n].chain:
-            if s in core.iteration:
+        for s in core.run.nodes[n].chain:
+            if s in core.passes.iteration:
                 iterations[s] = max(iterations.get(s, 1), record.iteration or 1)
                 break
-    core.iteration.update(iterations)
-    state, nodes = core.state, core.nodes
+    core.passes.iteration.update(iterations)
+    state, nodes = core.run.state, core.run.nodes
     for n in _topological(core):
         node = nodes[n]
         if node.kind == TASK:
@@ -193,60 +198,60 @@ def _derive_gates(core: RunCore, stored: StoredRun) -> None:
         done = all(state[p] is TaskState.SUCCESS for p in node.preds)
         if done and node.kind == LOOP:
             scope = graph.scopes[graph.loops[n]]
-            done = scope.times is not None and core.iteration[scope.id] >= scope.times
-        state[n] = TaskState.SUCCESS if done else TaskState.PENDING
+            done = scope.times is not None and core.passes.iteration[scope.id] >= scope.times
+        core.run.join_transition(n, TaskState.SUCCESS if done else TaskState.PENDING)
 
 
 def _load_passes(core: RunCore, latest: list[CheckpointRecord], passes: list[CheckpointRecord], mono: Any) -> None:
-    index = core.graph.scope_index
+    index = core.run.graph.scope_index
     for record in latest:
         s = index.get(record.checkpoint)
         if s is None or s == ROOT:
             continue
-        core.pass_no[s] = record.pass_no
-        core.pass_seq[s] = record.first_seq
+        core.passes.pass_no[s] = record.pass_no
+        core.passes.pass_seq[s] = record.first_seq
         start = mono(record.started_at)
         if start is not None:
-            core.pass_start[s] = start
+            core.passes.pass_start[s] = start
         if record.state == "active":
             if record.history:
-                core.history[s] = list(record.history)
+                core.run.history[s] = list(record.history)
             first = mono(record.first_failure_at)
             if first is not None:
-                core.first_failure[s] = first
+                core.run.first_failure[s] = first
     for record in passes:
         s = index.get(record.checkpoint)
         if s is None or record.state != "completed" or record.completed_at is None:
             continue
-        retained = core.retained.setdefault(s, deque())
+        retained = core.passes.retained.setdefault(s, deque())
         retained.append((record.pass_no, record.completed_at, record.first_seq, record.started_at or 0.0))
 
 
 def _resume_sleeps(core: RunCore, latest: list[CheckpointRecord], mono: Any) -> None:
     """A Periodic whose body waits, untouched, for an iteration that was due at ``next_at`` waits on."""
-    graph = core.graph
-    state, waiting = core.state, core.waiting
+    graph = core.run.graph
+    state, waiting = core.run.state, core.sched.waiting
     for record in latest:
         s = graph.scope_index.get(record.checkpoint)
         if s is None or graph.scopes[s].gate < 0 or record.next_at is None or record.state != "active":
             continue
         scope = graph.scopes[s]
-        if any(state[m] is not TaskState.PENDING for m in scope.members if core.nodes[m].kind == TASK):
+        if any(state[m] is not TaskState.PENDING for m in scope.members if core.run.nodes[m].kind == TASK):
             continue  # the iteration had started
         for e in scope.entries:
             waiting[e] += 1
-        core.deferred_sleeps[s] = max(0.0, record.next_at - time.time())
+        core.passes.deferred_sleeps[s] = max(0.0, record.next_at - time.time())
 
 
 def _load_region(core: RunCore, record: RegionRecord) -> None:
-    graph = core.graph
+    graph = core.run.graph
     scope = graph.scope_index[record.checkpoint]
     index = graph.index
     members = {index[name] for name in record.members if name in index}
     # Joins and gates of the region are what lies downstream of its tasks inside the scope.
     stack = list(members)
     while stack:
-        for s in core.nodes[stack.pop()].succs:
+        for s in core.run.nodes[stack.pop()].succs:
             if s not in members and graph.in_scope(s, scope):
                 members.add(s)
                 stack.append(s)
@@ -258,19 +263,19 @@ def _load_region(core: RunCore, record: RegionRecord) -> None:
         members=sorted(record.members),
         failure_at=time.monotonic(),
     )
-    core.reports.append(report)
+    core.run.reports.append(report)
     region = Region(record.region_id, scope, graph.scopes[scope].depth, action, members, report)
     region.failures = list(record.failures)
     region.auto_resume = record.auto_resume
-    core.region_ids = max(core.region_ids, record.region_id)
-    core.regions.add(region)
+    core.walker.region_ids = max(core.walker.region_ids, record.region_id)
+    core.walker.regions.add(region)
     if scope == ROOT:
-        core.root_region = region
+        core.walker.root_region = region
     for m in members:
-        core.region_of[m] = region
+        core.walker.region_of[m] = region
     if record.parked:
         region.parked = True
-        core.halted = True
+        core.run.halt(True)
         region.settled.set()
         return
-    arm_region(core, region)
+    core.walker.arm_region(region)

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Protocol, final
 
 from ckflow._errors import CkflowError
 
 if TYPE_CHECKING:
     from ckflow._failure import Failure
-    from ckflow._runtime._core import RunCore
 
-__all__ = ["CURRENT", "TaskContext", "current"]
+__all__ = ["CURRENT", "ContextSource", "TaskContext", "current"]
+
+
+class ContextSource(Protocol):
+    """What answers ``ckflow.current()`` for the tasks of a run (the run)."""
+
+    def task_context(self, n: int) -> TaskContext:
+        """The view of task ``n`` of the run."""
+        ...
+
 
 #: (run, node id) of the task whose execute or revert runs in this context
-CURRENT: ContextVar[tuple[RunCore, int] | None] = ContextVar("ckflow_current", default=None)
+CURRENT: ContextVar[tuple[ContextSource, int] | None] = ContextVar("ckflow_current", default=None)
 
 
 @final

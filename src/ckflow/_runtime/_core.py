@@ -1,86 +1,55 @@
-"""One run of a compiled flow: its state, and the scheduler that runs it.
+"""One run of a compiled flow: its parts, wired together, and what the run does as a whole.
 
-How tasks run without an anyio task each
------------------------------------------
-A *worker* is a coroutine that takes ready jobs (an execute or a revert) one
-after the other. It drives a task's coroutine by hand inside the task's own
-cancel scope: the first ``coro.send(None)`` runs the task up to its first real
-await. A task that finishes without suspending (most small tasks) costs no
-task spawn and no trip through the event loop. A task that suspends is awaited
-by the same worker through ``_coro.resume``, and at that moment, if more jobs are
-ready, helper workers are spawned so that every ready task starts at once.
+A run is composed of parts that own their state (see docs/architecture.md):
 
-A worker's revert jobs, and everything a failure sets off, belong to the
-revert walker (``_walker``); external control is in ``_control``, checkpoint
-passes and Periodic iterations in ``_passes``, and what a durable run writes
-in ``_journal``. Those are functions over this module's ``RunCore``.
+- ``RunState``: per-node arrays, the run's mode and its one transition function;
+- ``Scheduler``: the ready queue and the workers that execute tasks;
+- ``RevertWalker``: the regions being undone, their reverts, and what follows each;
+- ``Passes``: checkpoint passes, retention and Periodic iterations;
+- a ``Recorder``: the durability observer (the journal of a durable run, else a no-op).
+
+``RunCore`` wires them, drives the run to its end, decides when it has ended,
+and carries out control requests (cancel, suspend, resume, goto, revert_to).
+The way a failure travels: the scheduler records it (``Scheduler._fail``), the
+walker decides and opens a region (``RevertWalker.on_failure``), reverts it,
+and retries it (``reset_region``), parks the run, or, at the root, the run
+ends here (``maybe_finish``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
-from functools import partial
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.to_thread
-from anyio.lowlevel import RunVar, checkpoint, checkpoint_if_cancelled
 
-from ckflow._codec import encode
-from ckflow._compile import LOOP, ROOT, TASK, ExecutionGraph, Node
-from ckflow._errors import ResultNotSerializableError, RunStateError
-from ckflow._events import DEBUG, ERROR, INFO, TASK_LOG, WARNING, Event, EventHub
-from ckflow._failure import Failure, FailureKind
-from ckflow._models import RegionReport, RunResult, TaskSummary, _LazyTasks
-from ckflow._region import Action
-from ckflow._runtime._context import CURRENT, TaskContext
-from ckflow._runtime._control import reach_barrier, request_cancel
-from ckflow._runtime._coro import resume
-from ckflow._runtime._otel import RunTelemetry, capture_context, telemetry_for
-from ckflow._runtime._passes import iteration_done, record_pass, scopes_progress, sleep
-from ckflow._runtime._walker import Region, member_settled, on_failure, queue_revert, record_region, revert, settle
-from ckflow._states import (
-    FAILURE,
-    PENDING,
-    REVERT_FAILURE,
-    RUNNING,
-    SUCCESS,
-    TASK_TRANSITIONS,
-    TERMINAL,
-    FlowState,
-    TaskState,
-    check_flow_transition,
-    check_task_transition,
-)
+from ckflow._compile import ROOT
+from ckflow._errors import RunStateError, UnknownCheckpointError
+from ckflow._events import WARNING, Event, EventHub
+from ckflow._failure import Failure
+from ckflow._models import RunResult, TaskSummary, _LazyTasks
+from ckflow._region import Action, scope_members
+from ckflow._runtime._context import TaskContext
+from ckflow._runtime._otel import capture_context, telemetry_for
+from ckflow._runtime._passes import Passes
+from ckflow._runtime._recorder import NULL
+from ckflow._runtime._scheduler import Scheduler
+from ckflow._runtime._state import RunMode, RunState
+from ckflow._runtime._walker import Region, RevertWalker
+from ckflow._states import PENDING, TERMINAL, FlowState, TaskState
 
 if TYPE_CHECKING:
-    from ckflow._durable._journal import Journal
+    from ckflow._compile import ExecutionGraph
+    from ckflow._runtime._otel import RunTelemetry
+    from ckflow._runtime._recorder import Recorder
 
-__all__ = ["RunCore", "thread_limiter"]
-
-
-#: a worker that ran this many jobs without suspending lets the event loop breathe
-_FAIRNESS_STEPS: Final = 128
-
-_THREADS: RunVar[anyio.CapacityLimiter] = RunVar("ckflow_threads")
-
-
-def thread_limiter() -> anyio.CapacityLimiter:
-    """ckflow's own limiter for plain ``def`` tasks, one per event loop (40 threads)."""
-    try:
-        return _THREADS.get()
-    except LookupError:
-        limiter = anyio.CapacityLimiter(40)
-        _THREADS.set(limiter)
-        return limiter
+__all__ = ["RunCore"]
 
 
 class RunCore:
-    """The state and the machinery of one run. The public handle is ``ckflow.Run``."""
+    """One run: its parts, its end, and its control. The public handle is ``ckflow.Run``."""
 
     def __init__(
         self,
@@ -91,254 +60,143 @@ class RunCore:
         max_concurrency: int | None = None,
         on_event: Callable[[Event], object] | None = None,
     ) -> None:
-        self.graph = graph
-        self.nodes: list[Node] = graph.nodes
-        self.run_id = run_id
-        self.flow = graph.flow_name
-        self.inputs = dict(inputs)
-        self.limit = max_concurrency or 0
-        self.hub = EventHub(run_id, graph.flow_name)
-        #: OpenTelemetry spans and metrics of the run (None unless the otel extra and a provider are there)
-        self.telemetry: RunTelemetry | None = None
+        run = self.run = RunState(graph, run_id, inputs, NULL)
+        self.passes = Passes(run)
+        self.walker = RevertWalker(run, self.passes, self)
+        self.sched = Scheduler(run, self.walker, self.passes, self, max_concurrency or 0)
+        self.passes.sched = self.walker.sched = self.sched
+        self.walker.on_idle = self.sched.on_idle = self.maybe_finish
+        self.sched.on_barrier = self._reach_barrier
+        self.sched.on_caller_gone = self._caller_gone
+        if on_event is not None:
+            run.hub.add_callback(on_event)
         #: the W3C traceparent of the run's first span, recorded with a durable run: its resumptions continue it
         self.traceparent: str | None = None
-        if on_event is not None:
-            self.hub.add_callback(on_event)
-        n = len(graph.nodes)
-        self.total = n
-        self.state: list[TaskState] = [PENDING] * n
-        self.waiting: list[int] = [len(node.preds) for node in graph.nodes]
-        self.queued = bytearray(n)
-        #: 1 while the node's revert waits in revert_ready, so that merging regions never queue it twice
-        self.revert_queued = bytearray(n)
-        self.values: dict[str, Any] = {}
-        self.results: list[Any] = [None] * n
-        self.kwargs: list[dict[str, Any] | None] = [None] * n
-        self.executions: list[int] = [0] * n
-        self.started: list[float | None] = [None] * n
-        self.ended: list[float | None] = [None] * n
-        self.rev_started: dict[int, float] = {}
-        self.rev_ended: dict[int, float] = {}
-        self.region_of: list[Region | None] = [None] * n
-        self.failures: list[Failure] = []
-        self.reports: list[RegionReport] = []
-        #: (node, scope) -> retries of that node by that checkpoint in its current activation
-        self.retries: dict[tuple[int, int], int] = {}
-        #: scope -> failures of earlier attempts in its current activation
-        self.history: dict[int, list[Failure]] = {}
-        #: scope -> time.monotonic() of its first failure in this activation (for Retry.timeout)
-        self.first_failure: dict[int, float] = {}
-        #: node -> report whose retry_at its next execute sets
-        self.retry_watch: dict[int, RegionReport] = {}
-        self.cancel_requested: set[int] = set()
-        self.exec_scopes: dict[int, anyio.CancelScope] = {}
-        self.regions: set[Region] = set()
-        self.root_region: Region | None = None
-        #: goto(): the members of the checkpoint's scope, which nothing may start until resume()
-        self.barrier: frozenset[int] = frozenset()
-        self.ready: deque[int] = deque()
-        self.revert_ready: deque[int] = deque()
-        self.executing = 0
-        self.reverting = 0
-        self.n_success = 0
-        self.idle_helpers = 0
-        #: workers inside their loop now
-        self.workers = 0
-        self.halted = False
-        self.failure_mode = False
-        self.flow_state = FlowState.PENDING
+        #: goto(): the checkpoint the run is going to
+        self.goto_name: str | None = None
+        #: ckflow.run(): a run that becomes SUSPENDED ends the drive (there is no handle to resume it with)
         self.stop_on_suspend = False
+        self._stop_signalled = False
         self.t_start = 0.0
         self.t_end = 0.0
-        self.limiter: anyio.CapacityLimiter | None = None
-        #: the running async library's CancelScope class (set in ``main``)
-        self.scope_class: type[anyio.CancelScope] = anyio.CancelScope
-        self.tg: anyio.abc.TaskGroup | None = None
         self.settled = anyio.Event()
         self.terminal = anyio.Event()
         self.suspended = anyio.Event()
         self._result: RunResult | None = None
-        #: durable runs: the journal of changes not yet in the store (None: in memory only, or ended)
-        self.journal: Journal | None = None
         #: the run is kept in a store (its journal goes once the run has ended; this stays)
         self.durable = False
-        #: durable runs: each task's last result as JSON text, kept until the task is reset
-        self.encoded: list[str | None] = [None] * n
-        #: durable runs: the journal generation whose commit releases the node's successors (0: none)
-        self.hold_gen: list[int] = [0] * n
-        #: goto(): the checkpoint the run is going to
-        self.goto_name: str | None = None
-        self.region_ids = 0
-        #: why this engine stopped running the run (shut down, lease lost, store failed); None while it runs
-        self.stopped: BaseException | None = None
-        self.stop_signalled = False
-        #: the store failed or the lease was lost: nothing more is written
-        self.journal_dead = False
-        n_scopes = len(graph.scopes)
-        #: scope -> the number of its current pass (activation), from 1
-        self.pass_no = [1] * n_scopes
-        #: scope -> time.monotonic() at the start of its current pass (0: the run's start)
-        self.pass_start = [0.0] * n_scopes
-        #: scope -> the sequence number of the run's first event in its current pass
-        self.pass_seq = [0] * n_scopes
-        #: durable runs: scope -> its tasks (and Periodic gates) that are not SUCCESS now
-        self.remaining = list(graph.scope_sizes)
-        #: scope -> its retained passes: (pass, completed at, first seq, started at), wall-clock times
-        self.retained: dict[int, deque[tuple[int, float, int, float]]] = {}
-        #: Periodic scope -> its current iteration, from 1
-        self.iteration = dict.fromkeys(graph.loops.values(), 1)
-        #: Periodic scope -> the cancel scope of its wait for the next iteration
-        self.sleepers: dict[int, anyio.CancelScope] = {}
-        #: Periodic scope -> seconds still to wait, for waits set up before the run's task group exists
-        self.deferred_sleeps: dict[int, float] = {}
+
+    # -- what the engine and the handles read ------------------------------------------
+
+    @property
+    def graph(self) -> ExecutionGraph:
+        return self.run.graph
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
+
+    @property
+    def flow(self) -> str:
+        return self.run.flow
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        return self.run.inputs
+
+    @property
+    def hub(self) -> EventHub:
+        return self.run.hub
+
+    @property
+    def state(self) -> list[TaskState]:
+        return self.run.state
+
+    @property
+    def flow_state(self) -> FlowState:
+        return self.run.flow_state
+
+    @property
+    def telemetry(self) -> RunTelemetry | None:
+        return self.run.telemetry
+
+    @property
+    def stopped(self) -> BaseException | None:
+        """Why this engine stopped running the run (shut down, lease lost, store failed); None while it runs."""
+        return self.run.stopped
+
+    @property
+    def journal(self) -> Recorder | None:
+        """The run's durability recorder (None for a run kept in memory only)."""
+        recorder = self.run.recorder
+        return recorder if recorder.durable else None
+
+    @journal.setter
+    def journal(self, recorder: Recorder) -> None:
+        self.run.recorder = recorder
+        self.durable = recorder.durable
+
+    @property
+    def journal_dead(self) -> bool:
+        """True once nothing more may be written (the store failed, or the lease was lost)."""
+        return self.run.recorder.dead
 
     def start_telemetry(self, traceparent: str | None = None) -> None:
         """Open the run's OpenTelemetry span (if tracing or metrics are on): under the span current here, where
         the run is started, or under ``traceparent``, the recorded span of a durable run resumed here."""
-        telemetry = self.telemetry = telemetry_for(self)
+        telemetry = self.run.telemetry = telemetry_for(self.run, self.walker.region_of)
         if telemetry is not None:
             telemetry.run_started(capture_context(), traceparent)
             self.traceparent = traceparent or telemetry.traceparent()
 
-    # -- transitions -------------------------------------------------------------
-
-    def transition(self, n: int, new: TaskState, *, log: bool = True) -> int | None:
-        """Move task ``n`` to ``new`` (checked against the table); returns its event's seq (durable runs).
-
-        ``log=False``: the transition's log line is written by the caller (a failure's, with the walker's
-        decision: ``_log_failure``).
-        """
-        old = self.state[n]
-        if (old, new) not in TASK_TRANSITIONS:
-            check_task_transition(self.nodes[n].name, old, new)
-        self.state[n] = new
-        seq: int | None = None
-        journal = self.journal
-        if journal is not None:
-            result = self.results[n] if new is FAILURE or new is REVERT_FAILURE else None
-            seq = journal.transition(n, old, new, self.attempt(n), result if isinstance(result, Failure) else None)
-        telemetry = self.telemetry
-        if telemetry is not None:
-            telemetry.transition(n, old, new)
-        level = ERROR if new is REVERT_FAILURE else DEBUG
-        hub = self.hub
-        if hub.listening or TASK_LOG.isEnabledFor(level):
-            node = self.nodes[n]
-            failure = self.results[n] if new is FAILURE or new is REVERT_FAILURE else None
-            hub.emit(
-                level,
-                f"ckflow.task.{new.lower()}",
-                log=log,
-                task=node.name,
-                old=old,
-                new=new,
-                attempt=self.attempt(n),
-                checkpoint=self.graph.scopes[node.scope].name,
-                failure=failure if isinstance(failure, Failure) else None,
-                seq=seq,
-            )
-        return seq
-
-    def log_failure(self, n: int, failure: Failure, level: int, seq: int | None) -> None:
-        """Write task ``n``'s failure to the log at ``level`` (INFO: its checkpoint retries it; WARNING: it
-        escalates or ends the run), once the loop goes round: the walker has started its revert by then."""
-        node = self.nodes[n]
-        self.hub.hold_log(
-            level,
-            "ckflow.task.failure",
-            task=node.name,
-            old=RUNNING,
-            new=FAILURE,
-            attempt=failure.attempt,
-            checkpoint=self.graph.scopes[node.scope].name,
-            failure=failure,
-            seq=seq,
-        )
-
-    def set_flow(self, new: FlowState) -> None:
-        old = self.flow_state
-        check_flow_transition(self.flow, old, new)
-        self.flow_state = new
-        if self.telemetry is not None:
-            self.telemetry.run_transition(old, new)
-        level = INFO
-        if new is FlowState.FAILURE:
-            level = ERROR
-        elif new is FlowState.REVERTED and self.root_region is not None and self.root_region.report.cause is not None:
-            level = WARNING  # a failure reached the root (a cancel that reverts everything is no failure)
-        self.event(f"ckflow.run.{new.lower()}", level, old=old, new=new)
-
-    def event(self, name: str, level: int = INFO, **fields: Any) -> None:
-        """Emit a run, walker or control event (and record it, for a durable run)."""
-        seq = None if self.journal is None else self.journal.event(name, fields)
-        if self.telemetry is not None:
-            self.telemetry.event(name, fields)
-        if self.hub.wants(level, name):
-            self.hub.emit(level, name, seq=seq, **fields)
-
-    # -- attempts ------------------------------------------------------------------
-
-    def attempt_under(self, n: int, scope: int) -> int:
-        return 1 + self.retries.get((n, scope), 0)
-
-    def attempt(self, n: int) -> int:
-        return 1 + self.retries.get((n, self.nodes[n].scope), 0) if self.retries else 1
-
-    def timed_out(self, scope: int) -> bool:
-        checkpoint = self.graph.scopes[scope].checkpoint
-        if checkpoint is None or checkpoint.retry.timeout is None:
-            return False
-        first = self.first_failure.setdefault(scope, time.monotonic())
-        return time.monotonic() - first >= checkpoint.retry.timeout
-
     def task_context(self, n: int) -> TaskContext:
-        scope = self.nodes[n].scope
+        """What ``ckflow.current()`` gives the task ``n`` (inside its execute or revert)."""
+        run = self.run
+        scope = run.nodes[n].scope
         return TaskContext(
-            self.run_id,
-            self.nodes[n].name,
-            self.attempt(n),
-            self.graph.scopes[scope].name,
-            tuple(self.history.get(scope, ())),
-            self.iteration_of(n),
+            run.run_id,
+            run.nodes[n].name,
+            run.attempt(n),
+            run.graph.scopes[scope].name,
+            tuple(run.history.get(scope, ())),
+            self.passes.iteration_of(n),
         )
 
-    # -- driving the run ---------------------------------------------------------
+    # -- driving the run -------------------------------------------------------------
 
     async def main(self, *, stop_on_suspend: bool = False) -> RunResult:
         """Run to the end (or to SUSPENDED if asked); revert everything if cancelled from outside."""
         self.stop_on_suspend = stop_on_suspend
-        self.limiter = thread_limiter()
-        # The event loop's own cancel-scope class, looked up once: anyio.CancelScope() asks which async
-        # library runs (sniffio) and for its backend on every call, some 40 % of a scope's cost per task.
-        self.scope_class = type(anyio.CancelScope())
-        telemetry = self.telemetry
+        self.sched.prepare()
+        run = self.run
+        telemetry = run.telemetry
         self.t_start = time.monotonic()
-        self.pass_start = [start or self.t_start for start in self.pass_start]
-        if self.flow_state is FlowState.PENDING and self.root_region is None:
-            self.set_flow(FlowState.RUNNING)
-            self._start_ready()
-        elif self.flow_state is FlowState.RUNNING:
-            self._start_ready()  # a run resumed from its store
+        self.passes.pass_start = [start or self.t_start for start in self.passes.pass_start]
+        if run.flow_state is FlowState.PENDING and self.walker.root_region is None:
+            run.set_flow(FlowState.RUNNING)
+            self.sched.start_ready()
+        elif run.flow_state is FlowState.RUNNING:
+            self.sched.start_ready()  # a run resumed from its store
         try:
-            await self._drive(self.settled)
+            await self.sched.drive(self.settled)
         except anyio.get_cancelled_exc_class():
-            if self.flow_state in TERMINAL:
+            if run.flow_state in TERMINAL:
                 # The cancellation arrived once the run had ended (its task group was closing): the work is
                 # done, or undone, and the caller gets the result rather than a cancellation that would leave
                 # it unknown.
                 return self.result()
-            if self.journal is not None:
+            if run.recorder.durable:
                 # A durable run is only interrupted here: it stays in its store, as it is, for this or
                 # another engine to resume. Nothing is reverted for it.
                 self.stop(None)
             else:
                 # The caller hung up: undo everything that ran, then let the cancellation go on.
-                request_cancel(self, spawn=False)
+                self.request_cancel(spawn=False)
             await self._drive_to_end()
             raise
         finally:
             if telemetry is not None:
-                telemetry.run_ended(self.flow_state, self.stopped)
+                telemetry.run_ended(run.flow_state, run.stopped)
         return self.result()
 
     async def _drive_to_end(self) -> None:
@@ -353,9 +211,9 @@ class RunCore:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # not asyncio: anyio's shield is the whole story
-                await self._drive(self.terminal)
+                await self.sched.drive(self.terminal)
                 return
-            ending = loop.create_task(self._drive(self.terminal), name=f"ckflow run {self.run_id} ending")
+            ending = loop.create_task(self.sched.drive(self.terminal), name=f"ckflow run {self.run_id} ending")
             while True:
                 try:
                     await asyncio.shield(ending)
@@ -365,435 +223,9 @@ class RunCore:
                         ending.result()  # the end itself was cancelled (it never is): say so
                         return
 
-    def _start_ready(self) -> None:
-        """Queue every task that waits for nothing (at the start, and when a run resumes)."""
-        state, waiting, region_of = self.state, self.waiting, self.region_of
-        for n in range(self.total):
-            if waiting[n] == 0 and state[n] is PENDING and region_of[n] is None:
-                self.make_ready(n)
-
-    async def _drive(self, until: anyio.Event) -> None:
-        try:
-            async with anyio.create_task_group() as tg:
-                self.tg = tg
-                for scope, delay in self.deferred_sleeps.items():
-                    sleep(self, scope, delay)
-                self.deferred_sleeps.clear()
-                self.maybe_finish()
-                await self.worker()
-                await until.wait()
-        finally:
-            self.tg = None
-
-    async def _helper(self) -> None:
-        self.idle_helpers -= 1
-        await self.worker()
-
-    def spawn_helpers(self) -> None:
-        """Called when a worker's task suspends: make sure every ready job has a worker."""
-        jobs = len(self.revert_ready)
-        if not self.halted:
-            ready = len(self.ready)
-            if self.limit:
-                ready = min(ready, max(self.limit - self.executing, 0))
-            jobs += ready
-        journal = self.journal
-        if journal is not None and journal.pending and not journal.flushing and not self.journal_dead:
-            jobs += 1  # a write: a worker that finds nothing ready writes the journal
-        tg = self.tg
-        if tg is None:
-            return
-        for _ in range(jobs - self.idle_helpers):
-            self.idle_helpers += 1
-            tg.start_soon(self._helper)
-
-    def kick(self) -> None:
-        """Start a worker for jobs that appeared outside any worker (control requests)."""
-        if self.tg is not None and self.idle_helpers == 0:
-            self.idle_helpers += 1
-            self.tg.start_soon(self._helper)
-
-    async def worker(self) -> None:
-        self.workers += 1
-        try:
-            await self._work()
-        finally:
-            self.workers -= 1
-
-    async def _execute_apart(self, n: int) -> None:
-        """A shielded task's execute, in a task of its own (see ``_work``); then this task works on as a worker."""
-        self.workers += 1
-        try:
-            await self._run_execute(n)
-            await self._work()
-        finally:
-            self.workers -= 1
-
-    async def _work(self) -> None:
-        """Run ready jobs until none is left, under one cancel scope for the plain tasks this worker runs.
-
-        One scope a worker, not one a task: entering and leaving an anyio scope is most of what a no-op task
-        costs. It is entered before any task's first step, so scopes a task opens nest inside it, and only
-        the task running in this worker is inside it at any time, so cancelling it (the walker, an engine
-        that stops the run) cancels that task alone. After such a cancel the worker goes on under a fresh
-        scope. Tasks with a timeout or ``shield=True`` get a scope of their own.
-        """
-        while True:
-            with self.scope_class() as scope:
-                if await self._work_in(scope):
-                    return
-            # the task this worker ran was cancelled through its scope: a fresh scope for the next ones
-
-    async def _work_in(self, scope: anyio.CancelScope) -> bool:
-        """Run ready jobs under ``scope``: True once none is left, False after a task cancelled through it."""
-        steps = 0
-        revert_ready = self.revert_ready
-        ready = self.ready
-        region_of = self.region_of
-        state = self.state
-        queued = self.queued
-        waiting = self.waiting
-        nodes = self.nodes
-        while True:
-            journal = self.journal
-            if (
-                journal is not None
-                and (revert_ready or ready)
-                and journal.lease_until <= time.monotonic()
-                and self.stopped is None
-            ):
-                # This engine's lease may have lapsed (it stalled, and another engine may run the run now):
-                # nothing starts before the store says the run is still ours.
-                await journal.confirm_lease()
-                continue
-            if revert_ready:
-                await revert(self, revert_ready.popleft())
-            else:
-                n = -1
-                if not (self.halted or self.stopped is not None or (self.limit and self.executing >= self.limit)):
-                    while ready:
-                        candidate = ready.popleft()
-                        queued[candidate] = 0
-                        # (a task queued before a region reset its predecessors waits for them again)
-                        if region_of[candidate] is None and state[candidate] is PENDING and not waiting[candidate]:
-                            if candidate in self.barrier:
-                                reach_barrier(self, candidate)
-                                break
-                            n = candidate
-                            break
-                if n < 0:
-                    # Nothing to run: write what the run changed (its successors may wait for it), then
-                    # look again. One write of a run is in flight at a time; what arrives meanwhile
-                    # waits for the next one (group commit).
-                    journal = self.journal
-                    if journal is not None and journal.pending and not journal.flushing and not self.journal_dead:
-                        await journal.flush()
-                        continue
-                    return True
-                node = nodes[n]
-                tg = self.tg
-                if node.shield and tg is not None:
-                    # A shielded task runs in a task of its own: a plain asyncio cancellation of the task that
-                    # runs this worker (asyncio.timeout around ckflow.run, say) cannot be shielded inside it.
-                    self._begin(n)
-                    tg.start_soon(self._execute_apart, n)
-                else:
-                    self._begin(n)
-                    await self._run_execute(n, None if node.timeout is not None or node.shield else scope)
-                    if scope.cancel_called:
-                        return False
-            steps += 1
-            if steps >= _FAIRNESS_STEPS:
-                steps = 0
-                journal = self.journal
-                if journal is not None and journal.urgent and not journal.flushing:
-                    await journal.flush()  # a long stretch of ready work must not keep its successors waiting
-                else:
-                    await checkpoint()
-
-    def make_ready(self, n: int) -> None:
-        """``n`` has no unfinished predecessor: queue it, or pass straight through a join."""
-        if self.region_of[n] is not None:
-            return
-        nodes = self.nodes
-        if nodes[n].kind == TASK:
-            if not self.queued[n]:
-                self.queued[n] = 1
-                self.ready.append(n)
-            return
-        stack = [n]
-        while stack:
-            j = stack.pop()
-            if nodes[j].kind == LOOP and not iteration_done(self, j):
-                continue  # the Periodic goes round again; what follows it waits
-            # A join does no work: it succeeds the moment its last predecessor has.
-            self.state[j] = SUCCESS
-            self.n_success += 1
-            if nodes[j].kind == LOOP and nodes[j].chain and self.journal is not None:
-                scopes_progress(self, nodes[j].chain)
-            for s in nodes[j].succs:
-                w = self.waiting[s] - 1
-                self.waiting[s] = w
-                if w == 0 and self.region_of[s] is None:
-                    if nodes[s].kind != TASK:
-                        stack.append(s)
-                    elif not self.queued[s]:
-                        self.queued[s] = 1
-                        self.ready.append(s)
-        if self.n_success == self.total:
-            self.maybe_finish()
-
-    # -- execute -----------------------------------------------------------------
-
-    def task_inputs(self, node: Node) -> dict[str, Any]:
-        kw: dict[str, Any] = dict(node.const_in) if node.const_in else {}
-        if node.value_in:
-            values = self.values
-            for param, name in node.value_in:
-                kw[param] = values[name]
-        if node.input_in:
-            inputs = self.inputs
-            for param, name, _required in node.input_in:
-                if name in inputs:
-                    kw[param] = inputs[name]
-        return kw
-
-    def start_call(self, call: Callable[[dict[str, Any]], Any], kw: dict[str, Any], is_async: bool) -> Any:
-        if is_async:
-            return call(kw)
-        return anyio.to_thread.run_sync(partial(call, kw), limiter=self.limiter)
-
-    def _begin(self, n: int) -> None:
-        """``n`` starts: RUNNING, counted, timed."""
-        self.transition(n, RUNNING)
-        self.executions[n] += 1
-        self.executing += 1
-        t0 = self.started[n] = time.monotonic()
-        if self.retry_watch:
-            report = self.retry_watch.pop(n, None)
-            if report is not None and report.retry_at is None:
-                report.retry_at = t0
-                if self.telemetry is not None:
-                    self.telemetry.retry_latency(report)
-
-    async def _run_execute(self, n: int, shared: anyio.CancelScope | None = None) -> None:
-        """The execute of ``n``, which has begun (``_begin``), to its outcome.
-
-        ``shared``: the worker's scope, which this task runs in (see ``_work``); None for a scope of its own.
-        """
-        node = self.nodes[n]
-        task = node.task
-        assert task is not None
-        if shared is None:
-            # The cancel scope is entered before the task's first step, so that any scope or task group the
-            # task itself opens nests inside it; anyio needs scopes to exit in the reverse order of entry.
-            deadline = math.inf if node.timeout is None else anyio.current_time() + node.timeout
-            # shield=True: the task is awaited, never cut short, whoever cancels (the walker, the caller of
-            # ckflow.run, an engine that shuts down); its own timeout still applies.
-            scope = self.scope_class(deadline=deadline, shield=node.shield)
-            scope.__enter__()
-        else:
-            scope = shared
-        error: Exception | None = None
-        value: Any = None
-        token = CURRENT.set((self, n))
-        telemetry = self.telemetry
-        otel_token = None if telemetry is None else telemetry.attach(n)
-        try:
-            try:
-                try:
-                    kw = self.kwargs[n] = self.task_inputs(node)
-                    coro = self.start_call(task._call_execute, kw, node.is_async)
-                    try:
-                        yielded = coro.send(None)
-                    except StopIteration as stop:
-                        value = stop.value
-                    else:
-                        # The task suspended: from here on it can be cancelled, and other ready
-                        # jobs need workers of their own.
-                        self.exec_scopes[n] = scope
-                        self.spawn_helpers()
-                        value = await resume(coro, yielded)
-                except Exception as exc:
-                    error = exc
-            except BaseException as exc:
-                if shared is None:
-                    if not scope.__exit__(type(exc), exc, exc.__traceback__):
-                        raise
-                elif not scope.cancel_called:
-                    raise
-                else:
-                    # The worker's scope was cancelled for this task: its cancellation goes on to the scope,
-                    # which ends it; the task's outcome is settled below, as for a scope of its own.
-                    self._settle_execute(n, scope, None, None)
-                    raise
-            else:
-                if shared is None:
-                    scope.__exit__(None, None, None)
-        except BaseException:
-            # An enclosing scope (the caller of ckflow.run, the engine) cancelled the run itself.
-            if self.state[n] is RUNNING:
-                self.exec_scopes.pop(n, None)
-                if self.journal is not None:
-                    self._interrupted(n)
-                else:
-                    self._cancelled(n, "the run was cancelled from outside")
-            raise
-        finally:
-            if telemetry is not None:
-                telemetry.detach(otel_token)
-            CURRENT.reset(token)
-        if node.shield and self.journal is None and anyio.current_effective_deadline() == -math.inf:
-            # The run's caller was cancelled while this task ran shielded: the run is cancelled, and everything
-            # that ran, this task included, is reverted; its late success must not end the run SUCCESS, a
-            # result its caller will never see.
-            request_cancel(self, spawn=False)
-        self._settle_execute(n, scope, error, value)
-        if node.shield:
-            # A cancellation of the run (its caller, its engine) waited for this task: it applies now, before
-            # anything else starts.
-            await checkpoint_if_cancelled()
-
-    def _settle_execute(self, n: int, scope: anyio.CancelScope, error: Exception | None, value: Any) -> None:
-        """The execute of ``n`` has returned, raised or been cancelled through ``scope``: record its outcome."""
-        if self.exec_scopes:
-            self.exec_scopes.pop(n, None)
-        if self.stopped is not None and self.journal is not None and scope.cancel_called:
-            # Cancelled because this engine stopped running the run: owed an execution, not a revert.
-            self.cancel_requested.discard(n)
-            self._interrupted(n)
-        elif n in self.cancel_requested:
-            self.cancel_requested.discard(n)
-            self._cancelled(n, "cancelled by the revert walker")
-        elif scope.cancel_called and self.nodes[n].timeout is not None:
-            # The deadline passed; a task that ignored it (a thread cannot be interrupted) still timed out.
-            name, timeout = self.nodes[n].name, self.nodes[n].timeout
-            self._fail(n, TimeoutError(f"task {name!r} timed out after {timeout} s"), "timeout")
-        elif error is not None:
-            self._fail(n, error, "execute")
-        else:
-            self._succeed(n, value)
-
-    def _succeed(self, n: int, value: Any) -> None:
-        node = self.nodes[n]
-        journal = self.journal
-        if journal is not None:
-            try:
-                self.encoded[n] = encode(value)
-            except TypeError as exc:
-                error = ResultNotSerializableError(node.name, type(value).__qualname__, str(exc), value=value)
-                self._fail(n, error, "execute")
-                return
-        provides = node.provides
-        if provides:
-            if len(provides) == 1:
-                self.values[provides[0]] = value
-            else:
-                try:
-                    unpacked = _unpack(node.name, provides, value)
-                except (TypeError, KeyError) as exc:
-                    self._fail(n, exc, "execute")
-                    return
-                self.values.update(unpacked)
-        self.results[n] = value
-        self.transition(n, SUCCESS)
-        self.executing -= 1
-        self.ended[n] = time.monotonic()
-        self.n_success += 1
-        region = self.region_of[n]
-        if region is not None:
-            # A shielded member finished while its region reverts: now revert it too.
-            member_settled(self, region, n)
-            self.maybe_finish()
-            return
-        if journal is not None:
-            # The successors start once the result is in the store.
-            self.hold_gen[n] = journal.gen
-            journal.hold(n)
-            if node.chain:
-                scopes_progress(self, node.chain)
-        else:
-            self._release(n)
-        if self.n_success == self.total or self.halted:
-            self.maybe_finish()
-
-    def _release(self, n: int) -> None:
-        """``n`` succeeded (durably, for a durable run): its successors have one predecessor less to wait for."""
-        waiting = self.waiting
-        for s in self.nodes[n].succs:
-            w = waiting[s] - 1
-            waiting[s] = w
-            if w == 0:
-                self.make_ready(s)
-
-    def _interrupted(self, n: int) -> None:
-        """A durable run stops in this engine while ``n`` executes: ``n`` is owed an execution, not a revert."""
-        self.results[n] = None
-        self.transition(n, PENDING)
-        self.executing -= 1
-        self.maybe_finish()
-
-    def committed(self, gen: int, held: list[int], held_regions: list[Region], after: list[Callable[[], None]]) -> None:
-        """The journal's generation ``gen`` is in the store: release what waited for it."""
-        state, region_of, hold_gen = self.state, self.region_of, self.hold_gen
-        for n in held:
-            # A node reverted (and maybe run again) since it was held is no longer this generation's.
-            if hold_gen[n] == gen:
-                hold_gen[n] = 0
-                if state[n] is SUCCESS and region_of[n] is None:
-                    self._release(n)
-        for region in held_regions:
-            if region.gen == gen:
-                region.gen = 0
-                if region in self.regions:
-                    for m in region.held:
-                        queue_revert(self, m)
-                region.held.clear()
-        for callback in after:
-            callback()
-        self.maybe_finish()
-
-    def _fail(self, n: int, exc: BaseException, kind: FailureKind) -> None:
-        # The failure's moment is now, before recording and logging it: latencies count from here.
-        failed_at = self.ended[n] = time.monotonic()
-        node = self.nodes[n]
-        failure = Failure.from_exception(node.name, kind, exc, self.attempt(n))
-        self.failures.append(failure)
-        self.results[n] = failure
-        seq = self.transition(n, FAILURE, log=False)
-        self.executing -= 1
-        region = self.region_of[n]
-        if region is not None:
-            # A failure inside a region that is already reverting joins that region.
-            self.log_failure(n, failure, INFO if region.action is Action.RETRY else WARNING, seq)
-            region.failures.append(failure)
-            record_region(self, region)
-            member_settled(self, region, n)
-        elif not self.failure_mode and self.stopped is None:
-            on_failure(self, n, exc, failure, failed_at, seq)
-        else:
-            self.log_failure(n, failure, WARNING, seq)
-        self.maybe_finish()
-
-    def _cancelled(self, n: int, why: str) -> None:
-        failure = Failure.cancellation(self.nodes[n].name, self.attempt(n), why)
-        self.results[n] = failure
-        self.transition(n, FAILURE)
-        self.executing -= 1
-        self.ended[n] = time.monotonic()
-        region = self.region_of[n]
-        if region is not None:
-            member_settled(self, region, n)
-        self.maybe_finish()
-
-    def cancel_waits(self) -> None:
-        """Cancel every backoff and every wait for a Periodic's next iteration."""
-        for region in self.regions:
-            if region.backoff is not None:
-                region.backoff.cancel()
-        for sleeper in self.sleepers.values():
-            sleeper.cancel()
-        self.sleepers.clear()
+    def _caller_gone(self) -> None:
+        """The caller of ckflow.run was cancelled while a shielded task ran: the run is cancelled too."""
+        self.request_cancel(spawn=False)
 
     def stop(self, reason: BaseException | None) -> None:
         """Stop running the run in this engine, leaving it in its store for this or another engine to resume.
@@ -803,77 +235,53 @@ class RunCore:
         ``reason`` is None when the engine shuts down (what changed is still
         written), or the store error after which nothing more may be written.
         """
-        if self.stopped is not None or (reason is None and self.flow_state in TERMINAL):
+        run = self.run
+        if run.stopped is not None or (reason is None and run.flow_state in TERMINAL):
             return
         if reason is None:
             reason = RunStateError(
-                f"Run {self.run_id!r} was stopped in this engine when it shut down; it stays in its store, "
-                f"to be resumed with `engine.resume({self.run_id!r})`."
+                f"Run {run.run_id!r} was stopped in this engine when it shut down; it stays in its store, "
+                f"to be resumed with `engine.resume({run.run_id!r})`."
             )
         else:
-            self.journal_dead = True
-        self.stopped = reason
-        for n in self.revert_ready:
-            self.revert_queued[n] = 0
-        self.revert_ready.clear()
-        for region in self.regions:
+            run.recorder.kill()
+        run.stop(reason)
+        walker = self.walker
+        for n in walker.revert_ready:
+            walker.revert_queued[n] = 0
+        walker.revert_ready.clear()
+        for region in walker.regions:
             region.held.clear()  # reverts that waited for a commit: the engine that resumes the run does them
-        self.cancel_waits()
-        for n, scope in self.exec_scopes.items():
-            if not self.nodes[n].shield:
+        walker.cancel_waits()
+        for n, scope in self.sched.exec_scopes.items():
+            if not run.nodes[n].shield:
                 scope.cancel()
-        self.event("ckflow.run.stopped", WARNING, detail={"reason": str(reason)})
-        self.kick()
+        run.event("ckflow.run.stopped", WARNING, detail={"reason": str(reason)})
+        self.sched.kick()
         self.maybe_finish()
 
-    # -- checkpoint passes and Periodic iterations -----------------------------------
-
-    def retries_of(self, n: int) -> dict[str, int]:
-        """Checkpoint name -> how often that checkpoint retried task ``n`` in its current activation."""
-        if not self.retries:
-            return {}
-        scopes = self.graph.scopes
-        found: dict[str, int] = {}
-        for s in self.graph.scope_chain(n):
-            count = self.retries.get((n, s))
-            if count:
-                found[scopes[s].name] = count
-        return found
-
-    def iteration_of(self, n: int) -> int:
-        """The iteration of ``n``'s innermost Periodic (0 outside any)."""
-        for s in self.nodes[n].chain:
-            it = self.iteration.get(s)
-            if it is not None:
-                return it
-        return 0
-
-    # -- control ---------------------------------------------------------------
-
-    # -- the end -----------------------------------------------------------------
+    # -- the end -----------------------------------------------------------------------
 
     def maybe_finish(self) -> None:
-        if self.executing or self.reverting or self.revert_ready:
+        """The run may have become idle: end it (SUCCESS, REVERTED, FAILURE), or suspend it, if it has."""
+        sched, walker, run = self.sched, self.walker, self.run
+        if sched.executing or not walker.idle or run.flow_state in TERMINAL:
             return
-        for region in self.regions:
-            if region.held:
-                return  # its reverts wait for the region's record to be committed: the run is not idle
-        if self.flow_state in TERMINAL:
+        if run.mode is RunMode.STOPPED:
+            if not self._stop_signalled:
+                self._stop_signalled = True
+                sched.after_commit(self._finish_events)
             return
-        if self.stopped is not None:
-            if not self.stop_signalled:
-                self.stop_signalled = True
-                self.after_commit(self.finish_events)
-            return
-        if self.failure_mode:
-            self.finish(FlowState.FAILURE)
-        elif self.root_region is not None:
-            if self.root_region.outstanding == 0:
-                self.finish(FlowState.REVERTED)
-        elif self.n_success == self.total:
-            self.finish(FlowState.SUCCESS)
-        elif self.halted and self.flow_state is FlowState.RUNNING:
-            self.set_flow(FlowState.SUSPENDED)
+        root = walker.root_region
+        if run.mode is RunMode.FAILED:
+            self._finish(FlowState.FAILURE)
+        elif root is not None:
+            if root.outstanding == 0:
+                self._finish(FlowState.REVERTED, failed=root.report.cause is not None)
+        elif sched.n_success == run.total:
+            self._finish(FlowState.SUCCESS)
+        elif run.mode is RunMode.HALTED and run.flow_state is FlowState.RUNNING:
+            run.set_flow(FlowState.SUSPENDED)
             suspended, settled = self.suspended, self.settled
 
             def signal() -> None:
@@ -881,84 +289,212 @@ class RunCore:
                 if self.stop_on_suspend:
                     settled.set()
 
-            self.after_commit(signal)
+            sched.after_commit(signal)
 
-    def after_commit(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once what the run changed is in its store (at once for a run without one)."""
-        journal = self.journal
-        if journal is None or self.journal_dead:
-            callback()
-        else:
-            journal.on_commit(callback)
-            if not self.workers:
-                # Nothing executes now (the run is idle or ending), so a running worker is between jobs or
-                # writing, and writes this before it returns: only without one is a worker needed.
-                self.kick()
-
-    def finish(self, state: FlowState) -> None:
-        self.set_flow(state)
+    def _finish(self, state: FlowState, *, failed: bool = False) -> None:
+        self.run.set_flow(state, failed=failed)
         self.t_end = time.monotonic()
-        if state is FlowState.SUCCESS and self.journal is not None:
-            record_pass(self, ROOT, completed=True)  # the root's snapshot: the run's outputs
-        self.cancel_waits()
-        self.after_commit(self.finish_events)
+        if state is FlowState.SUCCESS:
+            self.passes.record_pass(ROOT, completed=True)  # the root's snapshot: the run's outputs
+        self.walker.cancel_waits()
+        self.sched.after_commit(self._finish_events)
 
-    def finish_events(self) -> None:
+    def _finish_events(self) -> None:
         # Everything of the run is in its store now: its journal (a dozen containers) can go.
-        self.journal = None
+        self.run.recorder = NULL
         self.t_end = self.t_end or time.monotonic()
-        self.hub.close()
-        for region in self.regions:
-            settle(region)  # a wait for a region the run's end left undone (a revert_to's) ends too
+        self.run.hub.close()
+        for region in self.walker.regions:
+            RevertWalker.settle(region)  # a wait for a region the run's end left undone (a revert_to's) ends too
         self.settled.set()
         self.terminal.set()
         self.suspended.set()
 
-    # -- reading -----------------------------------------------------------------
+    # -- control -----------------------------------------------------------------------
+
+    def _running_again(self) -> None:
+        """A SUSPENDED run goes on: RUNNING, and a fresh event for the next suspension."""
+        if self.run.flow_state is FlowState.SUSPENDED:
+            self.run.set_flow(FlowState.RUNNING)
+            self.suspended = anyio.Event()
+            if self.stop_on_suspend:
+                self.settled = anyio.Event()
+
+    def request_cancel(self, *, spawn: bool = True) -> None:
+        """Revert everything that ran; the run ends REVERTED. Idempotent."""
+        run = self.run
+        if run.flow_state in TERMINAL or run.failed or self.walker.root_region is not None:
+            return
+        run.event("ckflow.control.cancel")
+        if run.flow_state is FlowState.PENDING:
+            self._finish(FlowState.REVERTED)
+            return
+        if run.flow_state is FlowState.SUSPENDED:
+            run.set_flow(FlowState.RUNNING)
+            self.suspended = anyio.Event()
+        run.halt(False)
+        for region in list(self.walker.regions):
+            if region.parked:
+                region.parked = False
+                self.walker.record_region(region)
+        self.walker.open_region(ROOT, set(range(run.total)), Action.END, None, None)
+        if spawn:
+            self.sched.kick()
+        self.maybe_finish()
+
+    def scope_named(self, name: str) -> int:
+        """The scope id of checkpoint ``name``; ``UnknownCheckpointError`` naming the known ones otherwise."""
+        graph = self.run.graph
+        scope = graph.scope_index.get(name)
+        if scope is None or scope == ROOT:
+            known = sorted(s.name for s in graph.scopes[1:])
+            raise UnknownCheckpointError(self.run_id, self.flow, name, known)
+        return scope
+
+    def _check_controllable(self, operation: str) -> None:
+        run = self.run
+        if run.stopped is not None:
+            raise RunStateError(f"Run {run.run_id!r} cannot {operation} here: {run.stopped}")
+        root = self.walker.root_region
+        if run.flow_state in TERMINAL or run.failed or root is not None:
+            raise RunStateError(
+                f"Run {run.run_id!r} cannot {operation}: it is {run.flow_state}"
+                f"{' and reverting everything' if root is not None else ''}."
+            )
+
+    def _unpark(self) -> None:
+        for region in [r for r in self.walker.regions if r.parked]:
+            region.parked = False
+            self.walker.record_region(region)
+
+    def request_revert_to(self, name: str, *, retry: bool) -> Region:
+        """Revert what ran of checkpoint ``name``'s scope and downstream of it; then run it afresh or park there."""
+        scope = self.scope_named(name)
+        self._check_controllable(f"revert to {name!r}")
+        run = self.run
+        run.event("ckflow.control.revert_to", checkpoint=name, detail={"retry": retry})
+        if run.flow_state is FlowState.SUSPENDED:
+            run.set_flow(FlowState.RUNNING)
+            self.suspended = anyio.Event()
+        self.sched.barrier = frozenset()
+        self.goto_name = None
+        # retry=False parks the run at the checkpoint; retry=True goes on (also from a suspension).
+        run.halt(not retry)
+        self._unpark()
+        # Going back to a checkpoint undoes what came after it too: the tasks that consumed the scope's values
+        # (transitively) would otherwise keep values its next pass replaces. Other branches are untouched.
+        members = self._with_downstream(set(scope_members(run.graph, scope)))
+        # With nothing of the scope left to undo, the region is done at once: retried afresh, or parked.
+        region = self.walker.open_region(scope, members, Action.SUSPEND, None, None, auto_resume=retry)
+        self.sched.kick()
+        self.maybe_finish()
+        return region
+
+    def _with_downstream(self, members: set[int]) -> set[int]:
+        """``members`` and every node downstream of them."""
+        nodes = self.run.nodes
+        found = set(members)
+        todo = list(members)
+        while todo:
+            for s in nodes[todo.pop()].succs:
+                if s not in found:
+                    found.add(s)
+                    todo.append(s)
+        return found
+
+    def request_goto(self, name: str) -> None:
+        """Run forward until checkpoint ``name`` is reached (or revert back to it), then suspend there."""
+        scope = self.scope_named(name)
+        self._check_controllable(f"go to {name!r}")
+        run = self.run
+        members = scope_members(run.graph, scope)
+        if any(run.state[m] is not PENDING for m in members):
+            self.request_revert_to(name, retry=False)
+            return
+        run.event("ckflow.control.goto", checkpoint=name)
+        self.sched.barrier = frozenset(members)
+        self.goto_name = name
+        if run.flow_state is FlowState.SUSPENDED:
+            # Suspended before the checkpoint: go forward to it.
+            run.set_flow(FlowState.RUNNING)
+            self.suspended = anyio.Event()
+        run.halt(False)
+        self._ready_all()
+        self.sched.kick()
+        self.maybe_finish()
+
+    def _ready_all(self) -> None:
+        sched, state = self.sched, self.run.state
+        for n in range(self.run.total):
+            if state[n] is PENDING and sched.waiting[n] == 0:
+                sched.make_ready(n)
+
+    def _reach_barrier(self, n: int) -> None:
+        """A task of the goto checkpoint's scope is ready: the checkpoint is reached; suspend."""
+        sched = self.sched
+        sched.queued[n] = 1
+        sched.ready.appendleft(n)
+        self.run.halt(True)
+        self.maybe_finish()
+
+    def request_suspend(self) -> None:
+        """Let running tasks finish and start nothing new; the run becomes SUSPENDED."""
+        run = self.run
+        if run.flow_state in TERMINAL or run.mode is not RunMode.RUNNING:
+            return
+        run.event("ckflow.control.suspend")
+        run.halt(True)
+        self.sched.kick()
+        self.maybe_finish()
+
+    def request_resume(self) -> None:
+        """Go on after a suspension; a parked checkpoint starts a fresh budget."""
+        run = self.run
+        if run.flow_state in TERMINAL or run.mode is not RunMode.HALTED:
+            return
+        run.event("ckflow.control.resume")
+        run.halt(False)
+        self.sched.barrier = frozenset()
+        self.goto_name = None
+        self._running_again()
+        for region in [r for r in self.walker.regions if r.parked]:
+            self.walker.reset_region(region, fresh=True)
+        self._ready_all()
+        self.sched.kick()
+
+    # -- reading -----------------------------------------------------------------------
 
     def summary(self, n: int) -> TaskSummary:
-        result = self.results[n]
+        run = self.run
+        result = run.results[n]
         return TaskSummary(
-            name=self.nodes[n].name,
-            state=self.state[n],
-            attempts=self.executions[n],
-            started=self.started[n],
-            ended=self.ended[n],
-            revert_started=self.rev_started.get(n),
-            revert_ended=self.rev_ended.get(n),
+            name=run.nodes[n].name,
+            state=run.state[n],
+            attempts=run.executions[n],
+            started=run.started[n],
+            ended=run.ended[n],
+            revert_started=run.rev_started.get(n),
+            revert_ended=run.rev_ended.get(n),
             failure=result if isinstance(result, Failure) else None,
         )
 
     def task_summaries(self) -> Mapping[str, TaskSummary]:
-        return _LazyTasks(self.graph.index, self.summary)
+        return _LazyTasks(self.run.graph.index, self.summary)
 
     def result(self) -> RunResult:
-        if self._result is not None and self.flow_state in TERMINAL:
+        run = self.run
+        if self._result is not None and run.flow_state in TERMINAL:
             return self._result
         result = RunResult(
-            run_id=self.run_id,
-            flow=self.flow,
-            state=self.flow_state,
-            outputs=dict(self.values) if self.flow_state is FlowState.SUCCESS else {},
+            run_id=run.run_id,
+            flow=run.flow,
+            state=run.flow_state,
+            outputs=dict(run.values) if run.flow_state is FlowState.SUCCESS else {},
             tasks=self.task_summaries(),
-            failures=list(self.failures),
-            regions=list(self.reports),
+            failures=list(run.failures),
+            regions=list(run.reports),
             duration=(self.t_end or time.monotonic()) - self.t_start,
         )
-        if self.flow_state in TERMINAL:
+        if run.flow_state in TERMINAL:
             self._result = result
         return result
-
-
-def _unpack(task: str, provides: tuple[str, ...], value: Any) -> dict[str, Any]:
-    if isinstance(value, Mapping):
-        missing = [p for p in provides if p not in value]
-        if missing:
-            raise KeyError(f"task {task!r} provides {list(provides)} but its returned mapping lacks {missing}")
-        return {p: value[p] for p in provides}
-    if isinstance(value, tuple | list) and len(value) == len(provides):
-        return dict(zip(provides, value, strict=True))
-    raise TypeError(
-        f"task {task!r} provides {list(provides)}, so it must return a tuple of {len(provides)} values "
-        f"or a mapping with those keys, not {type(value).__name__}"
-    )

@@ -39,9 +39,12 @@ except ImportError:  # the otel extra is not installed
     _AVAILABLE = False
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from ckflow._failure import Failure
     from ckflow._models import RegionReport
-    from ckflow._runtime._core import RunCore
+    from ckflow._runtime._state import RunState
+    from ckflow._runtime._walker import Region
 
 __all__ = ["RunTelemetry", "capture_context", "telemetry_for"]
 
@@ -121,7 +124,7 @@ def _instruments() -> _Instruments | None:
     return _INSTRUMENTS[0]
 
 
-def telemetry_for(core: RunCore) -> RunTelemetry | None:
+def telemetry_for(core: RunState, region_of: Sequence[Region | None]) -> RunTelemetry | None:
     """The run's telemetry, or None when neither traces nor metrics are on (or the extra is missing)."""
     if not _AVAILABLE:
         return None
@@ -129,16 +132,29 @@ def telemetry_for(core: RunCore) -> RunTelemetry | None:
     instruments = _instruments()
     if tracer is None and instruments is None:
         return None
-    return RunTelemetry(core, tracer, instruments)
+    return RunTelemetry(core, region_of, tracer, instruments)
 
 
 class RunTelemetry:
     """One run's spans and measurements; the engine calls it at each transition."""
 
-    __slots__ = ("core", "exec_spans", "flow_attrs", "instruments", "revert_spans", "run_ctx", "run_span", "tracer")
+    __slots__ = (
+        "core",
+        "exec_spans",
+        "flow_attrs",
+        "instruments",
+        "region_of",
+        "revert_spans",
+        "run_ctx",
+        "run_span",
+        "tracer",
+    )
 
-    def __init__(self, core: RunCore, tracer: Any, instruments: _Instruments | None) -> None:
+    def __init__(
+        self, core: RunState, region_of: Sequence[Region | None], tracer: Any, instruments: _Instruments | None
+    ) -> None:
         self.core = core
+        self.region_of = region_of
         self.tracer = tracer
         self.instruments = instruments
         self.flow_attrs = {"ckflow.flow": core.flow}
@@ -257,7 +273,7 @@ class RunTelemetry:
                 instruments.reverts.add(1, {**self.flow_attrs, "ckflow.task": node.name})
             if self.tracer is not None:
                 span_attrs = self._task_attrs(n)
-                region = core.region_of[n]
+                region = self.region_of[n]
                 if region is not None:
                     span_attrs["ckflow.region"] = region.id
                     span_attrs["ckflow.region.checkpoint"] = region.report.checkpoint

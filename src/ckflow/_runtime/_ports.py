@@ -1,0 +1,59 @@
+"""What the revert walker and the pass tracker need of the scheduler: a small protocol, so that no part imports
+the one above it (the scheduler calls into them, they call back through this)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import anyio
+    from anyio.abc import TaskGroup
+
+    from ckflow._compile import Node
+
+__all__ = ["SchedulerPort"]
+
+
+class SchedulerPort(Protocol):
+    """The scheduler as the walker and the passes see it."""
+
+    #: node -> how many of its predecessors have not succeeded (durably, for a durable run)
+    waiting: list[int]
+    #: how many nodes are SUCCESS now
+    n_success: int
+    #: the run's task group while it is driven (None between drives)
+    tg: TaskGroup | None
+    #: node -> the cancel scope of its execute, while it is suspended in it
+    exec_scopes: dict[int, anyio.CancelScope]
+    #: nodes whose execute the walker cancelled
+    cancel_requested: set[int]
+
+    def make_ready(self, n: int) -> None:
+        """``n`` has no unfinished predecessor: queue it (or pass through a join)."""
+        ...
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once what the run changed is in its store (at once for a run without one)."""
+        ...
+
+    def kick(self) -> None:
+        """Start a worker for jobs that appeared outside any worker."""
+        ...
+
+    def spawn_helpers(self) -> None:
+        """A worker's job suspended: make sure every ready job has a worker."""
+        ...
+
+    async def worker(self) -> None:
+        """Run ready jobs until none is left."""
+        ...
+
+    def start_call(self, call: Callable[[dict[str, Any]], Any], kw: dict[str, Any], is_async: bool) -> Any:
+        """The coroutine of a task's call (a plain ``def`` runs in a worker thread)."""
+        ...
+
+    def task_inputs(self, node: Node) -> dict[str, Any]:
+        """The inputs of ``node``'s execute, from inject, upstream values and the run's inputs."""
+        ...

@@ -1,0 +1,546 @@
+"""The scheduler: the ready queue and the workers that run a run's executes (and its reverts' jobs).
+
+How tasks run without an anyio task each
+-----------------------------------------
+A *worker* is a coroutine that takes ready jobs (an execute or a revert) one
+after the other. It drives a task's coroutine by hand: the first
+``coro.send(None)`` runs the task up to its first real await. A task that
+finishes without suspending (most small tasks) costs no task spawn and no trip
+through the event loop. A task that suspends is awaited by the same worker
+through ``_coro.resume``, and at that moment, if more jobs are ready, helper
+workers are spawned so that every ready task starts at once.
+
+The scheduler owns the ready queue, each node's count of unfinished
+predecessors, the workers and the cancel scopes of what executes. A task's
+outcome goes to the run's state (``RunState.transition``); a failure to the
+revert walker, which owns the revert jobs that workers also run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+import anyio.to_thread
+from anyio.lowlevel import RunVar, checkpoint, checkpoint_if_cancelled
+
+from ckflow._compile import LOOP, TASK
+from ckflow._errors import ResultNotSerializableError
+from ckflow._events import INFO, WARNING
+from ckflow._failure import Failure, FailureKind
+from ckflow._region import Action
+from ckflow._runtime._context import CURRENT, ContextSource
+from ckflow._runtime._coro import resume
+from ckflow._runtime._state import RunMode
+from ckflow._states import FAILURE, PENDING, RUNNING, SUCCESS
+
+if TYPE_CHECKING:
+    from ckflow._compile import Node
+    from ckflow._runtime._passes import Passes
+    from ckflow._runtime._state import RunState
+    from ckflow._runtime._walker import RevertWalker
+
+__all__ = ["Scheduler", "thread_limiter"]
+
+
+#: a worker that ran this many jobs without suspending lets the event loop breathe
+_FAIRNESS_STEPS: Final = 128
+
+_THREADS: RunVar[anyio.CapacityLimiter] = RunVar("ckflow_threads")
+
+
+def thread_limiter() -> anyio.CapacityLimiter:
+    """ckflow's own limiter for plain ``def`` tasks, one per event loop (40 threads)."""
+    try:
+        return _THREADS.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(40)
+        _THREADS.set(limiter)
+        return limiter
+
+
+class Scheduler:
+    """The ready queue, the workers, and each execute from its start to its outcome."""
+
+    __slots__ = (
+        "barrier",
+        "cancel_requested",
+        "context",
+        "exec_scopes",
+        "executing",
+        "idle_helpers",
+        "limit",
+        "limiter",
+        "n_success",
+        "on_barrier",
+        "on_caller_gone",
+        "on_idle",
+        "passes",
+        "queued",
+        "ready",
+        "run",
+        "scope_class",
+        "tg",
+        "waiting",
+        "walker",
+        "workers",
+    )
+
+    def __init__(
+        self, run: RunState, walker: RevertWalker, passes: Passes, context: ContextSource, max_concurrency: int
+    ) -> None:
+        self.run = run
+        self.walker = walker
+        self.passes = passes
+        self.context = context
+        self.limit = max_concurrency
+        n = run.total
+        self.waiting: list[int] = [len(node.preds) for node in run.nodes]
+        self.queued = bytearray(n)
+        self.ready: deque[int] = deque()
+        self.executing = 0
+        self.n_success = 0
+        self.idle_helpers = 0
+        #: workers inside their loop now
+        self.workers = 0
+        self.cancel_requested: set[int] = set()
+        self.exec_scopes: dict[int, anyio.CancelScope] = {}
+        #: goto(): the members of the checkpoint's scope, which nothing may start until resume()
+        self.barrier: frozenset[int] = frozenset()
+        self.limiter: anyio.CapacityLimiter | None = None
+        self.tg: anyio.abc.TaskGroup | None = None
+        #: the running async library's CancelScope class (set by ``prepare``)
+        self.scope_class: type[anyio.CancelScope] = anyio.CancelScope
+        #: the run's callbacks: it may have become idle (ended?); a goto's barrier was reached; the caller of
+        #: ckflow.run was cancelled while a shielded task ran
+        self.on_idle: Callable[[], None] = lambda: None
+        self.on_barrier: Callable[[int], None] = lambda n: None
+        self.on_caller_gone: Callable[[], None] = lambda: None
+
+    def prepare(self) -> None:
+        """Look up, once per run, what every execute uses: the thread limiter and the cancel-scope class."""
+        self.limiter = thread_limiter()
+        # The event loop's own cancel-scope class, looked up once: anyio.CancelScope() asks which async
+        # library runs and for its backend on every call.
+        self.scope_class = type(anyio.CancelScope())
+
+    def start_ready(self) -> None:
+        """Queue every task that waits for nothing (at the start, and when a run resumes)."""
+        state, waiting, region_of = self.run.state, self.waiting, self.walker.region_of
+        for n in range(self.run.total):
+            if waiting[n] == 0 and state[n] is PENDING and region_of[n] is None:
+                self.make_ready(n)
+
+    async def drive(self, until: anyio.Event) -> None:
+        """Drive the run in a task group of its own until ``until`` is set."""
+        try:
+            async with anyio.create_task_group() as tg:
+                self.tg = tg
+                self.passes.start_deferred()
+                self.on_idle()
+                await self.worker()
+                await until.wait()
+        finally:
+            self.tg = None
+
+    async def _helper(self) -> None:
+        self.idle_helpers -= 1
+        await self.worker()
+
+    def spawn_helpers(self) -> None:
+        """Called when a worker's task suspends: make sure every ready job has a worker."""
+        jobs = len(self.walker.revert_ready)
+        if self.run.mode is RunMode.RUNNING:
+            ready = len(self.ready)
+            if self.limit:
+                ready = min(ready, max(self.limit - self.executing, 0))
+            jobs += ready
+        if self.run.recorder.pending:
+            jobs += 1  # a write: a worker that finds nothing ready writes it
+        tg = self.tg
+        if tg is None:
+            return
+        for _ in range(jobs - self.idle_helpers):
+            self.idle_helpers += 1
+            tg.start_soon(self._helper)
+
+    def kick(self) -> None:
+        """Start a worker for jobs that appeared outside any worker (control requests)."""
+        if self.tg is not None and self.idle_helpers == 0:
+            self.idle_helpers += 1
+            self.tg.start_soon(self._helper)
+
+    async def worker(self) -> None:
+        self.workers += 1
+        try:
+            await self._work()
+        finally:
+            self.workers -= 1
+
+    async def _execute_apart(self, n: int) -> None:
+        """A shielded task's execute, in a task of its own (see ``_work``); then this task works on as a worker."""
+        self.workers += 1
+        try:
+            await self._run_execute(n)
+            await self._work()
+        finally:
+            self.workers -= 1
+
+    async def _work(self) -> None:
+        """Run ready jobs until none is left, under one cancel scope for the plain tasks this worker runs.
+
+        One scope a worker, not one a task: entering and leaving an anyio scope is most of what a no-op task
+        costs. It is entered before any task's first step, so scopes a task opens nest inside it, and only
+        the task running in this worker is inside it at any time, so cancelling it (the walker, an engine
+        that stops the run) cancels that task alone. After such a cancel the worker goes on under a fresh
+        scope. Tasks with a timeout or ``shield=True`` get a scope of their own.
+        """
+        while True:
+            with self.scope_class() as scope:
+                if await self._work_in(scope):
+                    return
+            # the task this worker ran was cancelled through its scope: a fresh scope for the next ones
+
+    async def _work_in(self, scope: anyio.CancelScope) -> bool:
+        """Run ready jobs under ``scope``: True once none is left, False after a task cancelled through it."""
+        steps = 0
+        revert_ready = self.walker.revert_ready
+        ready = self.ready
+        region_of = self.walker.region_of
+        state = self.run.state
+        queued = self.queued
+        waiting = self.waiting
+        nodes = self.run.nodes
+        recorder = self.run.recorder
+        while True:
+            if (revert_ready or ready) and recorder.lease_until <= time.monotonic() and self.run.stopped is None:
+                # This engine's lease may have lapsed (it stalled, and another engine may run the run now):
+                # nothing starts before the store says the run is still ours.
+                await recorder.confirm_lease()
+                continue
+            if revert_ready:
+                await self.walker.revert(revert_ready.popleft())
+            else:
+                n = -1
+                if self.run.mode is RunMode.RUNNING and not (self.limit and self.executing >= self.limit):
+                    while ready:
+                        candidate = ready.popleft()
+                        queued[candidate] = 0
+                        # (a task queued before a region reset its predecessors waits for them again)
+                        if region_of[candidate] is None and state[candidate] is PENDING and not waiting[candidate]:
+                            if candidate in self.barrier:
+                                self.on_barrier(candidate)
+                                break
+                            n = candidate
+                            break
+                if n < 0:
+                    # Nothing to run: write what the run changed (its successors may wait for it), then
+                    # look again. One write of a run is in flight at a time; what arrives meanwhile
+                    # waits for the next one (group commit).
+                    if recorder.pending:
+                        await recorder.flush()
+                        continue
+                    return True
+                node = nodes[n]
+                tg = self.tg
+                if node.shield and tg is not None:
+                    # A shielded task runs in a task of its own: a plain asyncio cancellation of the task that
+                    # runs this worker (asyncio.timeout around ckflow.run, say) cannot be shielded inside it.
+                    self._begin(n)
+                    tg.start_soon(self._execute_apart, n)
+                else:
+                    self._begin(n)
+                    await self._run_execute(n, None if node.timeout is not None or node.shield else scope)
+                    if scope.cancel_called:
+                        return False
+            steps += 1
+            if steps >= _FAIRNESS_STEPS:
+                steps = 0
+                if recorder.urgent:
+                    await recorder.flush()  # a long stretch of ready work must not keep its successors waiting
+                else:
+                    await checkpoint()
+
+    def make_ready(self, n: int) -> None:
+        """``n`` has no unfinished predecessor: queue it, or pass straight through a join."""
+        if self.walker.region_of[n] is not None:
+            return
+        nodes = self.run.nodes
+        if nodes[n].kind == TASK:
+            if not self.queued[n]:
+                self.queued[n] = 1
+                self.ready.append(n)
+            return
+        stack = [n]
+        while stack:
+            j = stack.pop()
+            if nodes[j].kind == LOOP and not self.passes.iteration_done(j):
+                continue  # the Periodic goes round again; what follows it waits
+            # A join does no work: it succeeds the moment its last predecessor has.
+            self.run.state[j] = SUCCESS
+            self.n_success += 1
+            if nodes[j].kind == LOOP and nodes[j].chain and self.run.recorder.durable:
+                self.passes.progress(nodes[j].chain)
+            for s in nodes[j].succs:
+                w = self.waiting[s] - 1
+                self.waiting[s] = w
+                if w == 0 and self.walker.region_of[s] is None:
+                    if nodes[s].kind != TASK:
+                        stack.append(s)
+                    elif not self.queued[s]:
+                        self.queued[s] = 1
+                        self.ready.append(s)
+        if self.n_success == self.run.total:
+            self.on_idle()
+
+    # -- execute -----------------------------------------------------------------
+
+    def task_inputs(self, node: Node) -> dict[str, Any]:
+        kw: dict[str, Any] = dict(node.const_in) if node.const_in else {}
+        if node.value_in:
+            values = self.run.values
+            for param, name in node.value_in:
+                kw[param] = values[name]
+        if node.input_in:
+            inputs = self.run.inputs
+            for param, name, _required in node.input_in:
+                if name in inputs:
+                    kw[param] = inputs[name]
+        return kw
+
+    def start_call(self, call: Callable[[dict[str, Any]], Any], kw: dict[str, Any], is_async: bool) -> Any:
+        if is_async:
+            return call(kw)
+        return anyio.to_thread.run_sync(partial(call, kw), limiter=self.limiter)
+
+    def _begin(self, n: int) -> None:
+        """``n`` starts: RUNNING, counted, timed."""
+        self.run.transition(n, RUNNING)
+        self.run.executions[n] += 1
+        self.executing += 1
+        t0 = self.run.started[n] = time.monotonic()
+        if self.walker.retry_watch:
+            report = self.walker.retry_watch.pop(n, None)
+            if report is not None and report.retry_at is None:
+                report.retry_at = t0
+                if self.run.telemetry is not None:
+                    self.run.telemetry.retry_latency(report)
+
+    async def _run_execute(self, n: int, shared: anyio.CancelScope | None = None) -> None:
+        """The execute of ``n``, which has begun (``_begin``), to its outcome.
+
+        ``shared``: the worker's scope, which this task runs in (see ``_work``); None for a scope of its own.
+        """
+        node = self.run.nodes[n]
+        task = node.task
+        assert task is not None
+        if shared is None:
+            # The cancel scope is entered before the task's first step, so that any scope or task group the
+            # task itself opens nests inside it; anyio needs scopes to exit in the reverse order of entry.
+            deadline = math.inf if node.timeout is None else anyio.current_time() + node.timeout
+            # shield=True: the task is awaited, never cut short, whoever cancels (the walker, the caller of
+            # ckflow.run, an engine that shuts down); its own timeout still applies.
+            scope = self.scope_class(deadline=deadline, shield=node.shield)
+            scope.__enter__()
+        else:
+            scope = shared
+        error: Exception | None = None
+        value: Any = None
+        token = CURRENT.set((self.context, n))
+        telemetry = self.run.telemetry
+        otel_token = None if telemetry is None else telemetry.attach(n)
+        try:
+            try:
+                try:
+                    kw = self.run.kwargs[n] = self.task_inputs(node)
+                    coro = self.start_call(task._call_execute, kw, node.is_async)
+                    try:
+                        yielded = coro.send(None)
+                    except StopIteration as stop:
+                        value = stop.value
+                    else:
+                        # The task suspended: from here on it can be cancelled, and other ready
+                        # jobs need workers of their own.
+                        self.exec_scopes[n] = scope
+                        self.spawn_helpers()
+                        value = await resume(coro, yielded)
+                except Exception as exc:
+                    error = exc
+            except BaseException as exc:
+                if shared is None:
+                    if not scope.__exit__(type(exc), exc, exc.__traceback__):
+                        raise
+                elif not scope.cancel_called:
+                    raise
+                else:
+                    # The worker's scope was cancelled for this task: its cancellation goes on to the scope,
+                    # which ends it; the task's outcome is settled below, as for a scope of its own.
+                    self._settle_execute(n, scope, None, None)
+                    raise
+            else:
+                if shared is None:
+                    scope.__exit__(None, None, None)
+        except BaseException:
+            # An enclosing scope (the caller of ckflow.run, the engine) cancelled the run itself.
+            if self.run.state[n] is RUNNING:
+                self.exec_scopes.pop(n, None)
+                if self.run.recorder.durable:
+                    self._interrupted(n)
+                else:
+                    self._cancelled(n, "the run was cancelled from outside")
+            raise
+        finally:
+            if telemetry is not None:
+                telemetry.detach(otel_token)
+            CURRENT.reset(token)
+        if node.shield and not self.run.recorder.durable and anyio.current_effective_deadline() == -math.inf:
+            # The run's caller was cancelled while this task ran shielded: the run is cancelled, and everything
+            # that ran, this task included, is reverted; its late success must not end the run SUCCESS, a
+            # result its caller will never see.
+            self.on_caller_gone()
+        self._settle_execute(n, scope, error, value)
+        if node.shield:
+            # A cancellation of the run (its caller, its engine) waited for this task: it applies now, before
+            # anything else starts.
+            await checkpoint_if_cancelled()
+
+    def _settle_execute(self, n: int, scope: anyio.CancelScope, error: Exception | None, value: Any) -> None:
+        """The execute of ``n`` has returned, raised or been cancelled through ``scope``: record its outcome."""
+        if self.exec_scopes:
+            self.exec_scopes.pop(n, None)
+        if self.run.stopped is not None and self.run.recorder.durable and scope.cancel_called:
+            # Cancelled because this engine stopped running the run: owed an execution, not a revert.
+            self.cancel_requested.discard(n)
+            self._interrupted(n)
+        elif n in self.cancel_requested:
+            self.cancel_requested.discard(n)
+            self._cancelled(n, "cancelled by the revert walker")
+        elif scope.cancel_called and self.run.nodes[n].timeout is not None:
+            # The deadline passed; a task that ignored it (a thread cannot be interrupted) still timed out.
+            name, timeout = self.run.nodes[n].name, self.run.nodes[n].timeout
+            self._fail(n, TimeoutError(f"task {name!r} timed out after {timeout} s"), "timeout")
+        elif error is not None:
+            self._fail(n, error, "execute")
+        else:
+            self._succeed(n, value)
+
+    def _succeed(self, n: int, value: Any) -> None:
+        node = self.run.nodes[n]
+        recorder = self.run.recorder
+        if recorder.durable:
+            try:
+                recorder.encode_result(n, value)
+            except TypeError as exc:
+                error = ResultNotSerializableError(node.name, type(value).__qualname__, str(exc), value=value)
+                self._fail(n, error, "execute")
+                return
+        provides = node.provides
+        if provides:
+            if len(provides) == 1:
+                self.run.values[provides[0]] = value
+            else:
+                try:
+                    unpacked = _unpack(node.name, provides, value)
+                except (TypeError, KeyError) as exc:
+                    self._fail(n, exc, "execute")
+                    return
+                self.run.values.update(unpacked)
+        self.run.results[n] = value
+        self.run.transition(n, SUCCESS)
+        self.executing -= 1
+        self.run.ended[n] = time.monotonic()
+        self.n_success += 1
+        region = self.walker.region_of[n]
+        if region is not None:
+            # A shielded member finished while its region reverts: now revert it too.
+            self.walker.member_settled(region, n)
+            self.on_idle()
+            return
+        if recorder.hold(n):
+            # The successors start once the result is in the store (``release``, when it is).
+            if node.chain:
+                self.passes.progress(node.chain)
+        else:
+            self.release(n)
+        if self.n_success == self.run.total or self.run.halted:
+            self.on_idle()
+
+    def release(self, n: int) -> None:
+        """``n`` succeeded (durably, for a durable run): its successors have one predecessor less to wait for."""
+        waiting = self.waiting
+        for s in self.run.nodes[n].succs:
+            w = waiting[s] - 1
+            waiting[s] = w
+            if w == 0:
+                self.make_ready(s)
+
+    def _interrupted(self, n: int) -> None:
+        """A durable run stops in this engine while ``n`` executes: ``n`` is owed an execution, not a revert."""
+        self.run.results[n] = None
+        self.run.transition(n, PENDING)
+        self.executing -= 1
+        self.on_idle()
+
+    def released(self, n: int) -> None:
+        """``n``'s success is in the store now: its successors may start, unless it was reverted meanwhile."""
+        if self.run.state[n] is SUCCESS and self.walker.region_of[n] is None:
+            self.release(n)
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once what the run changed is in its store (at once for a run without one)."""
+        if self.run.recorder.on_commit(callback) and not self.workers:
+            # Nothing executes now (the run is idle or ending), so a running worker is between jobs or
+            # writing, and writes this before it returns: only without one is a worker needed.
+            self.kick()
+
+    def _fail(self, n: int, exc: BaseException, kind: FailureKind) -> None:
+        # The failure's moment is now, before recording and logging it: latencies count from here.
+        failed_at = self.run.ended[n] = time.monotonic()
+        node = self.run.nodes[n]
+        failure = Failure.from_exception(node.name, kind, exc, self.run.attempt(n))
+        self.run.failures.append(failure)
+        self.run.results[n] = failure
+        seq = self.run.transition(n, FAILURE, log=False)
+        self.executing -= 1
+        region = self.walker.region_of[n]
+        if region is not None:
+            # A failure inside a region that is already reverting joins that region.
+            self.run.log_failure(n, failure, INFO if region.action is Action.RETRY else WARNING, seq)
+            region.failures.append(failure)
+            self.walker.record_region(region)
+            self.walker.member_settled(region, n)
+        elif not self.run.failed and self.run.stopped is None:
+            self.walker.on_failure(n, exc, failure, failed_at, seq)
+        else:
+            self.run.log_failure(n, failure, WARNING, seq)
+        self.on_idle()
+
+    def _cancelled(self, n: int, why: str) -> None:
+        failure = Failure.cancellation(self.run.nodes[n].name, self.run.attempt(n), why)
+        self.run.results[n] = failure
+        self.run.transition(n, FAILURE)
+        self.executing -= 1
+        self.run.ended[n] = time.monotonic()
+        region = self.walker.region_of[n]
+        if region is not None:
+            self.walker.member_settled(region, n)
+        self.on_idle()
+
+
+def _unpack(task: str, provides: tuple[str, ...], value: Any) -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        missing = [p for p in provides if p not in value]
+        if missing:
+            raise KeyError(f"task {task!r} provides {list(provides)} but its returned mapping lacks {missing}")
+        return {p: value[p] for p in provides}
+    if isinstance(value, tuple | list) and len(value) == len(provides):
+        return dict(zip(provides, value, strict=True))
+    raise TypeError(
+        f"task {task!r} provides {list(provides)}, so it must return a tuple of {len(provides)} values "
+        f"or a mapping with those keys, not {type(value).__name__}"
+    )
