@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -41,6 +40,8 @@ from ckflow._runtime._walker import Region, RevertWalker
 from ckflow._states import PENDING, TERMINAL, FlowState, TaskState
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
     from ckflow._compile import ExecutionGraph
     from ckflow._runtime._otel import RunTelemetry
     from ckflow._runtime._recorder import Recorder
