@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import math
-import random
 from typing import TYPE_CHECKING, Final, Literal, TypeAlias, final
 
+from ckflow import _policy
+
 if TYPE_CHECKING:
+    import random
     from collections.abc import Callable
 
 __all__ = ["Checkpoint", "OnExhausted", "Retry", "RetryOn", "RevertMode"]
@@ -33,16 +36,6 @@ def _is_exception_type(value: object) -> bool:
     return isinstance(value, type) and issubclass(value, BaseException)
 
 
-class _Testing:
-    """Process-wide test mode, switched by ``ckflow.testing.set_testing``."""
-
-    zero_delays = False
-
-
-_TESTING: Final = _Testing()
-_RNG: Final = random.Random()
-
-
 def _check_number(owner: str, name: str, value: float, *, minimum: float, allow_inf: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{owner}({name}=...) must be a number, got {value!r}.")
@@ -52,6 +45,7 @@ def _check_number(owner: str, name: str, value: float, *, minimum: float, allow_
 
 
 @final
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Retry:
     """How often, and how soon, a checkpoint's failed branch is run again.
 
@@ -72,29 +66,21 @@ class Retry:
     When retries run out the checkpoint's ``on_exhausted`` policy applies: by
     default the failure escalates to the enclosing checkpoint, and at the root
     everything that ran is reverted and the run ends ``REVERTED``.
+
+    A frozen value: equal policies compare equal, and ``dataclasses.replace``
+    builds a changed copy (validated again).
     """
 
-    __slots__ = ("attempts", "backoff", "delay", "jitter", "max_delay", "retry_on", "timeout")
+    attempts: int = 3
+    delay: float = 0.0
+    backoff: float = 2.0
+    max_delay: float = 60.0
+    jitter: bool = True
+    retry_on: RetryOn = (Exception,)
+    timeout: float | None = None
 
-    attempts: int
-    delay: float
-    backoff: float
-    max_delay: float
-    jitter: bool
-    retry_on: RetryOn
-    timeout: float | None
-
-    def __init__(
-        self,
-        *,
-        attempts: int = 3,
-        delay: float = 0.0,
-        backoff: float = 2.0,
-        max_delay: float = 60.0,
-        jitter: bool = True,
-        retry_on: RetryOn = (Exception,),
-        timeout: float | None = None,
-    ) -> None:
+    def __post_init__(self) -> None:
+        attempts = self.attempts
         if isinstance(attempts, bool) or not isinstance(attempts, int):
             raise TypeError(f"Retry(attempts=...) must be an int, got {attempts!r}.")
         if attempts < 1:
@@ -103,11 +89,11 @@ class Retry:
                 "so attempts=1 means no retry."
             )
         set_ = object.__setattr__
-        set_(self, "attempts", attempts)
-        set_(self, "delay", _check_number("Retry", "delay", delay, minimum=0.0))
-        set_(self, "backoff", _check_number("Retry", "backoff", backoff, minimum=1.0))
-        set_(self, "max_delay", _check_number("Retry", "max_delay", max_delay, minimum=0.0, allow_inf=True))
-        set_(self, "jitter", bool(jitter))
+        set_(self, "delay", _check_number("Retry", "delay", self.delay, minimum=0.0))
+        set_(self, "backoff", _check_number("Retry", "backoff", self.backoff, minimum=1.0))
+        set_(self, "max_delay", _check_number("Retry", "max_delay", self.max_delay, minimum=0.0, allow_inf=True))
+        set_(self, "jitter", bool(self.jitter))
+        retry_on = self.retry_on
         if isinstance(retry_on, type):
             retry_on = (retry_on,)
         if isinstance(retry_on, tuple):
@@ -119,52 +105,30 @@ class Retry:
                 f"Retry(retry_on=...) must be an exception type, a tuple of them or a predicate, got {retry_on!r}."
             )
         set_(self, "retry_on", retry_on)
+        timeout = self.timeout
         if timeout is not None:
             timeout = _check_number("Retry", "timeout", timeout, minimum=0.0)
             if timeout == 0:
                 raise ValueError("Retry(timeout=0) would never retry; use attempts=1 instead.")
         set_(self, "timeout", timeout)
 
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"Retry is frozen; build a new one instead of setting {name!r}.")
-
     def should_retry(self, exc: BaseException) -> bool:
-        """True if ``retry_on`` accepts ``exc``."""
-        if isinstance(self.retry_on, tuple):
-            return isinstance(exc, self.retry_on)
-        return bool(self.retry_on(exc))
+        """True if ``retry_on`` accepts ``exc`` (delegates to ``ckflow._policy.accepts``)."""
+        return _policy.accepts(self, exc)
 
     def delay_for(self, retry_number: int, rng: random.Random | None = None) -> float:
-        """The wait before retry ``retry_number`` (1-based), jitter applied; 0 in test mode."""
-        if self.delay == 0 or _TESTING.zero_delays:
-            return 0.0
-        try:
-            d = min(self.delay * self.backoff ** (retry_number - 1), self.max_delay)
-        except OverflowError:
-            d = self.max_delay
-        if self.jitter:
-            return (rng or _RNG).uniform(d / 2, d)
-        return d
+        """The wait before retry ``retry_number`` (1-based), jitter applied; 0 in test mode.
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Retry):
-            return NotImplemented
-        return all(getattr(self, s) == getattr(other, s) for s in self.__slots__)
-
-    def __hash__(self) -> int:
-        return hash((self.attempts, self.delay, self.backoff, self.max_delay, self.jitter, self.timeout))
-
-    def __repr__(self) -> str:
-        return (
-            f"Retry(attempts={self.attempts}, delay={self.delay}, backoff={self.backoff}, "
-            f"max_delay={self.max_delay}, jitter={self.jitter}, timeout={self.timeout})"
-        )
+        Delegates to ``ckflow._policy.delay``, with the process's jitter RNG unless ``rng`` is given.
+        """
+        return _policy.delay(self, retry_number, rng if rng is not None else _policy.rng())
 
 
 _NO_RETRY: Final = Retry(attempts=1)
 
 
 @final
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Checkpoint:
     """A named point a failure is undone back to, and the policy that retries from it.
 
@@ -187,43 +151,50 @@ class Checkpoint:
             are deleted when the scope completes again. None keeps them all.
         max_age: retention by age, in seconds or a ``timedelta``: passes that
             completed longer ago are deleted. The latest pass is always kept.
+
+    A frozen value like ``Retry``: ``dataclasses.replace`` builds a changed copy.
     """
 
-    __slots__ = ("keep_last", "max_age", "name", "on_exhausted", "retry", "revert")
+    name: str = dataclasses.field(kw_only=False)
+    retry: Retry = _NO_RETRY
+    on_exhausted: OnExhausted = "escalate"
+    revert: RevertMode = "branch"
+    keep_last: int | None = None
+    max_age: float | None = None
 
-    name: str
-    retry: Retry
-    on_exhausted: OnExhausted
-    revert: RevertMode
-    keep_last: int | None
-    max_age: float | None
+    if TYPE_CHECKING:
+        # The constructor the dataclass generates, as callers see it: ``retry=None`` (the one-attempt
+        # policy) and a ``timedelta`` max_age are accepted and normalised by __post_init__.
+        def __init__(
+            self,
+            name: str,
+            *,
+            retry: Retry | None = None,
+            on_exhausted: OnExhausted = "escalate",
+            revert: RevertMode = "branch",
+            keep_last: int | None = None,
+            max_age: float | datetime.timedelta | None = None,
+        ) -> None: ...
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        retry: Retry | None = None,
-        on_exhausted: OnExhausted = "escalate",
-        revert: RevertMode = "branch",
-        keep_last: int | None = None,
-        max_age: float | datetime.timedelta | None = None,
-    ) -> None:
+    def __post_init__(self) -> None:
+        name = self.name
         if not _is_name(name):
             raise TypeError(f"Checkpoint(name) must be a non-empty string, got {name!r}.")
+        retry: Retry | None = self.retry
         if retry is not None and not isinstance(retry, Retry):
             raise TypeError(f"Checkpoint({name!r}, retry=...) must be a ckflow.Retry, got {retry!r}.")
-        if on_exhausted not in _ON_EXHAUSTED:
-            raise ValueError(f"Checkpoint({name!r}, on_exhausted={on_exhausted!r}) must be one of {_ON_EXHAUSTED}.")
-        if revert not in _REVERT_MODES:
-            raise ValueError(f"Checkpoint({name!r}, revert={revert!r}) must be one of {_REVERT_MODES}.")
+        if self.on_exhausted not in _ON_EXHAUSTED:
+            raise ValueError(
+                f"Checkpoint({name!r}, on_exhausted={self.on_exhausted!r}) must be one of {_ON_EXHAUSTED}."
+            )
+        if self.revert not in _REVERT_MODES:
+            raise ValueError(f"Checkpoint({name!r}, revert={self.revert!r}) must be one of {_REVERT_MODES}.")
         set_ = object.__setattr__
-        set_(self, "name", name)
-        set_(self, "retry", retry if retry is not None else _NO_RETRY)
-        set_(self, "on_exhausted", on_exhausted)
-        set_(self, "revert", revert)
-        if keep_last is not None and not _is_positive_int(keep_last):
-            raise ValueError(f"Checkpoint({name!r}, keep_last={keep_last!r}) must be a positive int or None.")
-        set_(self, "keep_last", keep_last)
+        if retry is None:
+            set_(self, "retry", _NO_RETRY)
+        if self.keep_last is not None and not _is_positive_int(self.keep_last):
+            raise ValueError(f"Checkpoint({name!r}, keep_last={self.keep_last!r}) must be a positive int or None.")
+        max_age: float | datetime.timedelta | None = self.max_age
         if isinstance(max_age, datetime.timedelta):
             max_age = max_age.total_seconds()
         if max_age is not None:
@@ -234,17 +205,3 @@ class Checkpoint:
                     "a timedelta)."
                 )
         set_(self, "max_age", max_age)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"Checkpoint is frozen; build a new one instead of setting {name!r}.")
-
-    def __repr__(self) -> str:
-        retention = ""
-        if self.keep_last is not None:
-            retention += f", keep_last={self.keep_last}"
-        if self.max_age is not None:
-            retention += f", max_age={self.max_age}"
-        return (
-            f"Checkpoint({self.name!r}, retry={self.retry!r}, on_exhausted={self.on_exhausted!r}, "
-            f"revert={self.revert!r}{retention})"
-        )

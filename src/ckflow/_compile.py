@@ -13,7 +13,6 @@ Run-time code never walks the pattern tree again.
 
 from __future__ import annotations
 
-import gc
 import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, final
@@ -506,13 +505,9 @@ class _Compiler:
 
 
 def compile_flow(flow: Flow) -> ExecutionGraph:
-    """Compile ``flow``; prefer ``flow.compile()``, which caches the result on the flow."""
-    # Compilation allocates millions of small containers for a large flow and frees none of them
-    # until it ends; the cyclic GC would rescan them over and over (superlinear in V), for nothing.
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return _Compiler(flow).compile()
-    finally:
-        if enabled:
-            gc.enable()
+    """Compile ``flow``; prefer ``flow.compile()``, which caches the result on the flow.
+
+    The cyclic GC is left alone: the collector is process-wide state, and a
+    library must not switch it off under the application's other threads.
+    """
+    return _Compiler(flow).compile()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import TYPE_CHECKING
 
+from ckflow import _policy
 from ckflow._compile import ROOT, TASK, ExecutionGraph
 
 if TYPE_CHECKING:
@@ -96,19 +97,34 @@ class Decision:
         return f"<Decision scope={self.scope} {self.action.name} {len(self.members)} nodes>"
 
 
+def _no_failure_yet(scope: int) -> float | None:
+    return None
+
+
 def decide(
     graph: ExecutionGraph,
     failed: int,
     exc: BaseException,
     attempt_of: Callable[[int, int], int],
-    timed_out: Callable[[int], bool] = lambda scope: False,
+    first_failure_at: Callable[[int], float | None] = _no_failure_yet,
+    now: float | None = None,
 ) -> Decision:
     """Apply DESIGN §4 step 5 at the moment a failure arrives.
 
     ``attempt_of(node, scope)`` is the node's attempt (1-based) under the
-    checkpoint ``scope``; ``timed_out(scope)`` tells whether the checkpoint's
-    ``Retry.timeout`` has passed. Exhausted or rejected failures climb to the
+    checkpoint ``scope``. ``first_failure_at(scope)`` is the monotonic time of
+    the first failure under the checkpoint ``scope`` in its current activation,
+    or None if this failure is the first; ``now`` is the same clock's current
+    reading. Both feed ``Retry.timeout`` through ``ckflow._policy.should_retry``;
+    nothing is recorded here: the caller keeps the first-failure times (it sets
+    ``first_failure[decision.scope]`` when it retries a region it had not yet
+    seen fail in this activation). Exhausted or rejected failures climb to the
     enclosing checkpoint at once, so doomed work is cancelled now.
+
+    Transitional: called without ``now``, the fifth argument is the former
+    ``timed_out(scope) -> bool`` callback (called, as before, only once
+    ``retry_on`` and the attempts allow a retry), until the walker passes
+    ``first_failure_at`` and ``now``.
     """
     seeds: set[int] = {failed}
     scope = graph.nodes[failed].scope
@@ -120,7 +136,11 @@ def decide(
         members = region(graph, seeds, scope, checkpoint.revert)
         policy = checkpoint.retry
         highest = max(attempt_of(n, scope) for n in members)
-        if policy.should_retry(exc) and highest < policy.attempts and not timed_out(scope):
+        if now is None:
+            retry = _policy.should_retry(policy, exc, highest, None, 0.0) and not first_failure_at(scope)
+        else:
+            retry = _policy.should_retry(policy, exc, highest, first_failure_at(scope), now)
+        if retry:
             return Decision(scope, members, Action.RETRY, tuple(exhausted))
         exhausted.append(scope)
         if checkpoint.on_exhausted == "suspend":

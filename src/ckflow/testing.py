@@ -4,7 +4,7 @@ Example::
 
     from ckflow.testing import EventRecorder, set_testing
 
-    set_testing(True)              # every Retry delay becomes 0
+    set_testing(True, attempts=2)  # every Retry delay becomes 0, and no Retry allows more than 2 executions
     events = EventRecorder()
     result = await ckflow.run(flow, on_event=events)
     assert events.tasks("ckflow.task.reverted") == ["b", "a"]
@@ -15,39 +15,63 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, final
 
-from ckflow._checkpoint import _TESTING
+from ckflow._policy import ENV
 
 if TYPE_CHECKING:
+    import random
     from collections.abc import Iterator
 
     from ckflow._events import Event
 
-__all__ = ["EventRecorder", "is_testing", "set_testing", "testing"]
+__all__ = ["EventRecorder", "is_testing", "seed_jitter", "set_testing", "testing"]
 
 
-def set_testing(enabled: bool) -> None:
+def set_testing(enabled: bool, *, attempts: int | None = None) -> None:
     """Switch ckflow's test mode on or off for the whole process.
 
     In test mode every ``Retry`` delay is 0, so retries and backoff happen at
     once while the attempt counting stays exactly as in production.
+    ``attempts=N`` also caps every ``Retry`` at N executions per activation
+    (``min(retry.attempts, N)``), so a test of a flow written with
+    ``Retry(attempts=10)`` does not run a failing task ten times; None (the
+    default) keeps each policy's own ``attempts``. Switching test mode off
+    drops the cap.
     """
-    _TESTING.zero_delays = bool(enabled)
+    if attempts is not None:
+        if isinstance(attempts, bool) or not isinstance(attempts, int):
+            raise TypeError(f"set_testing(attempts=...) must be an int or None, got {attempts!r}.")
+        if attempts < 1:
+            raise ValueError(f"set_testing(attempts={attempts}) must be >= 1: it counts the first execution too.")
+        if not enabled:
+            raise ValueError("set_testing(False, attempts=...): the attempts cap applies only in test mode.")
+    ENV.zero_delays = bool(enabled)
+    ENV.attempts_cap = attempts if enabled else None
 
 
 def is_testing() -> bool:
     """True while test mode is on."""
-    return _TESTING.zero_delays
+    return ENV.zero_delays
 
 
 @contextmanager
-def testing(enabled: bool = True) -> Iterator[None]:
-    """Test mode for the duration of a ``with`` block; the previous mode is restored after."""
-    before = _TESTING.zero_delays
-    set_testing(enabled)
+def testing(enabled: bool = True, *, attempts: int | None = None) -> Iterator[None]:
+    """Test mode (and its ``attempts`` cap) for a ``with`` block; the previous settings are restored after."""
+    before = (ENV.zero_delays, ENV.attempts_cap)
+    set_testing(enabled, attempts=attempts)
     try:
         yield
     finally:
-        set_testing(before)
+        ENV.zero_delays, ENV.attempts_cap = before
+
+
+def seed_jitter(seed: int | None) -> random.Random:
+    """Seed the RNG every ``Retry`` jitter is drawn from, for reproducible delays; return that RNG.
+
+    The RNG stays the same object, so a test using hypothesis can pass it to
+    ``hypothesis.register_random``. ``None`` reseeds it from the OS.
+    """
+    ENV.rng.seed(seed)
+    return ENV.rng
 
 
 @final
