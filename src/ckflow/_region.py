@@ -107,7 +107,7 @@ def decide(
     exc: BaseException,
     attempt_of: Callable[[int, int], int],
     first_failure_at: Callable[[int], float | None] = _no_failure_yet,
-    now: float | None = None,
+    now: float = 0.0,
 ) -> Decision:
     """Apply DESIGN §4 step 5 at the moment a failure arrives.
 
@@ -120,11 +120,6 @@ def decide(
     ``first_failure[decision.scope]`` when it retries a region it had not yet
     seen fail in this activation). Exhausted or rejected failures climb to the
     enclosing checkpoint at once, so doomed work is cancelled now.
-
-    Transitional: called without ``now``, the fifth argument is the former
-    ``timed_out(scope) -> bool`` callback (called, as before, only once
-    ``retry_on`` and the attempts allow a retry), until the walker passes
-    ``first_failure_at`` and ``now``.
     """
     seeds: set[int] = {failed}
     scope = graph.nodes[failed].scope
@@ -136,11 +131,7 @@ def decide(
         members = region(graph, seeds, scope, checkpoint.revert)
         policy = checkpoint.retry
         highest = max(attempt_of(n, scope) for n in members)
-        if now is None:
-            retry = _policy.should_retry(policy, exc, highest, None, 0.0) and not first_failure_at(scope)
-        else:
-            retry = _policy.should_retry(policy, exc, highest, first_failure_at(scope), now)
-        if retry:
+        if _policy.should_retry(policy, exc, highest, first_failure_at(scope), now):
             return Decision(scope, members, Action.RETRY, tuple(exhausted))
         exhausted.append(scope)
         if checkpoint.on_exhausted == "suspend":

@@ -18,7 +18,6 @@ reason).
 
 from __future__ import annotations
 
-import time
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Final
 
@@ -230,14 +229,6 @@ class RunState:
     def attempt(self, n: int) -> int:
         """Task ``n``'s attempt under its innermost checkpoint."""
         return 1 + self.retries.get((n, self.nodes[n].scope), 0) if self.retries else 1
-
-    def timed_out(self, scope: int) -> bool:
-        """True once the checkpoint's ``Retry.timeout`` has passed since its first failure in this activation."""
-        checkpoint = self.graph.scopes[scope].checkpoint
-        if checkpoint is None or checkpoint.retry.timeout is None:
-            return False
-        first = self.first_failure.setdefault(scope, time.monotonic())
-        return time.monotonic() - first >= checkpoint.retry.timeout
 
     def retries_of(self, n: int) -> dict[str, int]:
         """Checkpoint name -> how often that checkpoint retried task ``n`` in its current activation."""

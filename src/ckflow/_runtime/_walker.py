@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
+from ckflow import _policy
 from ckflow._compile import LOOP, ROOT, TASK
 from ckflow._errors import CkflowInternalError
 from ckflow._events import DEBUG, INFO, WARNING
@@ -158,7 +159,14 @@ class RevertWalker:
         return not (self.reverting or self.revert_ready or any(r.held for r in self.regions))
 
     def on_failure(self, n: int, exc: BaseException, failure: Failure, failed_at: float, seq: int | None) -> None:
-        decision = decide(self.run.graph, n, exc, self.run.attempt_under, self.run.timed_out)
+        """Task ``n`` failed outside any region: decide (retry, park, escalate) and open its region now."""
+        run = self.run
+        now = _policy.clock()
+        decision = decide(run.graph, n, exc, run.attempt_under, run.first_failure.get, now)
+        if decision.action is Action.RETRY:
+            checkpoint = run.graph.scopes[decision.scope].checkpoint
+            if checkpoint is not None and checkpoint.retry.timeout is not None:
+                run.first_failure.setdefault(decision.scope, now)  # Retry.timeout counts from the first failure
         # An expected failure, which its checkpoint retries, is news (INFO); one that escalates is a warning.
         self.run.log_failure(n, failure, INFO if decision.action is Action.RETRY else WARNING, seq)
         scopes = self.run.graph.scopes
@@ -451,7 +459,7 @@ class RevertWalker:
         assert checkpoint is not None
         tasks = [m for m in region.members if self.run.nodes[m].kind == TASK and self.run.state[m] is REVERTED]
         retry_number = max((self.run.attempt_under(m, region.scope) for m in tasks), default=1)
-        delay = checkpoint.retry.delay_for(retry_number)
+        delay = _policy.delay(checkpoint.retry, retry_number, _policy.rng())
         self.run.event(
             "ckflow.walker.retry",
             checkpoint=scope.name,
