@@ -1,10 +1,10 @@
-"""The ``ckflow`` command line (stdlib ``argparse``, so it needs no extra dependency).
+"""The ``ckflow`` command line's parser and dispatch (stdlib ``argparse``, so it needs no extra dependency).
 
 Each subcommand is a function taking the parsed arguments and returning an
 exit status; add one by writing it and registering it in ``_parser()``.
-The commands over a store live in ``_cli_runs`` (reading, pruning, graphs)
-and ``_cli_control`` (resuming and controlling runs); ``_cli_format`` holds
-what they print.
+The commands over a store live in ``_runs`` (reading, pruning, graphs)
+and ``_control`` (resuming and controlling runs); ``_format`` holds
+what they print, and ``_demo`` the ``ckflow demo`` command.
 
 Exit statuses: 0 when the command did what it was asked (for a command that
 runs a run here: when the run ended where the command meant it to), 1 for an
@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
-from ckflow import _cli_control, _cli_runs
-from ckflow._cli_control import LEFT_IN_STORE
-from ckflow._cli_format import CliError, Console, StatusLine, parse_duration, printable
+from ckflow._cli import _control, _runs
+from ckflow._cli._control import LEFT_IN_STORE
+from ckflow._cli._format import CliError, Console, StatusLine, parse_duration, printable
 from ckflow._errors import CkflowError, FlowNotRegisteredError, InvalidRunIdError
 from ckflow._ids import check_run_id
 from ckflow._states import FlowState
@@ -45,7 +45,7 @@ _ENDED: Final = tuple(str(state) for state in (FlowState.SUCCESS, FlowState.REVE
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ckflow._demo import run_demo
+    from ckflow._cli._demo import run_demo
 
     fast: bool = args.fast
     store: str = args.store or DEMO_STORE
@@ -100,7 +100,7 @@ def _common(*, top: bool) -> argparse.ArgumentParser:
 
 
 def _parser() -> argparse.ArgumentParser:
-    control, runs = _cli_control, _cli_runs
+    control, runs = _control, _runs
     parser = argparse.ArgumentParser(
         prog="ckflow",
         description="ckflow: asyncio-native orchestration with checkpoints and partial revert.",

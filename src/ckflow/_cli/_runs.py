@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
-from ckflow._cli_format import CliError, StatusLine, cut, failure_line, fmt_duration, fmt_time, printable, table
+from ckflow._cli._format import CliError, StatusLine, cut, failure_line, fmt_duration, fmt_time, printable, table
 from ckflow._errors import CkflowError
 from ckflow._registry import registered_flow, registered_flows
 from ckflow._states import TERMINAL, FlowState
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import Sequence
 
-    from ckflow._cli_format import Console
+    from ckflow._cli._format import Console
     from ckflow._events import Event
     from ckflow._patterns import Flow
     from ckflow._records import CheckpointRecord, ControlRequest, RunRecord, TaskRecord
