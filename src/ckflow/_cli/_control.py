@@ -64,19 +64,20 @@ async def _ticking(draw: Callable[[], None], operation: Awaitable[T]) -> T:
             draw()
 
     failure: Exception | None = None
+    value: list[T] = []  # the operation's result, once it has one
     # Drawn once before anything awaits: the run (already started) logs nothing before the status line shows.
     draw()
     async with anyio.create_task_group() as tg:
         tg.start_soon(tick)
         try:
-            value = await operation
+            value.append(await operation)
         except Exception as exc:  # raised as is below, not inside the task group's ExceptionGroup
             failure = exc
         finally:
             tg.cancel_scope.cancel()
     if failure is not None:
         raise failure
-    return value
+    return value[0]
 
 
 class _Watch:
