@@ -58,7 +58,7 @@ def url(tmp_path: Path) -> str:
 def _fresh(monkeypatch: pytest.MonkeyPatch) -> None:
     """No store from the environment, no gates or log left by another test, and a quick --follow."""
     monkeypatch.delenv("CKFLOW_STORE", raising=False)
-    monkeypatch.setattr("ckflow._cli_runs.FOLLOW_POLL", 0.01)
+    monkeypatch.setattr("ckflow._cli._runs.FOLLOW_POLL", 0.01)
     cli_flows.GATES.clear()
     cli_flows.STARTED.clear()
     cli_flows.LOG.clear()
@@ -638,7 +638,7 @@ class TestPrune:
     def test_progress_on_a_terminal(self, cli: Cli, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
         """On a terminal prune draws its progress chunk by chunk, then leaves a one-line summary."""
         seed(url, *[(f"old-{i}", "SUCCESS", 40) for i in range(5)])
-        monkeypatch.setattr("ckflow._cli_runs.PRUNE_CHUNK", 2)
+        monkeypatch.setattr("ckflow._cli._runs.PRUNE_CHUNK", 2)
         err = Terminal()
         monkeypatch.setattr(sys, "stderr", err)
         assert cli("prune", "--store", url, "--yes").status == 0

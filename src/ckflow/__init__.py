@@ -11,7 +11,7 @@ Layering (each layer imports only the ones above it):
     _runtime                                  the revert walker, control requests, the scheduler
     _journal, _resume                         writing a run to its store, rebuilding it from there
     _run, _registry, _engine                  handles, flows by name, the engine
-    _cli*, _demo                              the command line (an application of the above)
+    _cli                                      the command line (an application of the above)
 """
 
 from __future__ import annotations

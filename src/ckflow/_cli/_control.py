@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Final, TypeVar
 
 import anyio
 
-from ckflow._cli_format import CliError, StatusLine, Stopwatch, failure_line, fmt_duration
-from ckflow._cli_runs import TERMINAL, open_cli_store
+from ckflow._cli._format import CliError, StatusLine, Stopwatch, failure_line, fmt_duration
+from ckflow._cli._runs import TERMINAL, open_cli_store
 from ckflow._engine import Engine
 from ckflow._errors import RunOwnedError
 from ckflow._states import FlowState, TaskState
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import AsyncIterator, Awaitable, Callable
 
-    from ckflow._cli_format import Console
+    from ckflow._cli._format import Console
     from ckflow._events import Event
     from ckflow._records import RunRecord
     from ckflow._run import Run
@@ -41,7 +41,7 @@ LEASE_TTL: float = 10.0
 HEARTBEAT: float = 1.0
 #: seconds between redraws of a status line
 TICK: Final = 0.1
-#: ids of the runs a command leaves in their store on purpose, SUSPENDED or interrupted (``_cli`` hides
+#: ids of the runs a command leaves in their store on purpose, SUSPENDED or interrupted (``_main`` hides
 #: the engine's "stopped when it shut down" warning for them: the command's own summary says so)
 LEFT_IN_STORE: Final[set[str]] = set()
 _DONE: Final = frozenset({TaskState.SUCCESS, TaskState.SKIPPED})
@@ -64,19 +64,20 @@ async def _ticking(draw: Callable[[], None], operation: Awaitable[T]) -> T:
             draw()
 
     failure: Exception | None = None
+    value: list[T] = []  # the operation's result, once it has one
     # Drawn once before anything awaits: the run (already started) logs nothing before the status line shows.
     draw()
     async with anyio.create_task_group() as tg:
         tg.start_soon(tick)
         try:
-            value = await operation
+            value.append(await operation)
         except Exception as exc:  # raised as is below, not inside the task group's ExceptionGroup
             failure = exc
         finally:
             tg.cancel_scope.cancel()
     if failure is not None:
         raise failure
-    return value
+    return value[0]
 
 
 class _Watch:

@@ -279,7 +279,8 @@ async def run_demo(
     store: str = "sqlite:///ckflow-demo.db",
 ) -> int:
     """Run the three scenarios on ``store``, printing as they go; returns 0 if each ended as intended."""
-    stream = out if out is not None else sys.stdout
+    # Declared: typeshed's sys.stdout is `TextIO | Any`, and with Any pyright would not narrow `colour` to bool.
+    stream: TextIO = out if out is not None else sys.stdout
     if colour is None:
         colour = stream.isatty() and "NO_COLOR" not in os.environ
     flow = build_flow(fast=fast)

@@ -1,10 +1,10 @@
-"""The ``ckflow`` command line (stdlib ``argparse``, so it needs no extra dependency).
+"""The ``ckflow`` command line's parser and dispatch (stdlib ``argparse``, so it needs no extra dependency).
 
 Each subcommand is a function taking the parsed arguments and returning an
 exit status; add one by writing it and registering it in ``_parser()``.
-The commands over a store live in ``_cli_runs`` (reading, pruning, graphs)
-and ``_cli_control`` (resuming and controlling runs); ``_cli_format`` holds
-what they print.
+The commands over a store live in ``_runs`` (reading, pruning, graphs)
+and ``_control`` (resuming and controlling runs); ``_format`` holds
+what they print, and ``_demo`` the ``ckflow demo`` command.
 
 Exit statuses: 0 when the command did what it was asked (for a command that
 runs a run here: when the run ended where the command meant it to), 1 for an
@@ -23,15 +23,16 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
-from ckflow import _cli_control, _cli_runs
-from ckflow._cli_control import LEFT_IN_STORE
-from ckflow._cli_format import CliError, Console, StatusLine, parse_duration, printable
+from ckflow._cli import _control, _runs
+from ckflow._cli._control import LEFT_IN_STORE
+from ckflow._cli._format import CliError, Console, StatusLine, parse_duration, printable
 from ckflow._errors import CkflowError, FlowNotRegisteredError, InvalidRunIdError
 from ckflow._ids import check_run_id
 from ckflow._states import FlowState
 from ckflow._version import __version__
 
 if TYPE_CHECKING:
+    from argparse import _SubParsersAction
     from collections.abc import Iterator, Sequence
 
 __all__ = ["main"]
@@ -45,7 +46,7 @@ _ENDED: Final = tuple(str(state) for state in (FlowState.SUCCESS, FlowState.REVE
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ckflow._demo import run_demo
+    from ckflow._cli._demo import run_demo
 
     fast: bool = args.fast
     store: str = args.store or DEMO_STORE
@@ -100,7 +101,6 @@ def _common(*, top: bool) -> argparse.ArgumentParser:
 
 
 def _parser() -> argparse.ArgumentParser:
-    control, runs = _cli_control, _cli_runs
     parser = argparse.ArgumentParser(
         prog="ckflow",
         description="ckflow: asyncio-native orchestration with checkpoints and partial revert.",
@@ -108,6 +108,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ckflow {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_demo(commands)
+    command = _Commands(commands)
+    _add_reading(command)
+    _add_control(command)
+    _add_upkeep(command)
+    return parser
+
+
+def _add_demo(commands: _SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``ckflow demo``: it brings its own store, so it takes none of the global options after its name."""
     demo = commands.add_parser(
         "demo",
         help="provision a server: watch one branch be reverted and retried while the others run",
@@ -125,48 +135,61 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(handler=_demo)
 
-    common = [_common(top=False)]
 
-    def command(name: str, handler: Any, summary: str, *, check: Any = _needs_store) -> argparse.ArgumentParser:
-        sub = commands.add_parser(
-            name, parents=common, help=summary, description=summary[0].upper() + summary[1:] + "."
+class _Commands:
+    """Adds the commands that accept the global options after their name too."""
+
+    def __init__(self, commands: _SubParsersAction[argparse.ArgumentParser]) -> None:
+        self._commands = commands
+        self._common = [_common(top=False)]
+
+    def __call__(self, name: str, handler: Any, summary: str, *, check: Any = None) -> argparse.ArgumentParser:
+        """Add command ``name``; ``check(args)`` returns the usage error to report, if any (default: a store)."""
+        sub = self._commands.add_parser(
+            name, parents=self._common, help=summary, description=summary[0].upper() + summary[1:] + "."
         )
-        sub.set_defaults(handler=handler, check=check, subparser=sub)
+        sub.set_defaults(handler=handler, check=check or _needs_store, subparser=sub)
         return sub
 
-    sub = command("runs", runs.cmd_runs, "list the runs of the store, newest first")
+
+def _add_reading(command: _Commands) -> None:
+    """The commands that read runs: ``runs``, ``show``, ``events``."""
+    sub = command("runs", _runs.cmd_runs, "list the runs of the store, newest first")
     _add_states(sub, _STATES, f"only runs in these states ({', '.join(_STATES)})")
     sub.add_argument("--flow", metavar="NAME", help="only runs of this flow")
     sub.add_argument(
         "--limit", metavar="N", type=_count, default=50, help="show at most N runs (default: 50; 0 for all)"
     )
 
-    sub = command("show", runs.cmd_show, "show a run: its record, tasks, checkpoints and pending requests")
+    sub = command("show", _runs.cmd_show, "show a run: its record, tasks, checkpoints and pending requests")
     sub.add_argument("run_id", metavar="RUN", help="the run's id", type=_run_id)
 
-    sub = command("events", runs.cmd_events, "print a run's events in order")
+    sub = command("events", _runs.cmd_events, "print a run's events in order")
     sub.add_argument("run_id", metavar="RUN", help="the run's id", type=_run_id)
     sub.add_argument("--after", metavar="SEQ", type=int, default=-1, help="only events after sequence number SEQ")
     sub.add_argument("--follow", "-f", action="store_true", help="keep printing new events until the run ends")
 
+
+def _add_control(command: _Commands) -> None:
+    """The commands that move runs: ``resume``, ``suspend``, ``cancel``, ``goto``, ``revert-to``."""
     sub = command(
-        "resume", control.cmd_resume, "go on with a run here, in the foreground, until it ends or is suspended"
+        "resume", _control.cmd_resume, "go on with a run here, in the foreground, until it ends or is suspended"
     )
     sub.add_argument("run_id", metavar="RUN", help="the run's id", type=_run_id)
 
-    sub = command("suspend", control.cmd_suspend, "suspend a run: running tasks finish, nothing new starts")
+    sub = command("suspend", _control.cmd_suspend, "suspend a run: running tasks finish, nothing new starts")
     sub.add_argument("run_id", metavar="RUN", help="the run's id", type=_run_id)
 
-    sub = command("cancel", control.cmd_cancel, "cancel a run: revert everything that ran")
+    sub = command("cancel", _control.cmd_cancel, "cancel a run: revert everything that ran")
     sub.add_argument("run_id", metavar="RUN", help="the run's id", type=_run_id)
 
-    sub = command("goto", control.cmd_goto, "run a run forward (or back) to a checkpoint and suspend it there")
+    sub = command("goto", _control.cmd_goto, "run a run forward (or back) to a checkpoint and suspend it there")
     sub.add_argument("run_id", metavar="RUN", help="the run's id", type=_run_id)
     sub.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint of the run's flow")
 
     sub = command(
         "revert-to",
-        control.cmd_revert_to,
+        _control.cmd_revert_to,
         "revert what a checkpoint's scope and its consumers ran, then run it again (or park there)",
     )
     sub.add_argument("run_id", metavar="RUN", help="the run's id", type=_run_id)
@@ -175,7 +198,10 @@ def _parser() -> argparse.ArgumentParser:
         "--no-retry", dest="retry", action="store_false", help="park the run SUSPENDED at the checkpoint instead"
     )
 
-    sub = command("prune", runs.cmd_prune, "delete runs that ended long ago")
+
+def _add_upkeep(command: _Commands) -> None:
+    """The commands that keep a store and its flows: ``prune``, ``graph``, ``flows``."""
+    sub = command("prune", _runs.cmd_prune, "delete runs that ended long ago")
     sub.add_argument(
         "--older-than",
         metavar="DURATION",
@@ -189,7 +215,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sub = command(
         "graph",
-        runs.cmd_graph,
+        _runs.cmd_graph,
         "print a registered flow (or a run's flow, coloured by its task states) as Mermaid text",
         check=_check_graph,
     )
@@ -198,8 +224,11 @@ def _parser() -> argparse.ArgumentParser:
         "--run", metavar="RUN", dest="run_id", type=_run_id, help="the flow of this run, coloured by its task states"
     )
 
-    command("flows", runs.cmd_flows, "list the registered flows (after --import)", check=None)
-    return parser
+    command("flows", _runs.cmd_flows, "list the registered flows (after --import)", check=_no_check)
+
+
+def _no_check(args: argparse.Namespace) -> str | None:
+    return None
 
 
 def _needs_store(args: argparse.Namespace) -> str | None:
@@ -349,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status
     args.imports = [*args.imports, *getattr(args, "more_imports", [])]
     args.store_url = args.store or os.environ.get(STORE_ENV) or None
-    problem = None if args.check is None else args.check(args)
+    problem = args.check(args)
     if problem is not None:
         try:
             args.subparser.error(problem)

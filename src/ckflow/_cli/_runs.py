@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
-from ckflow._cli_format import CliError, StatusLine, cut, failure_line, fmt_duration, fmt_time, printable, table
+from ckflow._cli._format import CliError, StatusLine, cut, failure_line, fmt_duration, fmt_time, printable, table
 from ckflow._errors import CkflowError
 from ckflow._registry import registered_flow, registered_flows
 from ckflow._states import TERMINAL, FlowState
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import Sequence
 
-    from ckflow._cli_format import Console
+    from ckflow._cli._format import Console
     from ckflow._events import Event
     from ckflow._patterns import Flow
     from ckflow._records import CheckpointRecord, ControlRequest, RunRecord, TaskRecord
@@ -191,6 +191,19 @@ async def cmd_show(args: argparse.Namespace, console: Console) -> int:
         )
         return 0
     now = time.time()
+    _show_record(console, record, now)
+    console.print()
+    _show_tasks(console, record, tasks, now)
+    console.print()
+    _show_passes(console, record, passes)
+    console.print()
+    console.print(f"{'rows':<10} " + ", ".join(f"{name} {count}" for name, count in counts.items()))
+    _show_pending(console, pending)
+    return 0
+
+
+def _show_record(console: Console, record: RunRecord, now: float) -> None:
+    """``ckflow show``'s first block: the run's record, one field a line, and what it was asked to do."""
     took = "" if record.ended_at is None else f" (took {fmt_duration(record.ended_at - record.created_at)})"
     fields = [
         ("run", record.run_id),
@@ -207,41 +220,47 @@ async def cmd_show(args: argparse.Namespace, console: Console) -> int:
     if record.goto is not None:
         fields.append(("control", f"going to checkpoint {record.goto!r}, to suspend there"))
     _print(console, [f"{key:<10} {value}" for key, value in fields])
-    flow = maybe_flow(record.flow)
-    order = _task_order(flow, tasks)
-    console.print()
-    if order:
-        rows = [_task_row(name, task, now) for name, task in order]
-        headers = ("TASK", "STATE", "ATTEMPTS", "STARTED", "DURATION", "FAILURE")
-        _print(console, table(headers, rows, width=console.width))
-    else:
+
+
+def _show_tasks(console: Console, record: RunRecord, tasks: Sequence[TaskRecord], now: float) -> None:
+    """``ckflow show``'s task table, in the flow's order when the flow is registered here."""
+    order = _task_order(maybe_flow(record.flow), tasks)
+    if not order:
         console.print("tasks      none recorded yet")
-    console.print()
-    if passes:
-        rows = [
-            (
-                f"{p.checkpoint} (flow)" if p.checkpoint == record.flow else p.checkpoint,
-                str(p.pass_no),
-                p.state,
-                str(p.attempts),
-                str(len(p.history)),
-                failure_line(p.history[-1]) if p.history else "",
-            )
-            for p in passes
-        ]
-        headers = ("CHECKPOINT", "PASS", "STATE", "ATTEMPTS", "FAILURES", "LAST FAILURE")
-        _print(console, table(headers, rows, width=console.width))
-    else:
+        return
+    rows = [_task_row(name, task, now) for name, task in order]
+    headers = ("TASK", "STATE", "ATTEMPTS", "STARTED", "DURATION", "FAILURE")
+    _print(console, table(headers, rows, width=console.width))
+
+
+def _show_passes(console: Console, record: RunRecord, passes: Sequence[CheckpointRecord]) -> None:
+    """``ckflow show``'s checkpoint table: the latest pass of each checkpoint."""
+    if not passes:
         console.print("checkpoints none passed yet")
-    console.print()
-    console.print(f"{'rows':<10} " + ", ".join(f"{name} {count}" for name, count in counts.items()))
+        return
+    rows = [
+        (
+            f"{p.checkpoint} (flow)" if p.checkpoint == record.flow else p.checkpoint,
+            str(p.pass_no),
+            p.state,
+            str(p.attempts),
+            str(len(p.history)),
+            failure_line(p.history[-1]) if p.history else "",
+        )
+        for p in passes
+    ]
+    headers = ("CHECKPOINT", "PASS", "STATE", "ATTEMPTS", "FAILURES", "LAST FAILURE")
+    _print(console, table(headers, rows, width=console.width))
+
+
+def _show_pending(console: Console, pending: Sequence[ControlRequest]) -> None:
+    """``ckflow show``'s last block: the control requests that no engine has carried out yet."""
     if not pending:
         console.print(f"{'requests':<10} none pending")
-        return 0
+        return
     console.print()
     rows = [(r.request_id, _request_text(r), fmt_time(r.requested_at), r.requested_by) for r in pending]
     _print(console, table(("PENDING REQUEST", "OPERATION", "REQUESTED", "BY"), rows, width=console.width))
-    return 0
 
 
 # -- events -------------------------------------------------------------------------------

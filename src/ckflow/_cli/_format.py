@@ -215,7 +215,7 @@ class StatusLine:
     Everything it draws goes to stderr, and only when stderr is a terminal:
     elsewhere it draws nothing at all. From its first ``show()`` until it is
     closed, ``active()`` returns it, so that a log line can clear it first
-    (``_cli`` does so for ckflow's structlog output).
+    (``_main`` does so for ckflow's structlog output).
     """
 
     __slots__ = ("_console", "_shown", "enabled")

@@ -1,0 +1,16 @@
+"""The ``ckflow`` command line: an application of the library, private to it.
+
+Its modules, each importing only the ones below it:
+
+    _main       the parser, the global options and the dispatch of a command
+    _control    the commands that resume and control runs: resume, suspend, cancel, goto, revert-to
+    _runs       the commands that read a store: runs, show, events, prune, graph, flows
+    _format     what the commands print: tables, durations, the status line, JSON output
+    _demo       ``ckflow demo``: a provisioning flow that shows a revert and a retry
+"""
+
+from __future__ import annotations
+
+from ckflow._cli._main import main
+
+__all__ = ["main"]
