@@ -270,7 +270,7 @@ def local_view(handle: Run) -> _Local | None:
 class _Local:
     """The handle's view of a run that this engine runs, and the engine's: the package's one reader of a RunCore.
 
-    The methods after the handle's (``main`` on) are the engine's: running the core, its lease, and closing.
+    The methods from ``progress`` on are the engine's: running the core, its lease, and closing.
     """
 
     __slots__ = ("core",)
@@ -405,10 +405,11 @@ class _Local:
 class _Stored:
     """The handle's view of a run through its store: another engine runs it, or it has ended."""
 
-    __slots__ = ("engine", "flow_obj", "record", "taken", "task_records")
+    __slots__ = ("flow_obj", "record", "services", "taken", "task_records")
 
-    def __init__(self, engine: EngineServices, record: RunRecord, flow: Flow | None) -> None:
-        self.engine = engine
+    def __init__(self, services: EngineServices, record: RunRecord, flow: Flow | None) -> None:
+        #: all this handle may ask of its engine
+        self.services = services
         self.record = record
         self.flow_obj = flow
         #: the local handle, once this engine took the run over
@@ -433,14 +434,14 @@ class _Stored:
 
     async def refresh(self) -> RunRecord:
         """Read the run's record and task records again."""
-        self.record = await self.engine.store.get_run(self.run_id)
-        self.task_records = await self.engine.summaries(self.run_id)
+        self.record = await self.services.store.get_run(self.run_id)
+        self.task_records = await self.services.summaries(self.run_id)
         return self.record
 
     def events(self, buffer: int) -> EventStream:
         if self.record.state in TERMINAL:
             raise RunStateError(f"Run {self.run_id!r} has ended ({self.state}); it has no more events.")
-        return self.engine.tail_events(self.run_id, self.record.next_seq - 1, buffer)
+        return self.services.tail_events(self.run_id, self.record.next_seq - 1, buffer)
 
     def subscribe(self, callback: Callable[[Event], object]) -> Callable[[], None]:
         raise RunStateError(
@@ -453,18 +454,18 @@ class _Stored:
             record = await self.refresh()
             if done(record):
                 return record
-            await anyio.sleep(self.engine.poll_interval)
+            await anyio.sleep(self.services.poll_interval)
 
     async def wait(self) -> RunResult:
         local = self.taken
         if local is not None:
             return await local.wait()
         await self._until(lambda r: r.state in TERMINAL)
-        return await self.engine.stored_result(self.record, self.flow_obj)
+        return await self.services.stored_result(self.record, self.flow_obj)
 
     async def wait_suspended(self) -> RunResult:
         await self._until(lambda r: r.state in TERMINAL or r.state is FlowState.SUSPENDED)
-        return await self.engine.stored_result(self.record, self.flow_obj)
+        return await self.services.stored_result(self.record, self.flow_obj)
 
     async def _control(self, op: ControlOp, checkpoint: str | None = None, retry: bool = True) -> bool:
         """Carry out ``op``: here if no live engine owns the run (True), else through its owner (False)."""
@@ -476,7 +477,7 @@ class _Stored:
                 )
             return False
         if checkpoint is not None:
-            self.engine.check_checkpoint(record, self.flow_obj, checkpoint)
+            self.services.check_checkpoint(record, self.flow_obj, checkpoint)
         here = await self._take_over(record, op)
         if here is not None:
             return here
@@ -487,9 +488,9 @@ class _Stored:
             checkpoint=checkpoint,
             retry=retry,
             requested_at=time.time(),
-            requested_by=self.engine.id,
+            requested_by=self.services.id,
         )
-        store = self.engine.store
+        store = self.services.store
         await store.request(request)
         while True:
             # The owner marks the request done once it has taken effect (a suspend: once SUSPENDED).
@@ -509,13 +510,13 @@ class _Stored:
                     # Done here: no owner may carry it out again (a second revert_to would revert again).
                     await store.request(request.model_copy(update={"done_at": time.time()}))
                     return here
-            await anyio.sleep(self.engine.poll_interval)
+            await anyio.sleep(self.services.poll_interval)
 
     async def _take_over(self, record: RunRecord, op: ControlOp) -> bool | None:
         """Run ``op`` here if no live engine owns the run: True (the run now runs here), False (done in the store
         alone: a suspend of a run nobody runs), or None if a live engine owns it."""
         try:
-            taken = await self.engine.take_over(record, self.flow_obj, op)
+            taken = await self.services.take_over(record, self.flow_obj, op)
         except RunOwnedError:
             return None
         if taken is None:
