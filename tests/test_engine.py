@@ -84,6 +84,48 @@ class TestEngine:
         with pytest.raises(ckflow.RunStateError):
             await engine.start(Linear("l", noop("a")))
 
+    async def test_nothing_starts_while_the_engine_closes(self) -> None:
+        """Once its block is being left, the engine refuses new runs, though running ones still finish."""
+        gate = anyio.Event()
+
+        @task(name="slow")
+        async def slow() -> None:
+            await gate.wait()
+
+        refused: list[BaseException] = []
+
+        async def start_while_closing(engine: Engine) -> None:
+            await anyio.sleep(0.01)  # the engine's block has been left by now: it waits for `slow`
+            try:
+                await engine.start(Linear("l2", noop("a")))
+            except ckflow.RunStateError as exc:
+                refused.append(exc)
+            gate.set()
+
+        async with anyio.create_task_group() as outer, Engine() as engine:
+            run = await engine.start(Linear("l", slow))
+            outer.start_soon(start_while_closing, engine)
+        assert len(refused) == 1
+        assert "needs an open engine" in str(refused[0])
+        assert run.state is FlowState.SUCCESS
+
+    async def test_an_open_engine_is_not_entered_again(self) -> None:
+        """Entering an engine that is open raises RunStateError; once closed it may be entered again."""
+        engine = Engine()
+        async with engine:
+            with pytest.raises(ckflow.RunStateError, match="already open"):
+                await engine.__aenter__()
+        async with engine:
+            run = await engine.start(Linear("l", noop("a")))
+        assert run.state is FlowState.SUCCESS
+
+    def test_run_has_no_public_constructor(self) -> None:
+        """ckflow.Run cannot be made by hand: handles come from an engine (start, resume, attach)."""
+        with pytest.raises(TypeError, match=r"ckflow\.Run has no public constructor"):
+            ckflow.Run()
+        with pytest.raises(TypeError, match="no public constructor"):
+            ckflow.Run(object())
+
     @pytest.mark.parametrize("name", ["lease_ttl", "heartbeat", "poll_interval"])
     @pytest.mark.parametrize("value", [0, -1, float("inf"), float("nan")])
     def test_times_must_be_positive_and_finite(self, name: str, value: float) -> None:

@@ -10,7 +10,7 @@ Layering (each layer imports only the ones above it):
     _coro, _passes, _walker, _control,        running: stepping coroutines, checkpoint passes and Periodic,
     _runtime                                  the revert walker, control requests, the scheduler
     _journal, _resume                         writing a run to its store, rebuilding it from there
-    _run, _registry, _engine                  handles, flows by name, the engine
+    _registry, _engine                        flows by name; the engine package (Engine, run, Run handles)
     _cli                                      the command line (an application of the above)
 """
 
@@ -20,6 +20,7 @@ from ckflow._checkpoint import Checkpoint as Checkpoint
 from ckflow._checkpoint import Retry as Retry
 from ckflow._codec import register_codec as register_codec
 from ckflow._engine import Engine as Engine
+from ckflow._engine import Run as Run
 from ckflow._engine import run as run
 from ckflow._errors import AmbiguousProviderError as AmbiguousProviderError
 from ckflow._errors import Cancelled as Cancelled
@@ -62,7 +63,6 @@ from ckflow._patterns import Parallel as Parallel
 from ckflow._patterns import Periodic as Periodic
 from ckflow._registry import register_flow as register_flow
 from ckflow._registry import registered_flows as registered_flows
-from ckflow._run import Run as Run
 from ckflow._runtime._context import TaskContext as TaskContext
 from ckflow._runtime._context import current as current
 from ckflow._states import FlowState as FlowState

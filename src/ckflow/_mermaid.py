@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 from ckflow._compile import JOIN, LOOP, ROOT, TASK
 
 if TYPE_CHECKING:
+    from ckflow._engine import Run
     from ckflow._models import RunResult
     from ckflow._patterns import Flow
-    from ckflow._run import Run
 
 __all__ = ["to_mermaid"]
 

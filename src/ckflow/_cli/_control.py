@@ -27,9 +27,9 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
     from ckflow._cli._format import Console
+    from ckflow._engine import Run
     from ckflow._events import Event
     from ckflow._records import RunRecord
-    from ckflow._run import Run
     from ckflow.stores import Store
 
 __all__ = ["LEFT_IN_STORE", "cmd_cancel", "cmd_goto", "cmd_resume", "cmd_revert_to", "cmd_suspend"]

@@ -1,4 +1,4 @@
-"""``Run``: the handle of a run, wherever it runs (no public constructor).
+"""``Run``: the handle of a run, wherever it runs (no public constructor: engines make them, ``Run._create``).
 
 A handle is backed either by the run's live state in this engine (``_Local``)
 or by its store (``_Stored``): a run that another engine runs, or one that
@@ -6,13 +6,19 @@ has ended. A stored handle controls its run through the store: a request
 that the owning engine carries out at its next heartbeat, or, when no live
 engine owns the run, by taking the run over into this engine (the handle
 then becomes local).
+
+``_Local`` is the engine's one view of a running ``RunCore``: every read of
+the core's state, and every ``_control.request_*`` call, of this package is
+in it (the other contact with the run's internals, building a core, is
+``_cores``). ``_Stored`` reaches its engine only through ``EngineServices``;
+this module imports no other module of the package.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import TYPE_CHECKING, Protocol, final
+from typing import TYPE_CHECKING, NoReturn, Protocol, final
 
 import anyio
 
@@ -24,13 +30,69 @@ from ckflow._states import TERMINAL, FlowState
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from ckflow._engine import Engine
+    from ckflow._errors import LeaseLostError
     from ckflow._models import RunResult, TaskSummary
     from ckflow._patterns import Flow
     from ckflow._records import ControlOp, RunRecord
     from ckflow._runtime._core import RunCore
+    from ckflow.stores import Store
 
-__all__ = ["Run"]
+__all__ = ["EngineServices", "Run", "local_view"]
+
+
+class EngineServices(Protocol):
+    """All that a handle of a run in its store (``_Stored``) may ask of the engine that made it."""
+
+    @property
+    def id(self) -> str:
+        """The engine's id: who asks, in a control request."""
+        ...
+
+    @property
+    def poll_interval(self) -> float:
+        """Seconds between looks at the store while waiting for another engine."""
+        ...
+
+    @property
+    def store(self) -> Store:
+        """The engine's store (RunStateError if it has none, or has closed)."""
+        ...
+
+    async def take_over(self, record: RunRecord, flow: Flow | None, op: ControlOp) -> Run | None:
+        """Claim a run that no live engine owns and carry out ``op`` here (see ``Engine`` ownership).
+
+        Returns the run's local handle, or None for a suspend, done in the store alone.
+
+        Raises:
+            RunOwnedError: a live engine owns the run.
+        """
+        ...
+
+    async def summaries(self, run_id: str) -> dict[str, TaskSummary]:
+        """The run's tasks as its store recorded them."""
+        ...
+
+    async def stored_result(self, record: RunRecord, flow: Flow | None) -> RunResult:
+        """The run's result as its store recorded it."""
+        ...
+
+    def tail_events(self, run_id: str, after: int, buffer: int) -> EventStream:
+        """The run's events after ``after``, read from the store as they are written."""
+        ...
+
+    def check_checkpoint(self, record: RunRecord, flow: Flow | None, checkpoint: str) -> None:
+        """UnknownCheckpointError if the run's flow, when known here, has no such checkpoint."""
+        ...
+
+
+class _NoPublicConstructor(type):
+    """Metaclass of a class that only its package makes, through a private ``_create`` (trio's pattern)."""
+
+    def __call__(cls, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError(
+            f"{cls.__module__}.{cls.__qualname__} has no public constructor; an engine makes runs: "
+            "engine.start(), engine.resume(), engine.attach()."
+        )
 
 
 class _Backend(Protocol):
@@ -54,7 +116,7 @@ class _Backend(Protocol):
 
 
 @final
-class Run:
+class Run(metaclass=_NoPublicConstructor):
     """A run of an engine. Control it from any task of the engine's event loop.
 
     Cancelling a task that awaits ``wait()`` never cancels the run: the run
@@ -66,8 +128,14 @@ class Run:
 
     __slots__ = ("__weakref__", "_impl")
 
-    def __init__(self, impl: _Backend) -> None:
+    _impl: _Backend
+
+    @classmethod
+    def _create(cls, impl: _Backend) -> Run:
+        """The handle of a run, made by its engine (``Run(...)`` raises TypeError)."""
+        self = object.__new__(cls)
         self._impl = impl
+        return self
 
     @property
     def id(self) -> str:
@@ -188,14 +256,21 @@ class Run:
     def __repr__(self) -> str:
         impl = self._impl
         if isinstance(impl, _Local):
-            core = impl.core
-            done = sum(1 for n in core.graph.index.values() if core.state[n] == "SUCCESS")
-            return f"<ckflow.Run {core.flow!r} {core.run_id} {core.flow_state} {done}/{core.graph.task_count} done>"
+            return f"<ckflow.Run {impl.flow!r} {impl.run_id} {impl.state} {impl.progress()} done>"
         return f"<ckflow.Run {impl.flow!r} {impl.run_id} {impl.state} (in its store)>"
 
 
+def local_view(handle: Run) -> _Local | None:
+    """The live view of a run that this engine runs (None for a handle through the store)."""
+    impl = handle._impl
+    return impl if isinstance(impl, _Local) else None
+
+
 class _Local:
-    """The handle's view of a run that this engine runs."""
+    """The handle's view of a run that this engine runs, and the engine's: the package's one reader of a RunCore.
+
+    The methods from ``progress`` on are the engine's: running the core, its lease, and closing.
+    """
 
     __slots__ = ("core",)
 
@@ -261,14 +336,79 @@ class _Local:
     async def resume(self) -> None:
         self.core.request_resume()
 
+    # -- the engine's side --------------------------------------------------------
+
+    def progress(self) -> str:
+        """How many of the run's tasks succeeded, of how many: "3/5"."""
+        core = self.core
+        done = sum(1 for n in core.graph.index.values() if core.state[n] == "SUCCESS")
+        return f"{done}/{core.graph.task_count}"
+
+    async def main(self, *, stop_on_suspend: bool = False) -> RunResult:
+        """Run the run (in the caller's task) until it ends, or is stopped; see ``RunCore.main``."""
+        return await self.core.main(stop_on_suspend=stop_on_suspend)
+
+    @property
+    def durable(self) -> bool:
+        """Whether the run is written to a store."""
+        return self.core.durable
+
+    @property
+    def ended(self) -> bool:
+        """Whether the run has ended (or this engine stopped running it)."""
+        return self.core.terminal.is_set()
+
+    @property
+    def holds_lease(self) -> bool:
+        """Whether the run's lease is still this engine's to release (it is durable and its journal works)."""
+        return self.core.durable and not self.core.journal_dead
+
+    def lease_renewed(self, sent_at: float) -> None:
+        """The heartbeat sent at ``sent_at`` renewed the run's lease."""
+        journal = self.core.journal
+        if journal is not None:
+            journal.lease_renewed(sent_at)
+
+    def lease_lost(self, error: LeaseLostError) -> None:
+        """Another engine took the run over: stop running it here (unless it ended meanwhile)."""
+        # A run that ended meanwhile released its lease itself (a write that lost it says so)
+        if self.core.flow_state not in TERMINAL:
+            self.core.stop(error)
+
+    def abandon(self) -> None:
+        """The engine is left by an exception: a run without a store is reverted; a durable one is left alone.
+
+        A durable run is stopped, not reverted, when its task is cancelled: see RunCore.main.
+        """
+        if not self.core.durable:
+            self.core.request_cancel()
+
+    async def settle_on_close(self) -> None:
+        """The engine is closing: a run that is (or becomes) SUSPENDED stops keeping it open.
+
+        A durable run is left in its store, stopped; a run without a store could never be resumed once the engine
+        has closed, so it is cancelled (reverted) instead.
+        """
+        core = self.core
+        while not core.terminal.is_set():
+            suspended = core.suspended
+            await suspended.wait()
+            if core.flow_state is FlowState.SUSPENDED and not core.terminal.is_set():
+                if core.durable:
+                    core.stop(None)
+                else:
+                    core.request_cancel()
+                return
+
 
 class _Stored:
     """The handle's view of a run through its store: another engine runs it, or it has ended."""
 
-    __slots__ = ("engine", "flow_obj", "record", "taken", "task_records")
+    __slots__ = ("flow_obj", "record", "services", "taken", "task_records")
 
-    def __init__(self, engine: Engine, record: RunRecord, flow: Flow | None) -> None:
-        self.engine = engine
+    def __init__(self, services: EngineServices, record: RunRecord, flow: Flow | None) -> None:
+        #: all this handle may ask of its engine
+        self.services = services
         self.record = record
         self.flow_obj = flow
         #: the local handle, once this engine took the run over
@@ -293,14 +433,14 @@ class _Stored:
 
     async def refresh(self) -> RunRecord:
         """Read the run's record and task records again."""
-        self.record = await self.engine._store_or_fail().get_run(self.run_id)
-        self.task_records = await self.engine._summaries(self.run_id)
+        self.record = await self.services.store.get_run(self.run_id)
+        self.task_records = await self.services.summaries(self.run_id)
         return self.record
 
     def events(self, buffer: int) -> EventStream:
         if self.record.state in TERMINAL:
             raise RunStateError(f"Run {self.run_id!r} has ended ({self.state}); it has no more events.")
-        return self.engine._tail_events(self.run_id, self.record.next_seq - 1, buffer)
+        return self.services.tail_events(self.run_id, self.record.next_seq - 1, buffer)
 
     def subscribe(self, callback: Callable[[Event], object]) -> Callable[[], None]:
         raise RunStateError(
@@ -313,18 +453,18 @@ class _Stored:
             record = await self.refresh()
             if done(record):
                 return record
-            await anyio.sleep(self.engine._poll_interval)
+            await anyio.sleep(self.services.poll_interval)
 
     async def wait(self) -> RunResult:
         local = self.taken
         if local is not None:
             return await local.wait()
         await self._until(lambda r: r.state in TERMINAL)
-        return await self.engine._stored_result(self.record, self.flow_obj)
+        return await self.services.stored_result(self.record, self.flow_obj)
 
     async def wait_suspended(self) -> RunResult:
         await self._until(lambda r: r.state in TERMINAL or r.state is FlowState.SUSPENDED)
-        return await self.engine._stored_result(self.record, self.flow_obj)
+        return await self.services.stored_result(self.record, self.flow_obj)
 
     async def _control(self, op: ControlOp, checkpoint: str | None = None, retry: bool = True) -> bool:
         """Carry out ``op``: here if no live engine owns the run (True), else through its owner (False)."""
@@ -336,7 +476,7 @@ class _Stored:
                 )
             return False
         if checkpoint is not None:
-            self.engine._check_checkpoint(record, self.flow_obj, checkpoint)
+            self.services.check_checkpoint(record, self.flow_obj, checkpoint)
         here = await self._take_over(record, op)
         if here is not None:
             return here
@@ -347,9 +487,9 @@ class _Stored:
             checkpoint=checkpoint,
             retry=retry,
             requested_at=time.time(),
-            requested_by=self.engine.id,
+            requested_by=self.services.id,
         )
-        store = self.engine._store_or_fail()
+        store = self.services.store
         await store.request(request)
         while True:
             # The owner marks the request done once it has taken effect (a suspend: once SUSPENDED).
@@ -369,13 +509,13 @@ class _Stored:
                     # Done here: no owner may carry it out again (a second revert_to would revert again).
                     await store.request(request.model_copy(update={"done_at": time.time()}))
                     return here
-            await anyio.sleep(self.engine._poll_interval)
+            await anyio.sleep(self.services.poll_interval)
 
     async def _take_over(self, record: RunRecord, op: ControlOp) -> bool | None:
         """Run ``op`` here if no live engine owns the run: True (the run now runs here), False (done in the store
         alone: a suspend of a run nobody runs), or None if a live engine owns it."""
         try:
-            taken = await self.engine._take_over(record, self.flow_obj, op)
+            taken = await self.services.take_over(record, self.flow_obj, op)
         except RunOwnedError:
             return None
         if taken is None:

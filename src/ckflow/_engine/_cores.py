@@ -1,0 +1,199 @@
+"""Building a run's ``RunCore``: from a flow and its inputs, or from what a store recorded of the run.
+
+With ``_handles._Local`` (which drives a core once it runs), this is the package's only contact with the run's
+internals: creating a core (``RunCore(...)``, ``start_telemetry``), giving it a journal, and rebuilding it from
+its store (``restore``). Finding a run's flow, and checking a checkpoint's name against it, live here too.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from ckflow._checkpoint import _is_positive_int
+from ckflow._codec import decode_object, encode, input_adapter
+from ckflow._durable._journal import Journal
+from ckflow._durable._resume import restore
+from ckflow._errors import (
+    FlowDefinitionError,
+    FlowNotRegisteredError,
+    MissingRequirementError,
+    ResultNotSerializableError,
+    RunStateError,
+    StoreError,
+    UnknownCheckpointError,
+)
+from ckflow._ids import check_run_id
+from ckflow._patterns import Flow
+from ckflow._records import RunRecord
+from ckflow._registry import registered_flow
+from ckflow._runtime._core import RunCore
+from ckflow._states import FlowState
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from pydantic import TypeAdapter
+
+    from ckflow._compile import ExecutionGraph
+    from ckflow._events import Event
+    from ckflow._records import CheckpointRecord, StoredRun
+    from ckflow.stores import Store
+
+    #: what a journal needs besides its run: the store, the lease's owner, its ttl, and when its claim was sent
+    _JournalArgs = tuple[Store, str, float, float]
+
+__all__ = [
+    "check_checkpoint",
+    "first_record",
+    "flow_for",
+    "keep_journal",
+    "new_core",
+    "not_recorded",
+    "restored_core",
+    "retains_by_age",
+]
+
+
+def new_core(
+    flow: Flow,
+    inputs: Mapping[str, Any] | None,
+    run_id: str | None,
+    max_concurrency: int | None,
+    on_event: Callable[[Event], object] | None,
+    traceparent: str | None = None,
+) -> RunCore:
+    """A new core for a run of ``flow``, its inputs checked against what the flow requires."""
+    if not isinstance(flow, Flow):
+        raise TypeError(f"ckflow runs a flow (Linear, Parallel, Graph or Periodic), got {flow!r}.")
+    if max_concurrency is not None and not _is_positive_int(max_concurrency):
+        raise ValueError(f"max_concurrency must be a positive int or None, got {max_concurrency!r}.")
+    if run_id is not None:
+        check_run_id(run_id)
+    graph = flow.compile()
+    given = dict(inputs or {})
+    missing = {name: tasks for name, tasks in graph.required_inputs.items() if name not in given}
+    if missing:
+        raise MissingRequirementError(flow.name, missing)
+    core = RunCore(
+        graph,
+        run_id or uuid.uuid4().hex,
+        given,
+        max_concurrency=max_concurrency,
+        on_event=on_event,
+    )
+    core.start_telemetry(traceparent)
+    return core
+
+
+def first_record(core: RunCore, flow: str, owner: str, lease_ttl: float) -> RunRecord:
+    """The record that creates a new durable run in its store, leased to ``owner``."""
+    now = time.time()
+    return RunRecord(
+        run_id=core.run_id,
+        flow=flow,
+        state=FlowState.PENDING,
+        inputs=_encode_inputs(core.inputs),
+        owner=owner,
+        lease_expires=now + lease_ttl,
+        created_at=now,
+        updated_at=now,
+        trace=core.traceparent,
+    )
+
+
+def not_recorded(core: RunCore) -> None:
+    """The store refused the run's first record: its telemetry ends the run (it never ran)."""
+    if core.telemetry is not None:
+        core.telemetry.run_ended(FlowState.PENDING, RunStateError("the run was not recorded"))
+
+
+def keep_journal(
+    core: RunCore, store: Store, owner: str, record: RunRecord, *, lease_ttl: float, lease_from: float
+) -> None:
+    """From now on the run is written to ``store``, each write fenced by ``owner``'s lease."""
+    core.journal = Journal(core, store, owner, record, lease_ttl=lease_ttl, lease_from=lease_from)
+
+
+def restored_core(
+    flow: Flow,
+    stored: StoredRun,
+    passes: list[CheckpointRecord],
+    journal: _JournalArgs,
+    max_concurrency: int | None,
+    on_event: Callable[[Event], object] | None,
+) -> RunCore:
+    """The core of a stored run, rebuilt as its store recorded it, written to its store from now on."""
+    run_id = stored.run.run_id
+    try:
+        inputs = decode_object(stored.run.inputs, _input_adapters(flow.compile()))
+    except Exception as exc:
+        raise StoreError(
+            f"Run {run_id!r}: its stored inputs do not decode into what the tasks' annotations say ({exc})."
+        ) from exc
+    core = new_core(flow, inputs, run_id, max_concurrency, on_event, stored.run.trace)
+    store, owner, lease_ttl, lease_from = journal
+    keep_journal(core, store, owner, stored.run, lease_ttl=lease_ttl, lease_from=lease_from)
+    restore(core, stored, passes)
+    return core
+
+
+def retains_by_age(flow: Flow) -> bool:
+    """Whether a checkpoint of ``flow`` keeps passes by age (rebuilding its run then needs the stored passes)."""
+    return any(s.max_age is not None for s in flow.compile().scopes)
+
+
+def flow_for(record: RunRecord, flow: Flow | None, *, required: bool) -> Flow | None:
+    """The flow of a stored run: ``flow`` (checked to be the run's), or the one registered under its name."""
+    if flow is not None:
+        if not isinstance(flow, Flow):
+            raise TypeError(f"flow= must be a flow (Linear, Parallel, Graph or Periodic), got {flow!r}.")
+        if flow.name != record.flow:
+            raise FlowDefinitionError(
+                f"Run {record.run_id!r} is a run of flow {record.flow!r}, not of {flow.name!r}; pass its own flow."
+            )
+        return flow
+    try:
+        return registered_flow(record.flow)
+    except FlowNotRegisteredError:
+        if required:
+            raise
+        return None
+
+
+def check_checkpoint(record: RunRecord, flow: Flow | None, checkpoint: str) -> None:
+    """UnknownCheckpointError if the run's flow, when known here, has no checkpoint of that name."""
+    found = flow_for(record, flow, required=False)
+    if found is None:
+        return  # the engine that runs it checks the name
+    graph = found.compile()
+    scope = graph.scope_index.get(checkpoint)
+    if scope is None or scope == 0:
+        raise UnknownCheckpointError(record.run_id, record.flow, checkpoint, sorted(s.name for s in graph.scopes[1:]))
+
+
+def _input_adapters(graph: ExecutionGraph) -> dict[str, TypeAdapter[Any] | None]:
+    """Input name -> the adapter of a parameter that reads it (for decoding stored inputs)."""
+    adapters: dict[str, TypeAdapter[Any] | None] = {}
+    for node in graph.nodes:
+        if node.task is None:
+            continue
+        for param, name, _required in node.input_in:
+            if adapters.get(name) is None:
+                adapters[name] = input_adapter(node.task, param)
+    return adapters
+
+
+def _encode_inputs(inputs: Mapping[str, Any]) -> str:
+    try:
+        return encode(dict(inputs))
+    except TypeError:
+        for name, value in inputs.items():
+            try:
+                encode({name: value})  # the name too: it may be what cannot be encoded
+            except TypeError as exc:
+                raise ResultNotSerializableError(
+                    None, type(value).__qualname__, str(exc), input=name, value=value
+                ) from exc
+        raise

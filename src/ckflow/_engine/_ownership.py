@@ -1,0 +1,230 @@
+"""Ownership of durable runs: leases and the heartbeat, requests from other processes, taking runs over.
+
+A run in a store is owned by at most one engine at a time, through a lease
+(``owner``, ``lease_expires``) that the owner's heartbeat renews every
+``heartbeat`` seconds. Every write of the run is fenced by the lease: an
+engine that lost it (it stalled past the lease, and another engine took the
+run over) finds out at its next write or heartbeat and stops running the run.
+Another process controls a run through the store: it records a request that
+the owner carries out at its next heartbeat, or, when no live engine owns the
+run, takes the run over itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any, final
+
+import anyio
+
+from ckflow._engine._cores import flow_for, restored_core, retains_by_age
+from ckflow._engine._handles import _Local, local_view
+from ckflow._errors import CkflowError, LeaseLostError
+from ckflow._events import Event, logger_for, write_log
+from ckflow._records import Batch
+from ckflow._states import FlowState
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from anyio.abc import TaskGroup
+
+    from ckflow._engine._handles import Run
+    from ckflow._patterns import Flow
+    from ckflow._records import ControlOp, ControlRequest, RunRecord
+    from ckflow._runtime._core import RunCore
+    from ckflow.stores import Store
+
+__all__ = ["Ownership", "engine_warning"]
+
+
+def engine_warning(name: str, **fields: Any) -> None:
+    """Log a warning of the engine's (``ckflow.engine.*``) with its fields."""
+    log = logger_for(name)
+    if log.isEnabledFor(logging.WARNING):
+        write_log(log, logging.WARNING, name, fields)
+
+
+@final
+class Ownership:
+    """An engine's side of the leases on its durable runs.
+
+    ``runs`` is the engine's live mapping of the runs it runs, by id; ``launch`` runs a core in the engine and
+    returns its handle.
+    """
+
+    __slots__ = ("_carrying", "_launch", "_runs", "heartbeat", "id", "lease_ttl")
+
+    def __init__(
+        self,
+        id: str,
+        *,
+        lease_ttl: float,
+        heartbeat: float,
+        runs: Mapping[str, Run],
+        launch: Callable[[RunCore], Run],
+    ) -> None:
+        self.id = id
+        self.lease_ttl = lease_ttl
+        self.heartbeat = heartbeat
+        self._runs = runs
+        self._launch = launch
+        #: ids of the control requests being carried out
+        self._carrying: set[str] = set()
+
+    # -- taking over -------------------------------------------------------------
+
+    async def take_over(
+        self,
+        store: Store,
+        record: RunRecord,
+        flow: Flow | None,
+        op: ControlOp,
+        max_concurrency: int | None,
+        on_event: Callable[[Event], object] | None,
+    ) -> Run | None:
+        """Claim a run that no live engine owns and run it here; a suspend needs no flow and runs nothing.
+
+        Ownership comes first: a run that a live engine holds is RunOwnedError, whether or not its flow is
+        known here.
+
+        Raises:
+            RunOwnedError: a live engine owns the run.
+        """
+        lease_from = time.monotonic()
+        claimed = await store.claim(record.run_id, self.id, self.lease_ttl)
+        try:
+            found = flow_for(claimed, flow, required=op != "suspend")
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await store.release(claimed.run_id, self.id)
+            raise
+        if found is None:
+            try:
+                await self._suspend_in_store(store, claimed)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await store.release(claimed.run_id, self.id)
+            return None
+        return await self._adopt(store, claimed, found, max_concurrency, on_event, lease_from)
+
+    async def _suspend_in_store(self, store: Store, record: RunRecord) -> None:
+        """Suspend a run that nobody runs, in its store alone: nothing of it starts until it is resumed."""
+        if record.halted or record.state is FlowState.SUSPENDED:
+            return
+        now = time.time()
+        seq = record.next_seq
+
+        def event(name: str, old: str | None = None, new: str | None = None) -> Event:
+            return Event(
+                name=name,
+                run_id=record.run_id,
+                flow=record.flow,
+                old=old,
+                new=new,
+                monotonic=time.monotonic(),
+                wall=now,
+                seq=seq + len(events),
+            )
+
+        events: list[Event] = []
+        events.append(event("ckflow.control.suspend"))
+        state: FlowState = record.state
+        if state is FlowState.RUNNING:
+            state = FlowState.SUSPENDED
+            events.append(event("ckflow.run.suspended", "RUNNING", "SUSPENDED"))
+        update = {"state": state, "halted": True, "updated_at": now, "next_seq": seq + len(events)}
+        await store.write(Batch(run=record.model_copy(update=update), owner=self.id, events=events))
+
+    async def _adopt(
+        self,
+        store: Store,
+        record: RunRecord,
+        flow: Flow,
+        max_concurrency: int | None,
+        on_event: Callable[[Event], object] | None,
+        lease_from: float,
+    ) -> Run:
+        """Rebuild a run this engine has just claimed (its claim sent at ``lease_from``), and run it here."""
+        try:
+            stored = await store.load(record.run_id)
+            passes = await store.checkpoints(record.run_id) if retains_by_age(flow) else []
+            journal = (store, self.id, self.lease_ttl, lease_from)
+            core = restored_core(flow, stored, passes, journal, max_concurrency, on_event)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await store.release(record.run_id, self.id)
+            raise
+        return self._launch(core)
+
+    async def release(self, store: Store | None, local: _Local) -> None:
+        """The run has ended (or stopped) here: give its lease back, if it is still this engine's."""
+        if local.holds_lease and store is not None:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await store.release(local.run_id, self.id)
+                except Exception as exc:  # the lease lapses by itself
+                    engine_warning("ckflow.engine.release_failed", run_id=local.run_id, error=str(exc))
+
+    # -- heartbeat and requests from other processes -------------------------------
+
+    def _durable_live(self) -> dict[str, _Local]:
+        live: dict[str, _Local] = {}
+        for run_id, handle in self._runs.items():
+            local = local_view(handle)
+            if local is not None and local.durable and not local.ended:
+                live[run_id] = local
+        return live
+
+    async def beat(self, store: Store, service: TaskGroup) -> None:
+        """Renew the leases of this engine's durable runs, and carry out (in ``service``) what others asked."""
+        while True:
+            await anyio.sleep(self.heartbeat)
+            live = self._durable_live()
+            if not live:
+                continue
+            sent_at = time.monotonic()
+            try:
+                renewal = await store.renew(self.id, list(live), self.lease_ttl)
+            except Exception as exc:
+                # The store is unreachable: the leases may lapse, and the next write will say so.
+                engine_warning("ckflow.engine.heartbeat_failed", engine=self.id, error=str(exc))
+                continue
+            lost = set(renewal.lost)
+            for run_id, local in live.items():
+                if run_id not in lost:
+                    local.lease_renewed(sent_at)
+            for run_id in renewal.lost:
+                gone = live.get(run_id)
+                if gone is not None:
+                    gone.lease_lost(LeaseLostError(run_id, self.id))
+            for request in renewal.requests:
+                if request.request_id not in self._carrying:
+                    self._carrying.add(request.request_id)
+                    service.start_soon(self._carry_out, store, request)
+
+    async def _carry_out(self, store: Store, request: ControlRequest) -> None:
+        """Do what another process asked of a run this engine runs, then mark the request done."""
+        error: str | None = None
+        try:
+            handle = self._runs.get(request.run_id)
+            if handle is None:
+                error = f"Run {request.run_id!r} is not running in engine {self.id!r} any more."
+            elif request.op == "suspend":
+                await handle.suspend()
+            elif request.op == "resume":
+                await handle.resume()
+            elif request.op == "cancel":
+                await handle.cancel()
+            elif request.op == "goto":
+                await handle.goto(request.checkpoint or "")
+            else:
+                await handle.revert_to(request.checkpoint or "", retry=request.retry)
+        except CkflowError as exc:
+            error = str(exc)
+        try:
+            with anyio.CancelScope(shield=True):
+                await store.request(request.model_copy(update={"done_at": time.time(), "error": error}))
+        finally:
+            self._carrying.discard(request.request_id)
