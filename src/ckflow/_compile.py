@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast, final
 
 from ckflow._checkpoint import Checkpoint
 from ckflow._errors import (
@@ -24,13 +24,47 @@ from ckflow._errors import (
     ProviderOrderError,
     SiblingDependencyError,
 )
-from ckflow._patterns import Flow, Graph, Linear, Parallel, Periodic
 from ckflow._task import Task
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["JOIN", "LOOP", "TASK", "ExecutionGraph", "Node", "Scope", "compile_flow"]
+__all__ = ["JOIN", "LOOP", "TASK", "ExecutionGraph", "Flow", "Node", "Scope", "compile_flow"]
+
+
+class Flow(Protocol):
+    """A flow tree's node as the compiler reads it (``ckflow.Linear``, ``Parallel``, ``Graph``, ``Periodic``).
+
+    The compiler reads flows by their ``kind`` rather than importing the pattern classes, so that the patterns
+    (whose ``compile()`` calls the compiler) and the compiler do not import each other.
+    """
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def items(self) -> tuple[Any, ...]: ...
+    @property
+    def inject(self) -> Mapping[str, Any]: ...
+    @property
+    def checkpoint(self) -> Checkpoint | None: ...
+
+
+class _Periodic(Flow, Protocol):
+    @property
+    def every(self) -> float: ...
+    @property
+    def times(self) -> int | None: ...
+
+
+class _Graph(Flow, Protocol):
+    @property
+    def link_indexes(self) -> tuple[tuple[int, int], ...]: ...
+
+
+_ORDERED: Final = ("Linear", "Periodic")
+
 
 TASK: Final = 0
 JOIN: Final = 1
@@ -264,7 +298,7 @@ class _Compiler:
         self.pred_count.append(0)
         return node.id
 
-    def _new_scope(self, checkpoint: Checkpoint, parent: int, periodic: Periodic | None = None) -> int:
+    def _new_scope(self, checkpoint: Checkpoint, parent: int, periodic: _Periodic | None = None) -> int:
         scope = Scope(len(self.scopes), checkpoint.name, checkpoint, parent, self.scopes[parent].depth + 1)
         outer = self.scopes[parent]
         if checkpoint.keep_last is not None or checkpoint.max_age is not None:
@@ -292,7 +326,8 @@ class _Compiler:
     ) -> None:
         """First pass: one node per task, scopes, paths and providers."""
         if flow.checkpoint is not None:
-            scope = self._new_scope(flow.checkpoint, scope, flow if isinstance(flow, Periodic) else None)
+            periodic = cast("_Periodic", flow) if flow.kind == "Periodic" else None
+            scope = self._new_scope(flow.checkpoint, scope, periodic)
         if flow.inject:
             injects = (flow.inject, *injects)
         for index, item in enumerate(flow.items):
@@ -354,13 +389,13 @@ class _Compiler:
             depth += 1
         flow, p_index = p_path[depth]
         c_index = c_path[depth][1]
-        if isinstance(flow, Linear | Periodic):
+        if flow.kind in _ORDERED:
             if p_index > c_index:
                 raise ProviderOrderError(flow.name, self.nodes[consumer].name, name, self.nodes[provider].name)
-        elif isinstance(flow, Parallel):
+        elif flow.kind == "Parallel":
             raise SiblingDependencyError(flow.name, self.nodes[consumer].name, name, self.nodes[provider].name)
         else:
-            assert isinstance(flow, Graph)
+            assert flow.kind == "Graph"
             self.graph_edges.setdefault(id(flow), {})[(p_index, c_index)] = None
 
     # -- structure -------------------------------------------------------------
@@ -382,13 +417,13 @@ class _Compiler:
                 pieces.append(_Fragment([node], [node], item_scope, item.name))
             else:
                 pieces.append(self.build(item, item_scope, next_task))
-        if isinstance(flow, Linear | Periodic):
+        if flow.kind in _ORDERED:
             real = [p for p in pieces if p.entries]
             for before, after in itertools.pairwise(real):
                 self._connect(before, after)
             if not real:
                 return _Fragment([], [], scope, flow.name)
-            if isinstance(flow, Periodic):
+            if flow.kind == "Periodic":
                 # The gate stands outside the Periodic's scope, after every exit of its body: what
                 # follows waits for the gate, which opens only after the last iteration.
                 gate = self._new_node(f"{flow.name}.loop", LOOP, outer, None)
@@ -397,14 +432,14 @@ class _Compiler:
                 self.scopes[scope].gate = gate
                 return _Fragment(real[0].entries, [gate], outer, flow.name)
             return _Fragment(real[0].entries, real[-1].exits, scope, flow.name)
-        if isinstance(flow, Parallel):
+        if flow.kind == "Parallel":
             return _Fragment(
                 [n for p in pieces for n in p.entries], [n for p in pieces for n in p.exits], scope, flow.name
             )
-        assert isinstance(flow, Graph)
+        assert flow.kind == "Graph"
         # Items keep their positions so that data edges (by item index) and links line up.
         edges = dict(self.graph_edges.get(id(flow), {}))
-        edges.update(dict.fromkeys(flow._links))
+        edges.update(dict.fromkeys(cast("_Graph", flow).link_indexes))
         by_index = self._index_pieces(flow, pieces)
         edges = {(a, b): None for a, b in edges if by_index[a].entries and by_index[b].entries}
         self._check_acyclic(flow, by_index, edges)

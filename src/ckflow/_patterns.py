@@ -66,11 +66,11 @@ class Flow:
                 for value in item.provided:
                     self._add_provider(providers, value, item.name)
             elif isinstance(item, Flow):
-                for n in item._task_names:
+                for n in item.task_names:
                     self._add_name(task_names, n)
-                for value, provider in item._providers.items():
+                for value, provider in item.providers.items():
                     self._add_provider(providers, value, provider)
-                for n in item._checkpoint_names:
+                for n in item.checkpoint_names:
                     self._add_checkpoint_name(cp_names, n)
             elif isinstance(item, Checkpoint):
                 self._check_marker(item)
@@ -195,6 +195,11 @@ class Graph(Flow):
         self._links: list[tuple[int, int]] = []
         #: id(item) and item name -> position, built on the first link()
         self._item_index: dict[int | str, int] | None = None
+
+    @property
+    def link_indexes(self) -> tuple[tuple[int, int], ...]:
+        """The explicit edges added with ``link``, as ``(before, after)`` positions among the items."""
+        return tuple(self._links)
 
     @property
     def links(self) -> tuple[tuple[Item, Item], ...]:

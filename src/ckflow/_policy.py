@@ -12,14 +12,31 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ckflow._checkpoint import Retry
-
 __all__ = ["ENV", "PolicyEnv", "accepts", "attempts_bound", "clock", "delay", "rng", "should_retry"]
+
+
+class Retry(Protocol):
+    """The policy a checkpoint retries under (``ckflow.Retry``), as these functions read it."""
+
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def delay(self) -> float: ...
+    @property
+    def backoff(self) -> float: ...
+    @property
+    def max_delay(self) -> float: ...
+    @property
+    def jitter(self) -> bool: ...
+    @property
+    def retry_on(self) -> type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]: ...
+    @property
+    def timeout(self) -> float | None: ...
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from ckflow._compile import ExecutionGraph
-    from ckflow._runtime._otel import RunTelemetry
+    from ckflow._runtime._ports import TelemetryPort
     from ckflow._runtime._recorder import Recorder
 
 __all__ = ["RunCore"]
@@ -118,7 +118,7 @@ class RunCore:
         return self.run.flow_state
 
     @property
-    def telemetry(self) -> RunTelemetry | None:
+    def telemetry(self) -> TelemetryPort | None:
         return self.run.telemetry
 
     @property

@@ -43,8 +43,8 @@ if TYPE_CHECKING:
 
     from ckflow._failure import Failure
     from ckflow._models import RegionReport
+    from ckflow._runtime._ports import RegionView
     from ckflow._runtime._state import RunState
-    from ckflow._runtime._walker import Region
 
 __all__ = ["RunTelemetry", "capture_context", "telemetry_for"]
 
@@ -124,7 +124,7 @@ def _instruments() -> _Instruments | None:
     return _INSTRUMENTS[0]
 
 
-def telemetry_for(core: RunState, region_of: Sequence[Region | None]) -> RunTelemetry | None:
+def telemetry_for(core: RunState, region_of: Sequence[RegionView | None]) -> RunTelemetry | None:
     """The run's telemetry, or None when neither traces nor metrics are on (or the extra is missing)."""
     if not _AVAILABLE:
         return None
@@ -151,7 +151,7 @@ class RunTelemetry:
     )
 
     def __init__(
-        self, core: RunState, region_of: Sequence[Region | None], tracer: Any, instruments: _Instruments | None
+        self, core: RunState, region_of: Sequence[RegionView | None], tracer: Any, instruments: _Instruments | None
     ) -> None:
         self.core = core
         self.region_of = region_of

@@ -1,5 +1,10 @@
-"""What the revert walker and the pass tracker need of the scheduler: a small protocol, so that no part imports
-the one above it (the scheduler calls into them, they call back through this)."""
+"""Small protocols between a run's parts, so that no part imports the one above it.
+
+``SchedulerPort``: what the revert walker and the pass tracker need of the
+scheduler (it calls into them, they call back through this). ``TelemetryPort``:
+what the run's state tells OpenTelemetry. ``RegionView``: what telemetry reads
+of a region.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +17,55 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
     from ckflow._compile import Node
+    from ckflow._models import RegionReport
+    from ckflow._states import FlowState, TaskState
 
-__all__ = ["SchedulerPort"]
+__all__ = ["RegionView", "SchedulerPort", "TelemetryPort"]
+
+
+class RegionView(Protocol):
+    """A region being reverted, as telemetry reads it."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def report(self) -> RegionReport: ...
+
+
+class TelemetryPort(Protocol):
+    """The run's OpenTelemetry spans and metrics, as the run's state feeds them."""
+
+    def transition(self, n: int, old: TaskState, new: TaskState) -> None:
+        """Task ``n`` went from ``old`` to ``new``."""
+        ...
+
+    def run_transition(self, old: FlowState, new: FlowState) -> None:
+        """The run went from ``old`` to ``new``."""
+        ...
+
+    def event(self, name: str, fields: dict[str, Any]) -> None:
+        """A walker decision, control request or run event."""
+        ...
+
+    def attach(self, n: int, reverting: bool = False) -> object | None:
+        """Make task ``n``'s span current while its code runs; the token for ``detach``."""
+        ...
+
+    def detach(self, token: object | None) -> None:
+        """Undo ``attach``."""
+        ...
+
+    def revert_latency(self, report: RegionReport) -> None:
+        """A region's first revert started."""
+        ...
+
+    def retry_latency(self, report: RegionReport) -> None:
+        """A region's retry started."""
+        ...
+
+    def run_ended(self, state: FlowState, why: BaseException | None = None) -> None:
+        """The run ended, or stopped running in this engine."""
+        ...
 
 
 class SchedulerPort(Protocol):

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
     from ckflow._compile import ExecutionGraph, Node
     from ckflow._models import RegionReport
-    from ckflow._runtime._otel import RunTelemetry
+    from ckflow._runtime._ports import TelemetryPort
     from ckflow._runtime._recorder import Recorder
 
 __all__ = ["JOIN_TRANSITIONS", "RunMode", "RunState"]
@@ -137,7 +137,7 @@ class RunState:
         self.recorder = recorder
         self.hub = EventHub(run_id, graph.flow_name)
         #: OpenTelemetry spans and metrics of the run (None unless the otel extra and a provider are there)
-        self.telemetry: RunTelemetry | None = None
+        self.telemetry: TelemetryPort | None = None
 
     # -- the one way state changes --------------------------------------------------
 
