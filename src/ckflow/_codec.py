@@ -243,9 +243,9 @@ def _hints(fn: Any) -> dict[str, Any]:
 
 def result_adapter(task: Task) -> TypeAdapter[Any] | None:
     """The adapter that rebuilds ``task``'s result from JSON, from its return annotation."""
-    return _adapter_for(_hints(task._execute_function()).get("return"))
+    return _adapter_for(_hints(task.execute_function()).get("return"))
 
 
 def input_adapter(task: Task, parameter: str) -> TypeAdapter[Any] | None:
     """The adapter for the value ``task`` reads as ``parameter``, from that parameter's annotation."""
-    return _adapter_for(_hints(task._execute_function()).get(parameter))
+    return _adapter_for(_hints(task.execute_function()).get(parameter))

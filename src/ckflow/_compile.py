@@ -157,7 +157,7 @@ class Node:
         #: (parameter, input name, required) read from the run's inputs
         self.input_in: tuple[tuple[str, str, bool], ...] = ()
         self.provides: tuple[str, ...] = () if task is None else task.provided
-        self.is_async = True if task is None else task._sig.is_async
+        self.is_async = True if task is None else task.is_async
         self.shield = False if task is None else bool(task.shield)
         self.timeout: float | None = None if task is None else task.timeout
         #: the checkpoints (scope ids) holding the node, innermost first, the root left out
@@ -354,11 +354,11 @@ class _Compiler:
             task = node.task
             assert task is not None
             own_inject = task.inject or {}
-            defaults = task._sig.defaults
+            defaults = task.parameter_defaults
             values: list[tuple[str, str]] = []
             consts: dict[str, Any] = {}
             inputs: list[tuple[str, str, bool]] = []
-            for param, name in task._inputs:
+            for param, name in task.bindings:
                 if name in own_inject:
                     consts[param] = own_inject[name]
                     continue

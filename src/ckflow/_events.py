@@ -65,7 +65,17 @@ if TYPE_CHECKING:
 
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-__all__ = ["DEFAULT_BUFFER", "ROOT_LOG", "TASK_LOG", "Event", "EventHub", "EventStream", "logger_for", "write_log"]
+__all__ = [
+    "DEFAULT_BUFFER",
+    "ROOT_LOG",
+    "TASK_LOG",
+    "Event",
+    "EventHub",
+    "EventStream",
+    "Feed",
+    "logger_for",
+    "write_log",
+]
 
 DEFAULT_BUFFER: Final = 10_000
 
@@ -104,16 +114,46 @@ class Event(BaseModel):
 
 
 @final
+class Feed:
+    """The producer's end of one ``run.events()`` stream: it sends events without waiting, and cuts the reader
+    off (the stream's iterator then raises ``EventsOverflowError``) when its buffer is full."""
+
+    __slots__ = ("closed", "overflowed", "send")
+
+    def __init__(self, send: MemoryObjectSendStream[Event]) -> None:
+        self.send = send
+        #: the reader fell a whole buffer behind and was cut off
+        self.overflowed = False
+        self.closed = False
+
+    def offer(self, event: Event) -> bool:
+        """Send ``event`` now; False once the stream is closed (the reader left, or was cut off)."""
+        try:
+            self.send.send_nowait(event)
+        except anyio.WouldBlock:
+            self.overflowed = True
+            self.close()
+            return False
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self.close()
+            return False
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+        self.send.close()
+
+
 class EventStream:
     """Async iterator over a run's events; obtained from ``run.events()``, ends with the run."""
 
-    __slots__ = ("_buffer", "_overflowed", "_receive", "_run_id")
+    __slots__ = ("_buffer", "_feed", "_receive", "_run_id")
 
-    def __init__(self, run_id: str, receive: MemoryObjectReceiveStream[Event], buffer: int) -> None:
+    def __init__(self, run_id: str, receive: MemoryObjectReceiveStream[Event], buffer: int, feed: Feed) -> None:
         self._run_id = run_id
         self._receive = receive
         self._buffer = buffer
-        self._overflowed = False
+        self._feed = feed
 
     def __aiter__(self) -> EventStream:
         return self
@@ -123,7 +163,7 @@ class EventStream:
             return await self._receive.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             self._receive.close()
-            if self._overflowed:
+            if self._feed.overflowed:
                 raise EventsOverflowError(self._run_id, self._buffer) from None
             raise StopAsyncIteration from None
 
@@ -205,7 +245,7 @@ class EventHub:
     def __init__(self, run_id: str, flow: str) -> None:
         self.run_id = run_id
         self.flow = flow
-        self._streams: list[tuple[MemoryObjectSendStream[Event], EventStream]] = []
+        self._streams: list[Feed] = []
         self._callbacks: list[Callable[[Event], object]] = []
         #: log lines waiting for the loop to go round (``hold_log``), in order; None: none wait
         self._held: list[tuple[int, logging.Logger, str, dict[str, Any]]] | None = None
@@ -223,8 +263,9 @@ class EventHub:
         if buffer < 1:
             raise ValueError(f"events(buffer={buffer}) must be at least 1.")
         send, receive = anyio.create_memory_object_stream[Event](buffer)
-        stream = EventStream(self.run_id, receive, buffer)
-        self._streams.append((send, stream))
+        feed = Feed(send)
+        stream = EventStream(self.run_id, receive, buffer, feed)
+        self._streams.append(feed)
         self._refresh()
         return stream
 
@@ -292,20 +333,9 @@ class EventHub:
                     fields = {"run_id": self.run_id, "flow": self.flow, "callback": repr(callback), "exc_info": exc}
                     self._write(logger, ERROR, "ckflow.events.callback_failed", fields)
         if self._streams:
-            dropped = False
-            for entry in self._streams:
-                send, stream = entry
-                try:
-                    send.send_nowait(event)
-                except anyio.WouldBlock:
-                    stream._overflowed = True
-                    send.close()
-                    dropped = True
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    send.close()
-                    dropped = True
-            if dropped:
-                self._streams = [e for e in self._streams if not e[0]._closed]
+            alive = [feed for feed in self._streams if feed.offer(event)]
+            if len(alive) != len(self._streams):
+                self._streams = alive
                 self._refresh()
 
     def hold_log(self, level: int, name: str, **fields: Any) -> None:
@@ -340,7 +370,7 @@ class EventHub:
     def close(self) -> None:
         """Write what waits in the log and end every stream: the run is over."""
         self.flush_log()
-        for send, _ in self._streams:
-            send.close()
+        for feed in self._streams:
+            feed.close()
         self._streams.clear()
         self._refresh()

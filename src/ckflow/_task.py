@@ -270,6 +270,31 @@ class Task:
         """True when the task defines a revert."""
         return self._sig.revert_params is not None
 
+    @property
+    def bindings(self) -> tuple[tuple[str, str], ...]:
+        """``(parameter, value name)`` for each parameter of execute, after ``rebind``."""
+        return self._inputs
+
+    @property
+    def parameter_defaults(self) -> Mapping[str, Any]:
+        """Parameter -> default, for the parameters of execute that have one."""
+        return self._sig.defaults
+
+    @property
+    def is_async(self) -> bool:
+        """True for an ``async def`` execute (False: a plain ``def``, run in a worker thread)."""
+        return self._sig.is_async
+
+    @property
+    def revert_parameters(self) -> tuple[str, ...] | None:
+        """The names revert takes (inputs and ``result``); None when the task has no revert."""
+        return self._sig.revert_params
+
+    @property
+    def revert_is_async(self) -> bool:
+        """True for an ``async def`` revert."""
+        return self._sig.revert_is_async
+
     def with_options(
         self,
         *,
@@ -289,20 +314,20 @@ class Task:
         clone = copy.copy(self)
         if name is not None:
             clone.name = name
-        clone._apply(provides=provides, rebind=rebind, inject=inject, timeout=timeout, shield=shield, retry=retry)
+        Task._apply(clone, provides=provides, rebind=rebind, inject=inject, timeout=timeout, shield=shield, retry=retry)
         return clone
 
-    # -- the calls the engine makes ----------------------------------------
+    # -- the calls the engine makes (the task's own code: its execute, its revert) ----
 
-    def _call_execute(self, kwargs: dict[str, Any]) -> Any:
+    def call_execute(self, kwargs: dict[str, Any]) -> Any:
         return self.execute(**kwargs)  # type: ignore[attr-defined]
 
-    def _execute_function(self) -> Callable[..., Any]:
+    def execute_function(self) -> Callable[..., Any]:
         """The function whose annotations type this task's inputs and result."""
         execute: Callable[..., Any] = type(self).execute  # type: ignore[attr-defined]
         return execute
 
-    def _call_revert(self, kwargs: dict[str, Any]) -> Any:
+    def call_revert(self, kwargs: dict[str, Any]) -> Any:
         return self.revert(**kwargs)  # type: ignore[attr-defined]
 
     def __repr__(self) -> str:
@@ -341,13 +366,13 @@ class FunctionTask(Task, Generic[P, R]):
         self._revert_fn = fn
         return fn
 
-    def _call_execute(self, kwargs: dict[str, Any]) -> Any:
+    def call_execute(self, kwargs: dict[str, Any]) -> Any:
         return self._fn(**kwargs)  # type: ignore[call-arg]
 
-    def _execute_function(self) -> Callable[..., Any]:
+    def execute_function(self) -> Callable[..., Any]:
         return self._fn
 
-    def _call_revert(self, kwargs: dict[str, Any]) -> Any:
+    def call_revert(self, kwargs: dict[str, Any]) -> Any:
         assert self._revert_fn is not None
         return self._revert_fn(**kwargs)
 

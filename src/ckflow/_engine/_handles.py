@@ -1,4 +1,4 @@
-"""``Run``: the handle of a run, wherever it runs (no public constructor: engines make them, ``Run._create``).
+"""``Run``: the handle of a run, wherever it runs (no public constructor: engines make them, ``new_run``).
 
 A handle is backed either by the run's live state in this engine (``_Local``)
 or by its store (``_Stored``): a run that another engine runs, or one that
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from ckflow._runtime._core import RunCore
     from ckflow.stores import Store
 
-__all__ = ["EngineServices", "Run", "local_view"]
+__all__ = ["EngineServices", "Run", "new_run"]
 
 
 class EngineServices(Protocol):
@@ -58,7 +58,7 @@ class EngineServices(Protocol):
         """The engine's store (RunStateError if it has none, or has closed)."""
         ...
 
-    async def take_over(self, record: RunRecord, flow: Flow | None, op: ControlOp) -> Run | None:
+    async def take_over(self, record: RunRecord, flow: Flow | None, op: ControlOp) -> _Local | None:
         """Claim a run that no live engine owns and carry out ``op`` here (see ``Engine`` ownership).
 
         Returns the run's local handle, or None for a suspend, done in the store alone.
@@ -86,7 +86,7 @@ class EngineServices(Protocol):
 
 
 class _NoPublicConstructor(type):
-    """Metaclass of a class that only its package makes, through a private ``_create`` (trio's pattern)."""
+    """Metaclass of a class that only its package makes, through ``new_run`` (trio's ``NoPublicConstructor``)."""
 
     def __call__(cls, *args: object, **kwargs: object) -> NoReturn:
         raise TypeError(
@@ -130,12 +130,8 @@ class Run(metaclass=_NoPublicConstructor):
 
     _impl: _Backend
 
-    @classmethod
-    def _create(cls, impl: _Backend) -> Run:
-        """The handle of a run, made by its engine (``Run(...)`` raises TypeError)."""
-        self = object.__new__(cls)
+    def __init__(self, impl: _Backend) -> None:
         self._impl = impl
-        return self
 
     @property
     def id(self) -> str:
@@ -251,7 +247,7 @@ class Run(metaclass=_NoPublicConstructor):
         """A stored handle whose run this engine took over becomes a local one."""
         impl = self._impl
         if isinstance(impl, _Stored) and impl.taken is not None:
-            self._impl = impl.taken._impl
+            self._impl = impl.taken
 
     def __repr__(self) -> str:
         impl = self._impl
@@ -260,10 +256,10 @@ class Run(metaclass=_NoPublicConstructor):
         return f"<ckflow.Run {impl.flow!r} {impl.run_id} {impl.state} (in its store)>"
 
 
-def local_view(handle: Run) -> _Local | None:
-    """The live view of a run that this engine runs (None for a handle through the store)."""
-    impl = handle._impl
-    return impl if isinstance(impl, _Local) else None
+def new_run(impl: _Backend) -> Run:
+    """The handle of a run, made by its engine (``Run(...)`` raises TypeError: the metaclass's call is bypassed)."""
+    handle: Run = type.__call__(Run, impl)
+    return handle
 
 
 class _Local:
@@ -412,7 +408,7 @@ class _Stored:
         self.record = record
         self.flow_obj = flow
         #: the local handle, once this engine took the run over
-        self.taken: Run | None = None
+        self.taken: _Local | None = None
         self.task_records: Mapping[str, TaskSummary] = {}
 
     @property
@@ -527,9 +523,7 @@ class _Stored:
     async def _local_or(self, op: ControlOp, checkpoint: str | None = None, retry: bool = True) -> _Local | None:
         if await self._control(op, checkpoint, retry):
             assert self.taken is not None
-            impl = self.taken._impl
-            assert isinstance(impl, _Local)
-            return impl
+            return self.taken
         return None
 
     async def cancel(self) -> None:

@@ -23,7 +23,7 @@ import anyio
 from ckflow._checkpoint import _is_positive_int
 from ckflow._engine import _reads
 from ckflow._engine._cores import check_checkpoint, first_record, flow_for, keep_journal, new_core, not_recorded
-from ckflow._engine._handles import Run, _Local, _Stored, local_view
+from ckflow._engine._handles import Run, _Local, _Stored, new_run
 from ckflow._engine._ownership import Ownership
 from ckflow._errors import RunExistsError, RunNotFoundError, RunStateError
 from ckflow._ids import check_run_id
@@ -32,7 +32,7 @@ from ckflow._states import TERMINAL, FlowState
 from ckflow.stores import Store, open_store
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Awaitable, Callable, Mapping
     from types import TracebackType
 
     from anyio.abc import TaskGroup
@@ -127,6 +127,7 @@ class Engine:
         "_id",
         "_keep_ended",
         "_lease_ttl",
+        "_locals",
         "_max_concurrency",
         "_owner",
         "_owns_store",
@@ -169,6 +170,8 @@ class Engine:
         self._owns_store = isinstance(store, str)
         self._max_concurrency = max_concurrency
         self._runs: dict[str, Run] = {}
+        #: the live view of each run this engine runs now
+        self._locals: dict[str, _Local] = {}
         self._ended: OrderedDict[str, Run] = OrderedDict()
         #: ended runs whose handles someone still holds
         self._referenced: weakref.WeakValueDictionary[str, Run] = weakref.WeakValueDictionary()
@@ -177,9 +180,20 @@ class Engine:
         self._tg: TaskGroup | None = None
         self._service: TaskGroup | None = None
         self._owner = Ownership(
-            self._id, lease_ttl=self._lease_ttl, heartbeat=self._heartbeat, runs=self._runs, launch=self._launch
+            self._id,
+            lease_ttl=self._lease_ttl,
+            heartbeat=self._heartbeat,
+            runs=self._runs,
+            locals=self._locals,
+            launch=self._launch,
         )
-        self._services = _Services(self)
+        self._services = _Services(
+            id=self._id,
+            poll_interval=self._poll_interval,
+            store=self._store_or_fail,
+            take_over=self._take_over_here,
+            open_tg=self._open_tg,
+        )
 
     @property
     def id(self) -> str:
@@ -217,7 +231,7 @@ class Engine:
         # The heartbeat goes on while the runs are waited for: it renews their leases and carries out what
         # other processes ask of them (a remote cancel or suspend of a run this engine is finishing).
         self._state = EngineState.CLOSING
-        live = [local for h in self._runs.values() if (local := local_view(h)) is not None]
+        live = list(self._locals.values())
         for local in live:
             if exc is not None:
                 local.abandon()
@@ -305,8 +319,9 @@ class Engine:
     def _launch(self, core: RunCore) -> Run:
         tg = self._open_tg("start")
         local = _Local(core)
-        handle = Run._create(local)
+        handle = new_run(local)
         self._runs[local.run_id] = handle
+        self._locals[local.run_id] = local
         tg.start_soon(self._main, local, name=f"ckflow run {local.run_id}")
         return handle
 
@@ -315,6 +330,7 @@ class Engine:
             await local.main()
         finally:
             handle = self._runs.pop(local.run_id, None)
+            self._locals.pop(local.run_id, None)
             if handle is not None:
                 self._keep(local.run_id, handle)
             await self._owner.release(self._store, local)
@@ -348,6 +364,11 @@ class Engine:
         store = self._store_or_fail()
         return await self._owner.take_over(store, record, flow, op, max_concurrency or self._max_concurrency, on_event)
 
+    async def _take_over_here(self, record: RunRecord, flow: Flow | None, op: ControlOp) -> _Local | None:
+        """``_take_over`` for a handle through the store: the live view of the run it now runs here."""
+        taken = await self._take_over(record, flow, op)
+        return None if taken is None else self._locals[record.run_id]
+
     async def resume(
         self,
         run_id: str,
@@ -380,7 +401,7 @@ class Engine:
             return local
         record = await self._store_or_fail().get_run(run_id)
         if record.state in TERMINAL:
-            return Run._create(_Stored(self._services, record, flow))
+            return new_run(_Stored(self._services, record, flow))
         handle = await self._take_over(record, flow, "resume", max_concurrency, on_event)
         assert handle is not None  # only a suspend is done without taking the run over
         if handle.state is FlowState.SUSPENDED:
@@ -409,7 +430,7 @@ class Engine:
             flow_for(record, flow, required=True)
         impl = _Stored(self._services, record, flow)
         impl.task_records = await _reads.summaries(self._store_or_fail(), run_id)
-        return Run._create(impl)
+        return new_run(impl)
 
     def get_run(self, run_id: str) -> Run:
         """The handle of a run this engine runs, or ran (the last ``keep_ended`` ended runs, and any whose handle
@@ -439,25 +460,30 @@ class Engine:
 class _Services:
     """What an engine's handles may ask of it (an ``EngineServices``), and nothing else of it."""
 
-    __slots__ = ("_engine",)
+    __slots__ = ("_open_tg", "_store", "_take_over", "id", "poll_interval")
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-
-    @property
-    def id(self) -> str:
-        return self._engine._id
-
-    @property
-    def poll_interval(self) -> float:
-        return self._engine._poll_interval
+    def __init__(
+        self,
+        *,
+        id: str,
+        poll_interval: float,
+        store: Callable[[], Store],
+        take_over: Callable[[RunRecord, Flow | None, ControlOp], Awaitable[_Local | None]],
+        open_tg: Callable[[str], TaskGroup],
+    ) -> None:
+        self.id = id
+        self.poll_interval = poll_interval
+        self._store = store
+        self._take_over = take_over
+        self._open_tg = open_tg
 
     @property
     def store(self) -> Store:
-        return self._engine._store_or_fail()
+        return self._store()
 
-    async def take_over(self, record: RunRecord, flow: Flow | None, op: ControlOp) -> Run | None:
-        return await self._engine._take_over(record, flow, op)
+    async def take_over(self, record: RunRecord, flow: Flow | None, op: ControlOp) -> _Local | None:
+        taken: _Local | None = await self._take_over(record, flow, op)
+        return taken
 
     async def summaries(self, run_id: str) -> dict[str, TaskSummary]:
         return await _reads.summaries(self.store, run_id)
@@ -466,8 +492,7 @@ class _Services:
         return await _reads.stored_result(self.store, record, flow)
 
     def tail_events(self, run_id: str, after: int, buffer: int) -> EventStream:
-        tg = self._engine._open_tg("attach")
-        return _reads.tail_events(tg, self.store, run_id, after, buffer, self._engine._poll_interval)
+        return _reads.tail_events(self._open_tg("attach"), self.store, run_id, after, buffer, self.poll_interval)
 
     def check_checkpoint(self, record: RunRecord, flow: Flow | None, checkpoint: str) -> None:
         check_checkpoint(record, flow, checkpoint)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, final
 import anyio
 
 from ckflow._engine._cores import flow_for, restored_core, retains_by_age
-from ckflow._engine._handles import _Local, local_view
+from ckflow._engine._handles import _Local
 from ckflow._errors import CkflowError, LeaseLostError
 from ckflow._events import Event, logger_for, write_log
 from ckflow._records import Batch
@@ -54,7 +54,7 @@ class Ownership:
     returns its handle.
     """
 
-    __slots__ = ("_carrying", "_launch", "_runs", "heartbeat", "id", "lease_ttl")
+    __slots__ = ("_carrying", "_launch", "_locals", "_runs", "heartbeat", "id", "lease_ttl")
 
     def __init__(
         self,
@@ -63,12 +63,14 @@ class Ownership:
         lease_ttl: float,
         heartbeat: float,
         runs: Mapping[str, Run],
+        locals: Mapping[str, _Local],
         launch: Callable[[RunCore], Run],
     ) -> None:
         self.id = id
         self.lease_ttl = lease_ttl
         self.heartbeat = heartbeat
         self._runs = runs
+        self._locals = locals
         self._launch = launch
         #: ids of the control requests being carried out
         self._carrying: set[str] = set()
@@ -171,9 +173,8 @@ class Ownership:
 
     def _durable_live(self) -> dict[str, _Local]:
         live: dict[str, _Local] = {}
-        for run_id, handle in self._runs.items():
-            local = local_view(handle)
-            if local is not None and local.durable and not local.ended:
+        for run_id, local in self._locals.items():
+            if local.durable and not local.ended:
                 live[run_id] = local
         return live
 

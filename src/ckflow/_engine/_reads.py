@@ -9,13 +9,12 @@ import anyio
 
 from ckflow._codec import decode_object, result_adapter
 from ckflow._engine._cores import flow_for
-from ckflow._events import Event, EventStream
+from ckflow._events import Event, EventStream, Feed
 from ckflow._models import RunResult, TaskSummary
 from ckflow._states import TERMINAL, FlowState
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
-    from anyio.streams.memory import MemoryObjectSendStream
     from pydantic import TypeAdapter
 
     from ckflow._patterns import Flow
@@ -77,29 +76,18 @@ async def stored_result(store: Store, record: RunRecord, flow: Flow | None) -> R
 def tail_events(tg: TaskGroup, store: Store, run_id: str, after: int, buffer: int, poll_interval: float) -> EventStream:
     """An events() stream of a run in another engine, read from the store (in a task of ``tg``) as it is written."""
     send, receive = anyio.create_memory_object_stream[Event](buffer)
-    stream = EventStream(run_id, receive, buffer)
-    tg.start_soon(_pump_events, store, run_id, after, send, stream, poll_interval)
+    feed = Feed(send)
+    stream = EventStream(run_id, receive, buffer, feed)
+    tg.start_soon(_pump_events, store, run_id, after, feed, poll_interval)
     return stream
 
 
-async def _pump_events(
-    store: Store,
-    run_id: str,
-    after: int,
-    send: MemoryObjectSendStream[Event],
-    stream: EventStream,
-    poll_interval: float,
-) -> None:
-    with send:
+async def _pump_events(store: Store, run_id: str, after: int, feed: Feed, poll_interval: float) -> None:
+    with feed.send:
         while True:
             ended = (await store.get_run(run_id)).state in TERMINAL
             for event in await store.events(run_id, after=after):
-                try:
-                    send.send_nowait(event)
-                except anyio.WouldBlock:
-                    stream._overflowed = True
-                    return
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                if not feed.offer(event):
                     return
                 after = event.seq if event.seq is not None else after
             if ended:

@@ -337,62 +337,30 @@ class Scheduler:
         ``shared``: the worker's scope, which this task runs in (see ``_work``); None for a scope of its own.
         """
         node = self.run.nodes[n]
-        task = node.task
-        assert task is not None
-        if shared is None:
-            # The cancel scope is entered before the task's first step, so that any scope or task group the
-            # task itself opens nests inside it; anyio needs scopes to exit in the reverse order of entry.
-            deadline = math.inf if node.timeout is None else anyio.current_time() + node.timeout
-            # shield=True: the task is awaited, never cut short, whoever cancels (the walker, the caller of
-            # ckflow.run, an engine that shuts down); its own timeout still applies.
-            scope = self.scope_class(deadline=deadline, shield=node.shield)
-            scope.__enter__()
-        else:
-            scope = shared
-        error: Exception | None = None
-        value: Any = None
+        scope = self._own_scope(node) if shared is None else shared
         token = CURRENT.set((self.context, n))
         telemetry = self.run.telemetry
         otel_token = None if telemetry is None else telemetry.attach(n)
         try:
             try:
-                try:
-                    kw = self.run.kwargs[n] = self.task_inputs(node)
-                    coro = self.start_call(task._call_execute, kw, node.is_async)
-                    try:
-                        yielded = coro.send(None)
-                    except StopIteration as stop:
-                        value = stop.value
-                    else:
-                        # The task suspended: from here on it can be cancelled, and other ready
-                        # jobs need workers of their own.
-                        self.exec_scopes[n] = scope
-                        self.spawn_helpers()
-                        value = await resume(coro, yielded)
-                except Exception as exc:
-                    error = exc
+                error, value = await self._call(n, node, scope)
             except BaseException as exc:
                 if shared is None:
                     if not scope.__exit__(type(exc), exc, exc.__traceback__):
                         raise
+                    error, value = None, None  # its own deadline passed: settled below, as a timeout
                 elif not scope.cancel_called:
                     raise
                 else:
                     # The worker's scope was cancelled for this task: its cancellation goes on to the scope,
-                    # which ends it; the task's outcome is settled below, as for a scope of its own.
+                    # which ends it; the task's outcome is settled here, as for a scope of its own.
                     self._settle_execute(n, scope, None, None)
                     raise
             else:
                 if shared is None:
                     scope.__exit__(None, None, None)
         except BaseException:
-            # An enclosing scope (the caller of ckflow.run, the engine) cancelled the run itself.
-            if self.run.state[n] is RUNNING:
-                self.exec_scopes.pop(n, None)
-                if self.run.recorder.durable:
-                    self._interrupted(n)
-                else:
-                    self._cancelled(n, "the run was cancelled from outside")
+            self._cancelled_from_outside(n)
             raise
         finally:
             if telemetry is not None:
@@ -408,6 +376,47 @@ class Scheduler:
             # A cancellation of the run (its caller, its engine) waited for this task: it applies now, before
             # anything else starts.
             await checkpoint_if_cancelled()
+
+    def _own_scope(self, node: Node) -> anyio.CancelScope:
+        """A cancel scope of the task's own (it has a timeout, or is shielded), entered now.
+
+        It is entered before the task's first step, so that any scope or task group the task itself opens
+        nests inside it; anyio needs scopes to exit in the reverse order of entry. shield=True: the task is
+        awaited, never cut short, whoever cancels (the walker, the caller of ckflow.run, an engine that shuts
+        down); its own timeout still applies.
+        """
+        deadline = math.inf if node.timeout is None else anyio.current_time() + node.timeout
+        scope = self.scope_class(deadline=deadline, shield=node.shield)
+        scope.__enter__()
+        return scope
+
+    async def _call(self, n: int, node: Node, scope: anyio.CancelScope) -> tuple[Exception | None, Any]:
+        """Call ``n``'s execute: (None, its value), or (the exception it raised, None)."""
+        task = node.task
+        assert task is not None
+        try:
+            kw = self.run.kwargs[n] = self.task_inputs(node)
+            coro = self.start_call(task.call_execute, kw, node.is_async)
+            try:
+                yielded = coro.send(None)
+            except StopIteration as stop:
+                return None, stop.value
+            # The task suspended: from here on it can be cancelled, and other ready jobs need workers of
+            # their own.
+            self.exec_scopes[n] = scope
+            self.spawn_helpers()
+            return None, await resume(coro, yielded)
+        except Exception as exc:
+            return exc, None
+
+    def _cancelled_from_outside(self, n: int) -> None:
+        """An enclosing scope (the caller of ckflow.run, the engine) cancelled the run itself while ``n`` ran."""
+        if self.run.state[n] is RUNNING:
+            self.exec_scopes.pop(n, None)
+            if self.run.recorder.durable:
+                self._interrupted(n)
+            else:
+                self._cancelled(n, "the run was cancelled from outside")
 
     def _settle_execute(self, n: int, scope: anyio.CancelScope, error: Exception | None, value: Any) -> None:
         """The execute of ``n`` has returned, raised or been cancelled through ``scope``: record its outcome."""

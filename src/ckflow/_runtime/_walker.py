@@ -359,7 +359,7 @@ class RevertWalker:
             region.report.first_revert_at = t0
             if self.run.telemetry is not None:
                 self.run.telemetry.revert_latency(region.report)
-        params = task._sig.revert_params
+        params = task.revert_parameters
         if params is None:
             self._revert_returned(region, n, None)
             return
@@ -380,7 +380,7 @@ class RevertWalker:
             # entered before the first step so that scopes the revert opens nest inside it.
             with anyio.CancelScope(shield=True):
                 try:
-                    coro = self._sched().start_call(task._call_revert, kw, task._sig.revert_is_async)
+                    coro = self._sched().start_call(task.call_revert, kw, task.revert_is_async)
                     try:
                         yielded = coro.send(None)
                     except StopIteration:
