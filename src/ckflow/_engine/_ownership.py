@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, final
 import anyio
 
 from ckflow._engine._cores import flow_for, restored_core, retains_by_age
-from ckflow._engine._handles import _Local
 from ckflow._errors import CkflowError, LeaseLostError
 from ckflow._events import Event, logger_for, write_log
 from ckflow._records import Batch
@@ -30,7 +29,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskGroup
 
-    from ckflow._engine._handles import Run
+    from ckflow._engine._handles import Run, _Local
     from ckflow._patterns import Flow
     from ckflow._records import ControlOp, ControlRequest, RunRecord
     from ckflow._runtime._core import RunCore
@@ -172,11 +171,7 @@ class Ownership:
     # -- heartbeat and requests from other processes -------------------------------
 
     def _durable_live(self) -> dict[str, _Local]:
-        live: dict[str, _Local] = {}
-        for run_id, local in self._locals.items():
-            if local.durable and not local.ended:
-                live[run_id] = local
-        return live
+        return {run_id: local for run_id, local in self._locals.items() if local.durable and not local.ended}
 
     async def beat(self, store: Store, service: TaskGroup) -> None:
         """Renew the leases of this engine's durable runs, and carry out (in ``service``) what others asked."""
