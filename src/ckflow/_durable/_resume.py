@@ -29,7 +29,7 @@ from ckflow._durable._journal import Journal
 from ckflow._errors import FlowDefinitionError, StoreError
 from ckflow._models import RegionReport
 from ckflow._region import Action
-from ckflow._runtime._walker import Region
+from ckflow._runtime._regions import Region
 from ckflow._states import FlowState, TaskState
 from ckflow._task import Task
 
@@ -84,8 +84,19 @@ def restore(core: RunCore, stored: StoredRun, passes: list[CheckpointRecord]) ->
     _derive_gates(core, stored)
     _load_passes(core, stored.checkpoints, passes, mono)
     core.run.failures = list(stored.failures)
-    state = core.run.state
-    nodes = core.run.nodes
+    _count(core)
+    _resume_sleeps(core, stored.checkpoints, mono)
+    _load_mode(core, stored)
+    core.run.event("ckflow.run.resumed", detail={"interrupted": interrupted, "owner": journal.owner})
+    for region in stored.regions:
+        _load_region(core, region)
+    if core.run.flow_state is FlowState.SUSPENDED:
+        core.suspended.set()
+
+
+def _count(core: RunCore) -> None:
+    """Count again, from the loaded states, what succeeded, what each scope has left and what each node waits for."""
+    state, nodes = core.run.state, core.run.nodes
     core.sched.n_success = sum(1 for st in state if st is TaskState.SUCCESS)
     remaining = core.passes.remaining
     for n, node in enumerate(nodes):
@@ -96,23 +107,20 @@ def restore(core: RunCore, stored: StoredRun, passes: list[CheckpointRecord]) ->
     waiting = core.sched.waiting
     for n, node in enumerate(nodes):
         waiting[n] = sum(1 for p in node.preds if state[p] is not TaskState.SUCCESS)
-    _resume_sleeps(core, stored.checkpoints, mono)
-    run = stored.run
+
+
+def _load_mode(core: RunCore, stored: StoredRun) -> None:
+    """The run's state and mode as recorded: suspended or halted, at a goto's barrier, failed."""
+    graph, run = core.run.graph, stored.run
     core.run.flow_state = run.state
     core.run.halt(run.halted or run.state is FlowState.SUSPENDED)
     if run.goto is not None and run.goto in graph.scope_index:
         core.goto_name = run.goto
-        core.sched.barrier = frozenset(
-            n for n in range(core.run.total) if graph.in_scope(n, graph.scope_index[run.goto])
-        )
-    if any(st is TaskState.REVERT_FAILURE for st in state):
+        barrier = graph.scope_index[run.goto]
+        core.sched.barrier = frozenset(n for n in range(core.run.total) if graph.in_scope(n, barrier))
+    if any(st is TaskState.REVERT_FAILURE for st in core.run.state):
         core.run.fail()
         core.walker.cancel_waits()
-    core.run.event("ckflow.run.resumed", detail={"interrupted": interrupted, "owner": journal.owner})
-    for region in stored.regions:
-        _load_region(core, region)
-    if core.run.flow_state is FlowState.SUSPENDED:
-        core.suspended.set()
 
 
 def _load_task(core: RunCore, n: int, record: TaskRecord, mono: Any) -> None:

@@ -34,9 +34,10 @@ from ckflow._runtime._context import TaskContext
 from ckflow._runtime._otel import capture_context, telemetry_for
 from ckflow._runtime._passes import Passes
 from ckflow._runtime._recorder import NULL
+from ckflow._runtime._regions import Region, settle
 from ckflow._runtime._scheduler import Scheduler
 from ckflow._runtime._state import RunMode, RunState
-from ckflow._runtime._walker import Region, RevertWalker
+from ckflow._runtime._walker import RevertWalker
 from ckflow._states import PENDING, TERMINAL, FlowState, TaskState
 
 if TYPE_CHECKING:
@@ -306,7 +307,7 @@ class RunCore:
         self.t_end = self.t_end or time.monotonic()
         self.run.hub.close()
         for region in self.walker.regions:
-            RevertWalker.settle(region)  # a wait for a region the run's end left undone (a revert_to's) ends too
+            settle(region)  # a wait for a region the run's end left undone (a revert_to's) ends too
         self.settled.set()
         self.terminal.set()
         self.suspended.set()

@@ -35,10 +35,11 @@ from ckflow._records import RegionRecord, construct
 from ckflow._region import Action, decide
 from ckflow._runtime._context import CURRENT, ContextSource
 from ckflow._runtime._coro import resume
+from ckflow._runtime._regions import Region, settle
 from ckflow._states import FAILURE, PENDING, REVERT_FAILURE, REVERTED, REVERTING, RUNNING, SUCCESS
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     from ckflow._checkpoint import Checkpoint
     from ckflow._runtime._passes import Passes
@@ -54,56 +55,6 @@ _OUTSTANDING: Final = frozenset({RUNNING, SUCCESS, FAILURE, REVERTING})
 _REVERTIBLE: Final = frozenset({SUCCESS, FAILURE})
 #: how much more severe one action is than another, when regions merge
 _SEVERITY: Final = {Action.RETRY: 0, Action.SUSPEND: 1, Action.END: 2}
-
-
-class Region:
-    """A set of nodes being undone together, and what happens once they are."""
-
-    __slots__ = (
-        "absorbed",
-        "action",
-        "auto_resume",
-        "backoff",
-        "depth",
-        "failures",
-        "gen",
-        "held",
-        "id",
-        "members",
-        "outstanding",
-        "parked",
-        "report",
-        "rev_wait",
-        "scope",
-        "settled",
-    )
-
-    def __init__(
-        self, id: int, scope: int, depth: int, action: Action, members: set[int], report: RegionReport
-    ) -> None:
-        self.id = id
-        self.scope = scope
-        self.depth = depth
-        self.action = action
-        self.members = members
-        self.report = report
-        #: member -> successors in the region whose revert is still outstanding
-        self.rev_wait: dict[int, int] = {}
-        #: members whose revert is owed and not yet done
-        self.outstanding = 0
-        self.failures: list[Failure] = []
-        self.backoff: anyio.CancelScope | None = None
-        self.parked = False
-        #: revert_to(..., retry=True): start the scope afresh instead of parking
-        self.auto_resume = False
-        #: set once every member that ran has been reverted, or the run has ended (``settle``)
-        self.settled = anyio.Event()
-        #: regions merged into this one: whoever waits for them is done when this one is
-        self.absorbed: list[Region] = []
-        #: durable runs: the journal generation that records the region (0 once it is committed); its
-        #: reverts are held in ``held`` until then
-        self.gen = 0
-        self.held: list[int] = []
 
 
 class RevertWalker:
@@ -195,30 +146,13 @@ class RevertWalker:
 
         ``auto_resume`` (``revert_to(..., retry=True)``): once reverted, the scope starts afresh.
         """
-        now = time.monotonic() if failed_at is None else failed_at
+        failure_at = time.monotonic() if failed_at is None else failed_at
+        old = {id(r): r for m in members if (r := self.region_of[m]) is not None}
+        scope, action, failure_at, carried = self._merge(old.values(), members, scope, action, failure_at)
         scopes = self.run.graph.scopes
         depth = scopes[scope].depth
-        old: dict[int, Region] = {}
         region_of = self.region_of
-        for m in members:
-            r = region_of[m]
-            if r is not None:
-                old[id(r)] = r
-        failure_at = now
-        carried: list[Failure] = []
         recorder = self.run.recorder
-        for r in old.values():
-            # Overlapping regions merge under the outermost checkpoint involved.
-            members |= r.members
-            if r.depth < depth or (r.depth == depth and _SEVERITY[r.action] > _SEVERITY[action]):
-                scope, depth, action = r.scope, r.depth, r.action
-            if r.backoff is not None:
-                r.backoff.cancel()
-            carried.extend(r.failures)
-            failure_at = min(failure_at, r.report.failure_at)
-            self.regions.discard(r)
-            r.report.action = f"merged into {scopes[scope].name}"
-            recorder.drop_region(r.id)
         nodes = self.run.nodes
         report = RegionReport(
             checkpoint=scopes[scope].name,
@@ -254,6 +188,28 @@ class RevertWalker:
             recorder.on_commit(partial(self._region_committed, region, region.gen))
         self.arm_region(region)
         return region
+
+    def _merge(
+        self, old: Iterable[Region], members: set[int], scope: int, action: Action, failure_at: float
+    ) -> tuple[int, Action, float, list[Failure]]:
+        """Merge the regions ``members`` overlap into the one being opened (``members`` grows): overlapping
+        regions merge under the outermost checkpoint involved, with the most severe action. Returns the merged
+        region's scope, action, first failure time and the failures it carries over."""
+        scopes = self.run.graph.scopes
+        depth = scopes[scope].depth
+        carried: list[Failure] = []
+        for r in old:
+            members |= r.members
+            if r.depth < depth or (r.depth == depth and _SEVERITY[r.action] > _SEVERITY[action]):
+                scope, depth, action = r.scope, r.depth, r.action
+            if r.backoff is not None:
+                r.backoff.cancel()
+            carried.extend(r.failures)
+            failure_at = min(failure_at, r.report.failure_at)
+            self.regions.discard(r)
+            r.report.action = f"merged into {scopes[scope].name}"
+            self.run.recorder.drop_region(r.id)
+        return scope, action, failure_at, carried
 
     def record_region(self, region: Region) -> int:
         """Put the region's current record in the recorder (after it opens, and whenever it changes); returns
@@ -427,22 +383,13 @@ class RevertWalker:
         if region.outstanding == 0:
             self.region_done(region)
 
-    @staticmethod
-    def settle(region: Region) -> None:
-        """Wake whoever waits for ``region``, or for a region merged into it."""
-        pending = [region]
-        while pending:
-            r = pending.pop()
-            r.settled.set()
-            pending.extend(r.absorbed)
-
     def region_done(self, region: Region) -> None:
         """Every member of ``region`` that ran has been reverted: retry, park or end."""
         if region not in self.regions:
             return  # merged away meanwhile
         report = region.report
         report.reverts_done_at = time.monotonic() if report.first_revert_at is not None else None
-        self.settle(region)
+        settle(region)
         if self.run.failed or region.action is Action.END:
             return
         scope = self.run.graph.scopes[region.scope]
@@ -492,7 +439,6 @@ class RevertWalker:
         """
         self.regions.discard(region)
         scope = region.scope
-        nodes, state, region_of = self.run.nodes, self.run.state, self.region_of
         # The scope and the scopes holding it: a member's own scopes below these start a new activation. (A
         # revert_to's region also holds what ran downstream of the scope, outside it.)
         holding = set()
@@ -500,38 +446,8 @@ class RevertWalker:
         while s >= 0:
             holding.add(s)
             s = self.run.graph.scopes[s].parent
-        members = region.members
-        recorder = self.run.recorder
-        recorder.drop_region(region.id)
-        chain_cache: dict[int, list[int]] = {}
-        for m in members:
-            region_of[m] = None
-            node = nodes[m]
-            if node.kind != TASK:
-                if state[m] is REVERTED:
-                    self.run.join_transition(m, PENDING)
-                continue
-            ran = state[m] is REVERTED
-            if ran:
-                self.run.results[m] = None
-                recorder.forget_result(m)
-                self.run.transition(m, PENDING)
-                self.run.kwargs[m] = None
-                self.retry_watch[m] = region.report
-            else:
-                recorder.touch(m)  # its retries change below
-            # Nested checkpoints start a new activation whenever an enclosing scope retries.
-            chain = chain_cache.get(node.scope)
-            if chain is None:
-                chain = chain_cache[node.scope] = self.run.graph.scope_chain(m)
-            for s in chain:
-                if s in holding:
-                    break
-                self.run.retries.pop((m, s), None)
-            if fresh:
-                self.run.retries.pop((m, scope), None)
-            elif ran:
-                self.run.retries[(m, scope)] = self.run.retries.get((m, scope), 0) + 1
+        self.run.recorder.drop_region(region.id)
+        chain_cache = self._reset_members(region, holding, fresh=fresh)
         for inner in {s for chain in chain_cache.values() for s in self._below(chain, holding)}:
             self.passes.fresh_activation(inner)  # a Periodic inside too: from its first iteration, without waiting
         if fresh:
@@ -542,19 +458,62 @@ class RevertWalker:
         else:
             self.run.history.setdefault(scope, []).extend(region.failures)
             self.passes.record_pass(scope)
-        sched = self._sched()
-        waiting, held = sched.waiting, recorder.held
+        first = self._count_waits(region.members)
+        # A durable run's retry starts once its reset (the region's reverts done, the retry counted) is in the
+        # store: a crash before that resumes the region as it was recorded, and no execute of the new attempt
+        # can have run whose effect the resumed run would not revert. (Without a store: at once.)
+        self._sched().after_commit(partial(self._start_reset, first))
+
+    def _reset_members(self, region: Region, holding: set[int], *, fresh: bool) -> dict[int, list[int]]:
+        """Each member of ``region`` back to PENDING, its retries counted (or cleared, ``fresh``) and its nested
+        checkpoints' counts dropped; returns each member scope's chain (scope ids, innermost first)."""
+        run, recorder, scope = self.run, self.run.recorder, region.scope
+        nodes, state, region_of = run.nodes, run.state, self.region_of
+        chain_cache: dict[int, list[int]] = {}
+        for m in region.members:
+            region_of[m] = None
+            node = nodes[m]
+            if node.kind != TASK:
+                if state[m] is REVERTED:
+                    run.join_transition(m, PENDING)
+                continue
+            ran = state[m] is REVERTED
+            if ran:
+                run.results[m] = None
+                recorder.forget_result(m)
+                run.transition(m, PENDING)
+                run.kwargs[m] = None
+                self.retry_watch[m] = region.report
+            else:
+                recorder.touch(m)  # its retries change below
+            # Nested checkpoints start a new activation whenever an enclosing scope retries.
+            chain = chain_cache.get(node.scope)
+            if chain is None:
+                chain = chain_cache[node.scope] = run.graph.scope_chain(m)
+            for s in chain:
+                if s in holding:
+                    break
+                run.retries.pop((m, s), None)
+            if fresh:
+                run.retries.pop((m, scope), None)
+            elif ran:
+                run.retries[(m, scope)] = run.retries.get((m, scope), 0) + 1
+        return chain_cache
+
+    def _count_waits(self, members: set[int]) -> list[int]:
+        """Count again what the reset members and their successors wait for; the members that wait for nothing.
+
+        A predecessor whose success is not yet in the store still counts as unfinished.
+        """
+        run = self.run
+        nodes, state, held = run.nodes, run.state, run.recorder.held
+        waiting = self._sched().waiting
         touched = set(members)
         for m in members:
             touched.update(nodes[m].succs)
         for m in touched:
-            # A predecessor whose success is not yet in the store still counts as unfinished.
             waiting[m] = sum(1 for p in nodes[m].preds if state[p] is not SUCCESS or held(p))
-        first = [m for m in sorted(members) if waiting[m] == 0 and state[m] is PENDING]
-        # A durable run's retry starts once its reset (the region's reverts done, the retry counted) is in the
-        # store: a crash before that resumes the region as it was recorded, and no execute of the new attempt
-        # can have run whose effect the resumed run would not revert. (Without a store: at once.)
-        sched.after_commit(partial(self._start_reset, first))
+        return [m for m in sorted(members) if waiting[m] == 0 and state[m] is PENDING]
 
     def _start_reset(self, first: list[int]) -> None:
         """Queue the members of a reset region that wait for nothing (once the reset is committed)."""

@@ -1,0 +1,73 @@
+"""A region: the tasks one failure (or a control request) undoes together, and what happens once they are."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import anyio
+
+if TYPE_CHECKING:
+    from ckflow._failure import Failure
+    from ckflow._models import RegionReport
+    from ckflow._region import Action
+
+__all__ = ["Region", "settle"]
+
+
+class Region:
+    """A set of nodes being undone together, and what happens once they are."""
+
+    __slots__ = (
+        "absorbed",
+        "action",
+        "auto_resume",
+        "backoff",
+        "depth",
+        "failures",
+        "gen",
+        "held",
+        "id",
+        "members",
+        "outstanding",
+        "parked",
+        "report",
+        "rev_wait",
+        "scope",
+        "settled",
+    )
+
+    def __init__(
+        self, id: int, scope: int, depth: int, action: Action, members: set[int], report: RegionReport
+    ) -> None:
+        self.id = id
+        self.scope = scope
+        self.depth = depth
+        self.action = action
+        self.members = members
+        self.report = report
+        #: member -> successors in the region whose revert is still outstanding
+        self.rev_wait: dict[int, int] = {}
+        #: members whose revert is owed and not yet done
+        self.outstanding = 0
+        self.failures: list[Failure] = []
+        self.backoff: anyio.CancelScope | None = None
+        self.parked = False
+        #: revert_to(..., retry=True): start the scope afresh instead of parking
+        self.auto_resume = False
+        #: set once every member that ran has been reverted, or the run has ended (``settle``)
+        self.settled = anyio.Event()
+        #: regions merged into this one: whoever waits for them is done when this one is
+        self.absorbed: list[Region] = []
+        #: durable runs: the journal generation that records the region (0 once it is committed); its
+        #: reverts are held in ``held`` until then
+        self.gen = 0
+        self.held: list[int] = []
+
+
+def settle(region: Region) -> None:
+    """Wake whoever waits for ``region``, or for a region merged into it."""
+    pending = [region]
+    while pending:
+        r = pending.pop()
+        r.settled.set()
+        pending.extend(r.absorbed)
