@@ -1,17 +1,16 @@
 """ckflow: asyncio-native orchestration with checkpoints and partial revert.
 
-Layering (each layer imports only the ones above it):
+Layering (each layer imports only the ones above it; docs/architecture.md draws the parts):
 
-    _errors, _states, _failure, _checkpoint   definitions of the vocabulary
-    _task, _patterns                          what users write: tasks and flows
-    _compile, _region                         flow tree -> execution graph; the walker's pure decisions
-    _events, _context, _models, _mermaid      records and renderings at the engine's edges
-    _records, _codec, stores                  what a store keeps, values as JSON, the stores themselves
-    _coro, _passes, _walker, _control,        running: stepping coroutines, checkpoint passes and Periodic,
-    _runtime                                  the revert walker, control requests, the scheduler
-    _journal, _resume                         writing a run to its store, rebuilding it from there
-    _registry, _engine                        flows by name; the engine package (Engine, run, Run handles)
-    _cli                                      the command line (an application of the above)
+    _errors, _states, _failure, _policy, _checkpoint   the vocabulary; the retry policy as pure functions
+    _task, _patterns                                   what users write: tasks and flows
+    _compile, _region                                  flow tree -> execution graph; the walker's pure decisions
+    _events, _models, _mermaid                         events and the log, results, renderings
+    _records, _codec, _ids, stores                     what a store keeps, values as JSON, the stores themselves
+    _runtime/                                          one run: its state, scheduler, revert walker, passes
+    _durable/                                          writing a run to its store, rebuilding it from there
+    _registry, _engine/                                flows by name; the engine (Engine, run, Run handles)
+    _cli/                                              the command line (an application of the above)
 """
 
 from __future__ import annotations
