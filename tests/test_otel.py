@@ -236,6 +236,6 @@ class TestOff:
         """Without the otel extra installed, a run has no telemetry even if a provider exists."""
         import ckflow._runtime._otel
 
-        monkeypatch.setattr(ckflow._runtime._otel, "_AVAILABLE", False)
+        monkeypatch.setattr(ckflow._runtime._otel, "AVAILABLE", False)
         await ckflow.run(seed_flow())
         assert otel.spans.get_finished_spans() == ()

@@ -129,12 +129,17 @@ __all__ = (
     "to_mermaid",
 )
 
+
 # Public objects report the package, not the private module that defines them.
-for _name in __all__:
-    _obj = globals()[_name]
-    if hasattr(_obj, "__module__") and not isinstance(_obj, str):
-        try:
-            _obj.__module__ = "ckflow"
-        except (AttributeError, TypeError):
-            pass
-del _name, _obj
+def _report_the_package() -> None:
+    for name in __all__:
+        obj = globals()[name]
+        if hasattr(obj, "__module__") and not isinstance(obj, str):
+            try:
+                obj.__module__ = "ckflow"
+            except (AttributeError, TypeError):
+                pass
+
+
+_report_the_package()
+del _report_the_package

@@ -85,8 +85,10 @@ class Journal:
         "wall0",
     )
 
-    #: a journal writes: some steps wait for its commits
-    durable: Final = True
+    @property
+    def durable(self) -> bool:
+        """A journal writes: some steps wait for its commits."""
+        return True
 
     def __init__(
         self, core: RunCore, store: Store, owner: str, record: RunRecord, *, lease_ttl: float, lease_from: float
@@ -248,9 +250,11 @@ class Journal:
         core = self.core
         try:
             sent_at = time.monotonic()
+            lost = True  # unless the store says otherwise
             with anyio.CancelScope(shield=True):
                 renewal = await self.store.renew(self.owner, [core.run_id], self.lease_ttl)
-            if core.run_id in renewal.lost:
+                lost = core.run_id in renewal.lost
+            if lost:
                 core.stop(LeaseLostError(core.run_id, self.owner))
             else:
                 self.lease_renewed(sent_at)

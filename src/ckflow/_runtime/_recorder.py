@@ -139,11 +139,33 @@ class NullRecorder:
 
     __slots__ = ()
 
-    durable: Final = False
-    gen: Final = 0
-    seq: Final = 0
-    lease_until: Final = math.inf
-    dead: Final = False
+    @property
+    def durable(self) -> bool:
+        return False
+
+    @property
+    def gen(self) -> int:
+        return 0
+
+    @property
+    def seq(self) -> int:
+        return 0
+
+    @property
+    def lease_until(self) -> float:
+        return math.inf
+
+    @property
+    def dead(self) -> bool:
+        return False
+
+    @property
+    def pending(self) -> bool:
+        return False
+
+    @property
+    def urgent(self) -> bool:
+        return False
 
     def kill(self) -> None:
         return None
@@ -193,9 +215,6 @@ class NullRecorder:
 
     def wall(self, monotonic: float | None) -> float | None:
         return None
-
-    pending: Final = False
-    urgent: Final = False
 
     async def flush(self) -> None:
         return None
