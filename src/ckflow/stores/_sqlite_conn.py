@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Final, final
 from urllib.parse import parse_qsl, unquote
 
 from ckflow._errors import SchemaVersionError, StoreCorruptError, StoreUnavailableError
-from ckflow.stores import _sql
+from ckflow.stores import _schema
 from ckflow.stores._protocol import SCHEMA_VERSION
 
 if TYPE_CHECKING:
@@ -74,18 +74,18 @@ _SET_VERSION: Final = (
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 )
 
-# -- migrations (the schema itself is in _sql) --------------------------------------------
+# -- migrations (the schema itself is in _schema) --------------------------------------------
 
 
 def _create_v1(conn: sqlite3.Connection) -> None:
-    for statement in _sql.SQLITE_V1:
+    for statement in _schema.SQLITE_V1:
         conn.execute(statement)
 
 
 #: ``_MIGRATIONS[n]`` brings a store from schema version ``n`` to ``n + 1``, inside the open transaction;
 #: a new version is one more function here (and ``SCHEMA_VERSION`` raised by one).
 def _to_v2(conn: sqlite3.Connection) -> None:
-    for statement in _sql.SQLITE_V2:
+    for statement in _schema.SQLITE_V2:
         conn.execute(statement)
 
 

@@ -35,7 +35,7 @@ from ckflow._errors import (
     StoreUnavailableError,
 )
 from ckflow._records import Renewal, StoredRun
-from ckflow.stores import _sql
+from ckflow.stores import _schema, _sql
 from ckflow.stores._protocol import SCHEMA_VERSION, StoreBase, not_open
 
 if TYPE_CHECKING:
@@ -54,18 +54,18 @@ _LOCK_CLASS: Final = 0x636B66
 #: what asyncpg raises when the server cannot be reached or refuses us
 _UNREACHABLE: Final = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
-# -- migrations (the schema itself is in _sql) --------------------------------------------
+# -- migrations (the schema itself is in _schema) --------------------------------------------
 
 
 async def _create_v1(conn: Any) -> None:
-    for statement in _sql.POSTGRES_V1:
+    for statement in _schema.POSTGRES_V1:
         await conn.execute(statement)
 
 
 #: ``_MIGRATIONS[n]`` brings a store from schema version ``n`` to ``n + 1``, inside the open transaction;
 #: a new version is one more function here (and ``SCHEMA_VERSION`` raised by one).
 async def _to_v2(conn: Any) -> None:
-    for statement in _sql.POSTGRES_V2:
+    for statement in _schema.POSTGRES_V2:
         await conn.execute(statement)
 
 
