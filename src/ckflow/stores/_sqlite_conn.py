@@ -217,6 +217,7 @@ def connect(_: None, arg: tuple[str, str, str]) -> tuple[sqlite3.Connection, Loo
         )
     except sqlite3.Error as exc:
         raise StoreUnavailableError(url, f"SQLite cannot open {path!r} ({exc}).") from exc
+    conn.row_factory = sqlite3.Row  # rows are read by column name (``_columns.Table.record``)
     side: LoopSide | None = None
     try:
         # Read before anything is written, so that a file we refuse is left as it was.
@@ -298,6 +299,7 @@ class LoopSide:
         self.conn = sqlite3.connect(
             path, timeout=0, isolation_level=None, cached_statements=_CACHED_STATEMENTS, check_same_thread=False
         )
+        self.conn.row_factory = sqlite3.Row  # before its cursor: rows are read by column name
         try:
             self.conn.execute("PRAGMA wal_autocheckpoint = 0")
             self.conn.execute(f"PRAGMA synchronous = {synchronous}")
