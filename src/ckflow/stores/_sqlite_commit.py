@@ -2,7 +2,7 @@
 
 The thread (``_Worker``, which runs ``_serve``) owns the store's connection and takes its jobs from a
 queue, in order: it opens the file (``_sqlite_conn.connect``), runs each read in a snapshot of its
-own, commits the changes queued side by side in one transaction (``_sqlite_tx.write_group``), runs checkpoints
+own, commits the changes queued side by side in one transaction (``_sqlite_tx``), runs checkpoints
 and the chunks of ``delete_runs``, and at last closes the connections. It hands the results back to
 the loop through a ``_Waker`` (one wake-up per batch of results), or ``call_soon_threadsafe`` on a
 loop without ``add_reader``.

@@ -176,7 +176,7 @@ def _schema_version(conn: sqlite3.Connection, url: str) -> int:
         return 0
     row = conn.execute(_READ_VERSION).fetchone()
     try:
-        return int(row[0])
+        return int(row["value"])
     except (TypeError, ValueError):
         raise StoreUnavailableError(url, "its ckflow_meta table holds no valid schema_version.") from None
 

@@ -445,7 +445,8 @@ class PostgresStore(StoreBase):
             one = _one_statement_args(w)
             if one is not None:
                 # The common batch (a run's rows, tasks, passes, regions, events): one statement, one round trip.
-                found = await self._open_pool().fetchrow(_one_statement(one[0]), *one[1])
+                tables, args = one
+                found = await self._open_pool().fetchrow(_one_statement(tables), *args)
                 if not found["fenced"]:
                     if not found["found"]:
                         raise RunNotFoundError(w.run_id, self._where)

@@ -49,15 +49,16 @@ Several processes may share a file: WAL lets readers go on while one process wri
 thread's ``busy_timeout`` makes a writer wait for the lock instead of failing. Leases are timed by
 this process's ``time.time()``, so the engines that share a file should run on one machine.
 
-The code is in four modules, and imports go one way: this one uses the three others, which use only
-the ones listed after them.
+The code is in five modules, and imports go one way: this one uses the four others, which use only
+the ones listed after them (and what the SQL stores share: ``_sql``, ``_columns``, ``_schema``).
 
 - ``sqlite``: the ``SQLiteStore`` façade, which turns each call into a read, a change or a job for the
-  thread, and its records into rows and back (through ``_sql``).
+  thread, and its records into rows and back (by column name, through ``_columns``).
 - ``_sqlite_ops``: the SQL statements, and the function that each call runs on a connection or cursor.
 - ``_sqlite_commit``: the thread with its job queue and wakers, and ``Session``, the loop's side of an
   open store: group commits, the hand-off to the thread on SQLITE_BUSY, and checkpoints
   (``_ALONE_MAX``, ``_CHECKPOINT_EVERY``, ``_checkpoint``).
+- ``_sqlite_tx``: the group commit, each change in a savepoint, that the loop and the thread both run.
 - ``_sqlite_conn``: opening: the URL, the checks on the file, the pragmas, the migrations, and the
   loop's own connection (``LoopSide``).
 """
