@@ -1,63 +1,35 @@
-"""What the SQL stores share: columns, the statements both dialects run, and row <-> record conversion.
+"""What the SQL stores share: the statements both dialects run, and a batch as their parameters.
 
-Scalar fields get a column each, so that fencing, listing and retention never
-parse JSON; only nested values (a task's retries and failure, a pass's history
-and task outlines, a region's members and failures, an event) are JSON text.
-JSON is kept as text rather than ``jsonb`` so that what is read back is
-exactly what was written.
-
-Statements are written once, with PostgreSQL's ``$n`` placeholders;
-``qmark()`` rewrites them with SQLite's ``?n``, which binds the same
-positional parameters. The few statements that differ (lease clock, lists of
-ids, insertion order, SQLite's keys of tasks and events) live in the backend
-modules.
+The tables' columns, and how rows map to records, are declared in ``_columns``; the schema's steps are
+in ``_schema``. Statements are written once, with PostgreSQL's ``$n`` placeholders; ``qmark()``
+rewrites them with SQLite's ``?n``, which binds the same positional parameters. The few statements
+that differ (lease clock, lists of ids, insertion order, SQLite's keys of tasks and events) live in the
+backend modules.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-import pydantic_core
-from pydantic import TypeAdapter
-
-from ckflow._events import Event
-from ckflow._failure import Failure
-from ckflow._records import (
-    CheckpointRecord,
-    ControlRequest,
-    RegionRecord,
-    RunRecord,
-    TaskOutline,
-    TaskRecord,
-)
+from ckflow.stores._columns import CHECKPOINTS, EVENTS, REGIONS, REQUESTS, RUNS, TASKS, Table
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Iterable, Sequence
 
-    from ckflow._records import Batch
+    from ckflow._records import Batch, ControlRequest
 
 __all__ = [
-    "CHECKPOINT_COLUMNS",
     "DELETE_REGION",
-    "EVENT_COLUMNS",
+    "FENCE_PARAMS",
     "INSERT_RUN",
-    "POSTGRES_V1",
-    "POSTGRES_V2",
-    "REGION_COLUMNS",
-    "REQUEST_COLUMNS",
     "RETAIN_CHECKPOINTS",
     "ROW_COUNTS",
-    "RUN_COLUMNS",
     "SELECT_FAILURES",
     "SELECT_LATEST_CHECKPOINTS",
     "SELECT_OWNER",
     "SELECT_RUN",
-    "SQLITE_V1",
-    "SQLITE_V2",
     "TABLES",
-    "TASK_COLUMNS",
     "UPDATE_RUN",
     "UPSERT_CHECKPOINT",
     "UPSERT_EVENT",
@@ -65,99 +37,16 @@ __all__ = [
     "UPSERT_REQUEST",
     "UPSERT_TASK",
     "Writes",
-    "checkpoint_from",
-    "event_from",
-    "failure_from_event",
+    "columns",
     "list_runs_where",
     "order_pending",
     "prepare",
     "qmark",
-    "region_from",
-    "request_from",
-    "request_row",
-    "run_from",
-    "run_row",
-    "task_from",
 ]
 
 #: The tables that hold a run's rows, as ``row_counts`` names them (``ckflow_runs`` aside).
 TABLES: Final = ("tasks", "checkpoints", "regions", "events", "requests")
 
-RUN_COLUMNS: Final = (
-    "run_id",
-    "flow",
-    "state",
-    "inputs",
-    "owner",
-    "lease_expires",
-    "created_at",
-    "updated_at",
-    "ended_at",
-    "halted",
-    "goto",
-    "next_seq",
-    "trace",
-)
-TASK_COLUMNS: Final = (
-    "run_id",
-    "task",
-    "state",
-    "attempts",
-    "retries",
-    "iteration",
-    "result",
-    "failure",
-    "started_at",
-    "ended_at",
-    "revert_started_at",
-    "revert_ended_at",
-)
-CHECKPOINT_COLUMNS: Final = (
-    "run_id",
-    "checkpoint",
-    "pass_no",
-    "state",
-    "attempts",
-    "history",
-    "first_failure_at",
-    "snapshot",
-    "tasks",
-    "started_at",
-    "completed_at",
-    "next_at",
-    "first_seq",
-)
-REGION_COLUMNS: Final = (
-    "run_id",
-    "region_id",
-    "checkpoint",
-    "action",
-    "members",
-    "cause",
-    "failures",
-    "auto_resume",
-    "parked",
-)
-#: ``failure_kind`` is the kind of the event's failure, so that ``load`` finds failures through an index
-EVENT_COLUMNS: Final = ("run_id", "seq", "checkpoint", "failure_kind", "body")
-REQUEST_COLUMNS: Final = (
-    "request_id",
-    "run_id",
-    "op",
-    "checkpoint",
-    "retry",
-    "requested_at",
-    "requested_by",
-    "done_at",
-    "error",
-)
-
-_FAILURES: Final = TypeAdapter(list[Failure])
-_event_json: Final = Event.__pydantic_serializer__.to_json
-#: an event's body leaves out what its columns hold, and its defaults: WAL pages, not bytes, make a commit's
-#: cost, and a body of about 150 bytes rather than 250 fills the events table's pages half as often
-_IN_COLUMNS: Final[set[str]] = {"run_id", "seq", "checkpoint"}
-_OUTLINES: Final = TypeAdapter(dict[str, TaskOutline])
 _PLACEHOLDER: Final = re.compile(r"\$(\d+)")
 
 
@@ -166,267 +55,48 @@ def qmark(statement: str) -> str:
     return _PLACEHOLDER.sub(r"?\1", statement)
 
 
-def _columns(columns: Sequence[str], prefix: str = "") -> str:
-    return ", ".join(prefix + c for c in columns)
+def columns(names: Sequence[str], prefix: str = "") -> str:
+    """``names`` as a statement's list of columns, each with ``prefix``."""
+    return ", ".join(prefix + c for c in names)
 
 
-def _insert(table: str, columns: Sequence[str]) -> str:
-    values = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
-    return f"INSERT INTO {table} ({_columns(columns)}) VALUES ({values})"
+def _insert(table: Table[Any]) -> str:
+    values = ", ".join(f"${i}" for i in range(1, len(table.names) + 1))
+    return f"INSERT INTO {table.name} ({columns(table.names)}) VALUES ({values})"
 
 
-def _upsert(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
-    update = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
-    return f"{_insert(table, columns)} ON CONFLICT ({_columns(key)}) DO UPDATE SET {update}"
-
-
-# -- the schema, version 1, in each dialect ---------------------------------------------------------
-# The same tables and columns in both, but for how SQLite keys the rows written with every task; indexes
-# for runs by state and creation, tasks by run and name, events by run and seq, failure events, and the
-# requests of a run not yet done.
-
-#: SQLite. A commit writes every page it changed to the WAL, whole, and a task's write is mostly pages:
-#: the rows written with every task (tasks, events) are keyed by the run's integer ``run_key`` rather than
-#: its id, so that their index entries take a few bytes (fewer pages to split and to write), and the
-#: tables are plain rowid tables, appended to. A key is never given twice (AUTOINCREMENT): no row left
-#: behind by a deleted run could ever belong to a new one. A batch that changes nothing of its run but its progress
-#: leaves the run's row as it is: its last event carries the progress (``run_updated_at``, and its seq),
-#: which the view ``ckflow_run_records`` reads back.
-SQLITE_V1: Final = (
-    "CREATE TABLE ckflow_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    """CREATE TABLE ckflow_runs (
-        run_key INTEGER PRIMARY KEY AUTOINCREMENT,
-        run_id TEXT NOT NULL UNIQUE,
-        flow TEXT NOT NULL,
-        state TEXT NOT NULL,
-        inputs TEXT NOT NULL,
-        owner TEXT,
-        lease_expires REAL,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        ended_at REAL,
-        halted INTEGER NOT NULL,
-        goto TEXT,
-        next_seq INTEGER NOT NULL
-    )""",
-    "CREATE INDEX ckflow_runs_by_state ON ckflow_runs (state, created_at)",
-    "CREATE INDEX ckflow_runs_by_created ON ckflow_runs (created_at)",
-    # tasks, regions and requests are read back in the order they were first written (their rowid)
-    """CREATE TABLE ckflow_tasks (
-        run_key INTEGER NOT NULL,
-        task TEXT NOT NULL,
-        state TEXT NOT NULL,
-        attempts INTEGER NOT NULL,
-        retries TEXT NOT NULL,
-        iteration INTEGER NOT NULL,
-        result TEXT,
-        failure TEXT,
-        started_at REAL,
-        ended_at REAL,
-        revert_started_at REAL,
-        revert_ended_at REAL
-    )""",
-    "CREATE UNIQUE INDEX ckflow_tasks_by_run ON ckflow_tasks (run_key, task)",
-    """CREATE TABLE ckflow_checkpoints (
-        run_id TEXT NOT NULL,
-        checkpoint TEXT NOT NULL,
-        pass_no INTEGER NOT NULL,
-        state TEXT NOT NULL,
-        attempts INTEGER NOT NULL,
-        history TEXT NOT NULL,
-        first_failure_at REAL,
-        snapshot TEXT,
-        tasks TEXT NOT NULL,
-        started_at REAL,
-        completed_at REAL,
-        next_at REAL,
-        first_seq INTEGER NOT NULL,
-        PRIMARY KEY (run_id, checkpoint, pass_no)
-    )""",
-    """CREATE TABLE ckflow_regions (
-        run_id TEXT NOT NULL,
-        region_id INTEGER NOT NULL,
-        checkpoint TEXT NOT NULL,
-        action TEXT NOT NULL,
-        members TEXT NOT NULL,
-        cause TEXT,
-        failures TEXT NOT NULL,
-        auto_resume INTEGER NOT NULL,
-        parked INTEGER NOT NULL,
-        PRIMARY KEY (run_id, region_id)
-    )""",
-    # ``run_updated_at`` is set on the last event of a batch whose run's ``next_seq`` follows it: the run's
-    # ``updated_at`` then, which stands for the run's row's if the batch left it as it was (see ``ckflow_run_records``)
-    """CREATE TABLE ckflow_events (
-        run_key INTEGER NOT NULL,
-        seq INTEGER NOT NULL,
-        checkpoint TEXT,
-        failure_kind TEXT,
-        body TEXT NOT NULL,
-        run_updated_at REAL
-    )""",
-    "CREATE UNIQUE INDEX ckflow_events_by_run ON ckflow_events (run_key, seq)",
-    "CREATE INDEX ckflow_events_failures ON ckflow_events (run_key, seq) "
-    "WHERE failure_kind IS NOT NULL AND failure_kind <> 'cancelled'",
-    # The runs as the store reads them: a run's row, or the progress its last event carries if that is newer.
-    # (Such an event comes after every change of the row: its seq is at least the row's next_seq.)
-    """CREATE VIEW ckflow_run_records AS SELECT
-        r.run_id AS run_id, r.flow AS flow, r.state AS state, r.inputs AS inputs, r.owner AS owner,
-        r.lease_expires AS lease_expires, r.created_at AS created_at,
-        coalesce(p.run_updated_at, r.updated_at) AS updated_at,
-        r.ended_at AS ended_at, r.halted AS halted, r.goto AS goto,
-        coalesce(p.seq + 1, r.next_seq) AS next_seq
-    FROM ckflow_runs AS r LEFT JOIN ckflow_events AS p
-        ON p.run_key = r.run_key
-        AND p.seq = (SELECT max(seq) FROM ckflow_events WHERE run_key = r.run_key)
-        AND p.seq >= r.next_seq
-        AND p.run_updated_at IS NOT NULL""",
-    """CREATE TABLE ckflow_requests (
-        request_id TEXT PRIMARY KEY,
-        run_id TEXT NOT NULL,
-        op TEXT NOT NULL,
-        checkpoint TEXT,
-        retry INTEGER NOT NULL,
-        requested_at REAL NOT NULL,
-        requested_by TEXT NOT NULL,
-        done_at REAL,
-        error TEXT
-    )""",
-    "CREATE INDEX ckflow_requests_by_run ON ckflow_requests (run_id, requested_at)",
-    "CREATE INDEX ckflow_requests_pending ON ckflow_requests (run_id) WHERE done_at IS NULL",
-)
-
-# PostgreSQL: keys are COLLATE "C" so that names sort by code point, as MemoryStore sorts them, whatever
-# the database's collation; ``pos`` keeps the order in which rows were first written.
-#: Version 2 (both dialects): the run's ``trace``, the W3C traceparent of its OpenTelemetry span, written
-#: when the run is created and never changed, so that every resumption of the run continues its trace.
-SQLITE_V2: Final = (
-    "ALTER TABLE ckflow_runs ADD COLUMN trace TEXT",
-    "DROP VIEW ckflow_run_records",
-    """CREATE VIEW ckflow_run_records AS SELECT
-        r.run_id AS run_id, r.flow AS flow, r.state AS state, r.inputs AS inputs, r.owner AS owner,
-        r.lease_expires AS lease_expires, r.created_at AS created_at,
-        coalesce(p.run_updated_at, r.updated_at) AS updated_at,
-        r.ended_at AS ended_at, r.halted AS halted, r.goto AS goto,
-        coalesce(p.seq + 1, r.next_seq) AS next_seq, r.trace AS trace
-    FROM ckflow_runs AS r LEFT JOIN ckflow_events AS p
-        ON p.run_key = r.run_key
-        AND p.seq = (SELECT max(seq) FROM ckflow_events WHERE run_key = r.run_key)
-        AND p.seq >= r.next_seq
-        AND p.run_updated_at IS NOT NULL""",
-)
-POSTGRES_V2: Final = ("ALTER TABLE ckflow_runs ADD COLUMN trace text",)
-
-POSTGRES_V1: Final = (
-    'CREATE TABLE ckflow_meta (key text COLLATE "C" PRIMARY KEY, value text NOT NULL)',
-    """CREATE TABLE ckflow_runs (
-        run_id text COLLATE "C" PRIMARY KEY,
-        flow text NOT NULL,
-        state text NOT NULL,
-        inputs text NOT NULL,
-        owner text,
-        lease_expires double precision,
-        created_at double precision NOT NULL,
-        updated_at double precision NOT NULL,
-        ended_at double precision,
-        halted boolean NOT NULL,
-        goto text,
-        next_seq bigint NOT NULL
-    )""",
-    "CREATE INDEX ckflow_runs_by_state ON ckflow_runs (state, created_at)",
-    "CREATE INDEX ckflow_runs_by_created ON ckflow_runs (created_at)",
-    """CREATE TABLE ckflow_tasks (
-        pos bigint GENERATED ALWAYS AS IDENTITY,
-        run_id text COLLATE "C" NOT NULL,
-        task text COLLATE "C" NOT NULL,
-        state text NOT NULL,
-        attempts bigint NOT NULL,
-        retries text NOT NULL,
-        iteration bigint NOT NULL,
-        result text,
-        failure text,
-        started_at double precision,
-        ended_at double precision,
-        revert_started_at double precision,
-        revert_ended_at double precision,
-        PRIMARY KEY (run_id, task)
-    )""",
-    """CREATE TABLE ckflow_checkpoints (
-        run_id text COLLATE "C" NOT NULL,
-        checkpoint text COLLATE "C" NOT NULL,
-        pass_no bigint NOT NULL,
-        state text NOT NULL,
-        attempts bigint NOT NULL,
-        history text NOT NULL,
-        first_failure_at double precision,
-        snapshot text,
-        tasks text NOT NULL,
-        started_at double precision,
-        completed_at double precision,
-        next_at double precision,
-        first_seq bigint NOT NULL,
-        PRIMARY KEY (run_id, checkpoint, pass_no)
-    )""",
-    """CREATE TABLE ckflow_regions (
-        pos bigint GENERATED ALWAYS AS IDENTITY,
-        run_id text COLLATE "C" NOT NULL,
-        region_id bigint NOT NULL,
-        checkpoint text NOT NULL,
-        action text NOT NULL,
-        members text NOT NULL,
-        cause text,
-        failures text NOT NULL,
-        auto_resume boolean NOT NULL,
-        parked boolean NOT NULL,
-        PRIMARY KEY (run_id, region_id)
-    )""",
-    """CREATE TABLE ckflow_events (
-        run_id text COLLATE "C" NOT NULL,
-        seq bigint NOT NULL,
-        checkpoint text COLLATE "C",
-        failure_kind text,
-        body text NOT NULL,
-        PRIMARY KEY (run_id, seq)
-    )""",
-    "CREATE INDEX ckflow_events_failures ON ckflow_events (run_id, seq) "
-    "WHERE failure_kind IS NOT NULL AND failure_kind <> 'cancelled'",
-    """CREATE TABLE ckflow_requests (
-        pos bigint GENERATED ALWAYS AS IDENTITY,
-        request_id text COLLATE "C" PRIMARY KEY,
-        run_id text COLLATE "C" NOT NULL,
-        op text NOT NULL,
-        checkpoint text,
-        retry boolean NOT NULL,
-        requested_at double precision NOT NULL,
-        requested_by text NOT NULL,
-        done_at double precision,
-        error text
-    )""",
-    "CREATE INDEX ckflow_requests_by_run ON ckflow_requests (run_id, requested_at)",
-    "CREATE INDEX ckflow_requests_pending ON ckflow_requests (run_id) WHERE done_at IS NULL",
-)
+def _upsert(table: Table[Any]) -> str:
+    update = ", ".join(f"{c} = excluded.{c}" for c in table.names if c not in table.key)
+    return f"{_insert(table)} ON CONFLICT ({columns(table.key)}) DO UPDATE SET {update}"
 
 
 # -- statements both dialects run ------------------------------------------------
 
-INSERT_RUN: Final = _insert("ckflow_runs", RUN_COLUMNS) + " ON CONFLICT (run_id) DO NOTHING"
-#: the fence: the run's row changes only while ``$2`` owns it (parameters: ``update_row``)
+#: what the fence's ``UPDATE_RUN`` writes of the run's row (its owner, lease and trace stay as they are)
+_FENCED: Final = ("flow", "state", "inputs", "created_at", "updated_at", "ended_at", "halted", "goto", "next_seq")
+_fenced_row: Final = RUNS.part(_FENCED).row
+#: the parameter of ``UPDATE_RUN`` (``Writes.run``) that holds each column, by name: ``$1`` is the run's id
+#: and ``$2`` its owner, the writer
+FENCE_PARAMS: Final = {name: n for n, name in enumerate(("run_id", "owner", *_FENCED), start=1)}
+
+INSERT_RUN: Final = _insert(RUNS) + " ON CONFLICT (run_id) DO NOTHING"
+#: the fence: the run's row changes only while ``$2`` owns it (parameters: ``Writes.run``)
 UPDATE_RUN: Final = (
-    "UPDATE ckflow_runs SET flow = $3, state = $4, inputs = $5, created_at = $6, updated_at = $7, "
-    "ended_at = $8, halted = $9, goto = $10, next_seq = $11 WHERE run_id = $1 AND owner = $2"
+    f"UPDATE {RUNS.name} SET {', '.join(f'{c} = ${FENCE_PARAMS[c]}' for c in _FENCED)} "
+    f"WHERE run_id = ${FENCE_PARAMS['run_id']} AND owner = ${FENCE_PARAMS['owner']}"
 )
-SELECT_RUN: Final = f"SELECT {_columns(RUN_COLUMNS)} FROM ckflow_runs WHERE run_id = $1"
+SELECT_RUN: Final = f"SELECT {columns(RUNS.read)} FROM ckflow_runs WHERE run_id = $1"
 SELECT_OWNER: Final = "SELECT owner, lease_expires FROM ckflow_runs WHERE run_id = $1"
-UPSERT_TASK: Final = _upsert("ckflow_tasks", TASK_COLUMNS, ("run_id", "task"))
-UPSERT_CHECKPOINT: Final = _upsert("ckflow_checkpoints", CHECKPOINT_COLUMNS, ("run_id", "checkpoint", "pass_no"))
-UPSERT_REGION: Final = _upsert("ckflow_regions", REGION_COLUMNS, ("run_id", "region_id"))
-UPSERT_EVENT: Final = _upsert("ckflow_events", EVENT_COLUMNS, ("run_id", "seq"))
-UPSERT_REQUEST: Final = _upsert("ckflow_requests", REQUEST_COLUMNS, ("request_id",))
+UPSERT_TASK: Final = _upsert(TASKS)
+UPSERT_CHECKPOINT: Final = _upsert(CHECKPOINTS)
+UPSERT_REGION: Final = _upsert(REGIONS)
+UPSERT_EVENT: Final = _upsert(EVENTS)
+UPSERT_REQUEST: Final = _upsert(REQUESTS)
 DELETE_REGION: Final = "DELETE FROM ckflow_regions WHERE run_id = $1 AND region_id = $2"
 RETAIN_CHECKPOINTS: Final = "DELETE FROM ckflow_checkpoints WHERE run_id = $1 AND checkpoint = $2 AND pass_no < $3"
 #: the latest pass of every checkpoint, by checkpoint name (the primary key answers the subquery)
 SELECT_LATEST_CHECKPOINTS: Final = (
-    f"SELECT {_columns(CHECKPOINT_COLUMNS, 'c.')} FROM ckflow_checkpoints AS c WHERE c.run_id = $1 AND c.pass_no = "
+    f"SELECT {columns(CHECKPOINTS.read, 'c.')} FROM ckflow_checkpoints AS c WHERE c.run_id = $1 AND c.pass_no = "
     "(SELECT max(pass_no) FROM ckflow_checkpoints WHERE run_id = c.run_id AND checkpoint = c.checkpoint) "
     "ORDER BY c.checkpoint"
 )
@@ -435,8 +105,9 @@ SELECT_FAILURES: Final = (
     "SELECT body FROM ckflow_events WHERE run_id = $1 AND failure_kind IS NOT NULL "
     "AND failure_kind <> 'cancelled' ORDER BY seq"
 )
+#: each count is named after its table (``TABLES``)
 ROW_COUNTS: Final = "SELECT " + ", ".join(
-    f"(SELECT count(*) FROM ckflow_{table} WHERE run_id = $1)" for table in TABLES
+    f"(SELECT count(*) FROM ckflow_{table} WHERE run_id = $1) AS {table}" for table in TABLES
 )
 
 
@@ -466,7 +137,7 @@ def list_runs_where(
     if ended_before is not None:
         params.append(ended_before)
         where.append(f"ended_at IS NOT NULL AND ended_at < ${len(params)}")
-    statement = f"SELECT {_columns(RUN_COLUMNS)} FROM {source}"
+    statement = f"SELECT {columns(RUNS.read)} FROM {source}"
     if where:
         statement += " WHERE " + " AND ".join(where)
     statement += " ORDER BY created_at DESC, run_id DESC"
@@ -478,54 +149,23 @@ def list_runs_where(
     return statement, params, slice_after
 
 
-# -- records -> rows ---------------------------------------------------------------
-
-
-def run_row(run: RunRecord) -> tuple[Any, ...]:
-    """``run`` in the order of ``RUN_COLUMNS``."""
-    return (
-        run.run_id,
-        run.flow,
-        str(run.state),
-        run.inputs,
-        run.owner,
-        run.lease_expires,
-        run.created_at,
-        run.updated_at,
-        run.ended_at,
-        run.halted,
-        run.goto,
-        run.next_seq,
-        run.trace,
-    )
-
-
-def _failure_json(failure: Failure | None) -> str | None:
-    return None if failure is None else failure.model_dump_json()
-
-
-def request_row(request: ControlRequest, run_id: str | None = None) -> tuple[Any, ...]:
-    """``request`` in the order of ``REQUEST_COLUMNS`` (kept under ``run_id`` if given)."""
-    return (
-        request.request_id,
-        request.run_id if run_id is None else run_id,
-        request.op,
-        request.checkpoint,
-        request.retry,
-        request.requested_at,
-        request.requested_by,
-        request.done_at,
-        request.error,
-    )
+# -- a batch -> the statements' parameters ----------------------------------------------------------
 
 
 class Writes(NamedTuple):
-    """A ``Batch`` as the parameters of the statements that apply it, built before the database is touched."""
+    """A ``Batch`` as the parameters of the statements that apply it, built before the database is touched.
+
+    Rows are in the order of their table's columns (``_columns``).
+    """
 
     run_id: str
     owner: str
-    #: parameters of ``UPDATE_RUN``
+    #: parameters of ``UPDATE_RUN`` (``FENCE_PARAMS`` says which is which)
     run: tuple[Any, ...]
+    #: the run's ``next_seq``
+    next_seq: int
+    #: with ``prepare(progress=True)``, the run's ``updated_at`` if the last event carries it, else None
+    progress: float | None
     tasks: list[tuple[Any, ...]]
     checkpoints: list[tuple[Any, ...]]
     regions: list[tuple[Any, ...]]
@@ -538,178 +178,49 @@ class Writes(NamedTuple):
     requests: list[tuple[Any, ...]]
 
 
+def _progress(batch: Batch) -> float | None:
+    """The run's ``updated_at`` if the batch's last event has its highest seq and the run's ``next_seq`` follows it."""
+    events = batch.events
+    last = batch.run.next_seq - 1
+    if events and events[-1].seq == last and all(e.seq is not None and e.seq < last for e in events[:-1]):
+        return batch.run.updated_at
+    return None
+
+
 def prepare(batch: Batch, names: Callable[[Sequence[str]], Any], *, progress: bool = False) -> Writes:
     """The statements' parameters for ``batch``; ``names`` binds a list of names the dialect's way.
 
     Rows are keyed by the batch's run, as ``MemoryStore`` keys them. With ``progress`` (SQLite's events,
-    ``SQLITE_V1``), each event's row ends with ``run_updated_at``: None, but for the last event when it has
-    the batch's highest seq and the run's ``next_seq`` follows it, which carries the run's ``updated_at``.
+    ``_schema.SQLITE_V1``), each event's row ends with one more value, its ``run_updated_at``: None, but
+    for the last event when it carries the run's progress (``Writes.progress``).
     """
     run = batch.run
     run_id = run.run_id
-    tail = (None,) if progress else ()
-    events = [
-        (
-            run_id,
-            e.seq,
-            e.checkpoint,
-            None if e.failure is None else e.failure.kind,
-            _event_json(e, exclude=_IN_COLUMNS, exclude_defaults=True).decode(),
-            *tail,
-        )
-        for e in batch.events
-    ]
-    if progress and events and events[-1][1] == run.next_seq - 1 and all(e[1] < run.next_seq - 1 for e in events[:-1]):
-        events[-1] = (*events[-1][:5], run.updated_at)
+    event_row = EVENTS.row
+    carried = None
+    if progress and batch.events:
+        carried = _progress(batch)
+        *before, last = batch.events
+        events = [event_row(e, run_id, (None,)) for e in before]
+        events.append(event_row(last, run_id, (carried,)))
+    else:
+        events = [event_row(e, run_id) for e in batch.events]
+    task_row, checkpoint_row, region_row, request_row = TASKS.row, CHECKPOINTS.row, REGIONS.row, REQUESTS.row
     return Writes(
         run_id,
         batch.owner,
-        (
-            run_id,
-            batch.owner,
-            run.flow,
-            str(run.state),
-            run.inputs,
-            run.created_at,
-            run.updated_at,
-            run.ended_at,
-            run.halted,
-            run.goto,
-            run.next_seq,
-        ),
-        [
-            (
-                run_id,
-                t.task,
-                str(t.state),
-                t.attempts,
-                json.dumps(t.retries) if t.retries else "{}",
-                t.iteration,
-                t.result,
-                _failure_json(t.failure),
-                t.started_at,
-                t.ended_at,
-                t.revert_started_at,
-                t.revert_ended_at,
-            )
-            for t in batch.tasks
-        ],
-        [
-            (
-                run_id,
-                c.checkpoint,
-                c.pass_no,
-                c.state,
-                c.attempts,
-                _FAILURES.dump_json(c.history).decode(),
-                c.first_failure_at,
-                c.snapshot,
-                _OUTLINES.dump_json(c.tasks).decode(),
-                c.started_at,
-                c.completed_at,
-                c.next_at,
-                c.first_seq,
-            )
-            for c in batch.checkpoints
-        ],
-        [
-            (
-                run_id,
-                r.region_id,
-                r.checkpoint,
-                r.action,
-                json.dumps(r.members),
-                r.cause,
-                _FAILURES.dump_json(r.failures).decode(),
-                r.auto_resume,
-                r.parked,
-            )
-            for r in batch.regions
-        ],
+        (run_id, batch.owner, *_fenced_row(run)),
+        run.next_seq,
+        carried,
+        [task_row(t, run_id) for t in batch.tasks],
+        [checkpoint_row(c, run_id) for c in batch.checkpoints],
+        [region_row(r, run_id) for r in batch.regions],
         [(run_id, region_id) for region_id in batch.drop_regions],
         events,
         [(run_id, rule.checkpoint, rule.keep_from_pass) for rule in batch.retention],
         [(run_id, rule.before_seq, names(rule.event_checkpoints)) for rule in batch.retention],
         [request_row(req, run_id) for req in batch.requests],
     )
-
-
-# -- rows -> records ---------------------------------------------------------------
-
-
-def run_from(row: Sequence[Any]) -> RunRecord:
-    """The run of a row of ``RUN_COLUMNS``."""
-    return RunRecord.model_validate(dict(zip(RUN_COLUMNS, row, strict=True)))
-
-
-def task_from(row: Sequence[Any]) -> TaskRecord:
-    """The task record of a row of ``TASK_COLUMNS``."""
-    return TaskRecord(
-        run_id=row[0],
-        task=row[1],
-        state=row[2],
-        attempts=row[3],
-        retries=json.loads(row[4]),
-        iteration=row[5],
-        result=row[6],
-        failure=None if row[7] is None else Failure.model_validate_json(row[7]),
-        started_at=row[8],
-        ended_at=row[9],
-        revert_started_at=row[10],
-        revert_ended_at=row[11],
-    )
-
-
-def checkpoint_from(row: Sequence[Any]) -> CheckpointRecord:
-    """The pass record of a row of ``CHECKPOINT_COLUMNS``."""
-    return CheckpointRecord(
-        run_id=row[0],
-        checkpoint=row[1],
-        pass_no=row[2],
-        state=row[3],
-        attempts=row[4],
-        history=_FAILURES.validate_json(row[5]),
-        first_failure_at=row[6],
-        snapshot=row[7],
-        tasks=_OUTLINES.validate_json(row[8]),
-        started_at=row[9],
-        completed_at=row[10],
-        next_at=row[11],
-        first_seq=row[12],
-    )
-
-
-def region_from(row: Sequence[Any]) -> RegionRecord:
-    """The region of a row of ``REGION_COLUMNS``."""
-    return RegionRecord(
-        run_id=row[0],
-        region_id=row[1],
-        checkpoint=row[2],
-        action=row[3],
-        members=json.loads(row[4]),
-        cause=row[5],
-        failures=_FAILURES.validate_json(row[6]),
-        auto_resume=bool(row[7]),
-        parked=bool(row[8]),
-    )
-
-
-def request_from(row: Sequence[Any]) -> ControlRequest:
-    """The control request of a row of ``REQUEST_COLUMNS``."""
-    return ControlRequest.model_validate(dict(zip(REQUEST_COLUMNS, row, strict=True)))
-
-
-def event_from(row: Sequence[Any]) -> Event:
-    """The event of a row of ``SELECT run_id, seq, checkpoint, body``."""
-    run_id, seq, checkpoint, body = row
-    fields = pydantic_core.from_json(body)
-    fields.update(run_id=run_id, seq=seq, checkpoint=checkpoint)
-    return Event.model_validate(fields)
-
-
-def failure_from_event(body: str) -> Failure:
-    """The failure of the event stored as ``body`` (selected for having one)."""
-    return Failure.model_validate(pydantic_core.from_json(body)["failure"])
 
 
 def order_pending(

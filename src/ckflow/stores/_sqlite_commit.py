@@ -2,7 +2,7 @@
 
 The thread (``_Worker``, which runs ``_serve``) owns the store's connection and takes its jobs from a
 queue, in order: it opens the file (``_sqlite_conn.connect``), runs each read in a snapshot of its
-own, commits the changes queued side by side in one transaction (``_write_group``), runs checkpoints
+own, commits the changes queued side by side in one transaction (``_sqlite_tx``), runs checkpoints
 and the chunks of ``delete_runs``, and at last closes the connections. It hands the results back to
 the loop through a ``_Waker`` (one wake-up per batch of results), or ``call_soon_threadsafe`` on a
 loop without ``add_reader``.
@@ -29,9 +29,11 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
 from ckflow._errors import StoreUnavailableError
 from ckflow.stores._sqlite_conn import BUSY_TIMEOUT_MS, commit_mark, connect, damaged, is_busy, rollback
+from ckflow.stores._sqlite_tx import Busy as _Busy
+from ckflow.stores._sqlite_tx import write_group as _write_group
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Iterable
 
     from ckflow.stores._sqlite_conn import LoopSide
 
@@ -66,10 +68,6 @@ _Outcome = tuple["asyncio.Future[Any]", "BaseException | None", Any]
 _Job = tuple[int, "Callable[[Any, Any], Any]", Any, "_Waker | _LoopWaker | None", "asyncio.Future[Any] | None"]
 #: (job, exception or None, result)
 _Done = tuple[_Job, "BaseException | None", Any]
-#: a change: the function that makes it in a transaction (through the connection's cursor), and its argument
-_Change = tuple["Callable[[sqlite3.Cursor, Any], Any]", Any]
-#: what a change gave: (exception or None, result)
-_Result = tuple["BaseException | None", Any]
 
 
 def _settle(outcomes: Iterable[_Outcome]) -> None:
@@ -169,10 +167,6 @@ def _flush(done: list[_Done]) -> None:
         waker.deliver(outcomes)
 
 
-class _Busy(Exception):
-    """The loop connection met another connection's lock; its group was rolled back whole."""
-
-
 def _read(conn: sqlite3.Connection, job: _Job) -> Any:
     """One read, in one snapshot."""
     conn.execute("BEGIN")
@@ -183,98 +177,6 @@ def _read(conn: sqlite3.Connection, job: _Job) -> Any:
         rollback(conn)
         raise
     return result
-
-
-def _write_group(cur: sqlite3.Cursor, changes: Sequence[_Change], *, on_loop: bool) -> list[_Result]:
-    """Make the changes in one transaction, each in its own savepoint; commit once; return what each gave.
-
-    On the loop (``on_loop``), SQLITE_BUSY anywhere rolls the whole group back and raises ``_Busy``:
-    the caller hands the group to the thread, whose connection waits for the lock.
-    """
-    if len(changes) == 1:
-        return [_write_alone(cur, changes[0], on_loop)]
-    results: list[_Result] = [(None, None)] * len(changes)
-    start = 0
-    try:
-        while start < len(changes):
-            try:
-                cur.execute("BEGIN IMMEDIATE")
-            except Exception as exc:
-                if on_loop and is_busy(exc):
-                    raise _Busy from exc
-                results[start:] = [(exc, None)] * (len(changes) - start)
-                break
-            # A change alone in its transaction needs no savepoint: ROLLBACK undoes it just as well.
-            alone = len(changes) - start == 1
-            applied: list[int] = []
-            index = start
-            while index < len(changes):
-                fn, arg = changes[index]
-                index += 1
-                try:
-                    if alone:
-                        value = fn(cur, arg)
-                    else:
-                        cur.execute("SAVEPOINT ckflow_batch")
-                        value = fn(cur, arg)
-                        cur.execute("RELEASE ckflow_batch")
-                except Exception as exc:
-                    if on_loop and is_busy(exc):
-                        raise _Busy from exc
-                    results[index - 1] = (exc, None)
-                    if not alone and cur.connection.in_transaction:
-                        try:
-                            cur.execute("ROLLBACK TO ckflow_batch")
-                            cur.execute("RELEASE ckflow_batch")
-                        except sqlite3.Error:
-                            pass
-                        else:
-                            continue
-                    # SQLite rolled the whole transaction back (disk full, I/O error): the changes made
-                    # before this one are lost with it; the ones after it get a transaction of their own.
-                    rollback(cur.connection)
-                    for i in applied:
-                        results[i] = (exc, None)
-                    applied = []
-                    break
-                results[index - 1] = (None, value)
-                applied.append(index - 1)
-            if cur.connection.in_transaction:
-                try:
-                    cur.execute("COMMIT")
-                except Exception as exc:
-                    if on_loop and is_busy(exc):
-                        raise _Busy from exc
-                    rollback(cur.connection)
-                    for i in applied:
-                        results[i] = (exc, None)
-            start = index
-    except BaseException:
-        rollback(cur.connection)  # a _Busy, or a KeyboardInterrupt that hit the loop mid-transaction
-        raise
-    return results
-
-
-def _write_alone(cur: sqlite3.Cursor, change: _Change, on_loop: bool) -> _Result:
-    """``_write_group`` of one change: no savepoint, as ROLLBACK undoes it just as well."""
-    try:
-        cur.execute("BEGIN IMMEDIATE")
-    except Exception as exc:
-        if on_loop and is_busy(exc):
-            raise _Busy from exc
-        return exc, None
-    try:
-        value = change[0](cur, change[1])
-        cur.execute("COMMIT")
-    except Exception as exc:
-        rollback(cur.connection)
-        if on_loop and is_busy(exc):
-            raise _Busy from exc
-        return exc, None
-    except BaseException:
-        rollback(cur.connection)  # a KeyboardInterrupt that hit the loop mid-transaction
-        raise
-    return None, value
 
 
 def _serve(jobs: queue.SimpleQueue[_Job]) -> None:
@@ -297,15 +199,7 @@ def _serve(jobs: queue.SimpleQueue[_Job]) -> None:
             job = taken[i]
             kind = job[0]
             if kind == _STOP:
-                if side is not None:
-                    side.close()
-                if conn is not None:
-                    try:
-                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                        conn.execute("PRAGMA optimize")
-                    except sqlite3.Error:
-                        pass
-                    conn.close()
+                _stop(conn, side)
                 done.append((job, None, None))
                 closed = StoreUnavailableError(str(job[2]), "the store is closed.")
                 done.extend((later, closed, None) for later in taken[i + 1 :])
@@ -324,20 +218,7 @@ def _serve(jobs: queue.SimpleQueue[_Job]) -> None:
             elif conn is None or cur is None:
                 done.append((job, StoreUnavailableError("", "the store is not open."), None))
             elif kind == _WRITE:
-                j = i
-                while j < len(taken) and taken[j][0] == _WRITE:
-                    j += 1
-                group = taken[i - 1 : j]
-                i = j
-                _flush(done)  # what finished before the group need not wait for its commit
-                try:
-                    results = _write_group(cur, [(job[1], job[2]) for job in group], on_loop=False)
-                except BaseException as exc:
-                    results = [(exc, None)] * len(group)
-                done.extend(
-                    (job, None if exc is None else damaged(exc, *where), value)
-                    for job, (exc, value) in zip(group, results, strict=True)
-                )
+                i = _write_jobs(cur, taken, i - 1, done, where)
             else:
                 try:
                     done.append((job, None, _read(conn, job) if kind == READ else job[1](conn, job[2])))
@@ -345,6 +226,37 @@ def _serve(jobs: queue.SimpleQueue[_Job]) -> None:
                     rollback(conn)
                     done.append((job, damaged(exc, *where), None))
         _flush(done)
+
+
+def _stop(conn: sqlite3.Connection | None, side: LoopSide | None) -> None:
+    """In the thread, at ``_STOP``: close the loop's connections, then checkpoint and close the thread's."""
+    if side is not None:
+        side.close()
+    if conn is not None:
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            conn.execute("PRAGMA optimize")
+        except sqlite3.Error:
+            pass
+        conn.close()
+
+
+def _write_jobs(cur: sqlite3.Cursor, taken: list[_Job], first: int, done: list[_Done], where: tuple[str, str]) -> int:
+    """In the thread: commit the changes queued side by side from ``taken[first]`` on; the index of the next job."""
+    end = first + 1
+    while end < len(taken) and taken[end][0] == _WRITE:
+        end += 1
+    group = taken[first:end]
+    _flush(done)  # what finished before the group need not wait for its commit
+    try:
+        results = _write_group(cur, [(job[1], job[2]) for job in group], on_loop=False)
+    except BaseException as exc:
+        results = [(exc, None)] * len(group)
+    done.extend(
+        (job, None if exc is None else damaged(exc, *where), value)
+        for job, (exc, value) in zip(group, results, strict=True)
+    )
+    return end
 
 
 @final

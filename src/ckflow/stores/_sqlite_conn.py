@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Final, final
 from urllib.parse import parse_qsl, unquote
 
 from ckflow._errors import SchemaVersionError, StoreCorruptError, StoreUnavailableError
-from ckflow.stores import _sql
+from ckflow.stores import _schema
 from ckflow.stores._protocol import SCHEMA_VERSION
 
 if TYPE_CHECKING:
@@ -74,18 +74,18 @@ _SET_VERSION: Final = (
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 )
 
-# -- migrations (the schema itself is in _sql) --------------------------------------------
+# -- migrations (the schema itself is in _schema) --------------------------------------------
 
 
 def _create_v1(conn: sqlite3.Connection) -> None:
-    for statement in _sql.SQLITE_V1:
+    for statement in _schema.SQLITE_V1:
         conn.execute(statement)
 
 
 #: ``_MIGRATIONS[n]`` brings a store from schema version ``n`` to ``n + 1``, inside the open transaction;
 #: a new version is one more function here (and ``SCHEMA_VERSION`` raised by one).
 def _to_v2(conn: sqlite3.Connection) -> None:
-    for statement in _sql.SQLITE_V2:
+    for statement in _schema.SQLITE_V2:
         conn.execute(statement)
 
 
@@ -176,7 +176,7 @@ def _schema_version(conn: sqlite3.Connection, url: str) -> int:
         return 0
     row = conn.execute(_READ_VERSION).fetchone()
     try:
-        return int(row[0])
+        return int(row["value"])
     except (TypeError, ValueError):
         raise StoreUnavailableError(url, "its ckflow_meta table holds no valid schema_version.") from None
 
@@ -217,6 +217,7 @@ def connect(_: None, arg: tuple[str, str, str]) -> tuple[sqlite3.Connection, Loo
         )
     except sqlite3.Error as exc:
         raise StoreUnavailableError(url, f"SQLite cannot open {path!r} ({exc}).") from exc
+    conn.row_factory = sqlite3.Row  # rows are read by column name (``_columns.Table.record``)
     side: LoopSide | None = None
     try:
         # Read before anything is written, so that a file we refuse is left as it was.
@@ -298,6 +299,7 @@ class LoopSide:
         self.conn = sqlite3.connect(
             path, timeout=0, isolation_level=None, cached_statements=_CACHED_STATEMENTS, check_same_thread=False
         )
+        self.conn.row_factory = sqlite3.Row  # before its cursor: rows are read by column name
         try:
             self.conn.execute("PRAGMA wal_autocheckpoint = 0")
             self.conn.execute(f"PRAGMA synchronous = {synchronous}")

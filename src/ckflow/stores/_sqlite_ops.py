@@ -16,12 +16,15 @@ import time
 from typing import TYPE_CHECKING, Any, Final
 
 from ckflow._errors import LeaseLostError, RunNotFoundError
+from ckflow.stores import _columns as _c
 from ckflow.stores import _sql
 from ckflow.stores._sqlite_conn import rollback
 
 if TYPE_CHECKING:
     import sqlite3
     from collections.abc import Sequence
+
+    from ckflow.stores._columns import Table
 
 __all__ = [
     "CHECKPOINTS",
@@ -48,24 +51,29 @@ __all__ = [
 # -- statements ----------------------------------------------------------------------
 
 _q = _sql.qmark
+_P: Final = {name: f"?{n}" for name, n in _sql.FENCE_PARAMS.items()}
 _INSERT_RUN: Final = _q(_sql.INSERT_RUN)
 _UPDATE_RUN: Final = _q(_sql.UPDATE_RUN)
 #: a run as the store reads it (its row, with the progress its last events carry: ``ckflow_run_records``)
 RUN_RECORDS: Final = "ckflow_run_records"
-_SELECT_RUN: Final = f"SELECT {', '.join(_sql.RUN_COLUMNS)} FROM {RUN_RECORDS} WHERE run_id = ?1"
+_SELECT_RUN: Final = f"SELECT {_sql.columns(_c.RUNS.read)} FROM {RUN_RECORDS} WHERE run_id = ?1"
 _FENCE: Final = "SELECT owner, state, created_at FROM ckflow_runs WHERE run_id = ?1"
 #: ``_UPDATE_RUN`` for a run owned by the writer whose state and creation time stay as they are (same
 #: parameters): it fences the write too, and ``_FENCE`` runs only if it changed no row
 _UPDATE_RUN_SAME_KEYS: Final = (
-    "UPDATE ckflow_runs SET flow = ?3, inputs = ?5, updated_at = ?7, ended_at = ?8, halted = ?9, goto = ?10, "
-    "next_seq = ?11 WHERE run_id = ?1 AND owner = ?2 AND state = ?4 AND created_at = ?6"
+    f"UPDATE ckflow_runs SET flow = {_P['flow']}, inputs = {_P['inputs']}, updated_at = {_P['updated_at']}, "
+    f"ended_at = {_P['ended_at']}, halted = {_P['halted']}, goto = {_P['goto']}, next_seq = {_P['next_seq']} "
+    f"WHERE run_id = {_P['run_id']} AND owner = {_P['owner']} AND state = {_P['state']} "
+    f"AND created_at = {_P['created_at']}"
 )
 #: the run's row, owned by the writer, holds what the batch's run holds but for its progress, and no event
-#: stored comes after the batch's (same parameters; ``?7``, ``updated_at``, goes on the batch's last event)
+#: stored comes after the batch's (same parameters; ``updated_at`` goes on the batch's last event)
 _SAME_RUN: Final = (
-    "SELECT 1 FROM ckflow_runs AS r WHERE run_id = ?1 AND owner = ?2 AND flow = ?3 AND state = ?4 AND inputs = ?5 "
-    "AND created_at = ?6 AND ended_at IS ?8 AND halted = ?9 AND goto IS ?10 AND next_seq < ?11 "
-    "AND NOT EXISTS (SELECT 1 FROM ckflow_events WHERE run_key = r.run_key AND seq >= ?11)"
+    f"SELECT 1 FROM ckflow_runs AS r WHERE run_id = {_P['run_id']} AND owner = {_P['owner']} "
+    f"AND flow = {_P['flow']} AND state = {_P['state']} AND inputs = {_P['inputs']} "
+    f"AND created_at = {_P['created_at']} AND ended_at IS {_P['ended_at']} AND halted = {_P['halted']} "
+    f"AND goto IS {_P['goto']} AND next_seq < {_P['next_seq']} "
+    f"AND NOT EXISTS (SELECT 1 FROM ckflow_events WHERE run_key = r.run_key AND seq >= {_P['next_seq']})"
 )
 #: a write of the run's row makes the progress that events at or after its ``next_seq`` carry stale (only a
 #: writer whose ``next_seq`` goes back has such events: an index probe finds none otherwise)
@@ -73,28 +81,45 @@ _DROP_PROGRESS: Final = (
     "UPDATE ckflow_events SET run_updated_at = NULL "
     "WHERE run_key = (SELECT run_key FROM ckflow_runs WHERE run_id = ?1) AND seq >= ?2 AND run_updated_at IS NOT NULL"
 )
-#: the run's integer key, by which its tasks and events are kept (``_sql.SQLITE_V1``), from its id ``?1``
-_RUN_KEY: Final = "(SELECT run_key FROM ckflow_runs WHERE run_id = ?1)"
 
 
-def _upsert_by_run_key(table: str, columns: Sequence[str], key: str) -> str:
-    """Insert or replace a row of ``table`` by (run key, ``key``); its parameters are ``columns`` (run_id first)."""
-    names = ", ".join(("run_key", *columns[1:]))
-    values = ", ".join((_RUN_KEY, *(f"?{i}" for i in range(2, len(columns) + 1))))
-    update = ", ".join(f"{c} = excluded.{c}" for c in columns[1:] if c != key)
-    return f"INSERT INTO {table} ({names}) VALUES ({values}) ON CONFLICT (run_key, {key}) DO UPDATE SET {update}"
+def _run_key(n: int) -> str:
+    """The run's integer key, by which its tasks and events are kept (``_schema.SQLITE_V1``), from its id ``?n``."""
+    return f"(SELECT run_key FROM ckflow_runs WHERE run_id = ?{n})"
 
 
-def _select_by_run_key(table: str, columns: Sequence[str]) -> str:
-    """The rows of run ``?1`` in ``table``, as ``columns`` (run_id first)."""
-    return f"SELECT ?1, {', '.join(columns[1:])} FROM {table} WHERE run_key = {_RUN_KEY}"
+_RUN_KEY: Final = _run_key(1)
+#: the column of SQLite's events that carries the run's progress (``_sql.prepare(progress=True)``)
+_PROGRESS: Final = "run_updated_at"
 
 
-_UPSERT_TASK: Final = _upsert_by_run_key("ckflow_tasks", _sql.TASK_COLUMNS, "task")
+def _by_run_key(names: Sequence[str]) -> str:
+    """``names`` with the run's integer key for its id."""
+    return _sql.columns(["run_key" if name == "run_id" else name for name in names])
+
+
+def _upsert_by_run_key(table: Table[Any], *more: str) -> str:
+    """Insert or replace a row of ``table`` by (run key, its key); its parameters are its row, then ``more``."""
+    names = (*table.names, *more)
+    values = ", ".join(_run_key(n) if name == "run_id" else f"?{n}" for n, name in enumerate(names, start=1))
+    update = ", ".join(f"{c} = excluded.{c}" for c in names if c not in table.key)
+    return (
+        f"INSERT INTO {table.name} ({_by_run_key(names)}) VALUES ({values}) "
+        f"ON CONFLICT ({_by_run_key(table.key)}) DO UPDATE SET {update}"
+    )
+
+
+def _select_by_run_key(table: Table[Any]) -> str:
+    """The rows of run ``?1`` in ``table``, as its columns read back (the run's id is ``?1`` itself)."""
+    names = _sql.columns(["?1 AS run_id" if name == "run_id" else name for name in table.read])
+    return f"SELECT {names} FROM {table.name} WHERE run_key = {_RUN_KEY}"
+
+
+_UPSERT_TASK: Final = _upsert_by_run_key(_c.TASKS)
 _UPSERT_CHECKPOINT: Final = _q(_sql.UPSERT_CHECKPOINT)
 _UPSERT_REGION: Final = _q(_sql.UPSERT_REGION)
 #: an event, with ``run_updated_at`` last (``_sql.prepare(progress=True)``)
-_UPSERT_EVENT: Final = _upsert_by_run_key("ckflow_events", (*_sql.EVENT_COLUMNS, "run_updated_at"), "seq")
+_UPSERT_EVENT: Final = _upsert_by_run_key(_c.EVENTS, _PROGRESS)
 _UPSERT_REQUEST: Final = _q(_sql.UPSERT_REQUEST)
 _DELETE_REGION: Final = _q(_sql.DELETE_REGION)
 _RETAIN_CHECKPOINTS: Final = _q(_sql.RETAIN_CHECKPOINTS)
@@ -108,29 +133,28 @@ _SELECT_FAILURES: Final = (
     f"SELECT body FROM ckflow_events WHERE run_key = {_RUN_KEY} AND failure_kind IS NOT NULL "
     "AND failure_kind <> 'cancelled' ORDER BY seq"
 )
+#: each count is named after its table (``_sql.TABLES``)
 _ROW_COUNTS: Final = "SELECT " + ", ".join(
     f"(SELECT count(*) FROM ckflow_{table} WHERE "
     + (f"run_key = {_RUN_KEY})" if table in ("tasks", "events") else "run_id = ?1)")
+    + f" AS {table}"
     for table in _sql.TABLES
 )
-TASKS: Final = _select_by_run_key("ckflow_tasks", _sql.TASK_COLUMNS) + " ORDER BY rowid"
-_REGIONS: Final = f"SELECT {', '.join(_sql.REGION_COLUMNS)} FROM ckflow_regions WHERE run_id = ?1 ORDER BY rowid"
+TASKS: Final = _select_by_run_key(_c.TASKS) + " ORDER BY rowid"
+_REGIONS: Final = f"SELECT {_sql.columns(_c.REGIONS.read)} FROM ckflow_regions WHERE run_id = ?1 ORDER BY rowid"
 CHECKPOINTS: Final = (
-    f"SELECT {', '.join(_sql.CHECKPOINT_COLUMNS)} FROM ckflow_checkpoints WHERE run_id = ?1 "
-    "ORDER BY checkpoint, pass_no"
+    f"SELECT {_sql.columns(_c.CHECKPOINTS.read)} FROM ckflow_checkpoints WHERE run_id = ?1 ORDER BY checkpoint, pass_no"
 )
 CHECKPOINTS_OF: Final = (
-    f"SELECT {', '.join(_sql.CHECKPOINT_COLUMNS)} FROM ckflow_checkpoints WHERE run_id = ?1 AND checkpoint = ?2 "
+    f"SELECT {_sql.columns(_c.CHECKPOINTS.read)} FROM ckflow_checkpoints WHERE run_id = ?1 AND checkpoint = ?2 "
     "ORDER BY pass_no"
 )
-EVENTS: Final = (
-    _select_by_run_key("ckflow_events", ("run_id", "seq", "checkpoint", "body")) + " AND seq > ?2 ORDER BY seq LIMIT ?3"
-)
+EVENTS: Final = _select_by_run_key(_c.EVENTS) + " AND seq > ?2 ORDER BY seq LIMIT ?3"
 REQUESTS: Final = (
-    f"SELECT {', '.join(_sql.REQUEST_COLUMNS)} FROM ckflow_requests WHERE run_id = ?1 ORDER BY requested_at, rowid"
+    f"SELECT {_sql.columns(_c.REQUESTS.read)} FROM ckflow_requests WHERE run_id = ?1 ORDER BY requested_at, rowid"
 )
 _PENDING: Final = (
-    f"SELECT {', '.join(_sql.REQUEST_COLUMNS)} FROM ckflow_requests "
+    f"SELECT {_sql.columns(_c.REQUESTS.read)} FROM ckflow_requests "
     "WHERE run_id IN (SELECT value FROM json_each(?1)) AND done_at IS NULL ORDER BY rowid"
 )
 _OWNED: Final = "SELECT run_id FROM ckflow_runs WHERE run_id IN (SELECT value FROM json_each(?1)) AND owner = ?2"
@@ -172,7 +196,8 @@ def get_run(conn: sqlite3.Connection, run_id: str) -> Any:
 
 
 def fetch_all(conn: sqlite3.Connection, arg: tuple[str, Sequence[Any]]) -> list[Any]:
-    return conn.execute(arg[0], arg[1]).fetchall()
+    statement, params = arg
+    return conn.execute(statement, params).fetchall()
 
 
 def load(conn: sqlite3.Connection, run_id: str) -> tuple[Any, ...] | None:
@@ -197,10 +222,7 @@ def _progress_only(cur: sqlite3.Cursor, w: _sql.Writes) -> bool:
     (``prepare``; read back through ``ckflow_run_records``): then the run's row is only read, to fence the
     write. A batch that deletes events (retention) writes the row, so that no progress goes with them.
     """
-    events = w.events
-    return bool(
-        events and events[-1][5] is not None and not w.retain_events and cur.execute(_SAME_RUN, w.run).fetchone()
-    )
+    return bool(w.progress is not None and not w.retain_events and cur.execute(_SAME_RUN, w.run).fetchone())
 
 
 def _update_run(cur: sqlite3.Cursor, w: _sql.Writes, where: str) -> None:
@@ -212,10 +234,10 @@ def _update_run(cur: sqlite3.Cursor, w: _sql.Writes, where: str) -> None:
         fence = cur.execute(_FENCE, (w.run_id,)).fetchone()
         if fence is None:
             raise RunNotFoundError(w.run_id, where)
-        if fence[0] != w.owner:
+        if fence["owner"] != w.owner:
             raise LeaseLostError(w.run_id, w.owner)
         cur.execute(_UPDATE_RUN, w.run)
-    cur.execute(_DROP_PROGRESS, (w.run_id, w.run[10]))
+    cur.execute(_DROP_PROGRESS, (w.run_id, w.next_seq))
 
 
 def apply(cur: sqlite3.Cursor, arg: tuple[_sql.Writes, str]) -> None:
@@ -249,17 +271,17 @@ def claim(cur: sqlite3.Cursor, arg: tuple[str, str, float]) -> tuple[bool, Any] 
     if row is None:
         return None
     now = time.time()
-    holder, expires = row[4], row[5]
-    if holder is not None and holder != owner and (expires or 0.0) > now:
+    holder = row["owner"]
+    if holder is not None and holder != owner and (row["lease_expires"] or 0.0) > now:
         return False, row
     cur.execute(_CLAIM, (run_id, owner, now + ttl))
-    return True, (*row[:4], owner, now + ttl, *row[6:])
+    return True, {**dict(row), "owner": owner, "lease_expires": now + ttl}
 
 
 def renew(cur: sqlite3.Cursor, arg: tuple[list[str], str, float]) -> tuple[set[str], list[Any]]:
     run_ids, owner, ttl = arg
     ids = names(run_ids)
-    owned = {row[0] for row in cur.execute(_OWNED, (ids, owner))}
+    owned = {row["run_id"] for row in cur.execute(_OWNED, (ids, owner))}
     if not owned:
         return owned, []
     cur.execute(_RENEW, (ids, owner, time.time() + ttl))
@@ -270,8 +292,10 @@ def release(cur: sqlite3.Cursor, arg: tuple[str, str]) -> None:
     cur.execute(_RELEASE, arg)
 
 
-def request(cur: sqlite3.Cursor, row: tuple[Any, ...]) -> bool:
-    if cur.execute(_RUN_EXISTS, (row[1],)).fetchone() is None:
+def request(cur: sqlite3.Cursor, arg: tuple[str, tuple[Any, ...]]) -> bool:
+    """Record a control request of run ``arg[0]``, whose row is ``arg[1]``, if the run exists."""
+    run_id, row = arg
+    if cur.execute(_RUN_EXISTS, (run_id,)).fetchone() is None:
         return False
     cur.execute(_UPSERT_REQUEST, row)
     return True

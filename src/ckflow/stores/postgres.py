@@ -35,7 +35,8 @@ from ckflow._errors import (
     StoreUnavailableError,
 )
 from ckflow._records import Renewal, StoredRun
-from ckflow.stores import _sql
+from ckflow.stores import _columns as _c
+from ckflow.stores import _schema, _sql
 from ckflow.stores._protocol import SCHEMA_VERSION, StoreBase, not_open
 
 if TYPE_CHECKING:
@@ -54,18 +55,18 @@ _LOCK_CLASS: Final = 0x636B66
 #: what asyncpg raises when the server cannot be reached or refuses us
 _UNREACHABLE: Final = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
-# -- migrations (the schema itself is in _sql) --------------------------------------------
+# -- migrations (the schema itself is in _schema) --------------------------------------------
 
 
 async def _create_v1(conn: Any) -> None:
-    for statement in _sql.POSTGRES_V1:
+    for statement in _schema.POSTGRES_V1:
         await conn.execute(statement)
 
 
 #: ``_MIGRATIONS[n]`` brings a store from schema version ``n`` to ``n + 1``, inside the open transaction;
 #: a new version is one more function here (and ``SCHEMA_VERSION`` raised by one).
 async def _to_v2(conn: Any) -> None:
-    for statement in _sql.POSTGRES_V2:
+    for statement in _schema.POSTGRES_V2:
         await conn.execute(statement)
 
 
@@ -75,7 +76,7 @@ assert len(_MIGRATIONS) == SCHEMA_VERSION, "one migration step per schema versio
 # -- statements ----------------------------------------------------------------------
 
 _NOW: Final = "extract(epoch from clock_timestamp())::float8"
-_RUN_COLUMNS: Final = ", ".join(f"r.{c}" for c in _sql.RUN_COLUMNS)
+_RUN_COLUMNS: Final = _sql.columns(_c.RUNS.read, "r.")
 #: take the run if it is free, ours, or its lease has lapsed by the database's clock
 _CLAIM: Final = (
     f"WITH now AS (SELECT {_NOW} AS t) "
@@ -84,7 +85,7 @@ _CLAIM: Final = (
     f"RETURNING {_RUN_COLUMNS}"
 )
 _CLAIMABLE: Final = (
-    f"SELECT owner, lease_expires, owner IS NULL OR coalesce(lease_expires, 0) <= {_NOW} "
+    f"SELECT owner, lease_expires, owner IS NULL OR coalesce(lease_expires, 0) <= {_NOW} AS claimable "
     "FROM ckflow_runs WHERE run_id = $1"
 )
 _RENEW: Final = (
@@ -93,27 +94,26 @@ _RENEW: Final = (
     "WHERE r.run_id = ANY($1::text[]) AND r.owner = $2 RETURNING r.run_id"
 )
 _PENDING: Final = (
-    f"SELECT {', '.join(_sql.REQUEST_COLUMNS)} FROM ckflow_requests "
+    f"SELECT {_sql.columns(_c.REQUESTS.read)} FROM ckflow_requests "
     "WHERE run_id = ANY($1::text[]) AND done_at IS NULL ORDER BY pos"
 )
 _RELEASE: Final = "UPDATE ckflow_runs SET owner = NULL, lease_expires = NULL WHERE run_id = $1 AND owner = $2"
 _RUN_EXISTS: Final = "SELECT 1 FROM ckflow_runs WHERE run_id = $1 FOR KEY SHARE"
 _RETAIN_EVENTS: Final = "DELETE FROM ckflow_events WHERE run_id = $1 AND seq < $2 AND checkpoint = ANY($3::text[])"
-_TASKS: Final = f"SELECT {', '.join(_sql.TASK_COLUMNS)} FROM ckflow_tasks WHERE run_id = $1 ORDER BY pos"
-_REGIONS: Final = f"SELECT {', '.join(_sql.REGION_COLUMNS)} FROM ckflow_regions WHERE run_id = $1 ORDER BY pos"
+_TASKS: Final = f"SELECT {_sql.columns(_c.TASKS.read)} FROM ckflow_tasks WHERE run_id = $1 ORDER BY pos"
+_REGIONS: Final = f"SELECT {_sql.columns(_c.REGIONS.read)} FROM ckflow_regions WHERE run_id = $1 ORDER BY pos"
 _CHECKPOINTS: Final = (
-    f"SELECT {', '.join(_sql.CHECKPOINT_COLUMNS)} FROM ckflow_checkpoints WHERE run_id = $1 "
-    "ORDER BY checkpoint, pass_no"
+    f"SELECT {_sql.columns(_c.CHECKPOINTS.read)} FROM ckflow_checkpoints WHERE run_id = $1 ORDER BY checkpoint, pass_no"
 )
 _CHECKPOINTS_OF: Final = (
-    f"SELECT {', '.join(_sql.CHECKPOINT_COLUMNS)} FROM ckflow_checkpoints WHERE run_id = $1 AND checkpoint = $2 "
+    f"SELECT {_sql.columns(_c.CHECKPOINTS.read)} FROM ckflow_checkpoints WHERE run_id = $1 AND checkpoint = $2 "
     "ORDER BY pass_no"
 )
 _EVENTS: Final = (
-    "SELECT run_id, seq, checkpoint, body FROM ckflow_events WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+    f"SELECT {_sql.columns(_c.EVENTS.read)} FROM ckflow_events WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
 )
 _REQUESTS: Final = (
-    f"SELECT {', '.join(_sql.REQUEST_COLUMNS)} FROM ckflow_requests WHERE run_id = $1 ORDER BY requested_at, pos"
+    f"SELECT {_sql.columns(_c.REQUESTS.read)} FROM ckflow_requests WHERE run_id = $1 ORDER BY requested_at, pos"
 )
 _DELETE: Final = tuple(f"DELETE FROM ckflow_{table} WHERE run_id = ANY($1::text[])" for table in (*_sql.TABLES, "runs"))
 _SET_VERSION: Final = (
@@ -121,26 +121,13 @@ _SET_VERSION: Final = (
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 )
 
-#: the tables that ``write()`` fills in its one statement: (columns, primary key, type of each column but run_id)
-_ONE_STATEMENT_TABLES: Final = {
-    "tasks": (
-        _sql.TASK_COLUMNS,
-        ("run_id", "task"),
-        ("text", "text", "int8", "text", "int8", "text", "text", "float8", "float8", "float8", "float8"),
-    ),
-    "checkpoints": (
-        _sql.CHECKPOINT_COLUMNS,
-        ("run_id", "checkpoint", "pass_no"),
-        ("text", "int8", "text", "int8", "text", "float8", "text", "text", "float8", "float8", "float8", "int8"),
-    ),
-    "regions": (
-        _sql.REGION_COLUMNS,
-        ("run_id", "region_id"),
-        ("int8", "text", "text", "text", "text", "text", "bool", "bool"),
-    ),
-    "events": (_sql.EVENT_COLUMNS, ("run_id", "seq"), ("int8", "text", "text", "text")),
+#: the tables that ``write()`` fills in its one statement, by the name ``row_counts`` gives them
+_ONE_STATEMENT_TABLES: Final[dict[str, _c.Table[Any]]] = {
+    "tasks": _c.TASKS,
+    "checkpoints": _c.CHECKPOINTS,
+    "regions": _c.REGIONS,
+    "events": _c.EVENTS,
 }
-assert all(len(columns) == len(types) + 1 for columns, _, types in _ONE_STATEMENT_TABLES.values())
 
 
 @functools.cache
@@ -154,28 +141,50 @@ def _one_statement(tables: tuple[str, ...]) -> str:
     result row says whether the fence passed and, if not, whether the run exists at all.
     """
     ctes = [f"fence AS ({_sql.UPDATE_RUN} RETURNING 1)"]
-    n = _sql.UPDATE_RUN.count("$")  # its parameters: the run's row (``Writes.run``)
-    for table in tables:
-        columns, key, types = _ONE_STATEMENT_TABLES[table]
-        names = ", ".join(columns[1:])
-        arrays = ", ".join(f"${n + i}::{kind}[]" for i, kind in enumerate(types, start=1))
-        n += len(types)
-        update = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+    n = len(_sql.FENCE_PARAMS)  # ``UPDATE_RUN``'s parameters: the run's row (``Writes.run``), ``$1`` its id
+    for name in tables:
+        table = _ONE_STATEMENT_TABLES[name]
+        own = [c for c in table.columns if c.name != "run_id"]  # as ``Table.without_run`` lists their values
+        names = _sql.columns([c.name for c in own])
+        arrays = ", ".join(f"${n + i}::{c.pg}[]" for i, c in enumerate(own, start=1))
+        n += len(own)
+        update = ", ".join(f"{c} = excluded.{c}" for c in table.names if c not in table.key)
         ctes.append(
-            f"put_{table} AS (INSERT INTO ckflow_{table} ({', '.join(columns)}) "
-            f"SELECT $1, {names} FROM unnest({arrays}) WITH ORDINALITY AS u({names}, ord) "
+            f"put_{name} AS (INSERT INTO {table.name} ({_sql.columns(table.names)}) "
+            f"SELECT {_sql.columns(['$1' if c == 'run_id' else c for c in table.names])} "
+            f"FROM unnest({arrays}) WITH ORDINALITY AS u({names}, ord) "
             f"WHERE EXISTS (SELECT 1 FROM fence) ORDER BY ord "
-            f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {update})"
+            f"ON CONFLICT ({_sql.columns(table.key)}) DO UPDATE SET {update})"
         )
     return (
         f"WITH {', '.join(ctes)} "
-        "SELECT EXISTS (SELECT 1 FROM fence), EXISTS (SELECT 1 FROM ckflow_runs WHERE run_id = $1)"
+        "SELECT EXISTS (SELECT 1 FROM fence) AS fenced, EXISTS (SELECT 1 FROM ckflow_runs WHERE run_id = $1) AS found"
     )
 
 
-def _distinct(rows: Sequence[tuple[Any, ...]], key: slice) -> bool:
-    """No two rows share a key (one statement cannot insert, or update, a row twice)."""
-    return len(rows) < 2 or len({row[key] for row in rows}) == len(rows)
+def _distinct(table: _c.Table[Any], rows: Sequence[tuple[Any, ...]]) -> bool:
+    """No two rows of the run share a key (one statement cannot insert, or update, a row twice)."""
+    key_of = table.key_of
+    return len(rows) < 2 or key_of is None or len({key_of(row) for row in rows}) == len(rows)
+
+
+def _one_statement_args(w: _sql.Writes) -> tuple[tuple[str, ...], list[Any]] | None:
+    """The tables of ``w``'s rows and the parameters of their ``_one_statement``, or None if it cannot write them."""
+    tables: list[str] = []
+    args = list(w.run)
+    for name, rows in (
+        ("tasks", w.tasks),
+        ("checkpoints", w.checkpoints),
+        ("regions", w.regions),
+        ("events", w.events),
+    ):
+        if rows:
+            table = _ONE_STATEMENT_TABLES[name]
+            if not _distinct(table, rows):
+                return None
+            tables.append(name)
+            args.extend(table.without_run(rows))
+    return tuple(tables), args
 
 
 async def _no_reset(conn: Any) -> None:
@@ -391,7 +400,7 @@ class PostgresStore(StoreBase):
     # -- runs --------------------------------------------------------------------
 
     async def create_run(self, run: RunRecord) -> None:
-        status = await self._open_pool().execute(_sql.INSERT_RUN, *_sql.run_row(run))
+        status = await self._open_pool().execute(_sql.INSERT_RUN, *_c.RUNS.row(run))
         if _count(status) != 1:
             raise RunExistsError(run.run_id, self._where)
 
@@ -399,7 +408,7 @@ class PostgresStore(StoreBase):
         row = await self._open_pool().fetchrow(_sql.SELECT_RUN, run_id)
         if row is None:
             raise RunNotFoundError(run_id, self._where)
-        return _sql.run_from(row)
+        return _c.RUNS.record(row)
 
     async def list_runs(
         self,
@@ -410,7 +419,7 @@ class PostgresStore(StoreBase):
         limit: int | None = None,
     ) -> list[RunRecord]:
         statement, params, slice_after = _sql.list_runs_where(states, flow, ended_before, limit, _states_test, _names)
-        runs = [_sql.run_from(row) for row in await self._open_pool().fetch(statement, *params)]
+        runs = [_c.RUNS.record(row) for row in await self._open_pool().fetch(statement, *params)]
         return runs[:limit] if slice_after else runs
 
     async def load(self, run_id: str) -> StoredRun:
@@ -423,40 +432,26 @@ class PostgresStore(StoreBase):
             regions = await conn.fetch(_REGIONS, run_id)
             failures = await conn.fetch(_sql.SELECT_FAILURES, run_id)
         return StoredRun(
-            run=_sql.run_from(run),
-            tasks=[_sql.task_from(row) for row in tasks],
-            checkpoints=[_sql.checkpoint_from(row) for row in checkpoints],
-            regions=[_sql.region_from(row) for row in regions],
-            failures=[_sql.failure_from_event(row[0]) for row in failures],
+            run=_c.RUNS.record(run),
+            tasks=[_c.TASKS.record(row) for row in tasks],
+            checkpoints=[_c.CHECKPOINTS.record(row) for row in checkpoints],
+            regions=[_c.REGIONS.record(row) for row in regions],
+            failures=[_c.failure_from_event(row["body"]) for row in failures],
         )
 
     async def write(self, batch: Batch) -> None:
         w = _sql.prepare(batch, _names)
-        if (
-            not (w.drop_regions or w.retain_checkpoints or w.requests)
-            and _distinct(w.tasks, slice(1, 2))
-            and _distinct(w.checkpoints, slice(1, 3))
-            and _distinct(w.regions, slice(1, 2))
-            and _distinct(w.events, slice(1, 2))
-        ):
-            # The common batch (a run's rows, tasks, passes, regions, events): one statement, one round trip.
-            tables: list[str] = []
-            args = list(w.run)
-            for table, rows in (
-                ("tasks", w.tasks),
-                ("checkpoints", w.checkpoints),
-                ("regions", w.regions),
-                ("events", w.events),
-            ):
-                if rows:
-                    tables.append(table)
-                    args.extend(list(column) for column in list(zip(*rows, strict=True))[1:])
-            fenced, exists = await self._open_pool().fetchrow(_one_statement(tuple(tables)), *args)
-            if not fenced:
-                if not exists:
-                    raise RunNotFoundError(w.run_id, self._where)
-                raise LeaseLostError(w.run_id, w.owner)
-            return
+        if not (w.drop_regions or w.retain_checkpoints or w.requests):
+            one = _one_statement_args(w)
+            if one is not None:
+                # The common batch (a run's rows, tasks, passes, regions, events): one statement, one round trip.
+                tables, args = one
+                found = await self._open_pool().fetchrow(_one_statement(tables), *args)
+                if not found["fenced"]:
+                    if not found["found"]:
+                        raise RunNotFoundError(w.run_id, self._where)
+                    raise LeaseLostError(w.run_id, w.owner)
+                return
         # Deletions (retention, dropped regions) must see the rows this batch adds, and requests may repeat:
         # statement after statement, in one transaction.
         async with self._open_pool().acquire() as conn, conn.transaction():
@@ -488,24 +483,23 @@ class PostgresStore(StoreBase):
         for _ in range(3):
             row = await pool.fetchrow(_CLAIM, run_id, owner, ttl)
             if row is not None:
-                return _sql.run_from(row)
+                return _c.RUNS.record(row)
             found = await pool.fetchrow(_CLAIMABLE, run_id)
             if found is None:
                 raise RunNotFoundError(run_id, self._where)
-            holder, expires, claimable = found
-            if not claimable:
+            if not found["claimable"]:
                 break
             # released or lapsed between the two statements: try again
-        raise RunOwnedError(run_id, holder, expires)
+        raise RunOwnedError(run_id, found["owner"], found["lease_expires"])
 
     async def renew(self, owner: str, run_ids: Collection[str], ttl: float) -> Renewal:
         ids = list(run_ids)
         if not ids:
             return Renewal(lost=[], requests=[])
         async with self._open_pool().acquire() as conn, conn.transaction():
-            owned = {row[0] for row in await conn.fetch(_RENEW, ids, owner, ttl)}
+            owned = {row["run_id"] for row in await conn.fetch(_RENEW, ids, owner, ttl)}
             rows = await conn.fetch(_PENDING, sorted(owned)) if owned else []
-        lost, pending = _sql.order_pending(ids, owned, map(_sql.request_from, rows))
+        lost, pending = _sql.order_pending(ids, owned, map(_c.REQUESTS.record, rows))
         return Renewal(lost=lost, requests=pending)
 
     async def release(self, run_id: str, owner: str) -> None:
@@ -517,15 +511,15 @@ class PostgresStore(StoreBase):
         async with self._open_pool().acquire() as conn, conn.transaction():
             if await conn.fetchval(_RUN_EXISTS, request.run_id) is None:
                 raise RunNotFoundError(request.run_id, self._where)
-            await conn.execute(_sql.UPSERT_REQUEST, *_sql.request_row(request))
+            await conn.execute(_sql.UPSERT_REQUEST, *_c.REQUESTS.row(request))
 
     async def requests(self, run_id: str) -> list[ControlRequest]:
-        return [_sql.request_from(row) for row in await self._open_pool().fetch(_REQUESTS, run_id)]
+        return [_c.REQUESTS.record(row) for row in await self._open_pool().fetch(_REQUESTS, run_id)]
 
     # -- reading -----------------------------------------------------------------
 
     async def tasks(self, run_id: str) -> list[TaskRecord]:
-        return [_sql.task_from(row) for row in await self._open_pool().fetch(_TASKS, run_id)]
+        return [_c.TASKS.record(row) for row in await self._open_pool().fetch(_TASKS, run_id)]
 
     async def checkpoints(self, run_id: str, checkpoint: str | None = None) -> list[CheckpointRecord]:
         pool = self._open_pool()
@@ -533,18 +527,18 @@ class PostgresStore(StoreBase):
             rows = await pool.fetch(_CHECKPOINTS, run_id)
         else:
             rows = await pool.fetch(_CHECKPOINTS_OF, run_id, checkpoint)
-        return [_sql.checkpoint_from(row) for row in rows]
+        return [_c.CHECKPOINTS.record(row) for row in rows]
 
     async def events(self, run_id: str, *, after: int = -1, limit: int | None = None) -> list[Event]:
         # LIMIT NULL is no limit; a negative limit is applied by slicing, as MemoryStore does
         bound = None if limit is None or limit < 0 else limit
         rows = await self._open_pool().fetch(_EVENTS, run_id, after, bound)
-        events = [_sql.event_from(row) for row in rows]
+        events = [_c.EVENTS.record(row) for row in rows]
         return events[:limit] if limit is not None and limit < 0 else events
 
     async def row_counts(self, run_id: str) -> dict[str, int]:
         row = await self._open_pool().fetchrow(_sql.ROW_COUNTS, run_id)
-        return dict(zip(_sql.TABLES, row, strict=True))
+        return {table: row[table] for table in _sql.TABLES}
 
     # -- maintenance -------------------------------------------------------------
 

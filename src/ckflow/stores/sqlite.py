@@ -49,15 +49,16 @@ Several processes may share a file: WAL lets readers go on while one process wri
 thread's ``busy_timeout`` makes a writer wait for the lock instead of failing. Leases are timed by
 this process's ``time.time()``, so the engines that share a file should run on one machine.
 
-The code is in four modules, and imports go one way: this one uses the three others, which use only
-the ones listed after them.
+The code is in five modules, and imports go one way: this one uses the four others, which use only
+the ones listed after them (and what the SQL stores share: ``_sql``, ``_columns``, ``_schema``).
 
 - ``sqlite``: the ``SQLiteStore`` façade, which turns each call into a read, a change or a job for the
-  thread, and its records into rows and back (through ``_sql``).
+  thread, and its records into rows and back (by column name, through ``_columns``).
 - ``_sqlite_ops``: the SQL statements, and the function that each call runs on a connection or cursor.
 - ``_sqlite_commit``: the thread with its job queue and wakers, and ``Session``, the loop's side of an
   open store: group commits, the hand-off to the thread on SQLITE_BUSY, and checkpoints
   (``_ALONE_MAX``, ``_CHECKPOINT_EVERY``, ``_checkpoint``).
+- ``_sqlite_tx``: the group commit, each change in a savepoint, that the loop and the thread both run.
 - ``_sqlite_conn``: opening: the URL, the checks on the file, the pragmas, the migrations, and the
   loop's own connection (``LoopSide``).
 """
@@ -70,6 +71,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
 from ckflow._errors import RunExistsError, RunNotFoundError, RunOwnedError
 from ckflow._records import Renewal, StoredRun
+from ckflow.stores import _columns as _c
 from ckflow.stores import _sql
 from ckflow.stores import _sqlite_ops as _ops
 from ckflow.stores._protocol import StoreBase, not_open
@@ -161,14 +163,14 @@ class SQLiteStore(StoreBase):
     # -- runs --------------------------------------------------------------------
 
     async def create_run(self, run: RunRecord) -> None:
-        if not await self._change(_ops.create_run, _sql.run_row(run)):
+        if not await self._change(_ops.create_run, _c.RUNS.row(run)):
             raise RunExistsError(run.run_id, self._where)
 
     async def get_run(self, run_id: str) -> RunRecord:
         row = await self._call(READ, _ops.get_run, run_id)
         if row is None:
             raise RunNotFoundError(run_id, self._where)
-        return _sql.run_from(row)
+        return _c.RUNS.record(row)
 
     async def list_runs(
         self,
@@ -182,7 +184,7 @@ class SQLiteStore(StoreBase):
             states, flow, ended_before, limit, _ops.states_test, _ops.names, _ops.RUN_RECORDS
         )
         rows = await self._call(READ, _ops.fetch_all, (_sql.qmark(statement), params))
-        runs = [_sql.run_from(row) for row in rows]
+        runs = [_c.RUNS.record(row) for row in rows]
         return runs[:limit] if slice_after else runs
 
     async def load(self, run_id: str) -> StoredRun:
@@ -191,11 +193,11 @@ class SQLiteStore(StoreBase):
             raise RunNotFoundError(run_id, self._where)
         run, tasks, checkpoints, regions, failures = found
         return StoredRun(
-            run=_sql.run_from(run),
-            tasks=[_sql.task_from(row) for row in tasks],
-            checkpoints=[_sql.checkpoint_from(row) for row in checkpoints],
-            regions=[_sql.region_from(row) for row in regions],
-            failures=[_sql.failure_from_event(row[0]) for row in failures],
+            run=_c.RUNS.record(run),
+            tasks=[_c.TASKS.record(row) for row in tasks],
+            checkpoints=[_c.CHECKPOINTS.record(row) for row in checkpoints],
+            regions=[_c.REGIONS.record(row) for row in regions],
+            failures=[_c.failure_from_event(row["body"]) for row in failures],
         )
 
     async def write(self, batch: Batch) -> None:
@@ -209,8 +211,8 @@ class SQLiteStore(StoreBase):
             raise RunNotFoundError(run_id, self._where)
         claimed, row = found
         if not claimed:
-            raise RunOwnedError(run_id, row[4], row[5])
-        return _sql.run_from(row)
+            raise RunOwnedError(run_id, row["owner"], row["lease_expires"])
+        return _c.RUNS.record(row)
 
     async def renew(self, owner: str, run_ids: Collection[str], ttl: float) -> Renewal:
         ids = list(run_ids)
@@ -218,7 +220,7 @@ class SQLiteStore(StoreBase):
             return Renewal(lost=[], requests=[])
         # Its transaction grows with the engine's runs (some 3 ms for 1,000): the thread's to wait for.
         owned, rows = await self._open_session().change_in_thread(_ops.renew, (ids, owner, ttl))
-        lost, pending = _sql.order_pending(ids, owned, map(_sql.request_from, rows))
+        lost, pending = _sql.order_pending(ids, owned, map(_c.REQUESTS.record, rows))
         return Renewal(lost=lost, requests=pending)
 
     async def release(self, run_id: str, owner: str) -> None:
@@ -227,34 +229,34 @@ class SQLiteStore(StoreBase):
     # -- control requests --------------------------------------------------------
 
     async def request(self, request: ControlRequest) -> None:
-        if not await self._change(_ops.request, _sql.request_row(request)):
+        if not await self._change(_ops.request, (request.run_id, _c.REQUESTS.row(request))):
             raise RunNotFoundError(request.run_id, self._where)
 
     async def requests(self, run_id: str) -> list[ControlRequest]:
         rows = await self._call(READ, _ops.fetch_all, (_ops.REQUESTS, (run_id,)))
-        return [_sql.request_from(row) for row in rows]
+        return [_c.REQUESTS.record(row) for row in rows]
 
     # -- reading -----------------------------------------------------------------
 
     async def tasks(self, run_id: str) -> list[TaskRecord]:
         rows = await self._call(READ, _ops.fetch_all, (_ops.TASKS, (run_id,)))
-        return [_sql.task_from(row) for row in rows]
+        return [_c.TASKS.record(row) for row in rows]
 
     async def checkpoints(self, run_id: str, checkpoint: str | None = None) -> list[CheckpointRecord]:
         query = (_ops.CHECKPOINTS, (run_id,)) if checkpoint is None else (_ops.CHECKPOINTS_OF, (run_id, checkpoint))
         rows = await self._call(READ, _ops.fetch_all, query)
-        return [_sql.checkpoint_from(row) for row in rows]
+        return [_c.CHECKPOINTS.record(row) for row in rows]
 
     async def events(self, run_id: str, *, after: int = -1, limit: int | None = None) -> list[Event]:
         # LIMIT -1 is no limit; a negative limit is applied by slicing, as MemoryStore does
         bound = -1 if limit is None or limit < 0 else limit
         rows = await self._call(READ, _ops.fetch_all, (_ops.EVENTS, (run_id, after, bound)))
-        events = [_sql.event_from(row) for row in rows]
+        events = [_c.EVENTS.record(row) for row in rows]
         return events[:limit] if limit is not None and limit < 0 else events
 
     async def row_counts(self, run_id: str) -> dict[str, int]:
         row = await self._call(READ, _ops.row_counts, run_id)
-        return dict(zip(_sql.TABLES, row, strict=True))
+        return {table: row[table] for table in _sql.TABLES}
 
     # -- maintenance -------------------------------------------------------------
 
