@@ -209,11 +209,11 @@ def _serve(jobs: queue.SimpleQueue[_Job]) -> None:
             if kind == _OPEN:
                 where = job[2][0], job[2][1]
                 try:
-                    conn, side = connected = job[1](None, job[2])
+                    opened, side = connected = job[1](None, job[2])
                 except BaseException as exc:
                     done.append((job, exc, None))
                 else:
-                    cur = conn.cursor()
+                    conn, cur = opened, opened.cursor()
                     done.append((job, None, connected))
             elif conn is None or cur is None:
                 done.append((job, StoreUnavailableError("", "the store is not open."), None))

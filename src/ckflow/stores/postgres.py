@@ -480,6 +480,7 @@ class PostgresStore(StoreBase):
 
     async def claim(self, run_id: str, owner: str, ttl: float) -> RunRecord:
         pool = self._open_pool()
+        holder: tuple[str, float | None] = ("", None)
         for _ in range(3):
             row = await pool.fetchrow(_CLAIM, run_id, owner, ttl)
             if row is not None:
@@ -487,10 +488,11 @@ class PostgresStore(StoreBase):
             found = await pool.fetchrow(_CLAIMABLE, run_id)
             if found is None:
                 raise RunNotFoundError(run_id, self._where)
+            holder = (found["owner"], found["lease_expires"])
             if not found["claimable"]:
                 break
             # released or lapsed between the two statements: try again
-        raise RunOwnedError(run_id, found["owner"], found["lease_expires"])
+        raise RunOwnedError(run_id, holder[0], holder[1])
 
     async def renew(self, owner: str, run_ids: Collection[str], ttl: float) -> Renewal:
         ids = list(run_ids)
