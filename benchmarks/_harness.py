@@ -46,6 +46,17 @@ def quiet_peers() -> None:
     """
     for name in ("sagaz", "taskflow"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    # Importing sagaz configures the root logger (a stderr handler at INFO), which would put every scenario
+    # after it under a configured logging: import it now and take that back.
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        import sagaz  # noqa: F401
+    except ImportError:
+        return
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)
+    root.setLevel(level)
 
 
 #: the logging set-ups S1 and S2 are measured under, as an application would leave them

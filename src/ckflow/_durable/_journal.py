@@ -30,7 +30,6 @@ import anyio
 from ckflow._codec import encode
 from ckflow._errors import LeaseLostError, StoreError
 from ckflow._events import Event
-from ckflow._failure import Failure
 from ckflow._records import (
     Batch,
     CheckpointRecord,
@@ -41,12 +40,14 @@ from ckflow._records import (
     TaskRecord,
     construct,
 )
+from ckflow._runtime import _task_view as task_view
 from ckflow._runtime._coro import resume
 from ckflow._states import TaskState
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from ckflow._failure import Failure
     from ckflow._runtime._core import RunCore
     from ckflow.stores import Store
 
@@ -296,23 +297,9 @@ class Journal:
         )
 
     def task_record(self, n: int) -> TaskRecord:
-        run = self.core.run
-        result = run.results[n]
-        wall = self.wall
-        return construct(
-            TaskRecord,
-            run_id=run.run_id,
-            task=run.nodes[n].name,
-            state=run.state[n],
-            attempts=run.executions[n],
-            retries=run.retries_of(n),
-            iteration=self.core.passes.iteration_of(n),
-            result=self.encoded[n],
-            failure=result if isinstance(result, Failure) else None,
-            started_at=wall(run.started[n]),
-            ended_at=wall(run.ended[n]),
-            revert_started_at=wall(run.rev_started.get(n)),
-            revert_ended_at=wall(run.rev_ended.get(n)),
+        core = self.core
+        return task_view.record(
+            core.run, n, wall=self.wall, result=self.encoded[n], iteration=core.passes.iteration_of(n)
         )
 
     def _event(self, entry: tuple[int, int, TaskState, TaskState, float, int, Failure | None] | Event) -> Event:

@@ -29,6 +29,7 @@ from ckflow._durable._journal import Journal
 from ckflow._errors import FlowDefinitionError, StoreError
 from ckflow._models import RegionReport
 from ckflow._region import Action
+from ckflow._runtime import _task_view as task_view
 from ckflow._runtime._regions import Region
 from ckflow._states import FlowState, TaskState
 from ckflow._task import Task
@@ -38,16 +39,6 @@ if TYPE_CHECKING:
     from ckflow._runtime._core import RunCore
 
 __all__ = ["restore"]
-
-_LOADED = {
-    TaskState.PENDING: TaskState.PENDING,
-    TaskState.RUNNING: TaskState.PENDING,
-    TaskState.SUCCESS: TaskState.SUCCESS,
-    TaskState.FAILURE: TaskState.FAILURE,
-    TaskState.REVERTED: TaskState.REVERTED,
-    TaskState.REVERT_FAILURE: TaskState.REVERT_FAILURE,
-    TaskState.SKIPPED: TaskState.SKIPPED,
-}
 
 
 def restore(core: RunCore, stored: StoredRun, passes: list[CheckpointRecord]) -> None:
@@ -127,28 +118,8 @@ def _load_task(core: RunCore, n: int, record: TaskRecord, mono: Any) -> None:
     node = core.run.nodes[n]
     task = node.task
     assert isinstance(task, Task)
-    core.run.executions[n] = record.attempts
-    core.run.started[n] = mono(record.started_at)
-    core.run.ended[n] = mono(record.ended_at)
-    if record.revert_started_at is not None:
-        core.run.rev_started[n] = mono(record.revert_started_at)
-    if record.revert_ended_at is not None:
-        core.run.rev_ended[n] = mono(record.revert_ended_at)
-    index = core.run.graph.scope_index
-    for name, count in record.retries.items():
-        s = index.get(name)
-        if s is not None and count:
-            core.run.retries[(n, s)] = count
-    loaded = record.state
-    if loaded is TaskState.REVERTING:
-        # Its revert was interrupted: it is owed again, from the state it was reverted from.
-        loaded = TaskState.SUCCESS if record.failure is None else TaskState.FAILURE
-    else:
-        loaded = _LOADED[loaded]
-    core.run.state[n] = loaded
-    if record.failure is not None:
-        core.run.results[n] = record.failure
-    elif record.result is not None and loaded is TaskState.SUCCESS:
+    loaded = task_view.load(core.run, n, record, mono)
+    if record.failure is None and record.result is not None and loaded is TaskState.SUCCESS:
         try:
             value = decode(record.result, result_adapter(task))
         except Exception as exc:

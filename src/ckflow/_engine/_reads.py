@@ -11,6 +11,7 @@ from ckflow._codec import decode_object, result_adapter
 from ckflow._engine._cores import flow_for
 from ckflow._events import Event, EventStream, Feed
 from ckflow._models import RunResult, TaskSummary
+from ckflow._runtime import _task_view as task_view
 from ckflow._states import TERMINAL, FlowState
 
 if TYPE_CHECKING:
@@ -31,19 +32,7 @@ async def summaries(store: Store, run_id: str) -> dict[str, TaskSummary]:
     def mono(wall: float | None) -> float | None:
         return None if wall is None else wall - offset
 
-    return {
-        t.task: TaskSummary(
-            name=t.task,
-            state=t.state,
-            attempts=t.attempts,
-            started=mono(t.started_at),
-            ended=mono(t.ended_at),
-            revert_started=mono(t.revert_started_at),
-            revert_ended=mono(t.revert_ended_at),
-            failure=t.failure,
-        )
-        for t in await store.tasks(run_id)
-    }
+    return {t.task: task_view.summary_of_record(t, mono) for t in await store.tasks(run_id)}
 
 
 async def stored_result(store: Store, record: RunRecord, flow: Flow | None) -> RunResult:

@@ -26,10 +26,10 @@ import anyio
 
 from ckflow._compile import ROOT
 from ckflow._errors import RunStateError, UnknownCheckpointError
-from ckflow._events import WARNING, Event, EventHub
-from ckflow._failure import Failure
+from ckflow._events import WARNING, Event
 from ckflow._models import RunResult, TaskSummary, _LazyTasks
 from ckflow._region import Action, scope_members
+from ckflow._runtime import _task_view as task_view
 from ckflow._runtime._context import TaskContext
 from ckflow._runtime._otel import capture_context, telemetry_for
 from ckflow._runtime._passes import Passes
@@ -63,6 +63,12 @@ class RunCore:
         on_event: Callable[[Event], object] | None = None,
     ) -> None:
         run = self.run = RunState(graph, run_id, inputs, NULL)
+        # what the engine and the handles read of the run, as plain attributes (they never change)
+        self.graph = graph
+        self.run_id = run_id
+        self.flow = run.flow
+        self.inputs = run.inputs
+        self.hub = run.hub
         self.passes = Passes(run)
         self.walker = RevertWalker(run, self.passes, self)
         self.sched = Scheduler(run, self.walker, self.passes, self, max_concurrency or 0)
@@ -91,26 +97,6 @@ class RunCore:
     # -- what the engine and the handles read ------------------------------------------
 
     @property
-    def graph(self) -> ExecutionGraph:
-        return self.run.graph
-
-    @property
-    def run_id(self) -> str:
-        return self.run.run_id
-
-    @property
-    def flow(self) -> str:
-        return self.run.flow
-
-    @property
-    def inputs(self) -> dict[str, Any]:
-        return self.run.inputs
-
-    @property
-    def hub(self) -> EventHub:
-        return self.run.hub
-
-    @property
     def state(self) -> list[TaskState]:
         return self.run.state
 
@@ -135,7 +121,7 @@ class RunCore:
 
     @journal.setter
     def journal(self, recorder: Recorder) -> None:
-        self.run.recorder = recorder
+        self.run.use(recorder)
         self.durable = recorder.durable
 
     @property
@@ -187,7 +173,7 @@ class RunCore:
                 # done, or undone, and the caller gets the result rather than a cancellation that would leave
                 # it unknown.
                 return self.result()
-            if run.recorder.durable:
+            if run.durable:
                 # A durable run is only interrupted here: it stays in its store, as it is, for this or
                 # another engine to resume. Nothing is reverted for it.
                 self.stop(None)
@@ -303,7 +289,7 @@ class RunCore:
 
     def _finish_events(self) -> None:
         # Everything of the run is in its store now: its journal (a dozen containers) can go.
-        self.run.recorder = NULL
+        self.run.use(NULL)
         self.t_end = self.t_end or time.monotonic()
         self.run.hub.close()
         for region in self.walker.regions:
@@ -467,18 +453,7 @@ class RunCore:
     # -- reading -----------------------------------------------------------------------
 
     def summary(self, n: int) -> TaskSummary:
-        run = self.run
-        result = run.results[n]
-        return TaskSummary(
-            name=run.nodes[n].name,
-            state=run.state[n],
-            attempts=run.executions[n],
-            started=run.started[n],
-            ended=run.ended[n],
-            revert_started=run.rev_started.get(n),
-            revert_ended=run.rev_ended.get(n),
-            failure=result if isinstance(result, Failure) else None,
-        )
+        return task_view.summary(self.run, n)
 
     def task_summaries(self) -> Mapping[str, TaskSummary]:
         return _LazyTasks(self.run.graph.index, self.summary)

@@ -108,14 +108,14 @@ class Passes:
         self.pass_no[scope] += 1
         self.pass_start[scope] = time.monotonic()
         recorder = self.run.recorder
-        if recorder.durable:
+        if self.run.durable:
             self.pass_seq[scope] = recorder.seq
             self.record_pass(scope, next_at=next_at)
 
     def record_pass(self, scope: int, *, completed: bool = False, next_at: float | None = None) -> None:
         """Put the record of ``scope``'s current pass in the recorder (a durable run's)."""
         recorder = self.run.recorder
-        if recorder.durable:
+        if self.run.durable:
             name = self.graph.scopes[scope].name
             recorder.checkpoint((name, self.pass_no[scope]), lambda: self._pass_record(scope, name, completed, next_at))
 
@@ -227,7 +227,7 @@ class Passes:
         """Every task of a Periodic's iteration succeeded: True if it was the last iteration."""
         scope = self.graph.loops[gate]
         info = self.graph.scopes[scope]
-        if not self.run.recorder.durable:
+        if not self.run.durable:
             self.retain(scope)  # a durable run retained it when the scope completed
         iteration = self.iteration[scope]
         if info.times is not None and iteration >= info.times:
@@ -241,7 +241,7 @@ class Passes:
         run = self.run
         sched = self._sched()
         nodes, state = run.nodes, run.state
-        durable = run.recorder.durable
+        durable = run.durable
         for m in info.members:
             node = nodes[m]
             if state[m] is SUCCESS:

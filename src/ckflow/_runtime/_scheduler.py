@@ -42,6 +42,7 @@ from ckflow._states import FAILURE, PENDING, RUNNING, SUCCESS
 if TYPE_CHECKING:
     from ckflow._compile import Node
     from ckflow._runtime._passes import Passes
+    from ckflow._runtime._recorder import Recorder
     from ckflow._runtime._state import RunState
     from ckflow._runtime._walker import RevertWalker
 
@@ -216,9 +217,9 @@ class Scheduler:
         queued = self.queued
         waiting = self.waiting
         nodes = self.run.nodes
-        recorder = self.run.recorder
+        recorder, durable = self.run.recorder, self.run.durable
         while True:
-            if (revert_ready or ready) and recorder.lease_until <= time.monotonic() and self.run.stopped is None:
+            if durable and (revert_ready or ready) and self._lease_lapsed(recorder):
                 # This engine's lease may have lapsed (it stalled, and another engine may run the run now):
                 # nothing starts before the store says the run is still ours.
                 await recorder.confirm_lease()
@@ -266,6 +267,10 @@ class Scheduler:
                 else:
                     await checkpoint()
 
+    def _lease_lapsed(self, recorder: Recorder) -> bool:
+        """True once the engine's lease has lapsed by its own clock (while the run runs here)."""
+        return recorder.lease_until <= time.monotonic() and self.run.stop_reason is None
+
     def make_ready(self, n: int) -> None:
         """``n`` has no unfinished predecessor: queue it, or pass straight through a join."""
         if self.walker.region_of[n] is not None:
@@ -284,7 +289,7 @@ class Scheduler:
             # A join does no work: it succeeds the moment its last predecessor has.
             self.run.state[j] = SUCCESS
             self.n_success += 1
-            if nodes[j].kind == LOOP and nodes[j].chain and self.run.recorder.durable:
+            if nodes[j].kind == LOOP and nodes[j].chain and self.run.durable:
                 self.passes.progress(nodes[j].chain)
             for s in nodes[j].succs:
                 w = self.waiting[s] - 1
@@ -337,25 +342,33 @@ class Scheduler:
         ``shared``: the worker's scope, which this task runs in (see ``_work``); None for a scope of its own.
         """
         node = self.run.nodes[n]
+        task = node.task
+        assert task is not None
         scope = self._own_scope(node) if shared is None else shared
+        error: Exception | None = None
+        value: Any = None
         token = CURRENT.set((self.context, n))
         telemetry = self.run.telemetry
         otel_token = None if telemetry is None else telemetry.attach(n)
         try:
             try:
-                error, value = await self._call(n, node, scope)
+                try:
+                    kw = self.run.kwargs[n] = self.task_inputs(node)
+                    coro = self.start_call(task.call_execute, kw, node.is_async)
+                    try:
+                        yielded = coro.send(None)
+                    except StopIteration as stop:
+                        value = stop.value
+                    else:
+                        # The task suspended: from here on it can be cancelled, and other ready jobs need
+                        # workers of their own.
+                        self.exec_scopes[n] = scope
+                        self.spawn_helpers()
+                        value = await resume(coro, yielded)
+                except Exception as exc:
+                    error = exc
             except BaseException as exc:
-                if shared is None:
-                    if not scope.__exit__(type(exc), exc, exc.__traceback__):
-                        raise
-                    error, value = None, None  # its own deadline passed: settled below, as a timeout
-                elif not scope.cancel_called:
-                    raise
-                else:
-                    # The worker's scope was cancelled for this task: its cancellation goes on to the scope,
-                    # which ends it; the task's outcome is settled here, as for a scope of its own.
-                    self._settle_execute(n, scope, None, None)
-                    raise
+                self._unwound(n, scope, exc, own=shared is None)  # its own deadline passed: a timeout, below
             else:
                 if shared is None:
                     scope.__exit__(None, None, None)
@@ -366,16 +379,25 @@ class Scheduler:
             if telemetry is not None:
                 telemetry.detach(otel_token)
             CURRENT.reset(token)
-        if node.shield and not self.run.recorder.durable and anyio.current_effective_deadline() == -math.inf:
-            # The run's caller was cancelled while this task ran shielded: the run is cancelled, and everything
-            # that ran, this task included, is reverted; its late success must not end the run SUCCESS, a
-            # result its caller will never see.
-            self.on_caller_gone()
         self._settle_execute(n, scope, error, value)
         if node.shield:
             # A cancellation of the run (its caller, its engine) waited for this task: it applies now, before
             # anything else starts.
             await checkpoint_if_cancelled()
+
+    def _unwound(self, n: int, scope: anyio.CancelScope, exc: BaseException, *, own: bool) -> None:
+        """A cancellation unwound ``n``'s execute: re-raise it, unless ``n``'s own scope (its deadline) ends it.
+
+        The worker's scope cancelled for this task: its cancellation goes on to that scope, which ends it, and
+        the task's outcome is settled here, as for a scope of its own.
+        """
+        if own:
+            if not scope.__exit__(type(exc), exc, exc.__traceback__):
+                raise exc
+            return
+        if scope.cancel_called:
+            self._settle_execute(n, scope, None, None)
+        raise exc
 
     def _own_scope(self, node: Node) -> anyio.CancelScope:
         """A cancel scope of the task's own (it has a timeout, or is shielded), entered now.
@@ -390,39 +412,25 @@ class Scheduler:
         scope.__enter__()
         return scope
 
-    async def _call(self, n: int, node: Node, scope: anyio.CancelScope) -> tuple[Exception | None, Any]:
-        """Call ``n``'s execute: (None, its value), or (the exception it raised, None)."""
-        task = node.task
-        assert task is not None
-        try:
-            kw = self.run.kwargs[n] = self.task_inputs(node)
-            coro = self.start_call(task.call_execute, kw, node.is_async)
-            try:
-                yielded = coro.send(None)
-            except StopIteration as stop:
-                return None, stop.value
-            # The task suspended: from here on it can be cancelled, and other ready jobs need workers of
-            # their own.
-            self.exec_scopes[n] = scope
-            self.spawn_helpers()
-            return None, await resume(coro, yielded)
-        except Exception as exc:
-            return exc, None
-
     def _cancelled_from_outside(self, n: int) -> None:
         """An enclosing scope (the caller of ckflow.run, the engine) cancelled the run itself while ``n`` ran."""
         if self.run.state[n] is RUNNING:
             self.exec_scopes.pop(n, None)
-            if self.run.recorder.durable:
+            if self.run.durable:
                 self._interrupted(n)
             else:
                 self._cancelled(n, "the run was cancelled from outside")
 
     def _settle_execute(self, n: int, scope: anyio.CancelScope, error: Exception | None, value: Any) -> None:
         """The execute of ``n`` has returned, raised or been cancelled through ``scope``: record its outcome."""
+        if self.run.nodes[n].shield and not self.run.durable and anyio.current_effective_deadline() == -math.inf:
+            # The run's caller was cancelled while this task ran shielded: the run is cancelled, and everything
+            # that ran, this task included, is reverted; its late success must not end the run SUCCESS, a
+            # result its caller will never see.
+            self.on_caller_gone()
         if self.exec_scopes:
             self.exec_scopes.pop(n, None)
-        if self.run.stopped is not None and self.run.recorder.durable and scope.cancel_called:
+        if self.run.stop_reason is not None and self.run.durable and scope.cancel_called:
             # Cancelled because this engine stopped running the run: owed an execution, not a revert.
             self.cancel_requested.discard(n)
             self._interrupted(n)
@@ -441,7 +449,8 @@ class Scheduler:
     def _succeed(self, n: int, value: Any) -> None:
         node = self.run.nodes[n]
         recorder = self.run.recorder
-        if recorder.durable:
+        durable = self.run.durable
+        if durable:
             try:
                 recorder.encode_result(n, value)
             except TypeError as exc:
@@ -470,7 +479,7 @@ class Scheduler:
             self.walker.member_settled(region, n)
             self.on_idle()
             return
-        if recorder.hold(n):
+        if durable and recorder.hold(n):
             # The successors start once the result is in the store (``release``, when it is).
             if node.chain:
                 self.passes.progress(node.chain)

@@ -75,6 +75,7 @@ class RunState:
     """The state of one run that every part reads, and the one place it changes."""
 
     __slots__ = (
+        "durable",
         "ended",
         "executions",
         "failures",
@@ -135,9 +136,16 @@ class RunState:
         #: why this engine stopped running the run (mode STOPPED)
         self.stop_reason: BaseException | None = None
         self.recorder = recorder
+        #: ``recorder.durable``, read on the hot path as a plain attribute (``use`` keeps them together)
+        self.durable = recorder.durable
         self.hub = EventHub(run_id, graph.flow_name)
         #: OpenTelemetry spans and metrics of the run (None unless the otel extra and a provider are there)
         self.telemetry: TelemetryPort | None = None
+
+    def use(self, recorder: Recorder) -> None:
+        """Feed ``recorder`` from now on (a durable run's journal; the no-op one once the run has ended)."""
+        self.recorder = recorder
+        self.durable = recorder.durable
 
     # -- the one way state changes --------------------------------------------------
 
@@ -151,9 +159,11 @@ class RunState:
         if (old, new) not in TASK_TRANSITIONS:
             check_task_transition(self.nodes[n].name, old, new)
         self.state[n] = new
-        result = self.results[n] if new is FAILURE or new is REVERT_FAILURE else None
-        failure = result if isinstance(result, Failure) else None
-        seq = self.recorder.transition(n, old, new, self.attempt(n), failure)
+        failure: Failure | None = None
+        if new is FAILURE or new is REVERT_FAILURE:
+            result = self.results[n]
+            failure = result if isinstance(result, Failure) else None
+        seq = self.recorder.transition(n, old, new, self.attempt(n), failure) if self.durable else None
         telemetry = self.telemetry
         if telemetry is not None:
             telemetry.transition(n, old, new)

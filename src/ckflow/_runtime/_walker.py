@@ -182,7 +182,7 @@ class RevertWalker:
             checkpoint=report.checkpoint,
             detail={"action": action.value, "members": report.members},
         )
-        if recorder.durable:
+        if self.run.durable:
             # The decision is stored before any revert starts (see _journal): its reverts wait for the commit.
             region.gen = self.record_region(region)
             recorder.on_commit(partial(self._region_committed, region, region.gen))
@@ -287,7 +287,7 @@ class RevertWalker:
         # Undoing a join (or a Periodic's gate) is instant.
         self.run.join_transition(n, REVERTED)
         self._sched().n_success -= 1
-        if node.kind == LOOP and node.chain and self.run.recorder.durable:
+        if node.kind == LOOP and node.chain and self.run.durable:
             self.passes.regress(node.chain)
         self._revert_finished(region, n)
 
@@ -306,7 +306,7 @@ class RevertWalker:
         assert task is not None
         if self.run.state[n] is SUCCESS:
             self._sched().n_success -= 1
-            if self.run.recorder.durable and node.chain:
+            if self.run.durable and node.chain:
                 self.passes.regress(node.chain)
         self.run.transition(n, REVERTING)
         self.reverting += 1
