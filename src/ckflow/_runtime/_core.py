@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -69,13 +71,14 @@ class RunCore:
         self.flow = run.flow
         self.inputs = run.inputs
         self.hub = run.hub
+        # The parts call back into the run, and the walker and the passes into the scheduler, through weak
+        # proxies: a run that has ended is freed by reference counting, not left to the cyclic GC (a thousand
+        # runs a second would otherwise make it walk the whole heap far more often).
+        owner = weakref.proxy(self)
         self.passes = Passes(run)
-        self.walker = RevertWalker(run, self.passes, self)
-        self.sched = Scheduler(run, self.walker, self.passes, self, max_concurrency or 0)
-        self.passes.sched = self.walker.sched = self.sched
-        self.walker.on_idle = self.sched.on_idle = self.maybe_finish
-        self.sched.on_barrier = self._reach_barrier
-        self.sched.on_caller_gone = self._caller_gone
+        self.walker = RevertWalker(run, self.passes, owner)
+        self.sched = Scheduler(run, self.walker, self.passes, owner, max_concurrency or 0)
+        self.passes.sched = self.walker.sched = weakref.proxy(self.sched)
         if on_event is not None:
             run.hub.add_callback(on_event)
         #: the W3C traceparent of the run's first span, recorded with a durable run: its resumptions continue it
@@ -211,7 +214,7 @@ class RunCore:
                         ending.result()  # the end itself was cancelled (it never is): say so
                         return
 
-    def _caller_gone(self) -> None:
+    def caller_gone(self) -> None:
         """The caller of ckflow.run was cancelled while a shielded task ran: the run is cancelled too."""
         self.request_cancel(spawn=False)
 
@@ -417,7 +420,7 @@ class RunCore:
             if state[n] is PENDING and sched.waiting[n] == 0:
                 sched.make_ready(n)
 
-    def _reach_barrier(self, n: int) -> None:
+    def reach_barrier(self, n: int) -> None:
         """A task of the goto checkpoint's scope is ready: the checkpoint is reached; suspend."""
         sched = self.sched
         sched.queued[n] = 1
@@ -456,7 +459,8 @@ class RunCore:
         return task_view.summary(self.run, n)
 
     def task_summaries(self) -> Mapping[str, TaskSummary]:
-        return _LazyTasks(self.run.graph.index, self.summary)
+        # built from the run's state, not through this object: a result kept here makes no reference cycle
+        return _LazyTasks(self.run.graph.index, partial(task_view.summary, self.run))
 
     def result(self) -> RunResult:
         run = self.run

@@ -36,6 +36,6 @@ def telemetry_for(core: RunState, region_of: Sequence[RegionView | None]) -> Run
     """The run's telemetry, or None when neither traces nor metrics are on, or the extra is missing."""
     if not AVAILABLE:
         return None
-    from ckflow._runtime._otel_spans import telemetry_for as make
+    from ckflow._runtime._otel_spans import telemetry_for as make  # imported once; a dict lookup after
 
     return make(core, region_of)

@@ -62,7 +62,7 @@ def capture_context() -> object:
 
 def _tracing_on() -> bool:
     provider = _trace.get_tracer_provider()
-    return not isinstance(provider, _trace.ProxyTracerProvider | _trace.NoOpTracerProvider)
+    return not isinstance(provider, (_trace.ProxyTracerProvider, _trace.NoOpTracerProvider))
 
 
 def _metrics_on() -> bool:
@@ -106,6 +106,8 @@ class _Instruments:
 
 
 _INSTRUMENTS: list[_Instruments] = []
+#: the tracer and meter providers last found with neither traces nor metrics on
+_OFF: list[object] = []
 
 
 def _instruments() -> _Instruments | None:
@@ -119,9 +121,13 @@ def _instruments() -> _Instruments | None:
 
 def telemetry_for(core: RunState, region_of: Sequence[RegionView | None]) -> RunTelemetry | None:
     """The run's telemetry, or None when neither traces nor metrics are on."""
+    providers = (_trace.get_tracer_provider(), _metrics.get_meter_provider())
+    if _OFF and _OFF[0] is providers[0] and _OFF[1] is providers[1]:
+        return None  # the same providers as last time, which had neither on: nothing to ask again
     tracer = _trace.get_tracer(_SCOPE) if _tracing_on() else None
     instruments = _instruments()
     if tracer is None and instruments is None:
+        _OFF[:] = providers
         return None
     return RunTelemetry(core, region_of, tracer, instruments)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ckflow._runtime._context import ContextSource
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -20,7 +22,23 @@ if TYPE_CHECKING:
     from ckflow._models import RegionReport
     from ckflow._states import FlowState, TaskState
 
-__all__ = ["RegionView", "SchedulerPort", "TelemetryPort"]
+__all__ = ["RegionView", "RunPort", "SchedulerPort", "TelemetryPort"]
+
+
+class RunPort(ContextSource, Protocol):
+    """The run, as its parts call back into it."""
+
+    def maybe_finish(self) -> None:
+        """The run may have become idle: end it or suspend it if it has."""
+        ...
+
+    def reach_barrier(self, n: int) -> None:
+        """A task of a goto's checkpoint is ready: the checkpoint is reached."""
+        ...
+
+    def caller_gone(self) -> None:
+        """The caller of ckflow.run was cancelled while a shielded task ran."""
+        ...
 
 
 class RegionView(Protocol):

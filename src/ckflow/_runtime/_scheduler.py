@@ -34,7 +34,7 @@ from ckflow._errors import ResultNotSerializableError
 from ckflow._events import INFO, WARNING
 from ckflow._failure import Failure, FailureKind
 from ckflow._region import Action
-from ckflow._runtime._context import CURRENT, ContextSource
+from ckflow._runtime._context import CURRENT
 from ckflow._runtime._coro import resume
 from ckflow._runtime._state import RunMode
 from ckflow._states import FAILURE, PENDING, RUNNING, SUCCESS
@@ -42,6 +42,7 @@ from ckflow._states import FAILURE, PENDING, RUNNING, SUCCESS
 if TYPE_CHECKING:
     from ckflow._compile import Node
     from ckflow._runtime._passes import Passes
+    from ckflow._runtime._ports import RunPort
     from ckflow._runtime._recorder import Recorder
     from ckflow._runtime._state import RunState
     from ckflow._runtime._walker import RevertWalker
@@ -69,18 +70,16 @@ class Scheduler:
     """The ready queue, the workers, and each execute from its start to its outcome."""
 
     __slots__ = (
+        "__weakref__",
         "barrier",
         "cancel_requested",
-        "context",
         "exec_scopes",
         "executing",
         "idle_helpers",
         "limit",
         "limiter",
         "n_success",
-        "on_barrier",
-        "on_caller_gone",
-        "on_idle",
+        "owner",
         "passes",
         "queued",
         "ready",
@@ -93,12 +92,18 @@ class Scheduler:
     )
 
     def __init__(
-        self, run: RunState, walker: RevertWalker, passes: Passes, context: ContextSource, max_concurrency: int
+        self,
+        run: RunState,
+        walker: RevertWalker,
+        passes: Passes,
+        owner: RunPort,
+        max_concurrency: int,
     ) -> None:
         self.run = run
         self.walker = walker
         self.passes = passes
-        self.context = context
+        #: the run: what ``ckflow.current()`` asks, and what this part calls back (it may have ended, ...)
+        self.owner = owner
         self.limit = max_concurrency
         n = run.total
         self.waiting: list[int] = [len(node.preds) for node in run.nodes]
@@ -119,9 +124,6 @@ class Scheduler:
         self.scope_class: type[anyio.CancelScope] = anyio.CancelScope
         #: the run's callbacks: it may have become idle (ended?); a goto's barrier was reached; the caller of
         #: ckflow.run was cancelled while a shielded task ran
-        self.on_idle: Callable[[], None] = lambda: None
-        self.on_barrier: Callable[[int], None] = lambda n: None
-        self.on_caller_gone: Callable[[], None] = lambda: None
 
     def prepare(self) -> None:
         """Look up, once per run, what every execute uses: the thread limiter and the cancel-scope class."""
@@ -143,7 +145,7 @@ class Scheduler:
             async with anyio.create_task_group() as tg:
                 self.tg = tg
                 self.passes.start_deferred()
-                self.on_idle()
+                self.owner.maybe_finish()
                 await self.worker()
                 await until.wait()
         finally:
@@ -235,7 +237,7 @@ class Scheduler:
                         # (a task queued before a region reset its predecessors waits for them again)
                         if region_of[candidate] is None and state[candidate] is PENDING and not waiting[candidate]:
                             if candidate in self.barrier:
-                                self.on_barrier(candidate)
+                                self.owner.reach_barrier(candidate)
                                 break
                             n = candidate
                             break
@@ -301,7 +303,7 @@ class Scheduler:
                         self.queued[s] = 1
                         self.ready.append(s)
         if self.n_success == self.run.total:
-            self.on_idle()
+            self.owner.maybe_finish()
 
     # -- execute -----------------------------------------------------------------
 
@@ -347,7 +349,7 @@ class Scheduler:
         scope = self._own_scope(node) if shared is None else shared
         error: Exception | None = None
         value: Any = None
-        token = CURRENT.set((self.context, n))
+        token = CURRENT.set((self.owner, n))
         telemetry = self.run.telemetry
         otel_token = None if telemetry is None else telemetry.attach(n)
         try:
@@ -427,7 +429,7 @@ class Scheduler:
             # The run's caller was cancelled while this task ran shielded: the run is cancelled, and everything
             # that ran, this task included, is reverted; its late success must not end the run SUCCESS, a
             # result its caller will never see.
-            self.on_caller_gone()
+            self.owner.caller_gone()
         if self.exec_scopes:
             self.exec_scopes.pop(n, None)
         if self.run.stop_reason is not None and self.run.durable and scope.cancel_called:
@@ -477,7 +479,7 @@ class Scheduler:
         if region is not None:
             # A shielded member finished while its region reverts: now revert it too.
             self.walker.member_settled(region, n)
-            self.on_idle()
+            self.owner.maybe_finish()
             return
         if durable and recorder.hold(n):
             # The successors start once the result is in the store (``release``, when it is).
@@ -486,7 +488,7 @@ class Scheduler:
         else:
             self.release(n)
         if self.n_success == self.run.total or self.run.halted:
-            self.on_idle()
+            self.owner.maybe_finish()
 
     def release(self, n: int) -> None:
         """``n`` succeeded (durably, for a durable run): its successors have one predecessor less to wait for."""
@@ -502,7 +504,7 @@ class Scheduler:
         self.run.results[n] = None
         self.run.transition(n, PENDING)
         self.executing -= 1
-        self.on_idle()
+        self.owner.maybe_finish()
 
     def released(self, n: int) -> None:
         """``n``'s success is in the store now: its successors may start, unless it was reverted meanwhile."""
@@ -536,7 +538,7 @@ class Scheduler:
             self.walker.on_failure(n, exc, failure, failed_at, seq)
         else:
             self.run.log_failure(n, failure, WARNING, seq)
-        self.on_idle()
+        self.owner.maybe_finish()
 
     def _cancelled(self, n: int, why: str) -> None:
         failure = Failure.cancellation(self.run.nodes[n].name, self.run.attempt(n), why)
@@ -547,7 +549,7 @@ class Scheduler:
         region = self.walker.region_of[n]
         if region is not None:
             self.walker.member_settled(region, n)
-        self.on_idle()
+        self.owner.maybe_finish()
 
 
 def _unpack(task: str, provides: tuple[str, ...], value: Any) -> dict[str, Any]:

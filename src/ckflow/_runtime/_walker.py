@@ -33,17 +33,17 @@ from ckflow._failure import Failure
 from ckflow._models import RegionReport
 from ckflow._records import RegionRecord, construct
 from ckflow._region import Action, decide
-from ckflow._runtime._context import CURRENT, ContextSource
+from ckflow._runtime._context import CURRENT
 from ckflow._runtime._coro import resume
 from ckflow._runtime._regions import Region, settle
 from ckflow._states import FAILURE, PENDING, REVERT_FAILURE, REVERTED, REVERTING, RUNNING, SUCCESS
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Iterable
 
     from ckflow._checkpoint import Checkpoint
     from ckflow._runtime._passes import Passes
-    from ckflow._runtime._ports import SchedulerPort
+    from ckflow._runtime._ports import RunPort, SchedulerPort
     from ckflow._runtime._state import RunState
 
 __all__ = ["Region", "RevertWalker"]
@@ -61,8 +61,7 @@ class RevertWalker:
     """Undoes failed branches: the regions being reverted, the revert queue, and what follows each region."""
 
     __slots__ = (
-        "context",
-        "on_idle",
+        "owner",
         "passes",
         "region_ids",
         "region_of",
@@ -76,15 +75,14 @@ class RevertWalker:
         "sched",
     )
 
-    def __init__(self, run: RunState, passes: Passes, context: ContextSource) -> None:
+    def __init__(self, run: RunState, passes: Passes, owner: RunPort) -> None:
         self.run = run
         self.passes = passes
-        #: what ``ckflow.current()`` asks inside a revert (the run)
-        self.context = context
+        #: the run: what ``ckflow.current()`` asks inside a revert, and what this part calls back
+        self.owner = owner
         #: the scheduler, set once it exists
         self.sched: SchedulerPort | None = None
         #: called when the walker may have left the run idle (the run then checks whether it has ended)
-        self.on_idle: Callable[[], None] = lambda: None
         n = run.total
         self.regions: set[Region] = set()
         #: the region that reverts everything (a failure reached the root, or a cancel)
@@ -327,7 +325,7 @@ class RevertWalker:
         kw = {p: given[p] for p in params if p in given}
         if "result" in params:
             kw["result"] = self.run.results[n]
-        token = CURRENT.set((self.context, n))
+        token = CURRENT.set((self.owner, n))
         telemetry = self.run.telemetry
         otel_token = None if telemetry is None else telemetry.attach(n, reverting=True)
         error: Exception | None = None
@@ -363,11 +361,11 @@ class RevertWalker:
             self.run.transition(n, REVERT_FAILURE)
             region.outstanding -= 1
             self.enter_failure_mode()
-            self.on_idle()
+            self.owner.maybe_finish()
             return
         self.run.transition(n, REVERTED)
         self._revert_finished(region, n)
-        self.on_idle()
+        self.owner.maybe_finish()
 
     def _revert_finished(self, region: Region, n: int) -> None:
         region.outstanding -= 1
