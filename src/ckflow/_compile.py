@@ -259,12 +259,16 @@ class ExecutionGraph:
         return f"<ExecutionGraph {self.flow_name!r} {self.task_count} tasks, {len(self.scopes)} scopes>"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Fragment:
-    """The compiled shape of one item: where edges go in and come out."""
+    """The compiled shape of one item: where edges go in and come out.
 
-    entries: list[int]
-    exits: list[int]
+    Tuples of ints, not lists: the collector stops tracking them, so a large Graph's
+    fragments do not add to what its gen-2 passes walk while compile runs.
+    """
+
+    entries: tuple[int, ...]
+    exits: tuple[int, ...]
     scope: int
     label: str
     entry_join: int = -1
@@ -276,10 +280,13 @@ class _Compiler:
         self.root = flow
         self.nodes: list[Node] = []
         self.scopes: list[Scope] = [Scope(ROOT, flow.name, None, -1, 0)]
-        self.succ: list[list[int]] = []
-        self.pred_count: list[int] = []
-        #: task node -> its path from the root: ((flow, item index), ...)
-        self.paths: list[tuple[tuple[Flow, int], ...]] = []
+        #: the edges, in the order they were made: edge i runs from edge_from[i] to edge_to[i]. Two flat
+        #: lists of ints rather than a list per node: ints are not tracked by the cyclic GC, so a large
+        #: flow's compile does not grow what the collector's gen-2 passes walk meanwhile
+        self.edge_from: list[int] = []
+        self.edge_to: list[int] = []
+        #: task node -> its path from the root, as item indexes (ints only: untracked by the collector)
+        self.paths: list[tuple[int, ...]] = []
         #: task node -> the injects of its enclosing flows, innermost first
         self.flow_injects: list[tuple[Mapping[str, Any], ...]] = []
         self.provider: dict[str, int] = {}
@@ -294,8 +301,6 @@ class _Compiler:
     def _new_node(self, name: str, kind: int, scope: int, task: Task | None) -> int:
         node = Node(len(self.nodes), name, kind, scope, task)
         self.nodes.append(node)
-        self.succ.append([])
-        self.pred_count.append(0)
         return node.id
 
     def _new_scope(self, checkpoint: Checkpoint, parent: int, periodic: _Periodic | None = None) -> int:
@@ -314,14 +319,14 @@ class _Compiler:
         return scope.id
 
     def _edge(self, a: int, b: int) -> None:
-        self.succ[a].append(b)
-        self.pred_count[b] += 1
+        self.edge_from.append(a)
+        self.edge_to.append(b)
 
     def collect(
         self,
         flow: Flow,
         scope: int,
-        path: tuple[tuple[Flow, int], ...],
+        path: tuple[int, ...],
         injects: tuple[Mapping[str, Any], ...],
     ) -> None:
         """First pass: one node per task, scopes, paths and providers."""
@@ -331,7 +336,7 @@ class _Compiler:
         if flow.inject:
             injects = (flow.inject, *injects)
         for index, item in enumerate(flow.items):
-            here = (*path, (flow, index))
+            here = (*path, index)
             if isinstance(item, Checkpoint):
                 scope = self._new_scope(item, scope)
             elif isinstance(item, Task):
@@ -385,10 +390,11 @@ class _Compiler:
         """Check that ``provider`` runs before ``consumer``; in a Graph, make it so."""
         p_path, c_path = self.paths[provider], self.paths[consumer]
         depth = 0
+        flow = self.root
         while p_path[depth] == c_path[depth]:
+            flow = flow.items[p_path[depth]]
             depth += 1
-        flow, p_index = p_path[depth]
-        c_index = c_path[depth][1]
+        p_index, c_index = p_path[depth], c_path[depth]
         if flow.kind in _ORDERED:
             if p_index > c_index:
                 raise ProviderOrderError(flow.name, self.nodes[consumer].name, name, self.nodes[provider].name)
@@ -414,7 +420,7 @@ class _Compiler:
             if isinstance(item, Task):
                 node = next_task[0]
                 next_task[0] += 1
-                pieces.append(_Fragment([node], [node], item_scope, item.name))
+                pieces.append(_Fragment((node,), (node,), item_scope, item.name))
             else:
                 pieces.append(self.build(item, item_scope, next_task))
         if flow.kind in _ORDERED:
@@ -422,7 +428,7 @@ class _Compiler:
             for before, after in itertools.pairwise(real):
                 self._connect(before, after)
             if not real:
-                return _Fragment([], [], scope, flow.name)
+                return _Fragment((), (), scope, flow.name)
             if flow.kind == "Periodic":
                 # The gate stands outside the Periodic's scope, after every exit of its body: what
                 # follows waits for the gate, which opens only after the last iteration.
@@ -430,11 +436,11 @@ class _Compiler:
                 for n in real[-1].exits:
                     self._edge(n, gate)
                 self.scopes[scope].gate = gate
-                return _Fragment(real[0].entries, [gate], outer, flow.name)
+                return _Fragment(real[0].entries, (gate,), outer, flow.name)
             return _Fragment(real[0].entries, real[-1].exits, scope, flow.name)
         if flow.kind == "Parallel":
             return _Fragment(
-                [n for p in pieces for n in p.entries], [n for p in pieces for n in p.exits], scope, flow.name
+                tuple(n for p in pieces for n in p.entries), tuple(n for p in pieces for n in p.exits), scope, flow.name
             )
         assert flow.kind == "Graph"
         # Items keep their positions so that data edges (by item index) and links line up.
@@ -447,8 +453,8 @@ class _Compiler:
         has_out = {a for a, _ in edges}
         for a, b in edges:
             self._connect(by_index[a], by_index[b])
-        entries = [n for i, p in by_index.items() if i not in has_in for n in p.entries]
-        exits = [n for i, p in by_index.items() if i not in has_out for n in p.exits]
+        entries = tuple(n for i, p in by_index.items() if i not in has_in for n in p.entries)
+        exits = tuple(n for i, p in by_index.items() if i not in has_out for n in p.exits)
         return _Fragment(entries, exits, scope, flow.name)
 
     def _index_pieces(self, flow: Flow, pieces: list[_Fragment]) -> dict[int, _Fragment]:
@@ -516,14 +522,15 @@ class _Compiler:
         self._check_scope_names()
         self.resolve_inputs()
         self.build(self.root, ROOT, [0])
-        succ, nodes = self.succ, self.nodes
-        preds: list[list[int]] = [[] for _ in nodes]
-        for a, targets in enumerate(succ):
-            for b in targets:
-                preds[b].append(a)
-        for node in nodes:
-            node.succs = tuple(succ[node.id])
-            node.preds = tuple(preds[node.id])
+        nodes = self.nodes
+        succs = _group(len(nodes), self.edge_from, self.edge_to)
+        # Predecessors in the order of their ids, each node's successors in the order its edges were made.
+        sources = [a for a, targets in enumerate(succs) for _ in targets]
+        targets = [b for targets in succs for b in targets]
+        preds = _group(len(nodes), targets, sources)
+        for node, node_succs, node_preds in zip(nodes, succs, preds, strict=True):
+            node.succs = node_succs
+            node.preds = node_preds
         required = {name: tuple(tasks) for name, tasks in self.required.items()}
         return ExecutionGraph(self.root.name, nodes, self.scopes, required)
 
@@ -537,6 +544,21 @@ class _Compiler:
                     "is used twice (a task with retry= gets a checkpoint named after it); rename one.",
                 )
             seen.add(scope.name)
+
+
+def _group(n: int, keys: list[int], values: list[int]) -> list[tuple[int, ...]]:
+    """``values`` grouped by ``keys`` (each in 0..n-1), in their order within each group: a counting sort."""
+    starts = [0] * (n + 1)
+    for k in keys:
+        starts[k + 1] += 1
+    for i in range(n):
+        starts[i + 1] += starts[i]
+    flat = [0] * len(keys)
+    fill = starts[:n]
+    for k, v in zip(keys, values, strict=True):
+        flat[fill[k]] = v
+        fill[k] += 1
+    return [tuple(flat[starts[i] : starts[i + 1]]) for i in range(n)]
 
 
 def compile_flow(flow: Flow) -> ExecutionGraph:
