@@ -106,6 +106,26 @@ class TestEdges:
         for i in range(n):
             assert task_preds(g, f"b{i}") == expected
 
+    def test_preds_and_succs_mirror_each_other_in_a_fixed_order(self) -> None:
+        """Every edge is in its source's succs and its target's preds; preds by node id, succs as made."""
+        # e's data edge comes from the inner Parallel's exit join (made late, a high id), its link from
+        # the task d (a low id): made in that order, listed in the other
+        inner = Parallel("inner", make("b", provides="x"), make("c"))
+        g = Linear(
+            "f",
+            make("a"),
+            Graph("g", make("e", requires=("x",)), inner, make("d")).link("d", "e"),
+            Parallel("p", make("f1"), make("f2")),
+            make("z"),
+        ).compile()
+        out = sorted((node.id, b) for node in g.nodes for b in node.succs)
+        into = sorted((a, node.id) for node in g.nodes for a in node.preds)
+        assert out == into
+        assert len(out) == len(set(out))
+        for node in g.nodes:
+            assert list(node.preds) == sorted(node.preds)
+        assert task_preds(g, "e") >= {"d", "b", "c"}
+
 
 class TestCompileCache:
     """A flow object is compiled once."""

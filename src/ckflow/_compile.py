@@ -261,11 +261,7 @@ class ExecutionGraph:
 
 @dataclass(eq=False, slots=True)
 class _Fragment:
-    """The compiled shape of one item: where edges go in and come out.
-
-    Tuples of ints, not lists: the collector stops tracking them, so a large Graph's
-    fragments do not add to what its gen-2 passes walk while compile runs.
-    """
+    """The compiled shape of one flow: where edges go in and come out (tuples of ints, untracked by the GC)."""
 
     entries: tuple[int, ...]
     exits: tuple[int, ...]
@@ -273,6 +269,20 @@ class _Fragment:
     label: str
     entry_join: int = -1
     exit_join: int = -1
+
+
+#: What one item compiles to: a task is its own node (an int, which the collector does not track,
+#: where an object per task would add to what its gen-2 passes walk while a large Graph compiles);
+#: any other flow is a fragment.
+_Piece = _Fragment | int
+
+
+def _entries(piece: _Piece) -> tuple[int, ...]:
+    return (piece,) if isinstance(piece, int) else piece.entries
+
+
+def _exits(piece: _Piece) -> tuple[int, ...]:
+    return (piece,) if isinstance(piece, int) else piece.exits
 
 
 class _Compiler:
@@ -411,7 +421,7 @@ class _Compiler:
         outer = scope
         if flow.checkpoint is not None:
             scope = self._scope_of_checkpoint(flow.checkpoint)
-        pieces: list[_Fragment] = []
+        pieces: list[_Piece] = []
         item_scope = scope
         for item in flow.items:
             if isinstance(item, Checkpoint):
@@ -420,11 +430,11 @@ class _Compiler:
             if isinstance(item, Task):
                 node = next_task[0]
                 next_task[0] += 1
-                pieces.append(_Fragment((node,), (node,), item_scope, item.name))
+                pieces.append(node)
             else:
                 pieces.append(self.build(item, item_scope, next_task))
         if flow.kind in _ORDERED:
-            real = [p for p in pieces if p.entries]
+            real = [p for p in pieces if _entries(p)]
             for before, after in itertools.pairwise(real):
                 self._connect(before, after)
             if not real:
@@ -433,32 +443,35 @@ class _Compiler:
                 # The gate stands outside the Periodic's scope, after every exit of its body: what
                 # follows waits for the gate, which opens only after the last iteration.
                 gate = self._new_node(f"{flow.name}.loop", LOOP, outer, None)
-                for n in real[-1].exits:
+                for n in _exits(real[-1]):
                     self._edge(n, gate)
                 self.scopes[scope].gate = gate
-                return _Fragment(real[0].entries, (gate,), outer, flow.name)
-            return _Fragment(real[0].entries, real[-1].exits, scope, flow.name)
+                return _Fragment(_entries(real[0]), (gate,), outer, flow.name)
+            return _Fragment(_entries(real[0]), _exits(real[-1]), scope, flow.name)
         if flow.kind == "Parallel":
             return _Fragment(
-                tuple(n for p in pieces for n in p.entries), tuple(n for p in pieces for n in p.exits), scope, flow.name
+                tuple(n for p in pieces for n in _entries(p)),
+                tuple(n for p in pieces for n in _exits(p)),
+                scope,
+                flow.name,
             )
         assert flow.kind == "Graph"
         # Items keep their positions so that data edges (by item index) and links line up.
         edges = dict(self.graph_edges.get(id(flow), {}))
         edges.update(dict.fromkeys(cast("_Graph", flow).link_indexes))
         by_index = self._index_pieces(flow, pieces)
-        edges = {(a, b): None for a, b in edges if by_index[a].entries and by_index[b].entries}
+        edges = {(a, b): None for a, b in edges if _entries(by_index[a]) and _entries(by_index[b])}
         self._check_acyclic(flow, by_index, edges)
         has_in = {b for _, b in edges}
         has_out = {a for a, _ in edges}
         for a, b in edges:
             self._connect(by_index[a], by_index[b])
-        entries = tuple(n for i, p in by_index.items() if i not in has_in for n in p.entries)
-        exits = tuple(n for i, p in by_index.items() if i not in has_out for n in p.exits)
+        entries = tuple(n for i, p in by_index.items() if i not in has_in for n in _entries(p))
+        exits = tuple(n for i, p in by_index.items() if i not in has_out for n in _exits(p))
         return _Fragment(entries, exits, scope, flow.name)
 
-    def _index_pieces(self, flow: Flow, pieces: list[_Fragment]) -> dict[int, _Fragment]:
-        by_index: dict[int, _Fragment] = {}
+    def _index_pieces(self, flow: Flow, pieces: list[_Piece]) -> dict[int, _Piece]:
+        by_index: dict[int, _Piece] = {}
         it = iter(pieces)
         for index, item in enumerate(flow.items):
             if not isinstance(item, Checkpoint):
@@ -468,9 +481,11 @@ class _Compiler:
     def _scope_of_checkpoint(self, checkpoint: Checkpoint) -> int:
         return self._scope_ids[id(checkpoint)]
 
-    def _connect(self, a: _Fragment, b: _Fragment) -> None:
+    def _connect(self, a: _Piece, b: _Piece) -> None:
         """Make every entry of ``b`` wait for every exit of ``a`` through at most one join each."""
-        if len(a.exits) == 1:
+        if isinstance(a, int):
+            out = a
+        elif len(a.exits) == 1:
             out = a.exits[0]
         else:
             if a.exit_join < 0:
@@ -478,8 +493,8 @@ class _Compiler:
                 for n in a.exits:
                     self._edge(n, a.exit_join)
             out = a.exit_join
-        if len(b.entries) == 1:
-            self._edge(out, b.entries[0])
+        if isinstance(b, int) or len(b.entries) == 1:
+            self._edge(out, _entries(b)[0])
             return
         if b.entry_join < 0:
             b.entry_join = self._new_node(f"{b.label}.entry", JOIN, b.scope, None)
@@ -487,13 +502,13 @@ class _Compiler:
                 self._edge(b.entry_join, n)
         self._edge(out, b.entry_join)
 
-    def _check_acyclic(self, flow: Flow, by_index: dict[int, _Fragment], edges: Mapping[tuple[int, int], None]) -> None:
-        succ: dict[int, list[int]] = {i: [] for i in by_index}
-        indegree = dict.fromkeys(by_index, 0)
-        for a, b in edges:
-            succ[a].append(b)
+    def _check_acyclic(self, flow: Flow, by_index: dict[int, _Piece], edges: Mapping[tuple[int, int], None]) -> None:
+        targets = [b for _, b in edges]
+        succ = _group(len(flow.items), [a for a, _ in edges], targets)
+        indegree = [0] * len(flow.items)
+        for b in targets:
             indegree[b] += 1
-        ready = [i for i, d in indegree.items() if d == 0]
+        ready = [i for i in by_index if indegree[i] == 0]
         seen = 0
         while ready:
             i = ready.pop()
@@ -505,7 +520,7 @@ class _Compiler:
         if seen == len(by_index):
             return
         # Walk forward inside what is left until an item repeats: that stretch is a cycle.
-        start = next(i for i, d in indegree.items() if d > 0)
+        start = next(i for i in by_index if indegree[i] > 0)
         order: list[int] = []
         position: dict[int, int] = {}
         i = start
@@ -514,7 +529,10 @@ class _Compiler:
             order.append(i)
             i = next(j for j in succ[i] if indegree[j] > 0)
         cycle = order[position[i] :]
-        raise CycleError(flow.name, [by_index[k].label for k in cycle])
+        raise CycleError(flow.name, [self._label(by_index[k]) for k in cycle])
+
+    def _label(self, piece: _Piece) -> str:
+        return self.nodes[piece].name if isinstance(piece, int) else piece.label
 
     def compile(self) -> ExecutionGraph:
         self.collect(self.root, ROOT, (), ())
