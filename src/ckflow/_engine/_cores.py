@@ -76,7 +76,8 @@ def new_core(
         raise MissingRequirementError(flow.name, missing)
     # Coerced to what the tasks' annotations say before anything runs or is stored (a run without inputs
     # skips this), so a task sees the same values on the first pass and after a resume.
-    given = checked_inputs(graph, given)
+    if given:
+        given = checked_inputs(graph, given)
     core = RunCore(
         graph,
         run_id or uuid.uuid4().hex,
