@@ -30,6 +30,7 @@ from ckflow._errors import DuplicateTaskError as DuplicateTaskError
 from ckflow._errors import EventsOverflowError as EventsOverflowError
 from ckflow._errors import FlowDefinitionError as FlowDefinitionError
 from ckflow._errors import FlowNotRegisteredError as FlowNotRegisteredError
+from ckflow._errors import InvalidInputError as InvalidInputError
 from ckflow._errors import InvalidRunIdError as InvalidRunIdError
 from ckflow._errors import LeaseLostError as LeaseLostError
 from ckflow._errors import MisplacedCheckpointError as MisplacedCheckpointError
@@ -90,6 +91,7 @@ __all__ = (
     "FlowState",
     "FunctionTask",
     "Graph",
+    "InvalidInputError",
     "InvalidRunIdError",
     "LeaseLostError",
     "Linear",

@@ -34,7 +34,17 @@ if TYPE_CHECKING:
 
     from ckflow._task import Task
 
-__all__ = ["decode", "decode_object", "encode", "encode_name", "input_adapter", "register_codec", "result_adapter"]
+__all__ = [
+    "annotation_adapter",
+    "decode",
+    "decode_object",
+    "encode",
+    "encode_name",
+    "input_adapter",
+    "parameter_annotations",
+    "register_codec",
+    "result_adapter",
+]
 
 #: The key that marks a value encoded by a registered codec: ``{"__ckflow_codec__": name, "value": ...}``.
 TAG: Final = "__ckflow_codec__"
@@ -244,6 +254,16 @@ def _hints(fn: Any) -> dict[str, Any]:
 def result_adapter(task: Task) -> TypeAdapter[Any] | None:
     """The adapter that rebuilds ``task``'s result from JSON, from its return annotation."""
     return _adapter_for(_hints(task.execute_function()).get("return"))
+
+
+def parameter_annotations(task: Task) -> dict[str, Any]:
+    """The annotations of ``task``'s parameters (and ``return``), resolved; empty where they cannot be."""
+    return _hints(task.execute_function())
+
+
+def annotation_adapter(annotation: Any) -> TypeAdapter[Any] | None:
+    """The adapter that validates values of ``annotation`` (None when it says nothing to check: none, ``Any``)."""
+    return _adapter_for(annotation)
 
 
 def input_adapter(task: Task, parameter: str) -> TypeAdapter[Any] | None:

@@ -175,6 +175,7 @@ class ExecutionGraph:
         "_scope_tasks",
         "flow_name",
         "index",
+        "input_checks",
         "loops",
         "nodes",
         "required_inputs",
@@ -196,6 +197,9 @@ class ExecutionGraph:
         self.scopes = scopes
         #: value name -> the tasks that need it from the run's inputs
         self.required_inputs = required_inputs
+        #: how run inputs are checked against the annotations of the tasks that read them; built by
+        #: ``ckflow._inputs`` on first use, so compiling a flow looks at no annotation
+        self.input_checks: object | None = None
         self.index = {n.name: n.id for n in nodes if n.kind == TASK}
         self.scope_index = {s.name: s.id for s in scopes}
         self.task_count = len(self.index)

@@ -18,6 +18,7 @@
     │   ├── RunOwnedError              (another live engine holds the run's lease)
     │   ├── InvalidRunIdError          (a run id that is not a short, printable, UTF-8 string)
     │   └── UnknownCheckpointError     (the flow has no checkpoint of that name)
+    ├── InvalidInputError              (a run input does not fit the annotation of a task that reads it)
     ├── FlowNotRegisteredError         (no flow was registered under a name)
     ├── StoreError                     (a store cannot do what was asked)
     │   ├── StoreUnavailableError      (cannot connect, or the file is not a ckflow store)
@@ -39,7 +40,7 @@ from __future__ import annotations
 
 import datetime
 import shlex
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -55,6 +56,7 @@ __all__ = [
     "EventsOverflowError",
     "FlowDefinitionError",
     "FlowNotRegisteredError",
+    "InvalidInputError",
     "InvalidRunIdError",
     "LeaseLostError",
     "MisplacedCheckpointError",
@@ -262,6 +264,36 @@ class UnknownCheckpointError(RunStateError, LookupError):
         self.known = tuple(known)
         super().__init__(
             f"Run {run_id!r} of flow {flow!r} has no checkpoint {checkpoint!r}; its checkpoints are {list(known)}."
+        )
+
+
+class InvalidInputError(CkflowError, ValueError):
+    """A run input does not fit the annotation of a task's parameter that reads it; refused before the run starts.
+
+    ``errors`` is pydantic's list of errors as JSON data (``loc``, ``msg``, ``type``, ``input``), so that an HTTP
+    layer can answer 422 naming the field.
+    """
+
+    def __init__(
+        self,
+        flow: str,
+        task: str,
+        parameter: str,
+        input: str,
+        errors: Sequence[dict[str, Any]],
+        problem: str,
+        hint: str,
+    ) -> None:
+        self.flow = flow
+        self.task = task
+        self.parameter = parameter
+        #: the name of the run input
+        self.input = input
+        self.errors = list(errors)
+        self.problem = problem
+        super().__init__(
+            f"Flow {flow!r}: run input {input!r} does not fit parameter {parameter!r} of task {task!r} ({problem}); "
+            f"{hint}."
         )
 
 

@@ -12,7 +12,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from ckflow._checkpoint import _is_positive_int
-from ckflow._codec import decode_object, encode, input_adapter
+from ckflow._codec import decode_object, encode
 from ckflow._durable._journal import Journal
 from ckflow._durable._resume import restore
 from ckflow._errors import (
@@ -25,6 +25,7 @@ from ckflow._errors import (
     UnknownCheckpointError,
 )
 from ckflow._ids import check_run_id
+from ckflow._inputs import checked_inputs, input_checks
 from ckflow._patterns import Flow
 from ckflow._records import RunRecord
 from ckflow._registry import registered_flow
@@ -34,9 +35,6 @@ from ckflow._states import FlowState
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from pydantic import TypeAdapter
-
-    from ckflow._compile import ExecutionGraph
     from ckflow._events import Event
     from ckflow._records import CheckpointRecord, StoredRun
     from ckflow.stores import Store
@@ -76,6 +74,10 @@ def new_core(
     missing = {name: tasks for name, tasks in graph.required_inputs.items() if name not in given}
     if missing:
         raise MissingRequirementError(flow.name, missing)
+    # Coerced to what the tasks' annotations say before anything runs or is stored (a run without inputs
+    # skips this), so a task sees the same values on the first pass and after a resume.
+    if given:
+        given = checked_inputs(graph, given)
     core = RunCore(
         graph,
         run_id or uuid.uuid4().hex,
@@ -127,7 +129,7 @@ def restored_core(
     """The core of a stored run, rebuilt as its store recorded it, written to its store from now on."""
     run_id = stored.run.run_id
     try:
-        inputs = decode_object(stored.run.inputs, _input_adapters(flow.compile()))
+        inputs = decode_object(stored.run.inputs, input_checks(flow.compile()).decoders)
     except Exception as exc:
         raise StoreError(
             f"Run {run_id!r}: its stored inputs do not decode into what the tasks' annotations say ({exc})."
@@ -171,18 +173,6 @@ def check_checkpoint(record: RunRecord, flow: Flow | None, checkpoint: str) -> N
     scope = graph.scope_index.get(checkpoint)
     if scope is None or scope == 0:
         raise UnknownCheckpointError(record.run_id, record.flow, checkpoint, sorted(s.name for s in graph.scopes[1:]))
-
-
-def _input_adapters(graph: ExecutionGraph) -> dict[str, TypeAdapter[Any] | None]:
-    """Input name -> the adapter of a parameter that reads it (for decoding stored inputs)."""
-    adapters: dict[str, TypeAdapter[Any] | None] = {}
-    for node in graph.nodes:
-        if node.task is None:
-            continue
-        for param, name, _required in node.input_in:
-            if adapters.get(name) is None:
-                adapters[name] = input_adapter(node.task, param)
-    return adapters
 
 
 def _encode_inputs(inputs: Mapping[str, Any]) -> str:

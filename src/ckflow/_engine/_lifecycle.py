@@ -54,16 +54,19 @@ def _positive(owner: str, name: str, value: float) -> float:
 
 
 async def run(
-    flow: Flow,
+    flow: Flow | str,
     inputs: Mapping[str, Any] | None = None,
     *,
     run_id: str | None = None,
     max_concurrency: int | None = None,
     on_event: Callable[[Event], object] | None = None,
 ) -> RunResult:
-    """Run ``flow`` to its end in the calling task and return the result (in memory, no store).
+    """Run ``flow`` (a flow, or the name it was registered under) to its end in the calling task and return the
+    result (in memory, no store).
 
-    Every ready task starts at once (at most ``max_concurrency`` executing).
+    The inputs that tasks read are validated against their parameters'
+    annotations first, and the tasks get the validated values (``"7"`` for
+    ``n: int`` arrives as ``7``). Every ready task starts at once (at most ``max_concurrency`` executing).
     If the caller is cancelled (a client hung up), everything that ran is
     reverted, shielded, and then the cancellation propagates. A run parked by
     a checkpoint with ``on_exhausted="suspend"`` returns with state
@@ -71,8 +74,12 @@ async def run(
 
     Raises:
         FlowDefinitionError: the flow does not compile, or ``inputs`` lack a required value.
+        FlowNotRegisteredError: no flow is registered under that name.
+        InvalidInputError: an input does not fit the annotation of a task's parameter that reads it.
         InvalidRunIdError: ``run_id`` is empty, over 200 characters, or holds a control character or a surrogate.
     """
+    if isinstance(flow, str):
+        flow = registered_flow(flow)
     return await _Local(new_core(flow, inputs, run_id, max_concurrency, on_event)).main(stop_on_suspend=True)
 
 
@@ -288,11 +295,14 @@ class Engine:
     ) -> Run:
         """Start a run of ``flow`` (a flow, or the name it was registered under) and return its handle at once.
 
-        With a store, the run is recorded before this returns, owned by this engine.
+        The inputs that tasks read are validated against their parameters' annotations first (nothing is
+        stored if one does not fit), and the run keeps the validated values. With a store, the run is
+        recorded before this returns, owned by this engine.
 
         Raises:
             FlowDefinitionError: the flow does not compile, or ``inputs`` lack a required value.
             FlowNotRegisteredError: no flow is registered under that name.
+            InvalidInputError: an input does not fit the annotation of a task's parameter that reads it.
             ResultNotSerializableError: an input cannot be stored as JSON (durable runs).
             RunExistsError: ``run_id`` is taken.
             InvalidRunIdError: ``run_id`` is empty, over 200 characters, or holds a control character or a surrogate.

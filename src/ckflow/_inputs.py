@@ -1,0 +1,166 @@
+"""Run inputs checked against the annotations of the tasks that read them, when a run starts (DESIGN §12).
+
+Each input a task reads from the run's inputs is validated (pydantic, lax mode) against the annotation of the
+task's parameter, before any task runs and before anything is stored, and the run goes on with the validated
+value: ``{"n": "7"}`` reaches ``n: int`` as ``7`` on the first pass, is stored as ``7``, and is ``7`` after a
+resume. A value that does not fit is an ``InvalidInputError`` naming the task and the parameter.
+
+When several tasks read one input under different annotations, the value must fit each of them, and each must
+make the same value of it (same type, same JSON): ``"7"`` read as ``int`` by one task and as ``str`` by another is
+refused, since no single value would reach both as they say. Parameters without an annotation (or ``Any``,
+``object``, or a type pydantic cannot validate) are not checked; inputs that no task reads are kept as given.
+
+The adapters are found once per compiled flow, on the first run given inputs, and kept on its ``ExecutionGraph``:
+compiling looks at no annotation, and a run without inputs pays nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import reprlib
+from typing import TYPE_CHECKING, Any, final
+
+import pydantic
+import pydantic_core
+
+from ckflow._codec import annotation_adapter, parameter_annotations
+from ckflow._errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from pydantic import TypeAdapter
+
+    from ckflow._compile import ExecutionGraph
+
+__all__ = ["InputChecks", "checked_inputs", "input_checks"]
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 40
+
+
+@final
+class _Reader:
+    """One task parameter that reads a run input, with the adapter of its annotation."""
+
+    __slots__ = ("adapter", "annotation", "parameter", "task")
+
+    def __init__(self, task: str, parameter: str, annotation: Any, adapter: TypeAdapter[Any]) -> None:
+        self.task = task
+        self.parameter = parameter
+        self.annotation = annotation
+        self.adapter = adapter
+
+
+@final
+class InputChecks:
+    """For one compiled flow: input name -> the annotated parameters that read it (one per distinct adapter)."""
+
+    __slots__ = ("decoders", "flow", "readers")
+
+    def __init__(self, graph: ExecutionGraph) -> None:
+        self.flow = graph.flow_name
+        readers: dict[str, list[_Reader]] = {}
+        for node in graph.nodes:
+            task = node.task
+            if task is None or not node.input_in:
+                continue
+            hints = parameter_annotations(task)
+            for param, name, _required in node.input_in:
+                annotation = hints.get(param)
+                adapter = annotation_adapter(annotation)
+                if adapter is None:
+                    continue
+                known = readers.setdefault(name, [])
+                # Adapters are cached per annotation: one check per distinct annotation is enough.
+                if all(r.adapter is not adapter for r in known):
+                    known.append(_Reader(node.name, param, annotation, adapter))
+        self.readers = {name: tuple(found) for name, found in readers.items()}
+        #: input name -> the adapter that decodes its stored value (the first reader's)
+        self.decoders: dict[str, TypeAdapter[Any] | None] = {name: found[0].adapter for name, found in readers.items()}
+
+    def check(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """``inputs`` with each value that an annotated parameter reads replaced by its validated value.
+
+        Raises:
+            InvalidInputError: a value does not fit a reader's annotation, or two readers make different values of it.
+        """
+        for name, readers in self.readers.items():
+            if name in inputs:
+                inputs[name] = self._value(name, inputs[name], readers)
+        return inputs
+
+    def _value(self, name: str, value: Any, readers: tuple[_Reader, ...]) -> Any:
+        first = readers[0]
+        chosen = self._validate(first, name, value)
+        for other in readers[1:]:
+            coerced = self._validate(other, name, value)
+            if not _same(coerced, chosen):
+                problem = (
+                    f"task {first.task!r} reads it as {_SHORT.repr(chosen)} ({_type_name(first.annotation)}) and "
+                    f"this one as {_SHORT.repr(coerced)} ({_type_name(other.annotation)})"
+                )
+                error = {"type": "input_conflict", "loc": [], "msg": problem}
+                raise InvalidInputError(
+                    self.flow, other.task, other.parameter, name, [error], problem, "pass a value both take unchanged"
+                )
+        return chosen
+
+    def _validate(self, reader: _Reader, name: str, value: Any) -> Any:
+        try:
+            return reader.adapter.validate_python(value)
+        except pydantic.ValidationError as exc:
+            errors: list[dict[str, Any]] = json.loads(exc.json(include_url=False))
+            problem = "; ".join(_described(e) for e in errors)
+            raise InvalidInputError(
+                self.flow,
+                reader.task,
+                reader.parameter,
+                name,
+                errors,
+                problem,
+                f"pass a value that fits `{_type_name(reader.annotation)}`",
+            ) from exc
+
+
+def input_checks(graph: ExecutionGraph) -> InputChecks:
+    """The input checks of ``graph``, built on first use and kept on it."""
+    checks = graph.input_checks
+    if not isinstance(checks, InputChecks):
+        checks = graph.input_checks = InputChecks(graph)
+    return checks
+
+
+def checked_inputs(graph: ExecutionGraph, inputs: dict[str, Any]) -> dict[str, Any]:
+    """``inputs`` (a dict of the caller's own) validated against the annotations of the tasks that read them."""
+    if not inputs:
+        return inputs
+    return input_checks(graph).check(inputs)
+
+
+def _described(error: dict[str, Any]) -> str:
+    loc = ".".join(str(part) for part in error.get("loc", ()))
+    got = f", got {_SHORT.repr(error['input'])}" if "input" in error and not loc else ""
+    return f"{loc + ': ' if loc else ''}{error.get('msg', 'invalid')}{got}"
+
+
+def _type_name(annotation: Any) -> str:
+    if isinstance(annotation, type):
+        return annotation.__qualname__
+    return repr(annotation).replace("typing.", "")
+
+
+def _json(value: Any) -> bytes | None:
+    try:
+        return pydantic_core.to_json(value, bytes_mode="base64")
+    except Exception:
+        return None
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two validated values are one value: same type, equal, and the same JSON (so ``[1]`` is not ``[1.0]``)."""
+    if a is b:
+        return True
+    try:
+        equal = type(a) is type(b) and bool(a == b)
+    except Exception:
+        return False
+    return equal and _json(a) == _json(b)
