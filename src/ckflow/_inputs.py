@@ -131,8 +131,6 @@ def input_checks(graph: ExecutionGraph) -> InputChecks:
 
 def checked_inputs(graph: ExecutionGraph, inputs: dict[str, Any]) -> dict[str, Any]:
     """``inputs`` (a dict of the caller's own) validated against the annotations of the tasks that read them."""
-    if not inputs:
-        return inputs
     return input_checks(graph).check(inputs)
 
 
