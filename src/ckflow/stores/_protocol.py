@@ -61,6 +61,7 @@ class Store(Protocol):
         """Connect, and create or migrate the schema. Opening an open store does nothing.
 
         Raises:
+            StoreNotFoundError: the store was made with ``create=False`` and is not there; nothing was created.
             StoreUnavailableError: the database cannot be reached, or the file is not a ckflow store.
             SchemaVersionError: the store was written by a newer ckflow.
         """
