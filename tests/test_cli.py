@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -1033,6 +1034,26 @@ class TestNoStore:
         assert "holds no ckflow tables" in done.err
         assert [p.name for p in tmp_path.iterdir()] == ["empty.db"]
         assert (tmp_path / "empty.db").read_bytes() == b""
+
+    @pytest.mark.parametrize("argv", [("runs",), ("show", "r1"), ("cancel", "r1")], ids=["runs", "show", "cancel"])
+    def test_missing_postgres_schema(self, cli: Cli, postgres_dsn: str, argv: tuple[str, ...]) -> None:
+        """On PostgreSQL, a schema without ckflow's tables: exit 1, and neither schema nor tables are created."""
+        import asyncpg
+
+        schema = f"ckflow_test_{uuid.uuid4().hex[:12]}"
+        done = cli(*argv, "--store", f"{postgres_dsn}?schema={schema}")
+        assert done.status == 1
+        assert f"no store is there (schema '{schema}' holds no ckflow tables)" in done.err
+
+        async def exists() -> bool:
+            conn = await asyncpg.connect(postgres_dsn)
+            try:
+                found = await conn.fetchval("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1", schema)
+            finally:
+                await conn.close()
+            return found is not None
+
+        assert not anyio.run(exists)
 
     def test_existing_empty_store_is_read(self, cli: Cli, url: str) -> None:
         """A store that is there, with no runs, is read as before: exit 0."""
