@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,6 +194,16 @@ def seed(url: str, *runs: tuple[str, str, float | None]) -> None:
             )
         )
     anyio.run(_seed, url, records)
+
+
+async def _create(url: str) -> None:
+    async with open_store(url):
+        pass
+
+
+def created(url: str) -> None:
+    """An empty store at ``url`` (the commands that only read refuse a store that is not there)."""
+    anyio.run(_create, url)
 
 
 def unregister(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
@@ -500,6 +512,7 @@ class TestEvents:
 
     def test_unknown_run(self, cli: Cli, url: str) -> None:
         """Events of an unknown run: exit 1 with a clear message."""
+        created(url)
         done = cli("events", "nope", "--store", url)
         assert done.status == 1
         assert "No run has id 'nope'" in done.err
@@ -543,10 +556,26 @@ class TestGraph:
         assert "--import MODULE" in done.err
 
     def test_name_or_run(self, cli: Cli, url: str) -> None:
-        """Exactly one of NAME and --run: neither, both, or --run without a store exit 2."""
+        """NAME or --run is needed (exit 2 without either), and --run needs a store (exit 2)."""
         assert cli("graph").status == 2
-        assert cli("graph", "cli-line", "--run", "r", "--store", url).status == 2
         assert cli("graph", "--run", "r").status == 2
+        assert cli("graph", "cli-line", "--run", "r").status == 2
+
+    def test_name_and_run(self, cli: Cli, url: str) -> None:
+        """`graph NAME --run RUN` (as the README writes it) draws the run when NAME is the run's flow."""
+        finished(url)
+        both = cli("graph", "cli-flaky", "--run", "flaky-1", "--store", url, *IMPORT)
+        assert both.status == 0, both.err
+        assert both.out == cli("graph", "--run", "flaky-1", "--store", url, *IMPORT).out
+        assert "classDef reverted" in both.out
+
+    def test_name_that_is_not_the_runs_flow(self, cli: Cli, url: str) -> None:
+        """`graph NAME --run RUN` with another flow's NAME is an error (exit 1) naming the run's flow."""
+        finished(url)
+        done = cli("graph", "cli-line", "--run", "flaky-1", "--store", url, *IMPORT)
+        assert done.status == 1
+        assert "Run 'flaky-1' is a run of flow 'cli-flaky', not 'cli-line'" in done.err
+        assert done.out == ""
 
 
 class TestFlows:
@@ -944,3 +973,244 @@ class TestThroughTheOwner:
             assert await store.requests("r") == []
             gate.set()
             assert (await run.wait()).state is FlowState.SUCCESS
+
+
+# -- a store that is not there --------------------------------------------------------------
+
+#: every command over a store that does not start runs: none of them may create the store
+NOT_CREATING = [
+    ("runs",),
+    ("show", "r1"),
+    ("events", "r1"),
+    ("events", "r1", "--follow"),
+    ("graph", "--run", "r1", *IMPORT),
+    ("graph", "cli-line", "--run", "r1", *IMPORT),
+    ("prune", "--yes"),
+    ("prune", "--dry-run"),
+    ("resume", "r1", *IMPORT),
+    ("suspend", "r1"),
+    ("cancel", "r1"),
+    ("goto", "r1", "work"),
+    ("revert-to", "r1", "work"),
+    ("revert-to", "r1", "work", "--no-retry"),
+]
+
+
+class TestNoStore:
+    """A command that only reads or acts on existing runs, given a store that is not there, creates none."""
+
+    @pytest.mark.parametrize("argv", NOT_CREATING, ids=lambda argv: "-".join(a for a in argv if a != IMPORT[1]))
+    def test_missing_sqlite_file(self, cli: Cli, tmp_path: Path, argv: tuple[str, ...]) -> None:
+        """Exit 1, one line on stderr naming the path, nothing on stdout, and no file (nor -wal, -shm) made."""
+        done = cli(*argv, "--store", f"sqlite:///{tmp_path}/typo.db")
+        assert done.status == 1
+        assert done.out == ""
+        assert done.err.count("\n") == 1
+        assert done.err.startswith(f"ckflow: error: Store 'sqlite:///{tmp_path}/typo.db' cannot be opened: no store")
+        assert f"the file '{tmp_path}/typo.db' does not exist" in done.err
+        assert list(tmp_path.iterdir()) == []
+
+    def test_from_the_environment(self, cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A store named by $CKFLOW_STORE is not created either."""
+        monkeypatch.setenv("CKFLOW_STORE", f"sqlite:///{tmp_path}/typo.db")
+        done = cli("runs")
+        assert done.status == 1
+        assert "no store is there" in done.err
+        assert list(tmp_path.iterdir()) == []
+
+    def test_path_is_escaped(self, cli: Cli, tmp_path: Path) -> None:
+        """The path in the message has its control characters escaped, like the CLI's other messages."""
+        done = cli("runs", "--store", f"sqlite:///{tmp_path}/typo\x1b[31m.db")
+        assert done.status == 1
+        assert "\x1b" not in done.err
+        assert "typo\\x1b[31m.db" in done.err
+        assert list(tmp_path.iterdir()) == []
+
+    def test_file_without_ckflow_tables(self, cli: Cli, tmp_path: Path) -> None:
+        """An empty file is no store either: exit 1, and the file is left empty, with no -wal or -shm."""
+        (tmp_path / "empty.db").write_bytes(b"")
+        done = cli("runs", "--store", f"sqlite:///{tmp_path}/empty.db")
+        assert done.status == 1
+        assert "holds no ckflow tables" in done.err
+        assert [p.name for p in tmp_path.iterdir()] == ["empty.db"]
+        assert (tmp_path / "empty.db").read_bytes() == b""
+
+    @pytest.mark.parametrize("argv", [("runs",), ("show", "r1"), ("cancel", "r1")], ids=["runs", "show", "cancel"])
+    def test_missing_postgres_schema(self, cli: Cli, postgres_dsn: str, argv: tuple[str, ...]) -> None:
+        """On PostgreSQL, a schema without ckflow's tables: exit 1, and neither schema nor tables are created."""
+        import asyncpg
+
+        schema = f"ckflow_test_{uuid.uuid4().hex[:12]}"
+        done = cli(*argv, "--store", f"{postgres_dsn}?schema={schema}")
+        assert done.status == 1
+        assert f"no store is there (schema '{schema}' holds no ckflow tables)" in done.err
+
+        async def exists() -> bool:
+            conn = await asyncpg.connect(postgres_dsn)
+            try:
+                found = await conn.fetchval("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1", schema)
+            finally:
+                await conn.close()
+            return found is not None
+
+        assert not anyio.run(exists)
+
+    def test_existing_empty_store_is_read(self, cli: Cli, url: str) -> None:
+        """A store that is there, with no runs, is read as before: exit 0."""
+        created(url)
+        done = cli("runs", "--store", url)
+        assert done.status == 0
+        assert done.err.startswith("No runs in ")
+
+    def test_python_dash_m(self, tmp_path: Path) -> None:
+        """`python -m ckflow runs --store sqlite:///typo.db` in a process of its own: exit 1, no file."""
+        proc = subprocess.run(
+            [sys.executable, "-m", "ckflow", "runs", "--store", "sqlite:///typo.db"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 1
+        assert "no store is there" in proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert list(tmp_path.iterdir()) == []
+
+
+# -- start ----------------------------------------------------------------------------------
+
+
+class TestStart:
+    """`ckflow start FLOW --inputs JSON`: a new run, recorded in the store and run here."""
+
+    def test_start_then_show(self, cli: Cli, url: str) -> None:
+        """start prints the run id first, creates the store, runs the run to SUCCESS; show reads it back."""
+        done = cli("start", "cli-line", "--inputs", '{"size": 3}', "--run-id", "s1", "--store", url, *IMPORT)
+        assert done.status == 0, done.err
+        assert done.out == "s1\n"
+        assert "s1: SUCCESS (3/3 tasks done)" in done.err
+        assert cli_flows.LOG == ["prepare", "build", "ship"]
+        record, tasks = stored(url, "s1")
+        assert record.state is FlowState.SUCCESS
+        assert record.flow == "cli-line"
+        assert {name: t.state for name, t in tasks.items()} == dict.fromkeys(("prepare", "build", "ship"), "SUCCESS")
+        shown = cli("show", "s1", "--store", url, "--json")
+        assert shown.status == 0
+        doc = json.loads(shown.out)
+        assert doc["run"]["state"] == "SUCCESS"
+        assert json.loads(doc["run"]["inputs"]) == {"size": 3}
+
+    def test_generated_run_id(self, cli: Cli, url: str) -> None:
+        """Without --run-id the run gets an id of its own, printed on stdout and listed by `runs`."""
+        done = cli("start", "cli-line", "--inputs", '{"size": 1}', "--store", url, *IMPORT)
+        assert done.status == 0, done.err
+        run_id = done.out.strip()
+        assert run_id
+        assert [r[0] for r in rows(cli("runs", "--store", url).out)] == [run_id]
+
+    def test_json(self, cli: Cli, url: str) -> None:
+        """--json prints the run's record as one JSON document, as other commands do."""
+        done = cli("start", "cli-line", "--inputs", '{"size": 3}', "--run-id", "j1", "--store", url, "--json", *IMPORT)
+        assert done.status == 0, done.err
+        doc = json.loads(done.out)
+        assert doc["run_id"] == "j1"
+        assert doc["state"] == "SUCCESS"
+
+    def test_run_that_fails(self, cli: Cli, url: str) -> None:
+        """A run that ends REVERTED exits 1 and stays in the store."""
+        done = cli("start", "cli-flaky", "--inputs", '{"url": "u"}', "--run-id", "f1", "--store", url, *IMPORT)
+        assert done.status == 1
+        assert stored(url, "f1")[0].state is FlowState.REVERTED
+
+    @pytest.mark.parametrize("inputs", ['{"size": 3', "size=3", "[3]", '"x"'])
+    def test_bad_inputs(self, cli: Cli, tmp_path: Path, inputs: str) -> None:
+        """--inputs that is not a JSON object is a usage error (exit 2) naming --inputs; no store is created."""
+        done = cli("start", "cli-line", "--inputs", inputs, "--store", f"sqlite:///{tmp_path}/new.db", *IMPORT)
+        assert done.status == 2
+        assert "argument --inputs:" in done.err
+        assert list(tmp_path.iterdir()) == []
+
+    def test_unknown_flow(self, cli: Cli, tmp_path: Path) -> None:
+        """An unregistered FLOW is an error (exit 1) pointing at --import; no store is created."""
+        done = cli("start", "nope", "--store", f"sqlite:///{tmp_path}/new.db", *IMPORT)
+        assert done.status == 1
+        assert "No flow is registered as 'nope'" in done.err
+        assert list(tmp_path.iterdir()) == []
+
+    def test_run_id_taken(self, cli: Cli, url: str) -> None:
+        """A --run-id already in the store is an error (exit 1); the stored run is untouched."""
+        finished(url)
+        done = cli("start", "cli-line", "--inputs", '{"size": 9}', "--run-id", "ok-1", "--store", url, *IMPORT)
+        assert done.status == 1
+        assert "ok-1" in done.err
+        assert stored(url, "ok-1")[0].inputs == '{"size":3}'
+
+    def test_needs_a_store(self, cli: Cli) -> None:
+        """start without --store or $CKFLOW_STORE is a usage error (exit 2)."""
+        assert cli("start", "cli-line", *IMPORT).status == 2
+
+    def test_help_says_it_runs_in_the_foreground(self, cli: Cli) -> None:
+        """`start --help` says where the run runs and how to go on with it after an interruption."""
+        done = cli("start", "--help")
+        assert done.status == 0
+        text = " ".join(done.out.split())
+        assert "in the foreground" in text
+        assert "ckflow resume RUN" in text
+        assert "--inputs JSON" in text
+
+
+# -- the demo's closing hint ----------------------------------------------------------------
+
+
+class TestDemoHint:
+    """The demo's last line names a command that works as printed."""
+
+    def test_interpreter_under_the_current_directory(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """After the Quick start (.venv not activated, no `ckflow` on PATH): `.venv/bin/python -m ckflow`."""
+        from ckflow._cli import _demo
+
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setattr(sys, "executable", str(tmp_path / ".venv" / "bin" / "python"))
+        monkeypatch.setattr(_demo.shutil, "which", lambda name: None)
+        assert _demo.ckflow_command() == ".venv/bin/python -m ckflow"
+
+    def test_ckflow_on_path(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """When this installation's `ckflow` script is on PATH, the hint says `ckflow`."""
+        from ckflow._cli import _demo
+
+        bin_dir = tmp_path / "bin"
+        monkeypatch.setattr(sys, "executable", str(bin_dir / "python"))
+        monkeypatch.setattr(_demo.shutil, "which", lambda name: str(bin_dir / name))
+        assert _demo.ckflow_command() == "ckflow"
+
+    def test_another_ckflow_on_path(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A `ckflow` of another installation on PATH is not named: this interpreter is."""
+        from ckflow._cli import _demo
+
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setattr(sys, "executable", "/opt/py/bin/python3")
+        monkeypatch.setattr(_demo.shutil, "which", lambda name: "/usr/local/bin/ckflow")
+        assert _demo.ckflow_command() == "/opt/py/bin/python3 -m ckflow"
+
+    def test_printed_command_works(self, tmp_path: Path) -> None:
+        """Run the demo with no `ckflow` on PATH, then the command its last line names, pasted into a shell."""
+        env = {**os.environ, "NO_COLOR": "1", "PATH": os.defpath}
+        demo = subprocess.run(
+            [sys.executable, "-m", "ckflow", "demo", "--fast"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+            timeout=120,
+            check=False,
+        )
+        assert demo.returncode == 0, demo.stderr
+        match = re.search(r"look at them with `([^`]+)`", demo.stdout.splitlines()[-1])
+        assert match is not None
+        assert not match.group(1).startswith("ckflow ")
+        look = subprocess.run(
+            match.group(1), shell=True, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60, check=False
+        )
+        assert look.returncode == 0, look.stderr
+        assert look.stdout.count("provision") == 3

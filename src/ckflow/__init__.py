@@ -46,6 +46,7 @@ from ckflow._errors import SchemaVersionError as SchemaVersionError
 from ckflow._errors import SiblingDependencyError as SiblingDependencyError
 from ckflow._errors import StoreCorruptError as StoreCorruptError
 from ckflow._errors import StoreError as StoreError
+from ckflow._errors import StoreNotFoundError as StoreNotFoundError
 from ckflow._errors import StoreUnavailableError as StoreUnavailableError
 from ckflow._errors import TaskDefinitionError as TaskDefinitionError
 from ckflow._errors import UnknownCheckpointError as UnknownCheckpointError
@@ -114,6 +115,7 @@ __all__ = (
     "SiblingDependencyError",
     "StoreCorruptError",
     "StoreError",
+    "StoreNotFoundError",
     "StoreUnavailableError",
     "Task",
     "TaskContext",

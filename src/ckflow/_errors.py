@@ -22,6 +22,7 @@
     ├── FlowNotRegisteredError         (no flow was registered under a name)
     ├── StoreError                     (a store cannot do what was asked)
     │   ├── StoreUnavailableError      (cannot connect, or the file is not a ckflow store)
+    │   │   └── StoreNotFoundError     (opened with create=False, and no store is there)
     │   ├── SchemaVersionError         (the store was written by a newer ckflow)
     │   ├── StoreCorruptError          (the SQLite file is damaged)
     │   ├── ResultNotSerializableError (a task's value cannot be stored as JSON)
@@ -72,6 +73,7 @@ __all__ = [
     "SiblingDependencyError",
     "StoreCorruptError",
     "StoreError",
+    "StoreNotFoundError",
     "StoreUnavailableError",
     "TaskDefinitionError",
     "UnknownCheckpointError",
@@ -320,6 +322,18 @@ class StoreUnavailableError(StoreError):
         self.url = url
         self.problem = problem
         super().__init__(f"Store {url!r} cannot be opened: {problem}")
+
+
+class StoreNotFoundError(StoreUnavailableError):
+    """No store is there: ``open_store(url, create=False)`` found no file, or no ckflow tables, and made none."""
+
+    def __init__(self, url: str, where: str) -> None:
+        self.where = where
+        super().__init__(
+            url,
+            f"no store is there ({where}); check the URL (a store is created only by what starts runs, "
+            "such as `ckflow start` or `ckflow.Engine(store=...)`).",
+        )
 
 
 class SchemaVersionError(StoreError):

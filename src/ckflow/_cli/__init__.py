@@ -3,6 +3,7 @@
 Its modules, each importing only the ones below it:
 
     _main       the parser, the global options and the dispatch of a command
+    _start      ``ckflow start``: the one command over a store that creates it, as it starts a run
     _control    the commands that resume and control runs: resume, suspend, cancel, goto, revert-to
     _runs       the commands that read a store: runs, show, events, prune, graph, flows
     _format     what the commands print: tables, durations, the status line, JSON output

@@ -32,7 +32,17 @@ if TYPE_CHECKING:
     from ckflow._records import RunRecord
     from ckflow.stores import Store
 
-__all__ = ["LEFT_IN_STORE", "cmd_cancel", "cmd_goto", "cmd_resume", "cmd_revert_to", "cmd_suspend"]
+__all__ = [
+    "HEARTBEAT",
+    "LEASE_TTL",
+    "LEFT_IN_STORE",
+    "cmd_cancel",
+    "cmd_goto",
+    "cmd_resume",
+    "cmd_revert_to",
+    "cmd_suspend",
+    "run_here",
+]
 
 T = TypeVar("T")
 
@@ -126,7 +136,7 @@ class _Watch:
         self.status.close()
 
 
-async def _foreground(run: Run, console: Console, store: Store, expect: frozenset[FlowState]) -> int:
+async def run_here(run: Run, console: Console, store: Store, expect: frozenset[FlowState]) -> int:
     """Run ``run`` (this engine runs it) until it ends or is SUSPENDED; 0 if it ends in ``expect``."""
     watch = _Watch(run, console)
     try:
@@ -190,7 +200,7 @@ async def _control(
         status.close()
     local = engine.runs.get(run_id)
     if local is not None:  # this engine took the run over: run it here
-        return await _foreground(local, console, store, expect)
+        return await run_here(local, console, store, expect)
     after = await store.get_run(run_id)
     if console.json:
         console.emit_model(after)
@@ -254,7 +264,7 @@ async def cmd_resume(args: argparse.Namespace, console: Console) -> int:
                 owner = exc.owner
                 record = await store.get_run(run_id)
             else:
-                return await _foreground(run, console, store, success)
+                return await run_here(run, console, store, success)
         if record.state is not FlowState.SUSPENDED:
             raise CliError(
                 f"Run {run_id!r} is {record.state} in engine {owner!r}, whose lease on it is live, so there is "

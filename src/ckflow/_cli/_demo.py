@@ -18,6 +18,8 @@ logging; the demo shows every event itself, through a callback).
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import sys
 import time
 import uuid
@@ -271,6 +273,27 @@ async def _restart(store: str, printer: _Printer, flow: ckflow.Linear, inputs: d
     return result
 
 
+def ckflow_command() -> str:
+    """How to run ``ckflow`` from this shell, as printed in a hint: it must work when pasted.
+
+    ``ckflow`` itself when that is on PATH and is this installation's script; else this interpreter
+    with ``-m ckflow`` (the Quick start installs into ``.venv`` without activating it, so there is no
+    ``ckflow`` on PATH), relative to the current directory when the interpreter is under it.
+    """
+    here = os.path.dirname(os.path.abspath(sys.executable))
+    script = shutil.which("ckflow")
+    if script is not None and os.path.dirname(os.path.abspath(script)) == here:
+        return "ckflow"
+    python = os.path.abspath(sys.executable)
+    try:
+        relative = os.path.relpath(python)
+    except ValueError:  # on another drive (Windows)
+        relative = os.pardir
+    if not relative.startswith(os.pardir):
+        python = relative if os.sep in relative else os.path.join(os.curdir, relative)
+    return f"{shlex.quote(python)} -m ckflow"
+
+
 async def run_demo(
     *,
     fast: bool = False,
@@ -311,7 +334,8 @@ async def run_demo(
         store, printer, flow, {"server": "web-3", "size_gb": 20, "transient_faults": 0, "image": "ubuntu-24.04"}
     )
     printer.line()
-    printer.line(f"The runs are kept in {store}; look at them with `ckflow runs --store {store}`.")
+    look = f"{ckflow_command()} runs --store {shlex.quote(store)}"
+    printer.line(f"The runs are kept in {store}; look at them with `{look}`.")
     ok = (
         first.state is ckflow.FlowState.SUCCESS
         and second.state is ckflow.FlowState.REVERTED

@@ -2,9 +2,11 @@
 
 Each subcommand is a function taking the parsed arguments and returning an
 exit status; add one by writing it and registering it in ``_parser()``.
-The commands over a store live in ``_runs`` (reading, pruning, graphs)
-and ``_control`` (resuming and controlling runs); ``_format`` holds
-what they print, and ``_demo`` the ``ckflow demo`` command.
+The commands over a store live in ``_runs`` (reading, pruning, graphs),
+``_control`` (resuming and controlling runs) and ``_start`` (starting
+one); ``_format`` holds what they print, and ``_demo`` the ``ckflow demo``
+command. Only ``start`` (and the demo) creates a store that is missing;
+the others say that no store is there (exit 1).
 
 Exit statuses: 0 when the command did what it was asked (for a command that
 runs a run here: when the run ended where the command meant it to), 1 for an
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
-from ckflow._cli import _control, _runs
+from ckflow._cli import _control, _runs, _start
 from ckflow._cli._control import LEFT_IN_STORE
 from ckflow._cli._format import CliError, Console, StatusLine, parse_duration, printable
 from ckflow._errors import CkflowError, FlowNotRegisteredError, InvalidRunIdError
@@ -111,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_demo(commands)
     command = _Commands(commands)
     _add_reading(command)
+    _add_start(command)
     _add_control(command)
     _add_upkeep(command)
     return parser
@@ -143,11 +146,15 @@ class _Commands:
         self._commands = commands
         self._common = [_common(top=False)]
 
-    def __call__(self, name: str, handler: Any, summary: str, *, check: Any = None) -> argparse.ArgumentParser:
-        """Add command ``name``; ``check(args)`` returns the usage error to report, if any (default: a store)."""
-        sub = self._commands.add_parser(
-            name, parents=self._common, help=summary, description=summary[0].upper() + summary[1:] + "."
-        )
+    def __call__(
+        self, name: str, handler: Any, summary: str, *, check: Any = None, more: str = ""
+    ) -> argparse.ArgumentParser:
+        """Add command ``name``; ``check(args)`` returns the usage error to report, if any (default: a store).
+
+        ``more``: sentences that the command's ``--help`` adds after the summary.
+        """
+        description = summary[0].upper() + summary[1:] + "." + (f" {more}" if more else "")
+        sub = self._commands.add_parser(name, parents=self._common, help=summary, description=description)
         sub.set_defaults(handler=handler, check=check or _needs_store, subparser=sub)
         return sub
 
@@ -168,6 +175,29 @@ def _add_reading(command: _Commands) -> None:
     sub.add_argument("run_id", metavar="RUN", help="the run's id", type=_run_id)
     sub.add_argument("--after", metavar="SEQ", type=int, default=-1, help="only events after sequence number SEQ")
     sub.add_argument("--follow", "-f", action="store_true", help="keep printing new events until the run ends")
+
+
+def _add_start(command: _Commands) -> None:
+    """``ckflow start``: the one command over a store that creates it if it is missing."""
+    sub = command(
+        "start",
+        _start.cmd_start,
+        "start a run of a registered flow and run it here, in the foreground, until it ends or is suspended",
+        more=(
+            "The run's id is printed first, on stdout. The store is created if it is missing. If the command "
+            "is interrupted (Ctrl-C), the run stays in its store: go on with `ckflow resume RUN` (once this "
+            "process's lease on it has lapsed). Exit status 0 when the run ends SUCCESS."
+        ),
+    )
+    sub.add_argument("flow", metavar="FLOW", help="the name the flow is registered under (see --import)")
+    sub.add_argument(
+        "--inputs",
+        metavar="JSON",
+        type=_start.parse_inputs,
+        default={},
+        help="the run's inputs as a JSON object, e.g. '{\"size\": 10}' (default: {})",
+    )
+    sub.add_argument("--run-id", metavar="ID", type=_run_id, help="the new run's id (default: a new UUID)")
 
 
 def _add_control(command: _Commands) -> None:
@@ -221,7 +251,11 @@ def _add_upkeep(command: _Commands) -> None:
     )
     sub.add_argument("flow", metavar="NAME", nargs="?", help="the name a flow is registered under")
     sub.add_argument(
-        "--run", metavar="RUN", dest="run_id", type=_run_id, help="the flow of this run, coloured by its task states"
+        "--run",
+        metavar="RUN",
+        dest="run_id",
+        type=_run_id,
+        help="the flow of this run, coloured by its task states (NAME, if given too, must be that flow)",
     )
 
     command("flows", _runs.cmd_flows, "list the registered flows (after --import)", check=_no_check)
@@ -238,8 +272,8 @@ def _needs_store(args: argparse.Namespace) -> str | None:
 
 
 def _check_graph(args: argparse.Namespace) -> str | None:
-    if (args.flow is None) == (args.run_id is None):
-        return "give either a flow's NAME or --run RUN, not both or neither"
+    if args.flow is None and args.run_id is None:
+        return "give a flow's NAME, or --run RUN (with or without the NAME of its flow)"
     return None if args.run_id is None else _needs_store(args)
 
 

@@ -48,10 +48,14 @@ FOLLOW_POLL: float = 0.2
 PRUNE_CHUNK: int = 500
 
 
-def open_cli_store(url: str) -> Store:
-    """The store of ``--store`` (not yet opened), or a ``CliError`` that says what is wrong with the URL."""
+def open_cli_store(url: str, *, create: bool = False) -> Store:
+    """The store of ``--store`` (not yet opened), or a ``CliError`` that says what is wrong with the URL.
+
+    Only a command that starts runs passes ``create=True``: opening the store of any other command
+    raises ``StoreNotFoundError`` when there is none, rather than create an empty one (at a mistyped path).
+    """
     try:
-        return open_store(url)
+        return open_store(url, create=create)
     except (ValueError, ImportError) as exc:
         raise CliError(str(exc)) from exc
 
@@ -432,7 +436,7 @@ async def cmd_prune(args: argparse.Namespace, console: Console) -> int:
 
 
 async def cmd_graph(args: argparse.Namespace, console: Console) -> int:
-    """``ckflow graph NAME`` / ``--run RUN``: Mermaid text of a flow, coloured by a run's task states."""
+    """``ckflow graph NAME`` / ``[NAME] --run RUN``: Mermaid text of a flow, coloured by a run's task states."""
     from ckflow._engine import Engine
     from ckflow._mermaid import to_mermaid
 
@@ -443,6 +447,11 @@ async def cmd_graph(args: argparse.Namespace, console: Console) -> int:
     else:
         async with open_cli_store(args.store_url) as store, Engine(store=store) as engine:
             run = await engine.attach(run_id)  # a handle read from the store: its tasks carry their states
+            if args.flow is not None and args.flow != run.flow:
+                raise CliError(
+                    f"Run {run_id!r} is a run of flow {run.flow!r}, not {args.flow!r}; "
+                    f"name its flow, or leave NAME out: `ckflow graph --run {run_id}`."
+                )
             flow = registered_flow(run.flow)
             text = to_mermaid(flow, run)
     if console.json:

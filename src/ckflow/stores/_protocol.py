@@ -61,6 +61,7 @@ class Store(Protocol):
         """Connect, and create or migrate the schema. Opening an open store does nothing.
 
         Raises:
+            StoreNotFoundError: the store was made with ``create=False`` and is not there; nothing was created.
             StoreUnavailableError: the database cannot be reached, or the file is not a ckflow store.
             SchemaVersionError: the store was written by a newer ckflow.
         """
@@ -225,11 +226,17 @@ def not_open(url: str) -> StoreUnavailableError:
     )
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, create: bool = True) -> Store:
     """The store for ``url``, not yet opened: ``memory://`` (``memory://name`` is shared in the process),
     ``sqlite:///path/to/runs.db`` or ``postgresql://user@host/db``.
 
     The backend is imported only when asked for, so the core needs none of the drivers.
+
+    Args:
+        url: the store's URL.
+        create: whether opening the store creates it (the SQLite file, the PostgreSQL schema and tables)
+            when it is missing. With False, opening a missing store raises ``StoreNotFoundError`` and
+            creates nothing: what a tool that only reads, or acts on existing runs, wants.
 
     Raises:
         ValueError: the URL's scheme is not one ckflow knows.
@@ -253,5 +260,5 @@ def open_store(url: str) -> Store:
             f"The {scheme}:// store needs an optional dependency ({exc.name}); install it with "
             f"`pip install 'ckflow[{extra}]'`."
         ) from exc
-    store: Store = getattr(module, class_name)(url)
+    store: Store = getattr(module, class_name)(url, create=create)
     return store

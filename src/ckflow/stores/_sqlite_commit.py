@@ -345,11 +345,14 @@ def _checkpoint(conn: sqlite3.Connection, side: LoopSide) -> tuple[int, int, int
 # -- the loop's side --------------------------------------------------------------------------
 
 
-async def open_session(url: str, path: str, synchronous: str) -> Session:
-    """Start the store's thread and open the file in it; if that fails (or is cancelled), end the thread."""
+async def open_session(url: str, path: str, synchronous: str, *, create: bool = True) -> Session:
+    """Start the store's thread and open the file in it; if that fails (or is cancelled), end the thread.
+
+    Without ``create``, only an existing store is opened (``StoreNotFoundError`` otherwise).
+    """
     worker = _Worker(f"ckflow-sqlite {path}")
     try:
-        _, side = await worker.submit(_OPEN, connect, (url, path, synchronous))
+        _, side = await worker.submit(_OPEN, connect, (url, path, synchronous, create))
     except BaseException:
         worker.stop_nowait(url)  # closes the connections if they opened after all
         raise

@@ -17,9 +17,9 @@ import os
 import sqlite3
 import threading
 from typing import TYPE_CHECKING, Final, final
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, quote, unquote
 
-from ckflow._errors import SchemaVersionError, StoreCorruptError, StoreUnavailableError
+from ckflow._errors import SchemaVersionError, StoreCorruptError, StoreNotFoundError, StoreUnavailableError
 from ckflow.stores import _schema
 from ckflow.stores._protocol import SCHEMA_VERSION
 
@@ -199,24 +199,45 @@ def _migrate(conn: sqlite3.Connection, url: str) -> None:
         raise
 
 
-def connect(_: None, arg: tuple[str, str, str]) -> tuple[sqlite3.Connection, LoopSide | None]:
+def _open_file(url: str, path: str, *, create: bool) -> sqlite3.Connection:
+    """The thread's connection to ``path``; without ``create``, to an existing file only (``mode=rw``)."""
+    target, uri = path, False
+    if path != ":memory:":
+        _check_file(url, path)
+        if create:
+            _create_private(url, path)
+        else:
+            if not os.path.exists(path):
+                raise StoreNotFoundError(url, f"the file {os.path.abspath(path)!r} does not exist")
+            # mode=rw: SQLite fails rather than create the file, should it vanish after the look above
+            target, uri = f"file:{quote(os.path.abspath(path))}?mode=rw", True
+    try:
+        return sqlite3.connect(
+            target,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,
+            cached_statements=_CACHED_STATEMENTS,
+            uri=uri,
+        )
+    except sqlite3.Error as exc:
+        if not create and not os.path.exists(path):
+            raise StoreNotFoundError(url, f"the file {os.path.abspath(path)!r} does not exist") from exc
+        raise StoreUnavailableError(url, f"SQLite cannot open {path!r} ({exc}).") from exc
+
+
+def connect(_: None, arg: tuple[str, str, str, bool]) -> tuple[sqlite3.Connection, LoopSide | None]:
     """In the thread: open the file, refuse what is not a ckflow store, set it up and migrate it.
+
+    Without ``create`` (the last of ``arg``), a missing file, or one without ckflow's tables, is
+    ``StoreNotFoundError``, and neither is created nor written.
 
     Returns the thread's connection and, where commits need no fsync, what lets changes commit on the loop.
     """
-    url, path, synchronous = arg
+    url, path, synchronous, create = arg
     if sqlite3.sqlite_version_info < _MIN_SQLITE:
         found = sqlite3.sqlite_version
         raise StoreUnavailableError(url, f"ckflow needs SQLite 3.24 or newer; this Python has {found}.")
-    if path != ":memory:":
-        _check_file(url, path)
-        _create_private(url, path)
-    try:
-        conn = sqlite3.connect(
-            path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, cached_statements=_CACHED_STATEMENTS
-        )
-    except sqlite3.Error as exc:
-        raise StoreUnavailableError(url, f"SQLite cannot open {path!r} ({exc}).") from exc
+    conn = _open_file(url, path, create=create)
     conn.row_factory = sqlite3.Row  # rows are read by column name (``_columns.Table.record``)
     side: LoopSide | None = None
     try:
@@ -224,6 +245,8 @@ def connect(_: None, arg: tuple[str, str, str]) -> tuple[sqlite3.Connection, Loo
         version = _schema_version(conn, url)
         if version > SCHEMA_VERSION:
             raise SchemaVersionError(url, version, SCHEMA_VERSION)
+        if version == 0 and not create and path != ":memory:":
+            raise StoreNotFoundError(url, f"the file {os.path.abspath(path)!r} holds no ckflow tables")
         try:
             conn.execute("SELECT json_valid('[]')")
         except sqlite3.OperationalError:

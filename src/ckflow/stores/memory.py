@@ -23,7 +23,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, final
 from urllib.parse import parse_qsl, urlsplit
 
-from ckflow._errors import LeaseLostError, RunExistsError, RunNotFoundError, RunOwnedError
+from ckflow._errors import LeaseLostError, RunExistsError, RunNotFoundError, RunOwnedError, StoreNotFoundError
 from ckflow._events import Event
 from ckflow._records import (
     CheckpointRecord,
@@ -90,15 +90,20 @@ _SHARED: Final[dict[str, dict[str, _Run]]] = {}
 
 @final
 class MemoryStore(StoreBase):
-    """A store in this process's memory (see the module docstring)."""
+    """A store in this process's memory (see the module docstring).
 
-    __slots__ = ("_ended", "_keep_ended", "_runs", "_url")
+    With ``create=False``, ``open()`` raises ``StoreNotFoundError`` unless the URL names a memory store
+    that this process already made (``memory://`` alone never does: each such store is new).
+    """
 
-    def __init__(self, url: str = "memory://") -> None:
+    __slots__ = ("_ended", "_keep_ended", "_missing", "_runs", "_url")
+
+    def __init__(self, url: str = "memory://", *, create: bool = True) -> None:
         self._url = url
         parts = urlsplit(url)
         name = parts.netloc + parts.path
-        self._runs: dict[str, _Run] = _SHARED.setdefault(name, {}) if name else {}
+        self._missing = not create and name not in _SHARED
+        self._runs: dict[str, _Run] = _SHARED.setdefault(name, {}) if name and not self._missing else {}
         #: ``?keep_ended=N``: keep only the N runs that ended last (None: every run, until ``delete_runs``)
         self._keep_ended: int | None = None
         for key, value in parse_qsl(parts.query):
@@ -115,7 +120,8 @@ class MemoryStore(StoreBase):
         return self._url
 
     async def open(self) -> None:
-        return None
+        if self._missing:
+            raise StoreNotFoundError(self._url, "no memory store of that name in this process")
 
     async def close(self) -> None:
         return None

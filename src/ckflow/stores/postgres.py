@@ -32,6 +32,7 @@ from ckflow._errors import (
     RunNotFoundError,
     RunOwnedError,
     SchemaVersionError,
+    StoreNotFoundError,
     StoreUnavailableError,
 )
 from ckflow._records import Renewal, StoredRun
@@ -296,11 +297,16 @@ async def _schema_version(conn: Any, schema: str) -> int:
         return -1
 
 
-async def _migrate(conn: Any, url: str, schema: str) -> None:
-    """Create or migrate the store's schema, or raise and change nothing."""
+async def _migrate(conn: Any, url: str, schema: str, *, create: bool = True) -> None:
+    """Create or migrate the store's schema, or raise and change nothing.
+
+    Without ``create``, a schema with no ckflow store is ``StoreNotFoundError``, and nothing is created.
+    """
     version = await _schema_version(conn, schema)
     if version == SCHEMA_VERSION:
         return  # the common case: no lock taken
+    if version == 0 and not create:
+        raise StoreNotFoundError(url, f"schema {schema!r} holds no ckflow tables")
     if version > SCHEMA_VERSION:
         raise SchemaVersionError(url, version, SCHEMA_VERSION)
     async with conn.transaction():
@@ -329,15 +335,18 @@ class PostgresStore(StoreBase):
         url: ``postgresql://user:password@host:5432/db`` (or ``postgres://``), optionally with
             ``?schema=NAME`` (default ``public``; created if missing) and ``?connect_timeout=SECONDS``
             (default 10). Other query parameters go to asyncpg (``sslmode=``, ...).
+        create: create the schema and its tables if they are missing (the default); with False, ``open()``
+            raises ``StoreNotFoundError`` instead and creates nothing (for tools that only read).
 
     Raises:
         ValueError: the URL is not a PostgreSQL URL, or an option has a wrong value.
     """
 
-    __slots__ = ("_dsn", "_lock", "_pool", "_schema", "_timeout", "_url", "_where")
+    __slots__ = ("_create", "_dsn", "_lock", "_pool", "_schema", "_timeout", "_url", "_where")
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, create: bool = True) -> None:
         self._dsn, self._url, self._schema, self._timeout = _parse(url)
+        self._create = create
         self._where = f"store {self._url!r}"
         self._lock = asyncio.Lock()
         self._pool: Any = None
@@ -353,7 +362,7 @@ class PostgresStore(StoreBase):
         return self._schema
 
     async def open(self) -> None:
-        """Connect, and create or migrate the schema; does nothing if open."""
+        """Connect, and create (unless ``create=False``) or migrate the schema; does nothing if open."""
         async with self._lock:
             if self._pool is not None:
                 return
@@ -376,7 +385,7 @@ class PostgresStore(StoreBase):
                 raise StoreUnavailableError(self._url, f"the URL's options are not valid ({exc}).") from exc
             try:
                 async with pool.acquire() as conn:
-                    await _migrate(conn, self._url, self._schema)
+                    await _migrate(conn, self._url, self._schema, create=self._create)
             except BaseException as exc:
                 pool.terminate()
                 if isinstance(exc, _UNREACHABLE):

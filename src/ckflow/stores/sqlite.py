@@ -104,15 +104,28 @@ class SQLiteStore(StoreBase):
         url: ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db`` (SQLAlchemy's convention),
             optionally with ``?synchronous=FULL`` (default ``NORMAL``: in WAL mode a commit survives a crash
             of the process, and the last commits may be lost if the machine itself loses power).
+        create: create the file and its tables if they are missing (the default); with False, ``open()``
+            raises ``StoreNotFoundError`` instead and leaves no file behind (for tools that only read).
 
     Raises:
         ValueError: the URL is not a SQLite store URL, or has an unknown option.
     """
 
-    __slots__ = ("__weakref__", "_finalizer", "_lock", "_path", "_session", "_synchronous", "_url", "_where")
+    __slots__ = (
+        "__weakref__",
+        "_create",
+        "_finalizer",
+        "_lock",
+        "_path",
+        "_session",
+        "_synchronous",
+        "_url",
+        "_where",
+    )
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, create: bool = True) -> None:
         self._path, self._synchronous = parse(url)
+        self._create = create
         self._url = url
         self._where = f"store {url!r}"
         self._lock = asyncio.Lock()
@@ -126,11 +139,14 @@ class SQLiteStore(StoreBase):
         return self._url
 
     async def open(self) -> None:
-        """Open the file (created if missing) and create or migrate its schema; does nothing if open."""
+        """Open the file (created if missing, unless ``create=False``) and create or migrate its schema.
+
+        Does nothing if open.
+        """
         async with self._lock:
             if self._session is not None:
                 return
-            session = await open_session(self._url, self._path, self._synchronous)
+            session = await open_session(self._url, self._path, self._synchronous, create=self._create)
             self._session = session
             self._finalizer = weakref.finalize(self, session.worker.stop_nowait, self._url)
 
