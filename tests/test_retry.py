@@ -250,3 +250,36 @@ class TestRetryTimeout:
         result = await ckflow.run(flow)
         assert result.state is ckflow.FlowState.REVERTED
         assert executions == 2
+
+
+class TestTimesOfARetriedTask:
+    async def test_a_task_running_again_has_no_end_until_it_ends(self) -> None:
+        """On its second attempt a task's summary has no end (no negative duration); once done, duration ≥ 0."""
+        seen: list[ckflow.TaskSummary] = []
+        second = anyio.Event()
+        go_on = anyio.Event()
+
+        async def execute() -> str:
+            if ckflow.current().attempt == 1:
+                raise Boom("first")
+            second.set()
+            await go_on.wait()
+            return "ok"
+
+        flaky_task = ckflow.task(name="t")(execute)
+        flow = Linear("f", Checkpoint("cp", retry=Retry(attempts=2)), flaky_task)
+        async with ckflow.Engine() as engine:
+            run = await engine.start(flow)
+            with anyio.fail_after(5):
+                await second.wait()
+            seen.append(run.tasks["t"])
+            go_on.set()
+            result = await run.wait()
+        during = seen[0]
+        assert during.attempts == 2
+        assert during.started is not None
+        assert during.ended is None
+        assert during.duration is None
+        done = result.tasks["t"]
+        assert done.duration is not None
+        assert done.duration >= 0

@@ -331,6 +331,9 @@ class Scheduler:
         self.run.executions[n] += 1
         self.executing += 1
         t0 = self.run.started[n] = time.monotonic()
+        # The last execute's end no longer goes with its start: a task running again has no end (and no
+        # duration) until this execute ends, never an end before its start.
+        self.run.ended[n] = None
         if self.walker.retry_watch:
             report = self.walker.retry_watch.pop(n, None)
             if report is not None and report.retry_at is None:
