@@ -84,23 +84,32 @@ class Ownership:
         op: ControlOp,
         max_concurrency: int | None,
         on_event: Callable[[Event], object] | None,
+        *,
+        replacing: str | None = None,
+        unfinished: bool = False,
     ) -> Run | None:
         """Claim a run that no live engine owns and run it here; a suspend needs no flow and runs nothing.
 
         Ownership comes first: a run that a live engine holds is RunOwnedError, whether or not its flow is
-        known here.
+        known here. ``replacing`` names an owner known to be dead, whose live lease may be taken (``Store.claim``).
+        With ``unfinished``, a run found ended, SUSPENDED or halted once claimed is released and left (None).
 
         Raises:
             RunOwnedError: a live engine owns the run.
         """
         lease_from = time.monotonic()
-        claimed = await store.claim(record.run_id, self.id, self.lease_ttl)
+        claimed = await store.claim(record.run_id, self.id, self.lease_ttl, replacing=replacing)
         try:
             found = flow_for(claimed, flow, required=op != "suspend")
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await store.release(claimed.run_id, self.id)
             raise
+        if unfinished and (claimed.halted or claimed.state not in (FlowState.PENDING, FlowState.RUNNING)):
+            # it changed between the caller's look and the claim: whoever ended or suspended it is done with it
+            with anyio.CancelScope(shield=True):
+                await store.release(claimed.run_id, self.id)
+            return None
         if found is None:
             try:
                 await self._suspend_in_store(store, claimed)
@@ -153,11 +162,11 @@ class Ownership:
             passes = await store.checkpoints(record.run_id) if retains_by_age(flow) else []
             journal = (store, self.id, self.lease_ttl, lease_from)
             core = restored_core(flow, stored, passes, journal, max_concurrency, on_event)
+            return self._launch(core)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await store.release(record.run_id, self.id)
             raise
-        return self._launch(core)
 
     async def release(self, store: Store | None, local: _Local) -> None:
         """The run has ended (or stopped) here: give its lease back, if it is still this engine's."""
