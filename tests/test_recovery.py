@@ -210,6 +210,30 @@ class TestRecoveryOnStart:
         assert len(holders) == 1
         assert steps.runs == {"first": 1, "second": 2}
 
+    async def test_two_resumes_at_once_in_one_engine_run_the_run_once(self, url: str) -> None:
+        """A claim by the engine's own id succeeds again, so the engine itself keeps a second take-over out."""
+        steps = Steps()
+        outcomes: list[str] = []
+        with anyio.fail_after(20):
+            await steps.left_running(url)
+            steps.gate.set()
+            async with Engine(store=url) as engine:
+
+                async def resume() -> None:
+                    try:
+                        run = await engine.resume("r")
+                    except ckflow.RunOwnedError as exc:
+                        outcomes.append(f"owned by {exc.owner}")
+                    else:
+                        outcomes.append("resumed")
+                        assert (await run.wait()).state is FlowState.SUCCESS
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(resume)
+                    tg.start_soon(resume)
+        assert sorted(outcomes) == ["owned by " + engine.id, "resumed"]
+        assert steps.runs == {"first": 1, "second": 2}
+
 
 class TestWhatIsLeft:
     """Runs that recovery must not take, and the default."""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, final
 import anyio
 
 from ckflow._engine._cores import flow_for, restored_core, retains_by_age
-from ckflow._errors import CkflowError, LeaseLostError
+from ckflow._errors import CkflowError, LeaseLostError, RunOwnedError
 from ckflow._events import Event, logger_for, write_log
 from ckflow._records import Batch
 from ckflow._states import FlowState
@@ -53,7 +53,7 @@ class Ownership:
     returns its handle.
     """
 
-    __slots__ = ("_carrying", "_launch", "_locals", "_runs", "heartbeat", "id", "lease_ttl")
+    __slots__ = ("_carrying", "_launch", "_locals", "_runs", "_taking", "heartbeat", "id", "lease_ttl")
 
     def __init__(
         self,
@@ -73,6 +73,8 @@ class Ownership:
         self._launch = launch
         #: ids of the control requests being carried out
         self._carrying: set[str] = set()
+        #: ids of the runs being taken over now (claimed, not yet launched)
+        self._taking: set[str] = set()
 
     # -- taking over -------------------------------------------------------------
 
@@ -95,8 +97,30 @@ class Ownership:
         With ``unfinished``, a run found ended, SUSPENDED or halted once claimed is released and left (None).
 
         Raises:
-            RunOwnedError: a live engine owns the run.
+            RunOwnedError: a live engine owns the run, or this engine runs it or is taking it over already.
         """
+        run_id = record.run_id
+        if run_id in self._taking or run_id in self._runs:
+            # A claim by this engine's own id would succeed again (it renews), and the run would run twice
+            # here: a resume beside a recovery, or two resumes at once. Once is enough.
+            raise RunOwnedError(run_id, self.id, None)
+        self._taking.add(run_id)
+        try:
+            return await self._take(store, record, flow, op, max_concurrency, on_event, replacing, unfinished)
+        finally:
+            self._taking.discard(run_id)
+
+    async def _take(
+        self,
+        store: Store,
+        record: RunRecord,
+        flow: Flow | None,
+        op: ControlOp,
+        max_concurrency: int | None,
+        on_event: Callable[[Event], object] | None,
+        replacing: str | None,
+        unfinished: bool,
+    ) -> Run | None:
         lease_from = time.monotonic()
         claimed = await store.claim(record.run_id, self.id, self.lease_ttl, replacing=replacing)
         try:
