@@ -8,10 +8,12 @@ import socket
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
+from tests import recovery_worker
 from tests.stores import with_query
 from tests.stores.conftest import drop_schema
 from tests.support import WatchedStore
@@ -23,10 +25,10 @@ from ckflow.stores import RunRecord, open_store
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Collection
-    from pathlib import Path
 
     from ckflow.stores import Store
 
+ROOT = Path(__file__).resolve().parent.parent
 HOST = socket.gethostname()
 #: an engine on another machine: never taken as dead, whatever its pid
 FOREIGN = "elsewhere.example:1:cafe"
@@ -136,6 +138,36 @@ class TestRecoveryOnStart:
             async with Engine(store=url, recover=True, lease_ttl=60) as engine:
                 assert (await engine.get_run("r").wait()).state is FlowState.SUCCESS
         assert steps.runs == {"first": 1, "second": 2}
+
+    async def test_a_sigkilled_engine_process_is_replaced_at_once(self, url: str, tmp_path: Path) -> None:
+        """A real engine process killed with SIGKILL mid-run, its lease a minute long: the run is taken at once,
+        and the task that had succeeded there is not run again."""
+        ledger = tmp_path / "ledger"
+        ckflow.register_flow(recovery_worker.NAME, recovery_worker.build(str(ledger), block=False))
+        command = [sys.executable, "-m", "tests.recovery_worker", url, str(ledger)]
+        with anyio.fail_after(60):
+            async with await anyio.open_process(command, cwd=ROOT) as worker:
+                assert worker.stdout is not None
+                assert worker.stderr is not None
+                said = b""
+                async for chunk in worker.stdout:
+                    said += chunk
+                    if b"ready" in said:
+                        break
+                else:
+                    pytest.fail(f"the worker ended early: {(await worker.stderr.receive()).decode()}")
+                worker.kill()
+                await worker.wait()
+            async with open_store(url) as store:
+                record = await store.get_run("r")
+            assert record.owner is not None
+            assert record.owner.split(":")[:2] == [HOST, str(worker.pid)]
+            assert record.lease_expires is not None
+            assert record.lease_expires > time.time() + 30
+            async with Engine(store=url, recover=True, lease_ttl=60) as engine:
+                assert (await engine.get_run("r").wait()).state is FlowState.SUCCESS
+        ran = [line.split() for line in ledger.read_text().splitlines()]
+        assert ran == [[str(worker.pid), "first"], [str(worker.pid), "second"], [str(os.getpid()), "second"]]
 
     @pytest.mark.parametrize("owner", [FOREIGN, f"{HOST}:{os.getpid()}:other", "worker-7"])
     async def test_a_live_owner_keeps_its_run(self, url: str, owner: str) -> None:
