@@ -70,8 +70,8 @@ class WatchedStore:
             raise Crash("the process is dead")
         await self.inner.release(run_id, owner)
 
-    async def claim(self, run_id: str, owner: str, ttl: float) -> RunRecord:
-        return await self.inner.claim(run_id, owner, ttl)
+    async def claim(self, run_id: str, owner: str, ttl: float, *, replacing: str | None = None) -> RunRecord:
+        return await self.inner.claim(run_id, owner, ttl, replacing=replacing)
 
 
 def expire_lease(store: Store, run_id: str) -> None:

@@ -456,6 +456,40 @@ class TestLeases:
         with pytest.raises(LeaseLostError):
             await store.write(Batch(run=claimed, owner=OWNER))
 
+    async def test_claim_replacing_the_holder_takes_a_live_lease(self, store: Store) -> None:
+        """claim(replacing=holder) takes the run from exactly that owner, live lease or not, and fences it off."""
+        await store.create_run(run_record())
+        before = time.time()
+        claimed = await store.claim("run-1", OTHER, 30, replacing=OWNER)
+        assert claimed.owner == OTHER
+        assert claimed.lease_expires is not None
+        assert before + 30 - CLOCK_SLACK <= claimed.lease_expires <= time.time() + 30 + CLOCK_SLACK
+        assert await store.get_run("run-1") == claimed
+        with pytest.raises(LeaseLostError):
+            await store.write(Batch(run=claimed, owner=OWNER))
+
+    async def test_claim_replacing_someone_else_raises(self, store: Store) -> None:
+        """claim(replacing=x) of a run whose live lease is not x's raises RunOwnedError and changes nothing."""
+        run = run_record()
+        await store.create_run(run)
+        with pytest.raises(RunOwnedError) as info:
+            await store.claim("run-1", OTHER, 30, replacing="engine-gone")
+        assert info.value.owner == OWNER
+        assert await store.get_run("run-1") == run
+
+    async def test_claim_replacing_after_another_replaced_raises(self, store: Store) -> None:
+        """Two claims replacing the same dead owner: the first takes the run, the second finds it taken."""
+        await store.create_run(run_record())
+        await store.claim("run-1", OTHER, 30, replacing=OWNER)
+        with pytest.raises(RunOwnedError) as info:
+            await store.claim("run-1", "engine-c", 30, replacing=OWNER)
+        assert info.value.owner == OTHER
+
+    async def test_claim_replacing_a_free_run(self, store: Store) -> None:
+        """replacing= does not narrow a claim: a run without an owner is taken as by a plain claim."""
+        await store.create_run(run_record(owner=None, lease_expires=None))
+        assert (await store.claim("run-1", OTHER, 30, replacing=OWNER)).owner == OTHER
+
     async def test_claim_unknown_raises_not_found(self, store: Store) -> None:
         """claim of an unknown run raises RunNotFoundError."""
         with pytest.raises(RunNotFoundError):

@@ -25,6 +25,7 @@ from ckflow._engine import _reads
 from ckflow._engine._cores import check_checkpoint, first_record, flow_for, keep_journal, new_core, not_recorded
 from ckflow._engine._handles import Run, _Local, _Stored, new_run
 from ckflow._engine._ownership import Ownership
+from ckflow._engine._recovery import Recovery
 from ckflow._errors import RunExistsError, RunNotFoundError, RunStateError
 from ckflow._ids import check_run_id
 from ckflow._registry import registered_flow
@@ -126,6 +127,13 @@ class Engine:
             and ``attach``; an ended run whose handle a caller still holds stays reachable too. Older
             ones are forgotten (a store keeps every run it recorded), so memory stays flat however
             many runs a long-lived engine runs.
+        recover: adopt and resume, when the engine opens and then every ``lease_ttl / 2`` seconds, the
+            store's PENDING and RUNNING runs that no live engine runs: at once if nobody owns them (a
+            clean shutdown released them) or their engine was a process of this host that has exited,
+            otherwise once their lease lapses. SUSPENDED runs stay as they are; a run whose flow is not
+            registered here is named in a warning and left. Off by default: a script's engine that opens
+            a service's store should not start running that service's runs; a service turns it on (the
+            FastAPI lifespan does).
     """
 
     __slots__ = (
@@ -139,6 +147,7 @@ class Engine:
         "_owner",
         "_owns_store",
         "_poll_interval",
+        "_recovery",
         "_referenced",
         "_runs",
         "_service",
@@ -159,6 +168,7 @@ class Engine:
         poll_interval: float = 0.1,
         id: str | None = None,
         keep_ended: int = 100,
+        recover: bool = False,
     ) -> None:
         if store is not None and not isinstance(store, str | Store):
             raise TypeError(f"Engine(store=...) takes a URL or a ckflow.stores.Store, got {store!r}.")
@@ -194,6 +204,7 @@ class Engine:
             locals=self._locals,
             launch=self._launch,
         )
+        self._recovery = Recovery(self._owner, self._runs, self._is_open, max_concurrency) if recover else None
         self._services = _Services(
             id=self._id,
             poll_interval=self._poll_interval,
@@ -227,7 +238,24 @@ class Engine:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._state = EngineState.OPEN
+        if store is not None and self._recovery is not None:
+            await self._recover(store, self._service)
         return self
+
+    def _is_open(self) -> bool:
+        return self._state is EngineState.OPEN
+
+    async def _recover(self, store: Store, service: TaskGroup) -> None:
+        """Take the runs that engines now gone left unfinished, then keep looking (``recover=True``)."""
+        recovery = self._recovery
+        assert recovery is not None
+        try:
+            await recovery.sweep(store)
+        except BaseException as exc:
+            # cancelled while opening: leave as a block left by that exception would (the taken runs stop)
+            await self.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        service.start_soon(recovery.watch, store, name=f"ckflow engine {self._id} recovery")
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

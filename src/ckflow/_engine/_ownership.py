@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, final
 import anyio
 
 from ckflow._engine._cores import flow_for, restored_core, retains_by_age
-from ckflow._errors import CkflowError, LeaseLostError
+from ckflow._errors import CkflowError, LeaseLostError, RunOwnedError
 from ckflow._events import Event, logger_for, write_log
 from ckflow._records import Batch
 from ckflow._states import FlowState
@@ -53,7 +53,7 @@ class Ownership:
     returns its handle.
     """
 
-    __slots__ = ("_carrying", "_launch", "_locals", "_runs", "heartbeat", "id", "lease_ttl")
+    __slots__ = ("_carrying", "_launch", "_locals", "_runs", "_taking", "heartbeat", "id", "lease_ttl")
 
     def __init__(
         self,
@@ -73,6 +73,8 @@ class Ownership:
         self._launch = launch
         #: ids of the control requests being carried out
         self._carrying: set[str] = set()
+        #: ids of the runs being taken over now (claimed, not yet launched)
+        self._taking: set[str] = set()
 
     # -- taking over -------------------------------------------------------------
 
@@ -84,23 +86,54 @@ class Ownership:
         op: ControlOp,
         max_concurrency: int | None,
         on_event: Callable[[Event], object] | None,
+        *,
+        replacing: str | None = None,
+        unfinished: bool = False,
     ) -> Run | None:
         """Claim a run that no live engine owns and run it here; a suspend needs no flow and runs nothing.
 
         Ownership comes first: a run that a live engine holds is RunOwnedError, whether or not its flow is
-        known here.
+        known here. ``replacing`` names an owner known to be dead, whose live lease may be taken (``Store.claim``).
+        With ``unfinished``, a run found ended, SUSPENDED or halted once claimed is released and left (None).
 
         Raises:
-            RunOwnedError: a live engine owns the run.
+            RunOwnedError: a live engine owns the run, or this engine runs it or is taking it over already.
         """
+        run_id = record.run_id
+        if run_id in self._taking or run_id in self._runs:
+            # A claim by this engine's own id would succeed again (it renews), and the run would run twice
+            # here: a resume beside a recovery, or two resumes at once. Once is enough.
+            raise RunOwnedError(run_id, self.id, None)
+        self._taking.add(run_id)
+        try:
+            return await self._take(store, record, flow, op, max_concurrency, on_event, replacing, unfinished)
+        finally:
+            self._taking.discard(run_id)
+
+    async def _take(
+        self,
+        store: Store,
+        record: RunRecord,
+        flow: Flow | None,
+        op: ControlOp,
+        max_concurrency: int | None,
+        on_event: Callable[[Event], object] | None,
+        replacing: str | None,
+        unfinished: bool,
+    ) -> Run | None:
         lease_from = time.monotonic()
-        claimed = await store.claim(record.run_id, self.id, self.lease_ttl)
+        claimed = await store.claim(record.run_id, self.id, self.lease_ttl, replacing=replacing)
         try:
             found = flow_for(claimed, flow, required=op != "suspend")
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await store.release(claimed.run_id, self.id)
             raise
+        if unfinished and (claimed.halted or claimed.state not in (FlowState.PENDING, FlowState.RUNNING)):
+            # it changed between the caller's look and the claim: whoever ended or suspended it is done with it
+            with anyio.CancelScope(shield=True):
+                await store.release(claimed.run_id, self.id)
+            return None
         if found is None:
             try:
                 await self._suspend_in_store(store, claimed)
@@ -153,11 +186,11 @@ class Ownership:
             passes = await store.checkpoints(record.run_id) if retains_by_age(flow) else []
             journal = (store, self.id, self.lease_ttl, lease_from)
             core = restored_core(flow, stored, passes, journal, max_concurrency, on_event)
+            return self._launch(core)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await store.release(record.run_id, self.id)
             raise
-        return self._launch(core)
 
     async def release(self, store: Store | None, local: _Local) -> None:
         """The run has ended (or stopped) here: give its lease back, if it is still this engine's."""

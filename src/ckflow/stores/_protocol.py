@@ -134,10 +134,13 @@ class Store(Protocol):
 
     # -- leases ------------------------------------------------------------------
 
-    async def claim(self, run_id: str, owner: str, ttl: float) -> RunRecord:
+    async def claim(self, run_id: str, owner: str, ttl: float, *, replacing: str | None = None) -> RunRecord:
         """Make ``owner`` the run's owner for ``ttl`` seconds, if nobody else holds a live lease.
 
-        Claiming a run one already owns renews the lease. Returns the run's record.
+        Claiming a run one already owns renews the lease. With ``replacing``, the run is also taken
+        from that owner exactly, however long its lease has left: a compare-and-swap for an owner
+        known to be dead (its process is gone), which fails if anyone else took the run meanwhile.
+        Returns the run's record.
 
         Raises:
             RunNotFoundError: no run has this id.

@@ -265,14 +265,14 @@ def apply(cur: sqlite3.Cursor, arg: tuple[_sql.Writes, str]) -> None:
         cur.executemany(_UPSERT_REQUEST, w.requests)
 
 
-def claim(cur: sqlite3.Cursor, arg: tuple[str, str, float]) -> tuple[bool, Any] | None:
-    run_id, owner, ttl = arg
+def claim(cur: sqlite3.Cursor, arg: tuple[str, str, float, str | None]) -> tuple[bool, Any] | None:
+    run_id, owner, ttl, replacing = arg
     row = cur.execute(_SELECT_RUN, (run_id,)).fetchone()
     if row is None:
         return None
     now = time.time()
     holder = row["owner"]
-    if holder is not None and holder != owner and (row["lease_expires"] or 0.0) > now:
+    if holder is not None and holder not in (owner, replacing) and (row["lease_expires"] or 0.0) > now:
         return False, row
     cur.execute(_CLAIM, (run_id, owner, now + ttl))
     return True, {**dict(row), "owner": owner, "lease_expires": now + ttl}

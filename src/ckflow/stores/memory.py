@@ -223,11 +223,12 @@ class MemoryStore(StoreBase):
 
     # -- leases ------------------------------------------------------------------
 
-    async def claim(self, run_id: str, owner: str, ttl: float) -> RunRecord:
+    async def claim(self, run_id: str, owner: str, ttl: float, *, replacing: str | None = None) -> RunRecord:
         entry = self._run(run_id)
         now = time.time()
-        if entry.owner is not None and entry.owner != owner and (entry.lease_expires or 0.0) > now:
-            raise RunOwnedError(run_id, entry.owner, entry.lease_expires)
+        holder = entry.owner
+        if holder is not None and holder not in (owner, replacing) and (entry.lease_expires or 0.0) > now:
+            raise RunOwnedError(run_id, holder, entry.lease_expires)
         entry.owner, entry.lease_expires = owner, now + ttl
         return entry.run()
 

@@ -78,16 +78,18 @@ assert len(_MIGRATIONS) == SCHEMA_VERSION, "one migration step per schema versio
 
 _NOW: Final = "extract(epoch from clock_timestamp())::float8"
 _RUN_COLUMNS: Final = _sql.columns(_c.RUNS.read, "r.")
-#: take the run if it is free, ours, or its lease has lapsed by the database's clock
+#: take the run if it is free, ours, held by ``$4`` (a dead owner being replaced; NULL matches nothing),
+#: or its lease has lapsed by the database's clock
 _CLAIM: Final = (
     f"WITH now AS (SELECT {_NOW} AS t) "
     "UPDATE ckflow_runs AS r SET owner = $2, lease_expires = now.t + $3 FROM now "
-    "WHERE r.run_id = $1 AND (r.owner IS NULL OR r.owner = $2 OR coalesce(r.lease_expires, 0) <= now.t) "
+    "WHERE r.run_id = $1 AND (r.owner IS NULL OR r.owner = $2 OR r.owner = $4 "
+    "OR coalesce(r.lease_expires, 0) <= now.t) "
     f"RETURNING {_RUN_COLUMNS}"
 )
 _CLAIMABLE: Final = (
-    f"SELECT owner, lease_expires, owner IS NULL OR coalesce(lease_expires, 0) <= {_NOW} AS claimable "
-    "FROM ckflow_runs WHERE run_id = $1"
+    "SELECT owner, lease_expires, owner IS NULL OR owner IS NOT DISTINCT FROM $2 "
+    f"OR coalesce(lease_expires, 0) <= {_NOW} AS claimable FROM ckflow_runs WHERE run_id = $1"
 )
 _RENEW: Final = (
     f"WITH now AS (SELECT {_NOW} AS t) "
@@ -487,14 +489,14 @@ class PostgresStore(StoreBase):
 
     # -- leases ------------------------------------------------------------------
 
-    async def claim(self, run_id: str, owner: str, ttl: float) -> RunRecord:
+    async def claim(self, run_id: str, owner: str, ttl: float, *, replacing: str | None = None) -> RunRecord:
         pool = self._open_pool()
         holder: tuple[str, float | None] = ("", None)
         for _ in range(3):
-            row = await pool.fetchrow(_CLAIM, run_id, owner, ttl)
+            row = await pool.fetchrow(_CLAIM, run_id, owner, ttl, replacing)
             if row is not None:
                 return _c.RUNS.record(row)
-            found = await pool.fetchrow(_CLAIMABLE, run_id)
+            found = await pool.fetchrow(_CLAIMABLE, run_id, replacing)
             if found is None:
                 raise RunNotFoundError(run_id, self._where)
             holder = (found["owner"], found["lease_expires"])

@@ -221,8 +221,8 @@ class SQLiteStore(StoreBase):
 
     # -- leases ------------------------------------------------------------------
 
-    async def claim(self, run_id: str, owner: str, ttl: float) -> RunRecord:
-        found = await self._change(_ops.claim, (run_id, owner, ttl))
+    async def claim(self, run_id: str, owner: str, ttl: float, *, replacing: str | None = None) -> RunRecord:
+        found = await self._change(_ops.claim, (run_id, owner, ttl, replacing))
         if found is None:
             raise RunNotFoundError(run_id, self._where)
         claimed, row = found
