@@ -331,3 +331,9 @@ class TestDeadOwner:
         assert not dead_owner(f"{HOST}:99999999999999999999999:abcd")
         assert not dead_owner(f"{HOST}:pid:abcd")
         assert not dead_owner("worker-7")
+
+
+def test_recover_without_a_store_is_refused() -> None:
+    """recover=True has nothing to recover from without a store: refused when the engine is made."""
+    with pytest.raises(ValueError, match="recover=True"):
+        ckflow.Engine(recover=True)

@@ -174,6 +174,8 @@ class Engine:
             raise TypeError(f"Engine(store=...) takes a URL or a ckflow.stores.Store, got {store!r}.")
         if max_concurrency is not None and not _is_positive_int(max_concurrency):
             raise ValueError(f"Engine(max_concurrency={max_concurrency!r}) must be a positive int or None.")
+        if recover and store is None:
+            raise ValueError("Engine(recover=True) recovers the runs of a store: give the engine one (store=...).")
         if not (keep_ended == 0 or _is_positive_int(keep_ended)):
             raise ValueError(f"Engine(keep_ended={keep_ended!r}) must be an int >= 0.")
         self._lease_ttl = _positive("Engine", "lease_ttl", lease_ttl)
