@@ -240,6 +240,35 @@ class TestStored:
         assert datetime.fromisoformat(doc["created_at"]) <= datetime.fromisoformat(doc["ended_at"])
 
 
+class Money:
+    """A type pydantic cannot serialise, given a codec in the test below."""
+
+    def __init__(self, cents: int) -> None:
+        self.cents = cents
+
+
+class TestCodec:
+    """A value of a registered codec's type is shown as its codec writes it, live and from the store."""
+
+    async def test_codec_value_live_and_stored(self, tmp_path: Path) -> None:
+        """Live and stored views show the codec's data, not a repr and not the store's tagged form."""
+        ckflow.register_codec(Money, encode=lambda m: {"cents": m.cents}, decode=lambda d: Money(d["cents"]),
+                              name="tests.view.Money")  # fmt: skip
+
+        @task(provides="price")
+        async def price() -> Money:
+            return Money(250)
+
+        flow = Linear("view-codec", price)
+        async with Engine(store=f"sqlite:///{tmp_path / 'runs.db'}") as engine:
+            run = await engine.start(flow, run_id="c1")
+            await run.wait()
+            live = (await run.view()).model_dump(mode="json")
+        async with Engine(store=f"sqlite:///{tmp_path / 'runs.db'}") as other:
+            stored = (await (await other.attach("c1")).view()).model_dump(mode="json")
+        assert live["outputs"] == stored["outputs"] == {"price": {"cents": 250}}
+
+
 class TestSchema:
     """RunView has a JSON schema, for OpenAPI."""
 
