@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 import ckflow
-from ckflow import Checkpoint, Engine, FlowState, Linear, Retry, RunView, TaskState, task
+from ckflow import Checkpoint, Engine, FlowState, Linear, Retry, RunView, TaskState, TaskView, task
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -291,3 +291,24 @@ def test_failure_view_of_keeps_type_and_message(tracebacks: bool) -> None:
     view = ckflow.FailureView.of(failure, tracebacks=tracebacks)
     assert (view.type, view.message, view.kind) == ("KeyError", "'k'", "execute")
     assert (view.traceback is not None) is tracebacks
+
+
+class TestTaskTimes:
+    """A task's end and duration come only from its current execute."""
+
+    @pytest.mark.parametrize("state", [TaskState.RUNNING, TaskState.PENDING, TaskState.SUCCESS])
+    def test_an_earlier_end_is_dropped(self, state: TaskState) -> None:
+        """An end before the start (an earlier attempt's), or any end while not ended, gives no end, no duration."""
+        running = TaskView.build("t", state, 2, (100.0, 99.9), None, False)
+        assert (running.ended_at, running.duration) == (None, None)
+        assert running.started_at == datetime.fromtimestamp(100.0, UTC)
+
+    def test_end_while_running_is_dropped(self) -> None:
+        """A RUNNING task shows no end even if a later end is recorded (a stale record)."""
+        view = TaskView.build("t", TaskState.RUNNING, 1, (100.0, 101.0), None, False)
+        assert (view.ended_at, view.duration) == (None, None)
+
+    def test_ended_task_has_its_duration(self) -> None:
+        """An ended task's duration is its end minus its start."""
+        view = TaskView.build("t", TaskState.SUCCESS, 1, (100.0, 101.5), None, False)
+        assert view.duration == pytest.approx(1.5)
