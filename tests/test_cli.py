@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -423,20 +424,22 @@ class TestShow:
         assert re.search(r"^req-1\s+goto work\s+" + TIME + r"\s+someone$", done.out, re.M)
 
     def test_json(self, cli: Cli, url: str) -> None:
-        """--json prints one document: the run, its tasks, latest checkpoint passes, row counts, requests."""
+        """--json prints the run's ckflow.RunView: the run, its tasks with UTC times, its inputs and outputs as JSON."""
         finished(url)
         done = cli("show", "ok-1", "--store", url, "--json")
         doc = json.loads(done.out)
-        assert set(doc) == {"run", "tasks", "checkpoints", "row_counts", "requests"}
-        assert doc["run"]["state"] == "SUCCESS"
-        assert {t["task"]: t["state"] for t in doc["tasks"]} == {
+        assert set(ckflow.RunView.model_json_schema()["properties"]) == set(doc)
+        assert doc["state"] == "SUCCESS"
+        assert {t["name"]: t["state"] for t in doc["tasks"]} == {
             "prepare": "SUCCESS",
             "build": "SUCCESS",
             "ship": "SUCCESS",
         }
-        assert {c["checkpoint"] for c in doc["checkpoints"]} == {"cli-line", "work"}
-        assert doc["row_counts"]["tasks"] == 3
-        assert doc["requests"] == []
+        assert isinstance(doc["inputs"], dict)
+        assert isinstance(doc["outputs"], dict)
+        for t in doc["tasks"]:
+            assert datetime.fromisoformat(t["started_at"]).utcoffset() == timedelta(0)
+            assert t["duration"] >= 0
 
     def test_unknown_run(self, cli: Cli, url: str) -> None:
         """An unknown run id is an error (exit 1) that says how to list the runs."""
@@ -1098,8 +1101,8 @@ class TestStart:
         shown = cli("show", "s1", "--store", url, "--json")
         assert shown.status == 0
         doc = json.loads(shown.out)
-        assert doc["run"]["state"] == "SUCCESS"
-        assert json.loads(doc["run"]["inputs"]) == {"size": 3}
+        assert doc["state"] == "SUCCESS"
+        assert doc["inputs"] == {"size": 3}
 
     def test_generated_run_id(self, cli: Cli, url: str) -> None:
         """Without --run-id the run gets an id of its own, printed on stdout and listed by `runs`."""

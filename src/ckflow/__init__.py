@@ -72,6 +72,9 @@ from ckflow._task import FunctionTask as FunctionTask
 from ckflow._task import Task as Task
 from ckflow._task import task as task
 from ckflow._version import __version__ as __version__
+from ckflow._view import FailureView as FailureView
+from ckflow._view import RunView as RunView
+from ckflow._view import TaskView as TaskView
 
 __all__ = (
     "AmbiguousProviderError",
@@ -86,6 +89,7 @@ __all__ = (
     "EventStream",
     "EventsOverflowError",
     "Failure",
+    "FailureView",
     "Flow",
     "FlowDefinitionError",
     "FlowNotRegisteredError",
@@ -111,6 +115,7 @@ __all__ = (
     "RunOwnedError",
     "RunResult",
     "RunStateError",
+    "RunView",
     "SchemaVersionError",
     "SiblingDependencyError",
     "StoreCorruptError",
@@ -122,6 +127,7 @@ __all__ = (
     "TaskDefinitionError",
     "TaskState",
     "TaskSummary",
+    "TaskView",
     "UnknownCheckpointError",
     "__version__",
     "current",

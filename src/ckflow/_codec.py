@@ -44,6 +44,7 @@ __all__ = [
     "parameter_annotations",
     "register_codec",
     "result_adapter",
+    "to_jsonable",
 ]
 
 #: The key that marks a value encoded by a registered codec: ``{"__ckflow_codec__": name, "value": ...}``.
@@ -180,6 +181,25 @@ def encode(value: Any) -> str:
         if "surrogates not allowed" in str(exc):
             raise TypeError(_SURROGATE_PROBLEM) from exc
         raise TypeError(str(exc)) from exc
+
+
+def _fallback(value: Any) -> Any:
+    codec = _BY_TYPE.get(type(value))
+    return repr(value) if codec is None else to_jsonable(codec.encode(value))
+
+
+def to_jsonable(value: Any) -> Any:
+    """``value`` as JSON data (dicts, lists, str, numbers, None) for a client to read, never raising.
+
+    Pydantic writes what it knows (``bytes`` as base64), a registered codec's type is written as its ``encode``
+    returns, and anything else as its ``repr``: a view of a run never fails on an odd value. Not reversible:
+    codec values carry no tag here.
+    """
+    try:
+        return pydantic_core.to_jsonable_python(value, fallback=_fallback, bytes_mode="base64")
+    except Exception:
+        # Serialisation failed inside the value (a surrogate, a raising property...): show what it is.
+        return repr(value)
 
 
 def encode_name(name: str) -> str:

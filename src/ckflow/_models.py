@@ -104,7 +104,7 @@ class _LazyTasks(Mapping[str, TaskSummary]):
 class RunResult:
     """What a run ended with. Built by the engine; read it, never construct it."""
 
-    __slots__ = ("duration", "failures", "flow", "outputs", "regions", "run_id", "state", "tasks")
+    __slots__ = ("duration", "failures", "flow", "inputs", "outputs", "regions", "run_id", "state", "tasks")
 
     def __init__(
         self,
@@ -117,11 +117,14 @@ class RunResult:
         failures: list[Failure],
         regions: list[RegionReport],
         duration: float,
+        inputs: Mapping[str, Any] | None = None,
     ) -> None:
         self.run_id = run_id
         self.flow = flow
         #: SUCCESS, REVERTED, FAILURE, or SUSPENDED for a run parked by ``ckflow.run()``
         self.state = state
+        #: the run's inputs
+        self.inputs: Mapping[str, Any] = {} if inputs is None else inputs
         #: every value the tasks provided (empty unless SUCCESS)
         self.outputs = outputs
         #: task name -> TaskSummary

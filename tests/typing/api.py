@@ -101,6 +101,9 @@ async def engine_runs() -> None:
         await run.cancel()
         result: ckflow.RunResult = await run.wait()
         print(parked.state, result.state)
+        view: ckflow.RunView = await run.view(tracebacks=False)
+        task_view: ckflow.TaskView = view.tasks[0]
+        print(task_view.duration, ckflow.RunView.of(result).model_dump(mode="json"))
 
 
 def build_flow() -> ckflow.Linear:

@@ -18,6 +18,7 @@ from ckflow._cli._format import CliError, StatusLine, cut, failure_line, fmt_dur
 from ckflow._errors import CkflowError
 from ckflow._registry import registered_flow, registered_flows
 from ckflow._states import TERMINAL, FlowState
+from ckflow._view import stored_view
 from ckflow.stores import open_store
 
 if TYPE_CHECKING:
@@ -175,25 +176,24 @@ def _request_text(request: ControlRequest) -> str:
 
 
 async def cmd_show(args: argparse.Namespace, console: Console) -> int:
-    """``ckflow show RUN``: the run's record, tasks, checkpoints, row counts and pending requests."""
+    """``ckflow show RUN``: the run's record, tasks, checkpoints, row counts and pending requests.
+
+    With ``--json``: the run's ``ckflow.RunView``, as an HTTP handler returns it, with tracebacks (the operator
+    reads their own store).
+    """
     run_id: str = args.run_id
     async with open_cli_store(args.store_url) as store:
+        if console.json:
+            stored = await store.load(run_id)
+            flow = maybe_flow(stored.run.flow)
+            names = [] if flow is None else [t.name for t in flow.iter_tasks()]
+            console.emit_model(stored_view(stored, names, tracebacks=True))
+            return 0
         record = await store.get_run(run_id)
         tasks = await store.tasks(run_id)
         passes = _latest_passes(await store.checkpoints(run_id))
         counts = await store.row_counts(run_id)
         pending = [r for r in await store.requests(run_id) if r.done_at is None]
-    if console.json:
-        console.emit(
-            {
-                "run": record.model_dump(mode="json"),
-                "tasks": [t.model_dump(mode="json") for t in tasks],
-                "checkpoints": [c.model_dump(mode="json") for c in passes],
-                "row_counts": counts,
-                "requests": [r.model_dump(mode="json") for r in pending],
-            }
-        )
-        return 0
     now = time.time()
     _show_record(console, record, now)
     console.print()

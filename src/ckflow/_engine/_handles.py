@@ -26,6 +26,7 @@ from ckflow._errors import RunOwnedError, RunStateError
 from ckflow._events import DEFAULT_BUFFER, Event, EventStream
 from ckflow._records import ControlRequest
 from ckflow._states import TERMINAL, FlowState
+from ckflow._view import result_view
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from ckflow._patterns import Flow
     from ckflow._records import ControlOp, RunRecord
     from ckflow._runtime._core import RunCore
+    from ckflow._view import RunView
     from ckflow.stores import Store
 
 __all__ = ["EngineServices", "Run", "new_run"]
@@ -76,6 +78,10 @@ class EngineServices(Protocol):
         """The run's result as its store recorded it."""
         ...
 
+    async def view(self, record: RunRecord, flow: Flow | None, tracebacks: bool) -> RunView:
+        """The run's view as its store recorded it, every task of its flow listed when the flow is known."""
+        ...
+
     def tail_events(self, run_id: str, after: int, buffer: int) -> EventStream:
         """The run's events after ``after``, read from the store as they are written."""
         ...
@@ -107,6 +113,7 @@ class _Backend(Protocol):
     def events(self, buffer: int) -> EventStream: ...
     def subscribe(self, callback: Callable[[Event], object]) -> Callable[[], None]: ...
     async def wait(self) -> RunResult: ...
+    async def view(self, tracebacks: bool) -> RunView: ...
     async def wait_suspended(self) -> RunResult: ...
     async def cancel(self) -> None: ...
     async def suspend(self) -> None: ...
@@ -191,6 +198,18 @@ class Run(metaclass=_NoPublicConstructor):
             StoreError: the store failed; the run stays as the store last recorded it.
         """
         return await self._impl.wait()
+
+    async def view(self, *, tracebacks: bool = False) -> RunView:
+        """The run as clients read it now: a ``ckflow.RunView`` (pydantic), whatever the handle.
+
+        Every task of the flow is listed, PENDING with 0 attempts if it never started (for a run in another engine
+        whose flow is neither passed to ``engine.attach`` nor registered here, only the tasks its store recorded).
+        A run in another engine, or one that ended, is read from the store afresh.
+
+        Args:
+            tracebacks: include each failure's traceback (off by default: they show the server's code to clients).
+        """
+        return await self._impl.view(tracebacks)
 
     async def wait_suspended(self) -> RunResult:
         """Wait until the run is SUSPENDED (or has ended); returns its result so far."""
@@ -305,6 +324,12 @@ class _Local:
         await self.core.terminal.wait()
         self._check_stopped()
         return self.core.result()
+
+    async def view(self, tracebacks: bool) -> RunView:
+        core = self.core
+        ended = core.t_end if core.terminal.is_set() and core.t_end else None
+        started = core.t_start or None
+        return result_view(core.result(), tracebacks=tracebacks, started=started, ended=ended)
 
     async def wait_suspended(self) -> RunResult:
         await self.core.suspended.wait()
@@ -457,6 +482,13 @@ class _Stored:
             return await local.wait()
         await self._until(lambda r: r.state in TERMINAL)
         return await self.services.stored_result(self.record, self.flow_obj)
+
+    async def view(self, tracebacks: bool) -> RunView:
+        local = self.taken
+        if local is not None:
+            return await local.view(tracebacks)
+        record = await self.refresh()
+        return await self.services.view(record, self.flow_obj, tracebacks)
 
     async def wait_suspended(self) -> RunResult:
         await self._until(lambda r: r.state in TERMINAL or r.state is FlowState.SUSPENDED)

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from ckflow._patterns import Flow
     from ckflow._records import ControlOp, RunRecord
     from ckflow._runtime._core import RunCore
+    from ckflow._view import RunView
 
 __all__ = ["Engine", "EngineState", "run"]
 
@@ -530,6 +531,9 @@ class _Services:
 
     async def stored_result(self, record: RunRecord, flow: Flow | None) -> RunResult:
         return await _reads.stored_result(self.store, record, flow)
+
+    async def view(self, record: RunRecord, flow: Flow | None, tracebacks: bool) -> RunView:
+        return await _reads.view(self.store, record, flow, tracebacks=tracebacks)
 
     def tail_events(self, run_id: str, after: int, buffer: int) -> EventStream:
         return _reads.tail_events(self._open_tg("attach"), self.store, run_id, after, buffer, self.poll_interval)

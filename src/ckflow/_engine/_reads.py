@@ -6,13 +6,15 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import pydantic_core
 
-from ckflow._codec import decode_object, result_adapter
+from ckflow._codec import decode_object, result_adapter, to_jsonable
 from ckflow._engine._cores import flow_for
 from ckflow._events import Event, EventStream, Feed
 from ckflow._models import RunResult, TaskSummary
 from ckflow._runtime import _task_view as task_view
 from ckflow._states import TERMINAL, FlowState
+from ckflow._view import RunView, stored_view
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
@@ -22,7 +24,7 @@ if TYPE_CHECKING:
     from ckflow._records import RunRecord
     from ckflow.stores import Store
 
-__all__ = ["stored_result", "summaries", "tail_events"]
+__all__ = ["stored_result", "summaries", "tail_events", "view"]
 
 
 async def summaries(store: Store, run_id: str) -> dict[str, TaskSummary]:
@@ -50,6 +52,11 @@ async def stored_result(store: Store, record: RunRecord, flow: Flow | None) -> R
                         adapters[task.provided[0]] = result_adapter(task)
             outputs = decode_object(root.snapshot, adapters)
     end = record.ended_at or record.updated_at
+    try:
+        inputs = decode_object(record.inputs, {})
+    except Exception:
+        # Inputs of a codec not registered here: their stored JSON data, so that the result can still be read.
+        inputs = to_jsonable(pydantic_core.from_json(record.inputs))
     return RunResult(
         run_id=record.run_id,
         flow=record.flow,
@@ -59,7 +66,16 @@ async def stored_result(store: Store, record: RunRecord, flow: Flow | None) -> R
         failures=list(stored.failures),
         regions=[],
         duration=end - record.created_at,
+        inputs=inputs,
     )
+
+
+async def view(store: Store, record: RunRecord, flow: Flow | None, *, tracebacks: bool) -> RunView:
+    """The view of a run as its store holds it, every task of its flow listed when the flow is known here."""
+    stored = await store.load(record.run_id)
+    found = flow_for(stored.run, flow, required=False)
+    names = [] if found is None else [t.name for t in found.iter_tasks()]
+    return stored_view(stored, names, tracebacks=tracebacks)
 
 
 def tail_events(tg: TaskGroup, store: Store, run_id: str, after: int, buffer: int, poll_interval: float) -> EventStream:

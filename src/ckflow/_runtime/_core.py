@@ -475,6 +475,7 @@ class RunCore:
             failures=list(run.failures),
             regions=list(run.reports),
             duration=(self.t_end or time.monotonic()) - self.t_start,
+            inputs=self.inputs,
         )
         if run.flow_state in TERMINAL:
             self._result = result
