@@ -7,6 +7,7 @@ In-process tests drive the app through ``httpx.ASGITransport`` with the lifespan
 from __future__ import annotations
 
 import contextlib
+import functools
 import subprocess
 import sys
 from typing import TYPE_CHECKING, Annotated, Any
@@ -110,6 +111,23 @@ class TestLifespan:
                 assert state == {"answer": 42}
                 assert log == ["enter, engine open: True"]
         assert log == ["enter, engine open: True", "exit, last run SUCCESS"]
+
+    async def test_the_apps_lifespan_failing_at_start_raises_its_error_and_closes_the_engine(self) -> None:
+        """An app_lifespan that fails on entry: its own exception reaches the server, and the engine is closed."""
+        engines: list[Engine] = []
+
+        @contextlib.asynccontextmanager
+        async def broken(app: FastAPI) -> AsyncIterator[None]:
+            engines.append(app.state.ckflow)
+            raise LookupError("no config")
+            yield
+
+        app = FastAPI(lifespan=ckflow.fastapi.lifespan(MemoryStore(), app_lifespan=broken))
+        with anyio.fail_after(5), pytest.raises(LookupError, match="no config"):
+            async with lifespan_of(app):
+                raise AssertionError("not reached")
+        assert [engine.store for engine in engines] == [None]
+        assert not hasattr(app.state, "ckflow")
 
     async def test_engine_options_reach_the_engine(self) -> None:
         """**engine_options are the Engine's (recover among them)."""
@@ -232,6 +250,29 @@ class TestInlineRun:
         assert (await store.get_run("h")).state is FlowState.REVERTED
         assert log == ["first", "slow", "undo first"]
         assert not gate.is_set()
+
+    async def test_a_cancelled_handler_leaves_the_run_to_the_engine(self) -> None:
+        """Cancelling the handler (a server's graceful-shutdown timeout) does not cancel the run: it goes on."""
+        log: list[str] = []
+        started, gate, never = anyio.Event(), anyio.Event(), anyio.Event()
+        flow = gated_flow("left", log, started, gate)
+        app = FastAPI(lifespan=ckflow.fastapi.lifespan(None))
+
+        async def receive() -> dict[str, Any]:
+            await never.wait()  # the client neither sends nor hangs up
+            raise AssertionError("not reached")
+
+        request = Request({"type": "http", "app": app, "method": "POST", "path": "/", "headers": []}, receive)
+        with anyio.fail_after(5):
+            async with lifespan_of(app):
+                async with anyio.create_task_group() as handler:
+                    handler.start_soon(functools.partial(ckflow.fastapi.run, request, flow, {"size": 1}, run_id="r"))
+                    await started.wait()
+                    handler.cancel_scope.cancel()
+                handle = app.state.ckflow.get_run("r")
+                gate.set()
+                assert (await handle.wait()).state is FlowState.SUCCESS
+        assert log == ["first", "slow"]
 
     async def test_invalid_inputs_propagate_before_anything_runs(self) -> None:
         log: list[str] = []

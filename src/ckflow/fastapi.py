@@ -71,9 +71,10 @@ def lifespan(
                             yield state
                 finally:
                     del app.state.ckflow
-                    # leave the engine's block by a cancellation: it stops its runs instead of waiting for them
-                    stop.cancel()
-                    await anyio.lowlevel.checkpoint()
+                # Shutting down: leave the engine's block by a cancellation, so that it stops its runs instead of
+                # waiting for them. (An exception, such as the app's lifespan failing, leaves it as it is.)
+                stop.cancel()
+                await anyio.lowlevel.checkpoint()
 
     return serve
 
