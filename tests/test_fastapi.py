@@ -17,6 +17,7 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import Depends, FastAPI, Request
+from pydantic import BaseModel
 
 import ckflow
 import ckflow.fastapi
@@ -28,6 +29,12 @@ if TYPE_CHECKING:
 
 #: a handler's parameter that FastAPI fills with the app's engine
 AppEngine = Annotated[Engine, Depends(ckflow.fastapi.engine)]
+
+
+class Order(BaseModel):
+    """A request body FastAPI reads before the handler runs (the disconnect is the next message)."""
+
+    size: int
 
 
 def gated_flow(name: str, log: list[str], started: anyio.Event, gate: anyio.Event) -> Linear:
@@ -234,15 +241,15 @@ class TestInlineRun:
         app = FastAPI(lifespan=ckflow.fastapi.lifespan(store))
 
         @app.post("/orders")
-        async def order(request: Request) -> RunView:
-            views.append(await ckflow.fastapi.run(request, flow, {"size": 1}, run_id="h"))
+        async def order(body: Order, request: Request) -> RunView:
+            views.append(await ckflow.fastapi.run(request, flow, body.model_dump(), run_id="h"))
             returned.set()
             return views[-1]
 
         with anyio.fail_after(10):
             async with served(app) as url:
                 async with httpx.AsyncClient(base_url=url) as client, anyio.create_task_group() as tg:
-                    tg.start_soon(client.post, "/orders")
+                    tg.start_soon(functools.partial(client.post, "/orders", json={"size": 1}))
                     await started.wait()
                     tg.cancel_scope.cancel()  # the client gives up: its connection closes
                 await returned.wait()
@@ -312,3 +319,17 @@ def test_import_ckflow_does_not_import_fastapi() -> None:
     code = "import sys, ckflow; print(sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'starlette')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_without_fastapi_the_import_names_the_extra() -> None:
+    """``import ckflow.fastapi`` without FastAPI installed fails with an ImportError naming ``ckflow[fastapi]``."""
+    code = (
+        "import sys\n"
+        "sys.modules['fastapi'] = sys.modules['starlette'] = None  # as if not installed\n"
+        "try:\n"
+        "    import ckflow.fastapi\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "pip install 'ckflow[fastapi]'" in out

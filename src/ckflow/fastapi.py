@@ -106,6 +106,8 @@ async def run(
     The run belongs to the request: if the client hangs up before it ends, the run is cancelled, which reverts
     what ran, and this returns once the revert is done. The view is returned whatever the run's end state
     (SUCCESS, REVERTED or FAILURE): the handler decides what a REVERTED or FAILURE run means for its response.
+    It listens on the request's receive channel while the run goes, so read the body first if you need it (FastAPI
+    does, for a body parameter). Cancelling the handler does not cancel the run, which the engine owns.
 
     Raises:
         InvalidInputError, MissingRequirementError, FlowDefinitionError: the run could not start; nothing ran.
