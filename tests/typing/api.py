@@ -8,11 +8,19 @@ a line that must be rejected; with ``warn_unused_ignores`` (part of
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import Depends, FastAPI, Request
 
 import ckflow
+import ckflow.fastapi
 import ckflow.stores
 from ckflow import Checkpoint, Linear, Parallel, Retry, Task, task
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 
 @task(provides="volume")  # name defaults to the function's
@@ -152,3 +160,22 @@ async def errors() -> None:
         raise
     except ckflow.CkflowError:
         raise
+
+
+def fastapi_service() -> None:
+    """DESIGN.md §12: the engine in a FastAPI app's lifespan, and runs inline in handlers."""
+
+    @contextlib.asynccontextmanager
+    async def my_lifespan(app: FastAPI) -> AsyncIterator[dict[str, int]]:
+        yield {"answer": 42}
+
+    app = FastAPI(lifespan=ckflow.fastapi.lifespan("sqlite:///runs.db", app_lifespan=my_lifespan))
+    FastAPI(lifespan=ckflow.fastapi.lifespan(None, max_concurrency=4))
+
+    @app.post("/orders")
+    async def order(
+        request: Request, engine: Annotated[ckflow.Engine, Depends(ckflow.fastapi.engine)]
+    ) -> ckflow.RunView:
+        view: ckflow.RunView = await ckflow.fastapi.run(request, flow, {"size": 1}, run_id="order-1")
+        print(engine.id)
+        return view

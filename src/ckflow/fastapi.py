@@ -1,0 +1,131 @@
+"""ckflow in a FastAPI service: one engine for the app, opened in its lifespan, and runs inline in handlers.
+
+Needs the ``fastapi`` extra (``pip install 'ckflow[fastapi]'``); ``import ckflow`` alone never imports FastAPI.
+
+    app = FastAPI(lifespan=ckflow.fastapi.lifespan("sqlite:///runs.db", app_lifespan=my_lifespan))
+
+    @app.post("/orders")
+    async def order(body: Order, request: Request) -> ckflow.RunView:
+        return await ckflow.fastapi.run(request, order_flow, inputs=body.model_dump())
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+import anyio.lowlevel
+
+try:
+    from starlette.applications import Starlette
+    from starlette.requests import Request  # noqa: TC002 - FastAPI reads `engine`'s annotation at runtime (Depends)
+except ImportError as exc:  # pragma: no cover - the CI installs the test group, which has FastAPI
+    raise ImportError("ckflow.fastapi needs FastAPI, which is not installed: pip install 'ckflow[fastapi]'") from exc
+
+from ckflow._engine import Engine
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Mapping
+    from contextlib import AbstractAsyncContextManager
+
+    from ckflow._engine import Run
+    from ckflow._patterns import Flow
+    from ckflow._view import RunView
+    from ckflow.stores import Store
+
+__all__ = ("engine", "lifespan", "run")
+
+AppT = TypeVar("AppT", bound=Starlette)
+
+
+def lifespan(
+    store: str | Store | None,
+    *,
+    app_lifespan: Callable[[AppT], AbstractAsyncContextManager[Any]] | None = None,
+    **engine_options: Any,
+) -> Callable[[AppT], AbstractAsyncContextManager[Any]]:
+    """What ``FastAPI(lifespan=...)`` takes: one ``ckflow.Engine`` for the app while it serves.
+
+    The engine is ``Engine(store=store, recover=True, **engine_options)`` (``recover`` is on when there is a
+    store, so the runs an earlier life of the service left unfinished resume at start; ``recover=False`` turns it
+    off). It is ``app.state.ckflow`` and, in handlers, ``Depends(ckflow.fastapi.engine)``. ``app_lifespan``, the
+    app's own lifespan, is entered once the engine is open and left before it closes, so it can use the engine;
+    the state it yields, if any, is the app's lifespan state.
+
+    At shutdown the engine stops its runs where they are instead of waiting for them: durable runs stay in the
+    store, released, for the next start to resume; runs without a store are reverted.
+    """
+    options: dict[str, Any] = {"recover": store is not None, **engine_options}
+
+    @contextlib.asynccontextmanager
+    async def serve(app: AppT) -> AsyncIterator[Any]:
+        with anyio.CancelScope() as stop:
+            async with Engine(store=store, **options) as opened:
+                app.state.ckflow = opened
+                try:
+                    if app_lifespan is None:
+                        yield None
+                    else:
+                        async with app_lifespan(app) as state:
+                            yield state
+                finally:
+                    del app.state.ckflow
+                # Shutting down: leave the engine's block by a cancellation, so that it stops its runs instead of
+                # waiting for them. (An exception, such as the app's lifespan failing, leaves it as it is.)
+                stop.cancel()
+                await anyio.lowlevel.checkpoint()
+
+    return serve
+
+
+def engine(request: Request) -> Engine:
+    """The app's engine, for ``Depends(ckflow.fastapi.engine)`` (it is ``request.app.state.ckflow``).
+
+    Raises:
+        RuntimeError: the app does not run ``ckflow.fastapi.lifespan`` (or it has shut down).
+    """
+    found = getattr(request.app.state, "ckflow", None)
+    if not isinstance(found, Engine):
+        raise RuntimeError(
+            "This app has no ckflow engine: create it with "
+            "`FastAPI(lifespan=ckflow.fastapi.lifespan(store))` (and serve it with its lifespan on)."
+        )
+    return found
+
+
+async def run(
+    request: Request,
+    flow: Flow | str,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    run_id: str | None = None,
+) -> RunView:
+    """Run ``flow`` on the app's engine until it ends and return its ``ckflow.RunView``, whatever its end state.
+
+    The run belongs to the request: if the client hangs up before it ends, the run is cancelled, which reverts
+    what ran, and this returns once the revert is done. The view is returned whatever the run's end state
+    (SUCCESS, REVERTED or FAILURE): the handler decides what a REVERTED or FAILURE run means for its response.
+    It listens on the request's receive channel while the run goes, so read the body first if you need it (FastAPI
+    does, for a body parameter). Cancelling the handler does not cancel the run, which the engine owns.
+
+    Raises:
+        InvalidInputError, MissingRequirementError, FlowDefinitionError: the run could not start; nothing ran.
+        RunExistsError: ``run_id`` is taken.
+        RunStateError: the engine shut down while the run was going (a durable run stays in its store).
+    """
+    handle = await engine(request).start(flow, inputs, run_id=run_id)
+    async with anyio.create_task_group() as watch:
+        watch.start_soon(_cancel_on_disconnect, request, handle)
+        try:
+            await handle.wait()
+        finally:
+            watch.cancel_scope.cancel()
+    return await handle.view()
+
+
+async def _cancel_on_disconnect(request: Request, handle: Run) -> None:
+    """Cancel the run when the ASGI server says the client has gone (servers do not cancel the handler)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass  # a part of the request body the handler did not read
+    await handle.cancel()
