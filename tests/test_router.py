@@ -287,6 +287,7 @@ class TestControl:
             await engine.get_run("e").wait()
             response = await client.post(f"/runs/e/{path}", json={"checkpoint": "disk"})
         assert response.status_code == 409
+        assert "SUCCESS" in response.json()["detail"]
 
     @pytest.mark.parametrize("path", ["suspend", "resume", "cancel"])
     async def test_control_of_an_unknown_run_is_404(self, tmp_path: Path, path: str) -> None:
@@ -304,6 +305,27 @@ async def test_router_options_reach_the_api_router(tmp_path: Path) -> None:
     async with api(tmp_path, dependencies=[Depends(deny)]) as (client, _):
         response = await client.get("/flows")
     assert response.status_code == 401
+
+
+async def test_without_a_store_the_list_is_the_engines_runs() -> None:
+    """An engine without a store lists the runs it runs or keeps (no times), and finds them by id."""
+    done = anyio.Event()
+    done.set()
+    flow = provisioning([], anyio.Event(), done)
+    app = FastAPI(lifespan=ckflow.fastapi.lifespan(None))
+    app.include_router(ckflow.fastapi.router())
+    with anyio.fail_after(10):
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+                await client.post("/runs", json={"flow": flow.name, "inputs": {"size": 1}, "run_id": "m"})
+                await app.state.ckflow.get_run("m").wait()
+                listed = (await client.get("/runs", params={"state": "SUCCESS"})).json()
+                one = await client.get("/runs/m")
+                missing = await client.get("/runs/other")
+    assert [(r["run_id"], r["state"], r["created_at"]) for r in listed["runs"]] == [("m", "SUCCESS", None)]
+    assert one.json()["state"] == "SUCCESS"
+    assert missing.status_code == 404
 
 
 def test_the_openapi_schema_has_the_paths_and_the_run_view() -> None:
