@@ -24,17 +24,20 @@ except ImportError as exc:  # pragma: no cover - the CI installs the test group,
     raise ImportError("ckflow.fastapi needs FastAPI, which is not installed: pip install 'ckflow[fastapi]'") from exc
 
 from ckflow._engine import Engine
+from ckflow._fastapi_router import build_router
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping
     from contextlib import AbstractAsyncContextManager
+
+    from fastapi import APIRouter
 
     from ckflow._engine import Run
     from ckflow._patterns import Flow
     from ckflow._view import RunView
     from ckflow.stores import Store
 
-__all__ = ("engine", "lifespan", "run")
+__all__ = ("engine", "lifespan", "router", "run")
 
 AppT = TypeVar("AppT", bound=Starlette)
 
@@ -92,6 +95,20 @@ def engine(request: Request) -> Engine:
             "`FastAPI(lifespan=ckflow.fastapi.lifespan(store))` (and serve it with its lifespan on)."
         )
     return found
+
+
+def router(**options: Any) -> APIRouter:
+    """The runs of the app's engine over HTTP: an ``APIRouter``; ``options`` are ``APIRouter``'s (``dependencies``).
+
+        app.include_router(ckflow.fastapi.router(dependencies=[Depends(auth)]), prefix="/ckflow")
+
+    ``GET /flows``; ``POST /runs`` ``{"flow", "inputs", "run_id"?}`` (201 with the run view, without waiting for
+    the end); ``GET /runs?state=&flow=&limit=&cursor=``; ``GET /runs/{id}``; ``POST /runs/{id}/suspend``,
+    ``/resume``, ``/cancel``, ``/goto`` ``{"checkpoint"}``, ``/revert_to`` ``{"checkpoint", "retry"}``;
+    ``GET /runs/{id}/graph`` (Mermaid text). Errors: 404 unknown flow, run or checkpoint; 409 run id taken or run
+    ended; 422 invalid inputs (``detail`` names the field) or run id. The app needs ``lifespan`` (the engine).
+    """
+    return build_router(engine, **options)
 
 
 async def run(
