@@ -290,6 +290,18 @@ class TestControl:
         assert "SUCCESS" in response.json()["detail"]
 
     @pytest.mark.parametrize("path", ["suspend", "resume", "cancel"])
+    async def test_control_of_a_run_that_has_ended_is_409(self, tmp_path: Path, path: str) -> None:
+        done = anyio.Event()
+        done.set()
+        flow = provisioning([], anyio.Event(), done)
+        async with api(tmp_path) as (client, engine):
+            await client.post("/runs", json={"flow": flow.name, "inputs": {"size": 1}, "run_id": "e"})
+            await engine.get_run("e").wait()
+            response = await client.post(f"/runs/e/{path}")
+        assert response.status_code == 409
+        assert "SUCCESS" in response.json()["detail"]
+
+    @pytest.mark.parametrize("path", ["suspend", "resume", "cancel"])
     async def test_control_of_an_unknown_run_is_404(self, tmp_path: Path, path: str) -> None:
         async with api(tmp_path) as (client, _):
             response = await client.post(f"/runs/nope/{path}")

@@ -28,7 +28,7 @@ from ckflow._errors import (
 )
 from ckflow._mermaid import to_mermaid
 from ckflow._registry import registered_flow, registered_flows
-from ckflow._states import FlowState
+from ckflow._states import TERMINAL, FlowState
 from ckflow._view import RunView
 
 if TYPE_CHECKING:
@@ -133,6 +133,14 @@ def _http_errors() -> Iterator[None]:
         raise HTTPException(_UNPROCESSABLE, detail=str(exc)) from exc
 
 
+async def _live(engine: Engine, run_id: str, verb: str) -> Run:
+    """The handle of a run that has not ended: 409 once it has (there is nothing left to ``verb``)."""
+    run = await _attach(engine, run_id)
+    if run.state in TERMINAL:
+        raise HTTPException(409, detail=f"Run {run_id!r} has already ended ({run.state}): it cannot {verb}.")
+    return run
+
+
 async def _attach(engine: Engine, run_id: str) -> Run:
     """The run's handle: this engine's, else (with a store) one through the store. 404 if neither has it."""
     with _http_errors():
@@ -215,7 +223,7 @@ def _control_routes(api: APIRouter, app_engine: Any) -> None:
     @api.post("/runs/{run_id}/suspend", response_model=RunView)
     async def suspend(run_id: str, engine: Engine = app_engine) -> RunView:
         """Let running tasks finish and start nothing new; answers once the run is SUSPENDED (or has ended)."""
-        run = await _attach(engine, run_id)
+        run = await _live(engine, run_id, "suspend")
         with _http_errors():
             await run.suspend()
         return await run.view()
@@ -223,7 +231,7 @@ def _control_routes(api: APIRouter, app_engine: Any) -> None:
     @api.post("/runs/{run_id}/resume", response_model=RunView)
     async def resume(run_id: str, engine: Engine = app_engine) -> RunView:
         """Go on after a suspension."""
-        run = await _attach(engine, run_id)
+        run = await _live(engine, run_id, "resume")
         with _http_errors():
             await run.resume()
         return await run.view()
@@ -231,7 +239,7 @@ def _control_routes(api: APIRouter, app_engine: Any) -> None:
     @api.post("/runs/{run_id}/cancel", response_model=RunView)
     async def cancel(run_id: str, engine: Engine = app_engine) -> RunView:
         """Revert everything that ran; the run ends REVERTED. Answers once the revert has started."""
-        run = await _attach(engine, run_id)
+        run = await _live(engine, run_id, "cancel")
         with _http_errors():
             await run.cancel()
         return await run.view()
