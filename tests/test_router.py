@@ -72,6 +72,11 @@ async def api(tmp_path: Path, **router_options: Any) -> AsyncIterator[tuple[http
                 yield client, app.state.ckflow
 
 
+async def post_run(client: httpx.AsyncClient, flow: Linear, run_id: str) -> httpx.Response:
+    """POST /runs for a run of ``flow`` (size 1) under ``run_id``."""
+    return await client.post("/runs", json={"flow": flow.name, "inputs": {"size": 1}, "run_id": run_id})
+
+
 def opened_on(run: ckflow.Run, name: str, gate: anyio.Event) -> None:
     """Open ``gate`` when the run emits the event ``name`` (a control request has been taken in)."""
     run.subscribe(lambda event: gate.set() if event.name == name else None)
@@ -143,7 +148,7 @@ class TestStart:
     async def test_an_invalid_run_id_is_422(self, tmp_path: Path) -> None:
         flow = provisioning([], anyio.Event(), anyio.Event())
         async with api(tmp_path) as (client, _):
-            response = await client.post("/runs", json={"flow": flow.name, "inputs": {"size": 1}, "run_id": "a\x00b"})
+            response = await post_run(client, flow, "a\x00b")
         assert response.status_code == 422
         assert response.json()["detail"][0]["loc"] == ["body", "run_id"]
 
@@ -190,7 +195,7 @@ class TestRead:
             pass
 
         async with api(tmp_path) as (client, engine):
-            await client.post("/runs", json={"flow": flow.name, "inputs": {"size": 1}, "run_id": "g"})
+            await post_run(client, flow, "g")
             await engine.get_run("g").wait()
             await (await engine.start(Linear("not-registered", lone), run_id="u")).wait()
             graph = await client.get("/runs/g/graph")
@@ -210,7 +215,7 @@ class TestControl:
         started, gate = anyio.Event(), anyio.Event()
         flow = provisioning(log, started, gate)
         async with api(tmp_path) as (client, engine):
-            await client.post("/runs", json={"flow": flow.name, "inputs": {"size": 1}, "run_id": "s"})
+            await post_run(client, flow, "s")
             await started.wait()
             run = engine.get_run("s")
             opened_on(run, "ckflow.control.suspend", gate)
@@ -228,7 +233,7 @@ class TestControl:
         started, gate = anyio.Event(), anyio.Event()
         flow = provisioning(log, started, gate)
         async with api(tmp_path) as (client, engine):
-            await client.post("/runs", json={"flow": flow.name, "inputs": {"size": 1}, "run_id": "c"})
+            await post_run(client, flow, "c")
             await started.wait()
             response = await client.post("/runs/c/cancel")
             assert response.status_code == 200
@@ -241,7 +246,7 @@ class TestControl:
         started, gate = anyio.Event(), anyio.Event()
         flow = provisioning(log, started, gate)
         async with api(tmp_path) as (client, _):
-            await client.post("/runs", json={"flow": flow.name, "inputs": {"size": 1}, "run_id": "g"})
+            await post_run(client, flow, "g")
             await started.wait()
             response = await client.post("/runs/g/goto", json={"checkpoint": "disk"})
         assert response.status_code == 200
@@ -258,7 +263,7 @@ class TestControl:
         started, gate = anyio.Event(), anyio.Event()
         flow = provisioning(log, started, gate)
         async with api(tmp_path) as (client, _):
-            await client.post("/runs", json={"flow": flow.name, "inputs": {"size": 1}, "run_id": "v"})
+            await post_run(client, flow, "v")
             await started.wait()
             response = await client.post("/runs/v/revert_to", json={"checkpoint": "disk", "retry": False})
         assert response.status_code == 200
@@ -270,7 +275,7 @@ class TestControl:
         started, gate = anyio.Event(), anyio.Event()
         flow = provisioning([], started, gate)
         async with api(tmp_path) as (client, _):
-            await client.post("/runs", json={"flow": flow.name, "inputs": {"size": 1}, "run_id": "k"})
+            await post_run(client, flow, "k")
             await started.wait()
             response = await client.post(f"/runs/k/{path}", json={"checkpoint": "nowhere"})
             gate.set()
@@ -283,7 +288,7 @@ class TestControl:
         done.set()
         flow = provisioning([], anyio.Event(), done)
         async with api(tmp_path) as (client, engine):
-            await client.post("/runs", json={"flow": flow.name, "inputs": {"size": 1}, "run_id": "e"})
+            await post_run(client, flow, "e")
             await engine.get_run("e").wait()
             response = await client.post(f"/runs/e/{path}", json={"checkpoint": "disk"})
         assert response.status_code == 409
@@ -295,7 +300,7 @@ class TestControl:
         done.set()
         flow = provisioning([], anyio.Event(), done)
         async with api(tmp_path) as (client, engine):
-            await client.post("/runs", json={"flow": flow.name, "inputs": {"size": 1}, "run_id": "e"})
+            await post_run(client, flow, "e")
             await engine.get_run("e").wait()
             response = await client.post(f"/runs/e/{path}")
         assert response.status_code == 409
@@ -330,7 +335,7 @@ async def test_without_a_store_the_list_is_the_engines_runs() -> None:
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
-                await client.post("/runs", json={"flow": flow.name, "inputs": {"size": 1}, "run_id": "m"})
+                await post_run(client, flow, "m")
                 await app.state.ckflow.get_run("m").wait()
                 listed = (await client.get("/runs", params={"state": "SUCCESS"})).json()
                 one = await client.get("/runs/m")

@@ -32,7 +32,7 @@ from ckflow._states import TERMINAL, FlowState
 from ckflow._view import RunView
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Awaitable, Callable, Iterator
 
     from ckflow._engine import Run
     from ckflow._records import RunRecord
@@ -219,43 +219,35 @@ def _run_routes(api: APIRouter, app_engine: Any) -> None:
         return await (await _attach(engine, run_id)).view()
 
 
+async def _act(run: Run, call: Callable[[Run], Awaitable[None]]) -> RunView:
+    """Make a control call on ``run``, its errors as HTTP errors, and answer with the run's view after it."""
+    with _http_errors():
+        await call(run)
+    return await run.view()
+
+
 def _control_routes(api: APIRouter, app_engine: Any) -> None:
     @api.post("/runs/{run_id}/suspend", response_model=RunView)
     async def suspend(run_id: str, engine: Engine = app_engine) -> RunView:
         """Let running tasks finish and start nothing new; answers once the run is SUSPENDED (or has ended)."""
-        run = await _live(engine, run_id, "suspend")
-        with _http_errors():
-            await run.suspend()
-        return await run.view()
+        return await _act(await _live(engine, run_id, "suspend"), lambda run: run.suspend())
 
     @api.post("/runs/{run_id}/resume", response_model=RunView)
     async def resume(run_id: str, engine: Engine = app_engine) -> RunView:
         """Go on after a suspension."""
-        run = await _live(engine, run_id, "resume")
-        with _http_errors():
-            await run.resume()
-        return await run.view()
+        return await _act(await _live(engine, run_id, "resume"), lambda run: run.resume())
 
     @api.post("/runs/{run_id}/cancel", response_model=RunView)
     async def cancel(run_id: str, engine: Engine = app_engine) -> RunView:
         """Revert everything that ran; the run ends REVERTED. Answers once the revert has started."""
-        run = await _live(engine, run_id, "cancel")
-        with _http_errors():
-            await run.cancel()
-        return await run.view()
+        return await _act(await _live(engine, run_id, "cancel"), lambda run: run.cancel())
 
     @api.post("/runs/{run_id}/goto", response_model=RunView)
     async def goto(run_id: str, body: Goto, engine: Engine = app_engine) -> RunView:
         """Run on to the checkpoint, or revert back to it; answers once the run is SUSPENDED there."""
-        run = await _attach(engine, run_id)
-        with _http_errors():
-            await run.goto(body.checkpoint)
-        return await run.view()
+        return await _act(await _attach(engine, run_id), lambda run: run.goto(body.checkpoint))
 
     @api.post("/runs/{run_id}/revert_to", response_model=RunView)
     async def revert_to(run_id: str, body: RevertTo, engine: Engine = app_engine) -> RunView:
         """Revert the checkpoint's scope and downstream; with ``retry`` run it again, else park SUSPENDED there."""
-        run = await _attach(engine, run_id)
-        with _http_errors():
-            await run.revert_to(body.checkpoint, retry=body.retry)
-        return await run.view()
+        return await _act(await _attach(engine, run_id), lambda run: run.revert_to(body.checkpoint, retry=body.retry))
