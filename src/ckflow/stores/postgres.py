@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import zlib
 from typing import TYPE_CHECKING, Any, Final, final
 
@@ -550,7 +551,7 @@ class PostgresStore(StoreBase):
         """
         self._open_pool()
         try:
-            conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
+            conn = await asyncpg.connect(self._dsn, timeout=math.ceil(self._timeout))
             await conn.add_listener(_pg_queue.channel(self._schema), lambda *args: callback(args[3]))
         except _UNREACHABLE as exc:
             raise StoreUnavailableError(self._url, _reason(exc, self._timeout)) from exc
