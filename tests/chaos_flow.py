@@ -28,7 +28,9 @@ __all__ = ["expected", "fails", "flow"]
 def _note(kind: str, name: str) -> None:
     ctx = ckflow.current()
     line = f"{time.time():.6f} {kind} {ctx.run_id} {name} {ctx.attempt} {os.getpid()}\n"
-    fd = os.open(os.path.join(os.environ["CKFLOW_CHAOS_LEDGER"], f"{os.getpid()}.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    fd = os.open(
+        os.path.join(os.environ["CKFLOW_CHAOS_LEDGER"], f"{os.getpid()}.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT
+    )
     try:
         os.write(fd, line.encode())
     finally:
@@ -46,7 +48,7 @@ def expected(k: int) -> str:
 
 
 async def _work(k: int) -> None:
-    await anyio.sleep(0.02 + (k % 4) * 0.01)
+    await anyio.sleep(0.05 + (k % 4) * 0.02)
 
 
 @task(provides="x")
