@@ -21,6 +21,7 @@ SCENARIOS = {
     "S6": "benchmarks.s6_memory",
     "S7": "benchmarks.s7_scaling",
     "S8": "benchmarks.s8_concurrent",
+    "S10": "benchmarks.s10_workers",
     "S12": "benchmarks.s12_soak",
 }
 

@@ -5,7 +5,7 @@ exit status; add one by writing it and registering it in ``_parser()``.
 The commands over a store live in ``_runs`` (reading, pruning, graphs),
 ``_control`` (resuming and controlling runs) and ``_start`` (starting
 one); ``_format`` holds what they print, and ``_demo`` the ``ckflow demo``
-command. Only ``start`` (and the demo) creates a store that is missing;
+command. Only ``start``, ``submit`` and ``worker`` (and the demo) create a store that is missing;
 the others say that no store is there (exit 1).
 
 Exit statuses: 0 when the command did what it was asked (for a command that

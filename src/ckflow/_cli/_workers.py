@@ -1,9 +1,10 @@
 """``ckflow submit`` and ``ckflow worker``: queue a run for the workers, and be one.
 
-``submit`` records a QUEUED run of a registered flow and prints its id; it creates the store if it is
-missing, as ``start`` does. ``worker`` claims and runs the queued runs of a PostgreSQL store until it is
-told to stop: SIGTERM or SIGINT (Ctrl-C) drains it (no new claims, the runs go on for up to ``--grace``
-seconds, then the rest are stopped and released for other workers); a second signal stops it at once.
+``submit`` records a QUEUED run of a registered flow and prints its id. Both create the store if it
+is missing, as ``start`` does (workers may well start before anything is submitted). ``worker`` claims
+and runs the queued runs of a PostgreSQL store until it is told to stop: SIGTERM or SIGINT (Ctrl-C)
+drains it (no new claims, the runs go on for up to ``--grace`` seconds, then the rest are stopped and
+released for other workers); a second signal stops it at once.
 The signal handlers are the command's: the library installs none.
 """
 
@@ -58,7 +59,7 @@ async def cmd_worker(args: argparse.Namespace, console: Console) -> int:
     """``ckflow worker``: claim and run queued runs until SIGTERM or SIGINT drains the worker."""
     if not registered_flows():
         raise CliError("No flow is registered in this process: pass `--import MODULE`, the module that registers them.")
-    store = open_cli_store(args.store_url)
+    store = open_cli_store(args.store_url, create=True)  # workers may well start before anything is submitted
     try:
         worker = Worker(
             store,

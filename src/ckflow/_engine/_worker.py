@@ -99,6 +99,7 @@ class Worker:
         "_poll_interval",
         "_queues",
         "_skipped",
+        "_starting",
         "_stop",
         "_store_arg",
         "_tg",
@@ -143,6 +144,8 @@ class Worker:
         self._live: dict[str, Run] = {}
         #: runs this worker could not rebuild (their flow does not build here): never claimed again by it
         self._skipped: set[str] = set()
+        #: runs claimed and being started (rebuilt from the store)
+        self._starting = 0
         self._wake = anyio.Event()
         self._draining = anyio.Event()
         self._done = anyio.Event()
@@ -237,7 +240,7 @@ class Worker:
                 await self._draining.wait()
                 claiming.cancel()
                 with anyio.move_on_after(self._grace):
-                    while self._live:
+                    while self._live or self._starting:
                         self._wake = anyio.Event()
                         await self._wake.wait()
                 tg.cancel_scope.cancel()
@@ -267,7 +270,7 @@ class Worker:
             next_look = 0.0
             while True:
                 wake = self._wake = anyio.Event()
-                free = self._concurrency - len(self._live)
+                free = self._concurrency - len(self._live) - self._starting
                 if free > 0 and time.monotonic() >= next_look:
                     next_look = time.monotonic() + self._poll_interval
                     free -= await self._take_over_dead(engine, store, tg, free)
@@ -286,8 +289,9 @@ class Worker:
         except Exception as exc:  # the store is unreachable now: the next look tries again
             engine_warning("ckflow.worker.claim_failed", worker=engine.id, error=str(exc))
             return 0
-        for record in records:
-            await self._start(engine, tg, record.run_id)
+        for record in records:  # each is rebuilt from the store in a task of its own: they start side by side
+            self._starting += 1
+            tg.start_soon(self._start, engine, tg, record.run_id)
         return len(records)
 
     async def _take_over_dead(self, engine: Engine, store: QueueStore, tg: TaskGroup, free: int) -> int:
@@ -307,12 +311,14 @@ class Worker:
                 await store.claim(run_id, engine.id, self._engine_args["lease_ttl"], replacing=owner)
             except (RunOwnedError, RunNotFoundError):
                 continue  # another worker took it first, or it was deleted
+            self._starting += 1
             await self._start(engine, tg, run_id)
             taken += 1
         return taken
 
     async def _start(self, engine: Engine, tg: TaskGroup, run_id: str) -> None:
-        """Run a run that this worker has just claimed (the engine's own claim renews the lease)."""
+        """Run a run that this worker has just claimed (the engine's own claim renews the lease); counted in
+        ``_starting`` by the caller until it runs."""
         try:
             handle = await engine.resume(run_id)
         except RunOwnedError:
@@ -321,6 +327,8 @@ class Worker:
             self._skipped.add(run_id)
             engine_warning("ckflow.worker.run_skipped", worker=engine.id, run_id=run_id, error=str(exc))
             return
+        finally:
+            self._starting -= 1
         self._live[run_id] = handle
         tg.start_soon(self._follow, handle, name=f"ckflow worker run {run_id}")
 

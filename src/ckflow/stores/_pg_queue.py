@@ -71,6 +71,22 @@ _TAKE: Final = (
     "state = CASE WHEN r.state = 'QUEUED' THEN 'PENDING' ELSE r.state END "
     f"FROM now WHERE r.run_id = ANY($1::text[]) RETURNING {_RUN_COLUMNS}"
 )
+#: one statement for the common case, a queue without a limit: the runs to take over, then QUEUED ones, at most
+#: ``$4`` in all, claimed for ``$5`` for ``$6`` seconds; QUEUED runs only if the queue has no limit (``limited``
+#: says whether it has, and then the caller claims them under the queue's lock). The first row may be all NULLs
+#: but ``limited`` (nothing claimed).
+_CLAIM_UNLIMITED: Final = (
+    f"WITH now AS (SELECT {_NOW} AS t), "
+    "limited AS (SELECT 1 FROM ckflow_queues WHERE name = $1 AND concurrency IS NOT NULL), "
+    f"orphans AS ({_ORPHANS}), "
+    f"queued AS ({_QUEUED.replace('AND NOT halted', 'AND NOT EXISTS (SELECT 1 FROM limited) AND NOT halted')}), "
+    "picked AS (SELECT run_id FROM (SELECT run_id, 0 AS k FROM orphans UNION ALL SELECT run_id, 1 FROM queued) AS u "
+    "ORDER BY k LIMIT $4), "
+    "took AS (UPDATE ckflow_runs AS r SET owner = $5, lease_expires = now.t + $6, "
+    "state = CASE WHEN r.state = 'QUEUED' THEN 'PENDING' ELSE r.state END "
+    f"FROM now WHERE r.run_id IN (SELECT run_id FROM picked) RETURNING {_RUN_COLUMNS}) "
+    "SELECT EXISTS (SELECT 1 FROM limited) AS limited, took.* FROM (SELECT 1) AS one LEFT JOIN took ON true"
+)
 #: runs of these queues under way whose owner holds a live lease (the worker checks which owners are dead)
 LIVE_OWNERS: Final = (
     "SELECT run_id, owner FROM ckflow_runs WHERE queue = ANY($1::text[]) AND state IN ('PENDING', 'RUNNING') "
@@ -91,8 +107,19 @@ def _lock_key(queue: str) -> int:
 async def claim_queue(
     conn: Any, queue: str, owner: str, ttl: float, n: int, flows: Sequence[str], skip: Sequence[str]
 ) -> list[RunRecord]:
-    """Claim up to ``n`` runs of ``queue`` for ``owner`` (runs to take over first, then QUEUED ones), in one
-    transaction; only runs of ``flows``, never those of ``skip``."""
+    """Claim up to ``n`` runs of ``queue`` for ``owner`` (runs to take over first, then QUEUED ones); only runs
+    of ``flows``, never those of ``skip``. One statement, unless the queue has a limit: then its QUEUED runs are
+    claimed in a transaction under the queue's lock."""
+    rows = await conn.fetch(_CLAIM_UNLIMITED, queue, flows, skip, n, owner, ttl)
+    claimed = [_c.RUNS.record(row) for row in rows if row["run_id"] is not None]
+    if rows[0]["limited"] and len(claimed) < n:
+        claimed += await _claim_limited(conn, queue, owner, ttl, n - len(claimed), flows, skip)
+    return claimed
+
+
+async def _claim_limited(
+    conn: Any, queue: str, owner: str, ttl: float, n: int, flows: Sequence[str], skip: Sequence[str]
+) -> list[RunRecord]:
     async with conn.transaction():
         ids = [row[0] for row in await conn.fetch(_ORPHANS, queue, flows, skip, n)]
         room = n - len(ids)
