@@ -14,6 +14,7 @@ from tests.test_recovery import exited_pid
 
 import ckflow
 from ckflow import Checkpoint, Engine, FlowState, Linear, Worker, task
+from ckflow._cli import main
 from ckflow.stores import open_store
 
 if TYPE_CHECKING:
@@ -279,3 +280,32 @@ class TestWorker:
             Worker("memory://", limits={"q": 0})
         with pytest.raises(ValueError, match="lease_ttl"):
             Worker("memory://", lease_ttl=-1)
+
+
+class TestCommands:
+    """``ckflow submit`` here; ``ckflow worker`` runs in tests/test_worker_chaos.py, as processes."""
+
+    def test_submit_prints_the_id_and_queues_the_run(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        url = f"sqlite:///{tmp_path / 'runs.db'}"
+        argv = ["--store", url, "--import", "tests.chaos_flow", "submit", "chaos", "--inputs", '{"k": 4}']
+        assert main([*argv, "--run-id", "r1", "--queue", "q", "--priority", "2"]) == 0
+        out = capsys.readouterr()
+        assert out.out == "r1\n"
+        assert "queued in 'q' (priority 2)" in out.err
+
+        async def stored() -> ckflow.stores.RunRecord:
+            async with open_store(url) as store:
+                return await store.get_run("r1")
+
+        record = anyio.run(stored)
+        assert (record.state, record.queue, record.priority, record.inputs) == (FlowState.QUEUED, "q", 2, '{"k":4}')
+        assert main([*argv, "--run-id", "r1"]) == 1
+        assert "r1" in capsys.readouterr().err
+        assert main([*argv, "--queue", ""]) == 1
+        assert "queue name" in capsys.readouterr().err
+
+    def test_worker_needs_a_store_workers_share(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        url = f"sqlite:///{tmp_path / 'runs.db'}"
+        assert main(["--store", url, "--import", "tests.chaos_flow", "worker"]) == 1
+        assert "PostgreSQL" in capsys.readouterr().err
+        assert main(["--store", url, "worker", "--limit", "q=0"]) == 2
