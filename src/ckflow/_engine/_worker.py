@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, cast, final
 
 import anyio
 
@@ -27,7 +27,9 @@ from ckflow._engine._lifecycle import Engine
 from ckflow._engine._ownership import engine_warning
 from ckflow._engine._recovery import dead_owner
 from ckflow._errors import CkflowError, RunNotFoundError, RunOwnedError
+from ckflow._records import StoredRun
 from ckflow._registry import registered_flows
+from ckflow._states import FlowState
 from ckflow.stores import QueueStore, Store, open_store
 
 if TYPE_CHECKING:
@@ -37,11 +39,57 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup, TaskStatus
 
     from ckflow._engine._handles import Run
+    from ckflow._records import RunRecord
 
 __all__ = ["Worker"]
 
 #: how long a worker waits for its store's notifications connection before it polls instead
 _LISTEN_TIMEOUT: Final = 10.0
+
+
+class _Claims:
+    """The worker's store as its engine sees it: the store itself, but for runs that a claim has just taken from
+    their queue, which it answers from what the claim read.
+
+    Such a run (PENDING, and nothing ever written of it: ``next_seq`` 0) has no tasks, passes, regions nor
+    failures, so ``Engine.resume`` rebuilds it without reading the store twice over: ``get_run`` and ``load``
+    answer from the claim (the engine's own ``claim`` still goes to the store, and so times the lease). Only the
+    worker's own claims land here: the worker owns such a run, so nobody else writes its row meanwhile.
+    """
+
+    __slots__ = ("_fresh", "_store")
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        #: run id -> its record as the latest claim returned it
+        self._fresh: dict[str, RunRecord] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def claimed(self, record: RunRecord) -> None:
+        """The worker has just claimed ``record`` from its queue."""
+        if record.state is FlowState.PENDING and record.next_seq == 0:
+            self._fresh[record.run_id] = record
+
+    def forget(self, run_id: str) -> None:
+        self._fresh.pop(run_id, None)
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        record = self._fresh.get(run_id)
+        return record if record is not None else await self._store.get_run(run_id)
+
+    async def claim(self, run_id: str, owner: str, ttl: float, *, replacing: str | None = None) -> RunRecord:
+        record = await self._store.claim(run_id, owner, ttl, replacing=replacing)
+        if run_id in self._fresh:
+            self._fresh[run_id] = record
+        return record
+
+    async def load(self, run_id: str) -> StoredRun:
+        record = self._fresh.pop(run_id, None)
+        if record is None:
+            return await self._store.load(run_id)
+        return StoredRun(run=record, tasks=[], checkpoints=[], regions=[], failures=[])
 
 
 def _seconds(name: str, value: float) -> float:
@@ -215,9 +263,10 @@ class Worker:
             for queue, limit in self._limits.items():
                 assert isinstance(store, QueueStore)
                 await store.set_queue_limit(queue, limit)
+            claims = _Claims(store)
             with anyio.CancelScope() as self._stop:
-                async with Engine(store=store, **self._engine_args) as engine:
-                    await self._work(engine, store, task_status)
+                async with Engine(store=cast("Store", claims), **self._engine_args) as engine:
+                    await self._work(engine, store, claims, task_status)
                     # Left by a cancellation at the end of the grace: the runs still going stop and are released.
                     self._stop.cancel()
             assert isinstance(store, QueueStore)
@@ -229,13 +278,13 @@ class Worker:
                 with anyio.CancelScope(shield=True):
                     await store.close()
 
-    async def _work(self, engine: Engine, store: Store, task_status: TaskStatus[None]) -> None:
+    async def _work(self, engine: Engine, store: Store, claims: _Claims, task_status: TaskStatus[None]) -> None:
         assert isinstance(store, QueueStore)
         stop_listening = await self._listen(store)
         try:
             async with anyio.create_task_group() as tg:
                 claiming = anyio.CancelScope()
-                tg.start_soon(self._claim_loop, engine, store, tg, claiming)
+                tg.start_soon(self._claim_loop, engine, store, claims, tg, claiming)
                 task_status.started()
                 await self._draining.wait()
                 claiming.cancel()
@@ -265,7 +314,9 @@ class Worker:
             )
             return None
 
-    async def _claim_loop(self, engine: Engine, store: QueueStore, tg: TaskGroup, claiming: anyio.CancelScope) -> None:
+    async def _claim_loop(
+        self, engine: Engine, store: QueueStore, claims: _Claims, tg: TaskGroup, claiming: anyio.CancelScope
+    ) -> None:
         with claiming:
             next_look = 0.0
             while True:
@@ -274,13 +325,13 @@ class Worker:
                 if free > 0 and time.monotonic() >= next_look:
                     next_look = time.monotonic() + self._poll_interval
                     free -= await self._take_over_dead(engine, store, tg, free)
-                claimed = await self._claim(engine, store, tg, free) if free > 0 else 0
+                claimed = await self._claim(engine, store, claims, tg, free) if free > 0 else 0
                 if claimed and claimed == free:
                     continue  # there may be more waiting
                 with anyio.move_on_after(max(0.0, next_look - time.monotonic())):
                     await wake.wait()
 
-    async def _claim(self, engine: Engine, store: QueueStore, tg: TaskGroup, n: int) -> int:
+    async def _claim(self, engine: Engine, store: QueueStore, claims: _Claims, tg: TaskGroup, n: int) -> int:
         lease_ttl: float = self._engine_args["lease_ttl"]
         try:
             records = await store.claim_queued(
@@ -289,9 +340,10 @@ class Worker:
         except Exception as exc:  # the store is unreachable now: the next look tries again
             engine_warning("ckflow.worker.claim_failed", worker=engine.id, error=str(exc))
             return 0
-        for record in records:  # each is rebuilt from the store in a task of its own: they start side by side
+        for record in records:  # each is rebuilt in a task of its own: they start side by side
+            claims.claimed(record)
             self._starting += 1
-            tg.start_soon(self._start, engine, tg, record.run_id)
+            tg.start_soon(self._start, engine, claims, tg, record.run_id)
         return len(records)
 
     async def _take_over_dead(self, engine: Engine, store: QueueStore, tg: TaskGroup, free: int) -> int:
@@ -312,11 +364,11 @@ class Worker:
             except (RunOwnedError, RunNotFoundError):
                 continue  # another worker took it first, or it was deleted
             self._starting += 1
-            await self._start(engine, tg, run_id)
+            await self._start(engine, None, tg, run_id)
             taken += 1
         return taken
 
-    async def _start(self, engine: Engine, tg: TaskGroup, run_id: str) -> None:
+    async def _start(self, engine: Engine, claims: _Claims | None, tg: TaskGroup, run_id: str) -> None:
         """Run a run that this worker has just claimed (the engine's own claim renews the lease); counted in
         ``_starting`` by the caller until it runs."""
         try:
@@ -329,6 +381,8 @@ class Worker:
             return
         finally:
             self._starting -= 1
+            if claims is not None:
+                claims.forget(run_id)
         self._live[run_id] = handle
         tg.start_soon(self._follow, handle, name=f"ckflow worker run {run_id}")
 
