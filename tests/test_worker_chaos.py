@@ -10,7 +10,7 @@ and restarted again and again, and one is SIGSTOPped past its lease and then SIG
 - no two owners interleave on a run: once another process has started something of a run, the one before
   never starts anything of it again (the lease fence);
 - the limited queue never has more runs under way than its limit (sampled in the database throughout, and
-  from the ledgers: the spans from a run's first start to its last step never overlap more than that).
+  from the ledgers: the spans from a run's first start to its last start never overlap more than that).
 
 500 runs and 30 kills take some 20 s on two cores; ``CKFLOW_CHAOS_RUNS`` and ``CKFLOW_CHAOS_KILLS`` change them.
 """
@@ -188,10 +188,14 @@ async def check_successes(url: str, ledger: list[tuple[float, str, str, str, int
 
 
 def check_spans(ledger: list[tuple[float, str, str, str, int, int]], limited: set[str]) -> int:
-    """The most runs of the limited queue whose spans (first start to last step) overlap."""
+    """The most runs of the limited queue whose spans (first start to last start) overlap.
+
+    Starts only: each happens while its process holds the run's live lease, so while the run is under way;
+    an execute that was already running in a paused process may still end after the run has moved on.
+    """
     spans: dict[str, list[float]] = {}
-    for t, _, run, _, _, _ in ledger:
-        if run in limited:
+    for t, kind, run, _, _, _ in ledger:
+        if run in limited and kind in ("start", "revert"):
             span = spans.setdefault(run, [t, t])
             span[1] = t
     edges = sorted(

@@ -466,7 +466,9 @@ class Engine:
         under the run's flow name): tasks that succeeded keep their results and
         are not executed again; tasks that were running are executed again; an
         interrupted revert is called again. A SUSPENDED run is resumed. A run
-        that has ended is not run again: its handle gives its result.
+        that has ended is not run again: its handle gives its result. A QUEUED
+        run (``submit``) is left for a worker, its suspension lifted; its handle
+        goes through the store.
 
         Raises:
             InvalidRunIdError: ``run_id`` cannot be a run id (see ``Engine.start``).

@@ -238,8 +238,9 @@ POSTGRES_V1: Final = (
 )
 
 #: Version 3 (both dialects): a submitted run's ``queue`` and ``priority`` (``engine.submit``), written when the
-#: run is created and never changed. PostgreSQL also gets what workers claim by: an index of the runs of a queue
-#: that are waiting or under way, and ``ckflow_queues``, each queue's limit on the runs under way at once across
+#: run is created and never changed. PostgreSQL also gets what workers claim by: an index of the QUEUED runs of
+#: each queue in the order they are claimed (a run leaves it when it is claimed; the runs under way are found
+#: through ``ckflow_runs_by_state``), and ``ckflow_queues``, each queue's limit on the runs under way at once across
 #: all workers (no row, or a NULL limit: no limit).
 SQLITE_V3: Final = (
     "ALTER TABLE ckflow_runs ADD COLUMN queue TEXT",
@@ -259,7 +260,6 @@ SQLITE_V3: Final = (
 )
 POSTGRES_V3: Final = (
     'ALTER TABLE ckflow_runs ADD COLUMN queue text COLLATE "C", ADD COLUMN priority bigint NOT NULL DEFAULT 0',
-    "CREATE INDEX ckflow_runs_by_queue ON ckflow_runs (queue, priority DESC, created_at, run_id) "
-    "WHERE queue IS NOT NULL AND state IN ('QUEUED', 'PENDING', 'RUNNING')",
+    "CREATE INDEX ckflow_runs_queued ON ckflow_runs (queue, priority DESC, created_at, run_id) WHERE state = 'QUEUED'",
     'CREATE TABLE ckflow_queues (name text COLLATE "C" PRIMARY KEY, concurrency bigint)',
 )
