@@ -13,6 +13,10 @@ and restarted again and again, and one is SIGSTOPped past its lease and then SIG
   from the ledgers: the spans from a run's first start to its last start never overlap more than that).
 
 500 runs and 30 kills take some 20 s on two cores; ``CKFLOW_CHAOS_RUNS`` and ``CKFLOW_CHAOS_KILLS`` change them.
+
+A second test cuts one worker off from the database (its connections go through a TCP proxy that stops
+forwarding, both ways, sockets left open, then forwards again: a partition that heals) for longer than its
+lease, while another worker takes its runs over; the same checks hold.
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
+import anyio.abc
 import asyncpg
 import pytest
 from tests import chaos_flow
@@ -86,6 +92,12 @@ class Workers:
     def working(self) -> list[subprocess.Popen[bytes]]:
         """The live workers that have started some task (a kill then hits runs, not a process starting up)."""
         return [p for p in self.live() if (self.ledger / f"{p.pid}.log").exists()]
+
+    async def until_working(self) -> None:
+        while True:
+            if self.working():
+                return
+            await anyio.sleep(0.05)
 
     def kill_one(self, rng: random.Random) -> None:
         victim = rng.choice(self.working())
@@ -249,3 +261,93 @@ async def test_workers_survive_kills_and_pauses(url: str, tmp_path: Path) -> Non
     print(
         f"chaos: {RUNS} runs, {workers.kills} kills, {moved} runs taken over, {elapsed:.1f} s, peak {peak[0]}/{LIMIT}"
     )
+
+
+class Partition:
+    """A TCP proxy to the database that can stop forwarding (both ways, connections left open) and resume."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.open = anyio.Event()
+        self.open.set()
+
+    async def serve(self, listener: anyio.abc.SocketListener) -> None:
+        await listener.serve(self._relay)
+
+    async def _relay(self, client: anyio.abc.SocketStream) -> None:
+        async with client, await anyio.connect_tcp(*self.target) as server, anyio.create_task_group() as tg:
+            tg.start_soon(self._pump, client, server, tg)
+            await self._pump(server, client, tg)
+
+    async def _pump(self, src: anyio.abc.SocketStream, dst: anyio.abc.SocketStream, tg: anyio.abc.TaskGroup) -> None:
+        try:
+            async for chunk in src:
+                await self.open.wait()  # cut off: the bytes wait here, nothing is lost, nothing arrives
+                await dst.send(chunk)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass
+        tg.cancel_scope.cancel()
+
+    def cut(self) -> None:
+        self.open = anyio.Event()
+
+    def heal(self) -> None:
+        self.open.set()
+
+
+async def all_ended(url: str) -> None:
+    async with open_store(url) as store:
+        while True:
+            if not await store.list_runs(states=[FlowState.QUEUED, FlowState.PENDING, FlowState.RUNNING]):
+                return
+            await anyio.sleep(0.2)
+
+
+async def test_a_worker_cut_off_from_the_database_stops_before_another_takes_over(url: str, tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    ledger.mkdir()
+    runs: dict[str, int] = {}
+    async with Engine(store=url) as engine:
+        for k in range(60):
+            runs[(await engine.submit("chaos", {"k": k}, f"run-{k}")).id] = k
+    parts = urlsplit(url)
+    partition = Partition(parts.hostname or "127.0.0.1", parts.port or 5432)
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener, anyio.create_task_group() as tg:
+        tg.start_soon(partition.serve, listener)
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        proxied = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{port}"))
+        cut_off = Workers(proxied, ledger, tmp_path)
+        direct = Workers(url, ledger, tmp_path / "direct")
+        (tmp_path / "direct").mkdir()
+        try:
+            victim = cut_off.spawn()
+            with anyio.fail_after(60):
+                await cut_off.until_working()  # it has started a task: it holds runs
+            partition.cut()
+            cut_at = time.time()
+            direct.spawn()
+            await anyio.sleep(LEASE_TTL * 3)
+            partition.heal()
+            healed_at = time.time()
+            with anyio.fail_after(120):
+                await all_ended(url)
+        finally:
+            cut_off.stop_all()
+            direct.stop_all()
+            tg.cancel_scope.cancel()
+    async with open_store(url) as store:
+        states = {r.run_id: str(r.state) for r in await store.list_runs()}
+    assert {rid: states[rid] for rid in runs} == {rid: chaos_flow.expected(k) for rid, k in runs.items()}
+    entries = read_ledger(ledger)
+    moved = check_owners(entries)
+    await check_successes(url, entries, list(runs))
+    assert moved > 0, "the other worker took none of the cut-off worker's runs"
+    # Its last renewal was sent before the cut: its leases lapsed by LEASE_TTL after it, by its own clock, and
+    # from then on until the partition healed it may start nothing (before that, its leases are its own).
+    lapsed = cut_at + LEASE_TTL + 0.05
+    late = [
+        t - cut_at
+        for t, kind, _, _, _, pid in entries
+        if pid == victim.pid and kind in ("start", "revert") and lapsed < t < healed_at
+    ]
+    assert not late, f"the cut-off worker started or reverted a task {late} s after it was cut off"
