@@ -11,7 +11,8 @@ import contextlib
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from ckflow._engine import Engine  # noqa: TC001 - FastAPI reads the handlers' annotations at runtime
@@ -26,6 +27,7 @@ from ckflow._errors import (
     RunStateError,
     UnknownCheckpointError,
 )
+from ckflow._fastapi_events import HEADERS, sse_events
 from ckflow._fastapi_ui import ui_routes
 from ckflow._mermaid import to_mermaid
 from ckflow._registry import registered_flow, registered_flows
@@ -219,6 +221,28 @@ def _run_routes(api: APIRouter, app_engine: Any) -> None:
     async def get(run_id: str, engine: Engine = app_engine) -> RunView:
         """The run's view (404 if no run has this id)."""
         return await (await _attach(engine, run_id)).view()
+
+    @api.get(
+        "/runs/{run_id}/events",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}},
+    )
+    async def events(
+        run_id: str,
+        engine: Engine = app_engine,
+        last_event_id: Annotated[int | None, Header(ge=-1)] = None,
+        after: Annotated[int | None, Query(ge=-1)] = None,
+    ) -> StreamingResponse:
+        """The run's events as Server-Sent Events: its stored history, then live; closed when the run has ended.
+
+        Each message's ``id`` is the event's sequence number; send it back as ``Last-Event-ID`` (an
+        ``EventSource`` does) or as ``?after=`` to get only the events after it. The last message is an ``end``
+        event with the run's end state.
+        """
+        run = await _attach(engine, run_id)
+        start = last_event_id if last_event_id is not None else after
+        stream = sse_events(run, engine.store, -1 if start is None else start)
+        return StreamingResponse(stream, media_type="text/event-stream", headers=HEADERS)
 
 
 async def _act(run: Run, call: Callable[[Run], Awaitable[None]]) -> RunView:

@@ -105,6 +105,8 @@ def router(**options: Any) -> APIRouter:
     ``GET /flows``; ``POST /runs`` ``{"flow", "inputs", "run_id"?}`` (201 with the run view, without waiting for
     the end); ``GET /runs?state=&flow=&limit=&cursor=``; ``GET /runs/{id}``; ``POST /runs/{id}/suspend``,
     ``/resume``, ``/cancel``, ``/goto`` ``{"checkpoint"}``, ``/revert_to`` ``{"checkpoint", "retry"}``;
+    ``GET /runs/{id}/events`` (Server-Sent Events: the stored history, then live, each ``id:`` the event's sequence
+    number, resumable with ``Last-Event-ID``, closed with an ``end`` event once the run has ended);
     ``GET /runs/{id}/graph`` (Mermaid text). Errors: 404 unknown flow, run or checkpoint; 409 run id taken or run
     ended; 422 invalid inputs (``detail`` names the field) or run id. The app needs ``lifespan`` (the engine).
     """
