@@ -32,6 +32,8 @@ from ckflow._fastapi_ui import EVENT_NAMES
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from playwright.async_api import Locator
+
 #: Chromium's flags for a sandbox-less machine with no network to reach (nothing is downloaded or synced)
 CHROMIUM_ARGS = [
     "--headless",
@@ -110,7 +112,8 @@ async def browser_page(chromium: str) -> AsyncIterator[tuple[Page, list[str]]]:
             await browser.close()
 
 
-def cell(page: Page, task_name: str, column: int):  # -> Locator
+def cell(page: Page, task_name: str, column: int) -> Locator:
+    """The task's cell in the table: 1 its state, 2 its attempts, 5 its duration."""
     return page.locator(f'#tasks tr[data-task="{task_name}"] td').nth(column)
 
 

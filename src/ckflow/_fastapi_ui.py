@@ -99,7 +99,7 @@ def _error_page(status: int, message: str) -> HTMLResponse:
     """A plain page for a run the pages cannot show (the message is escaped)."""
     body = (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>ckflow: not found</title></head>\n'
-        f"<body><h1>{status}</h1><p>{html.escape(message)}</p><p><a href=\"../runs\">All runs</a></p></body></html>\n"
+        f'<body><h1>{status}</h1><p>{html.escape(message)}</p><p><a href="../runs">All runs</a></p></body></html>\n'
     )
     return HTMLResponse(body, status_code=status, headers=_PAGE_HEADERS)
 
