@@ -32,7 +32,7 @@ from ckflow._fastapi_ui import EVENT_NAMES
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from playwright.async_api import Locator
+    from playwright.async_api import Locator, Request
 
 #: Chromium's flags for a sandbox-less machine with no network to reach (nothing is downloaded or synced)
 CHROMIUM_ARGS = [
@@ -95,6 +95,13 @@ def app_on(tmp_path: Path) -> FastAPI:
     return app
 
 
+def failed(request: Request, errors: list[str]) -> None:
+    """Note a failed request, except the event stream the page closes itself once it has the ``end`` event
+    (the browser aborts it when the close comes before the server's)."""
+    if not (request.url.endswith("/events") and request.failure == "net::ERR_ABORTED"):
+        errors.append(f"request: {request.url} {request.failure}")
+
+
 @contextlib.asynccontextmanager
 async def browser_page(chromium: str) -> AsyncIterator[tuple[Page, list[str]]]:
     """A page in a fresh headless Chromium, and the list its script errors and failed requests go to."""
@@ -105,7 +112,7 @@ async def browser_page(chromium: str) -> AsyncIterator[tuple[Page, list[str]]]:
             errors: list[str] = []
             page.on("pageerror", lambda error: errors.append(f"script: {error}"))
             page.on("console", lambda msg: errors.append(f"console: {msg.text}") if msg.type == "error" else None)
-            page.on("requestfailed", lambda request: errors.append(f"request: {request.url}"))
+            page.on("requestfailed", lambda request: failed(request, errors))
             page.on("response", lambda r: errors.append(f"{r.status}: {r.url}") if r.status >= 400 else None)
             yield page, errors
         finally:
