@@ -3,8 +3,8 @@
 The browser tests drive the system's Chromium (Debian's ``chromium``) with playwright against the router under a
 prefix on a real uvicorn on loopback, in the test's own event loop: the flow's tasks wait on anyio Events that
 the test sets, and each step waits for what the page shows (playwright's ``expect``), never for time. Without
-Chromium they are skipped, except under ``CI=true``, where that is a failure. A screenshot of the run page is
-kept in ``$CKFLOW_TEST_ARTIFACTS`` (default ``tests/artifacts/``).
+Chromium they are skipped, except under ``CI=true``, where that is a failure. Screenshots of the run page
+and of the runs list are kept in ``$CKFLOW_TEST_ARTIFACTS`` (default ``tests/artifacts/``).
 """
 
 from __future__ import annotations
@@ -217,6 +217,7 @@ class TestRunsPage:
                 await page.goto(f"{base}/ckflow/ui/runs")
                 await expect(page.locator("#runs tbody tr")).to_have_count(2)
                 await expect(page.locator('#runs tr[data-run="finished"] td').nth(2)).to_have_text("SUCCESS")
+                await page.screenshot(path=artifacts() / "runs_page.png", full_page=True)
 
                 await page.locator("#state").select_option("SUCCESS")
                 await page.get_by_role("button", name="Show").click()

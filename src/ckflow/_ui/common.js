@@ -43,11 +43,12 @@ export function post(url, body) {
   });
 }
 
-/** An ISO time or epoch seconds as the browser's local time ("" for none). */
+/** An ISO time or epoch seconds as the browser's local time, with the date unless it is today ("" for none). */
 export function formatTime(value) {
   if (value === null || value === undefined) return "";
   const date = typeof value === "number" ? new Date(value * 1000) : new Date(value);
-  return date.toLocaleTimeString(undefined, { hour12: false }) + "." + String(date.getMilliseconds()).padStart(3, "0");
+  const time = `${date.toLocaleTimeString(undefined, { hour12: false })}.${String(date.getMilliseconds()).padStart(3, "0")}`;
+  return date.toDateString() === new Date().toDateString() ? time : `${date.toLocaleDateString()} ${time}`;
 }
 
 /** Seconds as "12 ms", "1.250 s" ("" for none). */
