@@ -28,6 +28,7 @@ from ckflow._errors import (
     UnknownCheckpointError,
 )
 from ckflow._fastapi_events import HEADERS, sse_events
+from ckflow._fastapi_ui import ui_routes
 from ckflow._mermaid import to_mermaid
 from ckflow._registry import registered_flow, registered_flows
 from ckflow._states import TERMINAL, FlowState
@@ -161,6 +162,7 @@ def build_router(engine_dependency: Callable[..., Engine], **options: Any) -> AP
     _flow_routes(api, app_engine)
     _run_routes(api, app_engine)
     _control_routes(api, app_engine)
+    ui_routes(api, app_engine, _attach)
     return api
 
 
