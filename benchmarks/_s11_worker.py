@@ -4,8 +4,9 @@
 (DBOS) at URL; step ``HOLD`` prints ``S11 ready`` and waits forever, for the benchmark's SIGKILL. ``restart`` is
 the service coming back with default options: ckflow's ``Engine(store=URL, recover=True)``, DBOS's
 ``DBOS.launch()``; it prints ``S11 imported T`` once the interpreter has started and imported the library and the
-flow, and ``S11 done T STATE`` once the run has ended (T: ``time.time()``). The held step is the same code in
-both lives (``S11_HOLD`` in the environment holds it), so DBOS sees the same application version.
+flow, ``S11 opened T`` once the engine is open (DBOS: launched), and ``S11 done T STATE`` once the run has ended
+(T: ``time.time()``). The held step is the same code in both lives (``S11_HOLD`` in the environment holds it),
+so DBOS sees the same application version.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def ckflow_main(mode: str, url: str) -> None:
                 await (await engine.start(FLOW, run_id=RUN)).wait()
         else:
             async with ckflow.Engine(store=url, recover=True) as engine:
+                say("opened", time.time())  # the run is taken: recovery adopts at open
                 result = await engine.get_run(RUN).wait()
                 say("done", time.time(), result.state)
 
@@ -89,6 +91,7 @@ def dbos_main(mode: str, url: str) -> None:
 
     say("imported", time.time())
     DBOS.launch()
+    say("opened", time.time())  # the pending workflow is handed to a recovery thread, which goes on after this
     if mode == "first":
         with SetWorkflowID(RUN):
             DBOS.start_workflow(linear)
