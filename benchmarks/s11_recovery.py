@@ -148,8 +148,9 @@ def run(quick: bool = False) -> Table:
         [
             "engine, store",
             "restart → run ended",
-            "of which interpreter + imports",
-            "the rest: open, recover, 500 tasks",
+            "interpreter + imports",
+            "open (recovery)",
+            "the 500 tasks left",
         ],
     )
     unavailable = asyncio.run(_postgres_unavailable(dsn))
