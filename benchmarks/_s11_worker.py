@@ -49,7 +49,7 @@ def ckflow_main(mode: str, url: str) -> None:
         return x + 1
 
     def build() -> ckflow.Linear:
-        tasks = [first.with_options(name="t0")]
+        tasks: list[ckflow.Task] = [first.with_options(name="t0")]
         tasks += [
             step.with_options(name=f"t{i}", provides=f"v{i}", rebind={"x": f"v{i - 1}"}, inject={"i": i})
             for i in range(1, TASKS)

@@ -42,7 +42,7 @@ async def _last(x: int) -> None:
 
 
 def build() -> ckflow.Linear:
-    tasks = [_first.with_options(name="t0")]
+    tasks: list[ckflow.Task] = [_first.with_options(name="t0")]
     tasks += [
         _step.with_options(name=f"t{i}", provides=f"v{i}", rebind={"x": f"v{i - 1}"}) for i in range(1, TASKS - 1)
     ]
