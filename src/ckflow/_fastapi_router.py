@@ -152,7 +152,7 @@ async def _attach(engine: Engine, run_id: str) -> Run:
         return await engine.attach(run_id)
 
 
-def build_router(engine_dependency: Callable[..., Engine], *, tracebacks: bool = False, **options: Any) -> APIRouter:
+def build_router(engine_dependency: Callable[..., Awaitable[Engine]], *, tracebacks: bool = False, **options: Any) -> APIRouter:
     """An ``APIRouter`` over the engine ``engine_dependency`` gives; ``options`` are ``APIRouter``'s.
 
     (``ckflow.fastapi.router`` passes its ``engine`` dependency, so this module does not import ``ckflow.fastapi``.)
@@ -190,11 +190,11 @@ def _flow_routes(api: APIRouter, app_engine: Any) -> None:
 
 def _run_routes(api: APIRouter, app_engine: Any, tracebacks: bool) -> None:
     @api.post("/runs", status_code=201, response_model=RunView)
-    async def start(body: StartRun, engine: Engine = app_engine) -> RunView:
+    async def start(body: StartRun, engine: Engine = app_engine) -> Response:
         """Start a run of a registered flow; answers at once with its view (it does not wait for the end)."""
         with _http_errors():
             run = await engine.start(body.flow, body.inputs, run_id=body.run_id)
-        return await run.view(tracebacks=tracebacks)
+        return _json(await run.view(tracebacks=tracebacks), 201)
 
     @api.get("/runs", response_model=RunList)
     async def list_runs(
@@ -218,9 +218,9 @@ def _run_routes(api: APIRouter, app_engine: Any, tracebacks: bool) -> None:
         return RunList(runs=page, next_cursor=page[-1].run_id if len(found) > limit else None)
 
     @api.get("/runs/{run_id}", response_model=RunView)
-    async def get(run_id: str, engine: Engine = app_engine) -> RunView:
+    async def get(run_id: str, engine: Engine = app_engine) -> Response:
         """The run's view (404 if no run has this id)."""
-        return await (await _attach(engine, run_id)).view(tracebacks=tracebacks)
+        return _json(await (await _attach(engine, run_id)).view(tracebacks=tracebacks))
 
     @api.get(
         "/runs/{run_id}/events",
@@ -245,36 +245,41 @@ def _run_routes(api: APIRouter, app_engine: Any, tracebacks: bool) -> None:
         return StreamingResponse(stream, media_type="text/event-stream", headers=HEADERS)
 
 
-async def _act(run: Run, call: Callable[[Run], Awaitable[None]], tracebacks: bool) -> RunView:
+def _json(view: RunView, status: int = 200) -> Response:
+    """``view`` as the response, serialised once by pydantic (FastAPI would validate the model again first)."""
+    return Response(view.model_dump_json(), status_code=status, media_type="application/json")
+
+
+async def _act(run: Run, call: Callable[[Run], Awaitable[None]], tracebacks: bool) -> Response:
     """Make a control call on ``run``, its errors as HTTP errors, and answer with the run's view after it."""
     with _http_errors():
         await call(run)
-    return await run.view(tracebacks=tracebacks)
+    return _json(await run.view(tracebacks=tracebacks))
 
 
 def _control_routes(api: APIRouter, app_engine: Any, tracebacks: bool) -> None:
     @api.post("/runs/{run_id}/suspend", response_model=RunView)
-    async def suspend(run_id: str, engine: Engine = app_engine) -> RunView:
+    async def suspend(run_id: str, engine: Engine = app_engine) -> Response:
         """Let running tasks finish and start nothing new; answers once the run is SUSPENDED (or has ended)."""
         return await _act(await _live(engine, run_id, "suspend"), lambda run: run.suspend(), tracebacks)
 
     @api.post("/runs/{run_id}/resume", response_model=RunView)
-    async def resume(run_id: str, engine: Engine = app_engine) -> RunView:
+    async def resume(run_id: str, engine: Engine = app_engine) -> Response:
         """Go on after a suspension."""
         return await _act(await _live(engine, run_id, "resume"), lambda run: run.resume(), tracebacks)
 
     @api.post("/runs/{run_id}/cancel", response_model=RunView)
-    async def cancel(run_id: str, engine: Engine = app_engine) -> RunView:
+    async def cancel(run_id: str, engine: Engine = app_engine) -> Response:
         """Revert everything that ran; the run ends REVERTED. Answers once the revert has started."""
         return await _act(await _live(engine, run_id, "cancel"), lambda run: run.cancel(), tracebacks)
 
     @api.post("/runs/{run_id}/goto", response_model=RunView)
-    async def goto(run_id: str, body: Goto, engine: Engine = app_engine) -> RunView:
+    async def goto(run_id: str, body: Goto, engine: Engine = app_engine) -> Response:
         """Run on to the checkpoint, or revert back to it; answers once the run is SUSPENDED there."""
         return await _act(await _attach(engine, run_id), lambda run: run.goto(body.checkpoint), tracebacks)
 
     @api.post("/runs/{run_id}/revert_to", response_model=RunView)
-    async def revert_to(run_id: str, body: RevertTo, engine: Engine = app_engine) -> RunView:
+    async def revert_to(run_id: str, body: RevertTo, engine: Engine = app_engine) -> Response:
         """Revert the checkpoint's scope and downstream; with ``retry`` run it again, else park SUSPENDED there."""
         return await _act(
             await _attach(engine, run_id), lambda run: run.revert_to(body.checkpoint, retry=body.retry), tracebacks

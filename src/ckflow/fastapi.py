@@ -82,12 +82,19 @@ def lifespan(
     return serve
 
 
-def engine(request: Request) -> Engine:
+async def engine(request: Request) -> Engine:
     """The app's engine, for ``Depends(ckflow.fastapi.engine)`` (it is ``request.app.state.ckflow``).
+
+    A coroutine function, so that FastAPI calls it on the event loop rather than in a worker thread.
 
     Raises:
         RuntimeError: the app does not run ``ckflow.fastapi.lifespan`` (or it has shut down).
     """
+    return app_engine(request)
+
+
+def app_engine(request: Request) -> Engine:
+    """The app's engine (``engine`` without the await, for code of this module)."""
     found = getattr(request.app.state, "ckflow", None)
     if not isinstance(found, Engine):
         raise RuntimeError(
@@ -144,7 +151,7 @@ async def run(
         RunExistsError: ``run_id`` is taken.
         RunStateError: the engine shut down while the run was going (a durable run stays in its store).
     """
-    handle = await engine(request).start(flow, inputs, run_id=run_id)
+    handle = await app_engine(request).start(flow, inputs, run_id=run_id)
     async with anyio.create_task_group() as watch:
         watch.start_soon(_cancel_on_disconnect, request, handle)
         try:
