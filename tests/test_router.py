@@ -15,6 +15,7 @@ import anyio
 import httpx
 import pytest
 from fastapi import Depends, FastAPI, HTTPException
+from pydantic import BaseModel
 
 import ckflow
 import ckflow.fastapi
@@ -25,6 +26,11 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 _names = itertools.count()
+
+
+class Order(BaseModel):
+    sku: str
+    quantity: int = 1
 
 
 def provisioning(log: list[str], started: anyio.Event, gate: anyio.Event) -> Linear:
@@ -89,7 +95,64 @@ class TestFlows:
             response = await client.get("/flows")
         assert response.status_code == 200
         found = {f["name"]: f for f in response.json()}
-        assert found[flow.name] == {"name": flow.name, "required_inputs": {"size": ["create"]}}
+        assert found[flow.name]["required_inputs"] == {"size": ["create"]}
+        assert found[flow.name]["input_schema"] == {
+            "title": flow.name,
+            "type": "object",
+            "properties": {"size": {"type": "integer"}},
+            "required": ["size"],
+        }
+
+    async def test_the_input_schema_types_models_and_leaves_out_defaults_and_provided_values(
+        self, tmp_path: Path
+    ) -> None:
+        """Each input read from the run's inputs is a property typed by its annotation (a model in $defs); one
+        with a default is optional, a value a task provides is not an input, and an unannotated one is any value."""
+
+        @task(provides="address")
+        async def place(order: Order, note: str = "", tag=None) -> str:  # type: ignore[no-untyped-def]
+            return f"{order.sku} {note} {tag}"
+
+        @task
+        async def ship(address: str, order: Order, rush: bool, note: str = "") -> None:
+            pass
+
+        flow = Linear(f"schema-{next(_names)}", place, ship)
+        ckflow.register_flow(flow.name, flow)
+        async with api(tmp_path) as (client, _):
+            response = await client.get("/flows")
+        schema = {f["name"]: f for f in response.json()}[flow.name]["input_schema"]
+        assert schema == {
+            "title": flow.name,
+            "type": "object",
+            "properties": {
+                "order": {"$ref": "#/$defs/Order"},
+                "note": {"type": "string"},
+                "tag": {},
+                "rush": {"type": "boolean"},
+            },
+            "required": ["order", "rush"],
+            "$defs": {"Order": Order.model_json_schema()},
+        }
+
+    async def test_differing_annotations_of_one_input_are_all_of_them(self, tmp_path: Path) -> None:
+        """Two tasks reading one input under different annotations: the value must fit both (allOf)."""
+
+        @task
+        async def first(n: int) -> None:
+            pass
+
+        @task
+        async def second(n: int | None) -> None:
+            pass
+
+        flow = Linear(f"both-{next(_names)}", first, second)
+        ckflow.register_flow(flow.name, flow)
+        async with api(tmp_path) as (client, _):
+            response = await client.get("/flows")
+        schema = {f["name"]: f for f in response.json()}[flow.name]["input_schema"]
+        either = {"anyOf": [{"type": "integer"}, {"type": "null"}]}
+        assert schema["properties"] == {"n": {"allOf": [{"type": "integer"}, either]}}
 
 
 class TestStart:

@@ -26,6 +26,7 @@ from ckflow._errors import (
     RunStateError,
     UnknownCheckpointError,
 )
+from ckflow._inputs import input_schema
 from ckflow._mermaid import to_mermaid
 from ckflow._registry import registered_flow, registered_flows
 from ckflow._states import TERMINAL, FlowState
@@ -44,11 +45,14 @@ _UNPROCESSABLE = 422
 
 
 class FlowInfo(BaseModel):
-    """A registered flow: its name and the run inputs it needs (each with the tasks that read it)."""
+    """A registered flow: its name, the inputs it needs (each with the tasks that read it), and its inputs' schema."""
 
     name: str
     #: run input -> the tasks that read it; empty when the flow does not compile
     required_inputs: dict[str, list[str]] = Field(default_factory=dict)
+    #: the run's ``inputs`` as a JSON Schema object, from the annotations of the tasks that read them; None when the
+    #: flow does not compile
+    input_schema: dict[str, Any] | None = None
 
 
 class StartRun(BaseModel):
@@ -165,14 +169,16 @@ def build_router(engine_dependency: Callable[..., Engine], **options: Any) -> AP
 def _flow_routes(api: APIRouter, app_engine: Any) -> None:
     @api.get("/flows", response_model=list[FlowInfo])
     async def list_flows() -> list[FlowInfo]:
-        """The registered flows and the run inputs each needs."""
+        """The registered flows, the run inputs each needs, and the JSON Schema of its inputs."""
         found = []
         for name in registered_flows():
-            required: dict[str, list[str]] = {}
-            with contextlib.suppress(FlowDefinitionError):
+            try:
                 graph = registered_flow(name).compile()
-                required = {key: list(tasks) for key, tasks in graph.required_inputs.items()}
-            found.append(FlowInfo(name=name, required_inputs=required))
+            except FlowDefinitionError:
+                found.append(FlowInfo(name=name))
+                continue
+            required = {key: list(tasks) for key, tasks in graph.required_inputs.items()}
+            found.append(FlowInfo(name=name, required_inputs=required, input_schema=input_schema(graph)))
         return found
 
     @api.get("/runs/{run_id}/graph", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
