@@ -66,6 +66,18 @@ def provisioning(log: list[str], started: anyio.Event, gate: anyio.Event) -> Lin
     return flow
 
 
+def quick_flow() -> Linear:
+    """A flow of one task that needs no inputs, registered afresh."""
+
+    @task
+    async def noop() -> None:
+        pass
+
+    flow = Linear(f"quick-{next(_names)}", noop)
+    ckflow.register_flow(flow.name, flow)
+    return flow
+
+
 @contextlib.asynccontextmanager
 async def api(tmp_path: Path, **router_options: Any) -> AsyncIterator[tuple[httpx.AsyncClient, Engine]]:
     """An app with the router under /ckflow on a SQLite store, its lifespan entered; yields a client and engine."""
@@ -245,8 +257,49 @@ class TestRead:
         pages = [r["run_id"] for r in first["runs"]] + [r["run_id"] for r in rest.json()["runs"]]
         assert sorted(pages) == ["s0", "s1", "s2"]
         assert len(first["runs"]) == 2
-        assert first["next_cursor"] == first["runs"][-1]["run_id"]
+        assert isinstance(first["next_cursor"], str)
         assert rest.json()["next_cursor"] is None
+
+    async def test_paging_through_25_runs_by_10_gives_each_run_once_newest_first(self, tmp_path: Path) -> None:
+        """Three pages (10, 10, 5), the last without a next_cursor; together every run once, in the list's order."""
+        flow = quick_flow()
+        async with api(tmp_path) as (client, engine):
+            for n in range(25):
+                await client.post("/runs", json={"flow": flow.name, "run_id": f"q{n:02}"})
+                await engine.get_run(f"q{n:02}").wait()
+            whole = [r["run_id"] for r in (await client.get("/runs")).json()["runs"]]
+            pages: list[list[str]] = []
+            cursor = None
+            while True:
+                params: dict[str, Any] = {"limit": 10} if cursor is None else {"limit": 10, "cursor": cursor}
+                page = (await client.get("/runs", params=params)).json()
+                pages.append([r["run_id"] for r in page["runs"]])
+                cursor = page["next_cursor"]
+                if cursor is None:
+                    break
+        assert [len(p) for p in pages] == [10, 10, 5]
+        assert [run_id for p in pages for run_id in p] == whole
+        assert sorted(whole) == [f"q{n:02}" for n in range(25)]
+
+    @pytest.mark.parametrize(
+        "cursor",
+        [
+            "not base64!",
+            "bm90IGpzb24=",  # base64 of "not json"
+            "WzEuNSwgMl0=",  # [1.5, 2]: the run id is not a string
+            "WyJ4IiwgInkiXQ==",  # ["x", "y"]: the time is not a number
+            "WzEuNV0=",  # [1.5]
+            "W251bGwsICJyIl0=",  # [null, "r"]: a cursor of an engine without a store
+            "é",
+        ],
+    )
+    async def test_an_invalid_cursor_is_422(self, tmp_path: Path, cursor: str) -> None:
+        async with api(tmp_path) as (client, _):
+            response = await client.get("/runs", params={"cursor": cursor})
+        assert response.status_code == 422
+        [error] = response.json()["detail"]
+        assert error["loc"] == ["query", "cursor"]
+        assert "next_cursor" in error["msg"]
 
     async def test_graph_is_mermaid_text_and_404_for_an_unregistered_flow(self, tmp_path: Path) -> None:
         done = anyio.Event()
@@ -406,6 +459,25 @@ async def test_without_a_store_the_list_is_the_engines_runs() -> None:
     assert [(r["run_id"], r["state"], r["created_at"]) for r in listed["runs"]] == [("m", "SUCCESS", None)]
     assert one.json()["state"] == "SUCCESS"
     assert missing.status_code == 404
+
+
+async def test_without_a_store_the_engines_runs_page_with_a_cursor() -> None:
+    """Pages of an engine's own runs, in its order, each run once."""
+    flow = quick_flow()
+    app = FastAPI(lifespan=ckflow.fastapi.lifespan(None))
+    app.include_router(ckflow.fastapi.router())
+    with anyio.fail_after(10):
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+                for run_id in ("m1", "m2", "m3"):
+                    await client.post("/runs", json={"flow": flow.name, "run_id": run_id})
+                    await app.state.ckflow.get_run(run_id).wait()
+                first = (await client.get("/runs", params={"limit": 2})).json()
+                rest = (await client.get("/runs", params={"limit": 2, "cursor": first["next_cursor"]})).json()
+    pages = [r["run_id"] for r in first["runs"]] + [r["run_id"] for r in rest["runs"]]
+    assert sorted(pages) == ["m1", "m2", "m3"]
+    assert (len(first["runs"]), rest["next_cursor"]) == (2, None)
 
 
 def test_the_openapi_schema_has_the_paths_and_the_run_view() -> None:

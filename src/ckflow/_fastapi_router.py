@@ -7,7 +7,10 @@ needs no exception handlers of its own.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
+import math
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -103,6 +106,31 @@ def _summary(record: RunRecord) -> RunSummary:
         updated_at=_at(record.updated_at),
         ended_at=_at(record.ended_at),
     )
+
+
+def _encode_cursor(keys: tuple[float | None, str]) -> str:
+    """The opaque cursor of the runs after the one with these listing keys, (created_at, run_id): base64url JSON.
+
+    (``created_at`` exactly as stored, so that the store's keyset finds the place again; None without a store.)
+    """
+    return base64.urlsafe_b64encode(json.dumps(list(keys)).encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[float | None, str]:
+    """The listing keys ``_encode_cursor`` put in ``cursor``; 422 for anything else."""
+    try:
+        at, run_id = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii")))
+    except (ValueError, TypeError) as exc:
+        raise _bad_cursor("it does not decode") from exc
+    number = isinstance(at, float | int) and not isinstance(at, bool) and math.isfinite(at)
+    if not isinstance(run_id, str) or not (at is None or number):
+        raise _bad_cursor("it does not hold a run's keys")
+    return (None if at is None else float(at)), run_id
+
+
+def _bad_cursor(why: str) -> HTTPException:
+    msg = f"Invalid cursor: {why}; pass the next_cursor of the previous page, or no cursor for the first page."
+    return HTTPException(_UNPROCESSABLE, detail=[{"loc": ["query", "cursor"], "msg": msg, "type": "value_error"}])
 
 
 @contextlib.contextmanager
@@ -207,22 +235,38 @@ def _run_routes(api: APIRouter, app_engine: Any) -> None:
         cursor: str | None = None,
     ) -> RunList:
         """Runs, newest first, by state(s) and flow; ``cursor`` is the ``next_cursor`` of the previous page."""
-        store = engine.store
-        if store is None:  # the runs this engine runs or keeps; no times without a store
-            found = [RunSummary(run_id=r.id, flow=r.flow, state=r.state) for r in engine.runs.values()]
-            found = [r for r in found if (not state or r.state in state) and (flow is None or r.flow == flow)]
-        else:
-            found = [_summary(r) for r in await store.list_runs(states=state or None, flow=flow)]
-        if cursor is not None:  # keyset on the run id of the last page's last run (the store has no cursor)
-            ids = [r.run_id for r in found]
-            found = found[ids.index(cursor) + 1 :] if cursor in ids else []
-        page = found[:limit]
-        return RunList(runs=page, next_cursor=page[-1].run_id if len(found) > limit else None)
+        return await _page(engine, state or None, flow, limit, None if cursor is None else _decode_cursor(cursor))
 
     @api.get("/runs/{run_id}", response_model=RunView)
     async def get(run_id: str, engine: Engine = app_engine) -> RunView:
         """The run's view (404 if no run has this id)."""
         return await (await _attach(engine, run_id)).view()
+
+
+async def _page(
+    engine: Engine, states: list[FlowState] | None, flow: str | None, limit: int, after: tuple[float | None, str] | None
+) -> RunList:
+    """A page of ``GET /runs``: the ``limit`` runs after the cursor's keys, and the cursor of the next page."""
+    store = engine.store
+    if store is None:  # the runs this engine runs or keeps, in its order; no times without a store
+        found = [RunSummary(run_id=r.id, flow=r.flow, state=r.state) for r in engine.runs.values()]
+        found = [r for r in found if (not states or r.state in states) and (flow is None or r.flow == flow)]
+        if after is not None:
+            ids = [r.run_id for r in found]
+            found = found[ids.index(after[1]) + 1 :] if after[1] in ids else []
+        keys: list[tuple[float | None, str]] = [(None, r.run_id) for r in found[: limit + 1]]
+    else:  # one bounded query: the page and one run more, to know whether there is a next page
+        before: tuple[float, str] | None = None
+        if after is not None:
+            at, run_id = after
+            if at is None:
+                raise _bad_cursor("it was not given by a list of this store's runs")
+            before = (at, run_id)
+        records = await store.list_runs(states=states, flow=flow, limit=limit + 1, before=before)
+        found = [_summary(r) for r in records]
+        keys = [(r.created_at, r.run_id) for r in records]
+    more = len(keys) > limit
+    return RunList(runs=found[:limit], next_cursor=_encode_cursor(keys[limit - 1]) if more else None)
 
 
 async def _act(run: Run, call: Callable[[Run], Awaitable[None]]) -> RunView:
