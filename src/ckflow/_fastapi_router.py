@@ -36,12 +36,12 @@ from ckflow._states import TERMINAL, FlowState
 from ckflow._view import RunView
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator
+    from collections.abc import Awaitable, Callable, Iterator, Sequence
 
     from ckflow._engine import Run
     from ckflow._records import RunRecord
 
-__all__ = ["build_router"]
+__all__ = ["build_router", "http_errors"]
 
 #: "Unprocessable Content" (starlette renamed its constant; the number is what clients see)
 _UNPROCESSABLE = 422
@@ -134,23 +134,27 @@ def _bad_cursor(why: str) -> HTTPException:
 
 
 @contextlib.contextmanager
-def _http_errors() -> Iterator[None]:
-    """ckflow's errors as HTTP errors (most specific first: the lookups are RunStateErrors too)."""
+def http_errors(inputs_at: Sequence[str] = ("body", "inputs")) -> Iterator[None]:
+    """ckflow's errors as HTTP errors (most specific first: the lookups are RunStateErrors too).
+
+    A 422's ``detail`` is a list of errors in FastAPI's own shape (``loc``, ``msg``, ``type``); an input's ``loc``
+    starts with ``inputs_at``, where the request carries the inputs. ``ckflow.fastapi.run`` uses it too.
+    """
     try:
         yield
     except InvalidInputError as exc:
         detail = [
             {
-                "loc": ["body", "inputs", exc.input, *error.get("loc", [])],
+                "loc": [*inputs_at, exc.input, *error.get("loc", [])],
                 "msg": error.get("msg", ""),
                 "type": error.get("type", "value_error"),
             }
             for error in exc.errors
-        ] or [{"loc": ["body", "inputs", exc.input], "msg": str(exc), "type": "value_error"}]
+        ] or [{"loc": [*inputs_at, exc.input], "msg": str(exc), "type": "value_error"}]
         raise HTTPException(_UNPROCESSABLE, detail=detail) from exc
     except MissingRequirementError as exc:
         detail = [
-            {"loc": ["body", "inputs", name], "msg": f"Field required (read by {', '.join(tasks)})", "type": "missing"}
+            {"loc": [*inputs_at, name], "msg": f"Field required (read by {', '.join(tasks)})", "type": "missing"}
             for name, tasks in exc.missing.items()
         ]
         raise HTTPException(_UNPROCESSABLE, detail=detail) from exc
@@ -175,7 +179,7 @@ async def _live(engine: Engine, run_id: str, verb: str) -> Run:
 
 async def _attach(engine: Engine, run_id: str) -> Run:
     """The run's handle: this engine's, else (with a store) one through the store. 404 if neither has it."""
-    with _http_errors():
+    with http_errors():
         if engine.store is None:
             return engine.get_run(run_id)
         return await engine.attach(run_id)
@@ -213,7 +217,7 @@ def _flow_routes(api: APIRouter, app_engine: Any) -> None:
     async def graph(run_id: str, engine: Engine = app_engine) -> Response:
         """The run's flow as Mermaid text, tasks coloured by state (404 if its flow is not registered here)."""
         run = await _attach(engine, run_id)
-        with _http_errors():
+        with http_errors():
             flow = registered_flow(run.flow)
         return Response(to_mermaid(flow, run), media_type="text/plain")
 
@@ -222,7 +226,7 @@ def _run_routes(api: APIRouter, app_engine: Any) -> None:
     @api.post("/runs", status_code=201, response_model=RunView)
     async def start(body: StartRun, engine: Engine = app_engine) -> RunView:
         """Start a run of a registered flow; answers at once with its view (it does not wait for the end)."""
-        with _http_errors():
+        with http_errors():
             run = await engine.start(body.flow, body.inputs, run_id=body.run_id)
         return await run.view()
 
@@ -271,7 +275,7 @@ async def _page(
 
 async def _act(run: Run, call: Callable[[Run], Awaitable[None]]) -> RunView:
     """Make a control call on ``run``, its errors as HTTP errors, and answer with the run's view after it."""
-    with _http_errors():
+    with http_errors():
         await call(run)
     return await run.view()
 
