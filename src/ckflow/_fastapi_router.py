@@ -14,11 +14,12 @@ import math
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
 from pydantic import BaseModel, Field
 
 from ckflow._engine import Engine  # noqa: TC001 - FastAPI reads the handlers' annotations at runtime
 from ckflow._errors import (
+    RUN_ID_MAX_LENGTH,
     FlowDefinitionError,
     FlowNotRegisteredError,
     InvalidInputError,
@@ -45,6 +46,8 @@ __all__ = ["build_router", "http_errors"]
 
 #: "Unprocessable Content" (starlette renamed its constant; the number is what clients see)
 _UNPROCESSABLE = 422
+#: no control character (C0, DEL, C1), as ``check_run_id`` says
+_RUN_ID_PATTERN = "^[^\x00-\x1f\x7f-\x9f]*$"
 
 
 class FlowInfo(BaseModel):
@@ -63,7 +66,12 @@ class StartRun(BaseModel):
 
     flow: str
     inputs: dict[str, Any] = Field(default_factory=dict)
-    run_id: str | None = None
+    #: the rule of ``check_run_id``, said in the schema too (lone surrogates are left to it: JSON has none)
+    run_id: Annotated[str, Field(min_length=1, max_length=RUN_ID_MAX_LENGTH, pattern=_RUN_ID_PATTERN)] | None = None
+
+
+#: a run id in a route's path: the same rule, so a malformed id is FastAPI's 422 at ``["path", "run_id"]``
+RunIdPath = Annotated[str, Path(min_length=1, max_length=RUN_ID_MAX_LENGTH, pattern=_RUN_ID_PATTERN)]
 
 
 class RunSummary(BaseModel):
@@ -82,6 +90,19 @@ class RunList(BaseModel):
 
     runs: list[RunSummary]
     next_cursor: str | None = None
+
+
+class HTTPError(BaseModel):
+    """The body of a 404 or 409: what is not there, or why the call cannot be made now."""
+
+    detail: str
+
+
+#: the error answers a route may give besides 422 (which FastAPI documents itself), for its OpenAPI document
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": HTTPError, "description": "Unknown run or flow"}}
+_CONFLICT: dict[int | str, dict[str, Any]] = {409: {"model": HTTPError, "description": "The run cannot do this now"}}
+#: FastAPI's answer to a body it cannot read as text (not UTF-8), before any handler runs
+_UNREADABLE: dict[int | str, dict[str, Any]] = {400: {"model": HTTPError, "description": "The body cannot be read"}}
 
 
 class Goto(BaseModel):
@@ -165,8 +186,9 @@ def http_errors(inputs_at: Sequence[str] = ("body", "inputs")) -> Iterator[None]
         raise HTTPException(404, detail=str(exc)) from exc
     except (RunExistsError, RunStateError) as exc:
         raise HTTPException(409, detail=str(exc)) from exc
-    except FlowDefinitionError as exc:
-        raise HTTPException(_UNPROCESSABLE, detail=str(exc)) from exc
+    except FlowDefinitionError as exc:  # a registered flow that does not compile: no run of it can start
+        detail = [{"loc": ["body", "flow"], "msg": str(exc), "type": "value_error"}]
+        raise HTTPException(_UNPROCESSABLE, detail=detail) from exc
 
 
 async def _live(engine: Engine, run_id: str, verb: str) -> Run:
@@ -213,8 +235,12 @@ def _flow_routes(api: APIRouter, app_engine: Any) -> None:
             found.append(FlowInfo(name=name, required_inputs=required, input_schema=input_schema(graph)))
         return found
 
-    @api.get("/runs/{run_id}/graph", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
-    async def graph(run_id: str, engine: Engine = app_engine) -> Response:
+    @api.get(
+        "/runs/{run_id}/graph",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}}, **_NOT_FOUND},
+    )
+    async def graph(run_id: RunIdPath, engine: Engine = app_engine) -> Response:
         """The run's flow as Mermaid text, tasks coloured by state (404 if its flow is not registered here)."""
         run = await _attach(engine, run_id)
         with http_errors():
@@ -223,7 +249,7 @@ def _flow_routes(api: APIRouter, app_engine: Any) -> None:
 
 
 def _run_routes(api: APIRouter, app_engine: Any) -> None:
-    @api.post("/runs", status_code=201, response_model=RunView)
+    @api.post("/runs", status_code=201, response_model=RunView, responses={**_NOT_FOUND, **_CONFLICT, **_UNREADABLE})
     async def start(body: StartRun, engine: Engine = app_engine) -> RunView:
         """Start a run of a registered flow; answers at once with its view (it does not wait for the end)."""
         with http_errors():
@@ -241,8 +267,8 @@ def _run_routes(api: APIRouter, app_engine: Any) -> None:
         """Runs, newest first, by state(s) and flow; ``cursor`` is the ``next_cursor`` of the previous page."""
         return await _page(engine, state or None, flow, limit, None if cursor is None else _decode_cursor(cursor))
 
-    @api.get("/runs/{run_id}", response_model=RunView)
-    async def get(run_id: str, engine: Engine = app_engine) -> RunView:
+    @api.get("/runs/{run_id}", response_model=RunView, responses=_NOT_FOUND)
+    async def get(run_id: RunIdPath, engine: Engine = app_engine) -> RunView:
         """The run's view (404 if no run has this id)."""
         return await (await _attach(engine, run_id)).view()
 
@@ -281,27 +307,27 @@ async def _act(run: Run, call: Callable[[Run], Awaitable[None]]) -> RunView:
 
 
 def _control_routes(api: APIRouter, app_engine: Any) -> None:
-    @api.post("/runs/{run_id}/suspend", response_model=RunView)
-    async def suspend(run_id: str, engine: Engine = app_engine) -> RunView:
+    @api.post("/runs/{run_id}/suspend", response_model=RunView, responses={**_NOT_FOUND, **_CONFLICT})
+    async def suspend(run_id: RunIdPath, engine: Engine = app_engine) -> RunView:
         """Let running tasks finish and start nothing new; answers once the run is SUSPENDED (or has ended)."""
         return await _act(await _live(engine, run_id, "suspend"), lambda run: run.suspend())
 
-    @api.post("/runs/{run_id}/resume", response_model=RunView)
-    async def resume(run_id: str, engine: Engine = app_engine) -> RunView:
+    @api.post("/runs/{run_id}/resume", response_model=RunView, responses={**_NOT_FOUND, **_CONFLICT})
+    async def resume(run_id: RunIdPath, engine: Engine = app_engine) -> RunView:
         """Go on after a suspension."""
         return await _act(await _live(engine, run_id, "resume"), lambda run: run.resume())
 
-    @api.post("/runs/{run_id}/cancel", response_model=RunView)
-    async def cancel(run_id: str, engine: Engine = app_engine) -> RunView:
+    @api.post("/runs/{run_id}/cancel", response_model=RunView, responses={**_NOT_FOUND, **_CONFLICT})
+    async def cancel(run_id: RunIdPath, engine: Engine = app_engine) -> RunView:
         """Revert everything that ran; the run ends REVERTED. Answers once the revert has started."""
         return await _act(await _live(engine, run_id, "cancel"), lambda run: run.cancel())
 
-    @api.post("/runs/{run_id}/goto", response_model=RunView)
-    async def goto(run_id: str, body: Goto, engine: Engine = app_engine) -> RunView:
+    @api.post("/runs/{run_id}/goto", response_model=RunView, responses={**_NOT_FOUND, **_CONFLICT, **_UNREADABLE})
+    async def goto(run_id: RunIdPath, body: Goto, engine: Engine = app_engine) -> RunView:
         """Run on to the checkpoint, or revert back to it; answers once the run is SUSPENDED there."""
         return await _act(await _attach(engine, run_id), lambda run: run.goto(body.checkpoint))
 
-    @api.post("/runs/{run_id}/revert_to", response_model=RunView)
-    async def revert_to(run_id: str, body: RevertTo, engine: Engine = app_engine) -> RunView:
+    @api.post("/runs/{run_id}/revert_to", response_model=RunView, responses={**_NOT_FOUND, **_CONFLICT, **_UNREADABLE})
+    async def revert_to(run_id: RunIdPath, body: RevertTo, engine: Engine = app_engine) -> RunView:
         """Revert the checkpoint's scope and downstream; with ``retry`` run it again, else park SUSPENDED there."""
         return await _act(await _attach(engine, run_id), lambda run: run.revert_to(body.checkpoint, retry=body.retry))
