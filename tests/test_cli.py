@@ -1134,6 +1134,18 @@ class TestStart:
         assert "argument --inputs:" in done.err
         assert list(tmp_path.iterdir()) == []
 
+    @pytest.mark.parametrize(
+        ("inputs", "named"), [('{"size": "abc"}', "'size'"), ("{}", "'size'"), ('{"size": [3]}', "'size'")]
+    )
+    def test_inputs_that_do_not_fit_the_flow(self, cli: Cli, tmp_path: Path, inputs: str, named: str) -> None:
+        """Inputs that are missing or do not fit a task's annotation are an error (exit 1) naming the input;
+        no store is created (they are checked before the store is opened)."""
+        done = cli("start", "cli-line", "--inputs", inputs, "--store", f"sqlite:///{tmp_path}/new.db", *IMPORT)
+        assert done.status == 1
+        assert named in done.err
+        assert list(tmp_path.iterdir()) == []
+        assert cli_flows.LOG == []
+
     def test_unknown_flow(self, cli: Cli, tmp_path: Path) -> None:
         """An unregistered FLOW is an error (exit 1) pointing at --import; no store is created."""
         done = cli("start", "nope", "--store", f"sqlite:///{tmp_path}/new.db", *IMPORT)

@@ -27,7 +27,7 @@ import pydantic
 import pydantic_core
 
 from ckflow._codec import annotation_adapter, parameter_annotations
-from ckflow._errors import InvalidInputError
+from ckflow._errors import InvalidInputError, MissingRequirementError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     from ckflow._compile import ExecutionGraph
 
-__all__ = ["InputChecks", "checked_inputs", "input_checks", "input_schema"]
+__all__ = ["InputChecks", "checked_inputs", "input_checks", "input_schema", "start_inputs"]
 
 _SHORT = reprlib.Repr()
 _SHORT.maxstring = _SHORT.maxother = 40
@@ -142,6 +142,21 @@ def input_checks(graph: ExecutionGraph) -> InputChecks:
 def checked_inputs(graph: ExecutionGraph, inputs: dict[str, Any]) -> dict[str, Any]:
     """``inputs`` (a dict of the caller's own) validated against the annotations of the tasks that read them."""
     return input_checks(graph).check(inputs)
+
+
+def start_inputs(graph: ExecutionGraph, inputs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The inputs a run of ``graph`` starts with: a dict of its own, each value a task reads validated.
+
+    Raises:
+        MissingRequirementError: a task reads an input that is not given (and has no default).
+        InvalidInputError: a value does not fit the annotation of a task's parameter that reads it.
+    """
+    given = dict(inputs or {})
+    missing = {name: tasks for name, tasks in graph.required_inputs.items() if name not in given}
+    if missing:
+        raise MissingRequirementError(graph.flow_name, missing)
+    # A run without inputs skips the checks (and the adapters are not looked for).
+    return checked_inputs(graph, given) if given else given
 
 
 def input_schema(graph: ExecutionGraph) -> dict[str, Any]:
