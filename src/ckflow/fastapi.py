@@ -102,11 +102,13 @@ def router(**options: Any) -> APIRouter:
 
         app.include_router(ckflow.fastapi.router(dependencies=[Depends(auth)]), prefix="/ckflow")
 
-    ``GET /flows``; ``POST /runs`` ``{"flow", "inputs", "run_id"?}`` (201 with the run view, without waiting for
-    the end); ``GET /runs?state=&flow=&limit=&cursor=``; ``GET /runs/{id}``; ``POST /runs/{id}/suspend``,
-    ``/resume``, ``/cancel``, ``/goto`` ``{"checkpoint"}``, ``/revert_to`` ``{"checkpoint", "retry"}``;
-    ``GET /runs/{id}/graph`` (Mermaid text). Errors: 404 unknown flow, run or checkpoint; 409 run id taken or run
-    ended; 422 invalid inputs (``detail`` names the field) or run id. The app needs ``lifespan`` (the engine).
+    ``GET /flows`` (each registered flow with its inputs' JSON Schema, ``input_schema``); ``POST /runs``
+    ``{"flow", "inputs", "run_id"?}`` (201 with the run view, without waiting for the end);
+    ``GET /runs?state=&flow=&limit=&cursor=`` (newest first, a page per request: pass the page's ``next_cursor``
+    as ``cursor`` for the next one); ``GET /runs/{id}``; ``POST /runs/{id}/suspend``, ``/resume``, ``/cancel``,
+    ``/goto`` ``{"checkpoint"}``, ``/revert_to`` ``{"checkpoint", "retry"}``; ``GET /runs/{id}/graph`` (Mermaid
+    text). Errors, each in the OpenAPI document: 404 unknown flow, run or checkpoint; 409 run id taken or run
+    ended; 422 invalid inputs (``detail`` names the field), run id or cursor. The app needs ``lifespan``.
     """
     return build_router(engine, **options)
 
