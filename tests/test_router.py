@@ -555,5 +555,21 @@ def test_the_openapi_schema_documents_every_status_the_routes_give() -> None:
         assert statuses[(f"/runs/{{run_id}}/{verb}", "post")] == {"200", "404", "409", "422"}
     for verb in ("goto", "revert_to"):
         assert statuses[(f"/runs/{{run_id}}/{verb}", "post")] == {"200", "400", "404", "409", "422"}
+    assert statuses[("/runs/{run_id}/events", "get")] == {"200", "404", "422"}
+    assert statuses[("/ui/runs/{run_id}", "get")] == {"200", "404", "422"}
+    assert set(paths["/ui/runs/{run_id}"]["get"]["responses"]["404"]["content"]) == {"text/html"}
     [run_id] = paths["/runs/{run_id}"]["get"]["parameters"]
     assert (run_id["schema"]["minLength"], run_id["schema"]["maxLength"]) == (1, 200)
+
+
+def test_the_events_routes_parameters_offer_no_null() -> None:
+    """Schemathesis sent ``Last-Event-ID: null``, which the schema offered (an optional int) and FastAPI refused:
+    a header or query value cannot be JSON null, so "not given" is the default -1, an integer."""
+    app = FastAPI()
+    app.include_router(ckflow.fastapi.router())
+    parameters = app.openapi()["paths"]["/runs/{run_id}/events"]["get"]["parameters"]
+    schemas = {p["name"]: p["schema"] for p in parameters if p["in"] in {"header", "query"}}
+    assert schemas == {
+        "last-event-id": {"type": "integer", "minimum": -1, "default": -1, "title": "Last-Event-Id"},
+        "after": {"type": "integer", "minimum": -1, "default": -1, "title": "After"},
+    }

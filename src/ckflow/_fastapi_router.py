@@ -14,7 +14,8 @@ import math
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from ckflow._engine import Engine  # noqa: TC001 - FastAPI reads the handlers' annotations at runtime
@@ -30,6 +31,9 @@ from ckflow._errors import (
     RunStateError,
     UnknownCheckpointError,
 )
+from ckflow._fastapi_events import HEADERS, sse_events
+from ckflow._fastapi_ui import ui_routes
+from ckflow._ids import RUN_ID_PATTERN
 from ckflow._inputs import input_schema
 from ckflow._mermaid import to_mermaid
 from ckflow._registry import registered_flow, registered_flows
@@ -46,8 +50,6 @@ __all__ = ["build_router", "http_errors"]
 
 #: "Unprocessable Content" (starlette renamed its constant; the number is what clients see)
 _UNPROCESSABLE = 422
-#: no control character (C0, DEL, C1), as ``check_run_id`` says
-_RUN_ID_PATTERN = "^[^\x00-\x1f\x7f-\x9f]*$"
 
 
 class FlowInfo(BaseModel):
@@ -67,11 +69,11 @@ class StartRun(BaseModel):
     flow: str
     inputs: dict[str, Any] = Field(default_factory=dict)
     #: the rule of ``check_run_id``, said in the schema too (lone surrogates are left to it: JSON has none)
-    run_id: Annotated[str, Field(min_length=1, max_length=RUN_ID_MAX_LENGTH, pattern=_RUN_ID_PATTERN)] | None = None
+    run_id: Annotated[str, Field(min_length=1, max_length=RUN_ID_MAX_LENGTH, pattern=RUN_ID_PATTERN)] | None = None
 
 
 #: a run id in a route's path: the same rule, so a malformed id is FastAPI's 422 at ``["path", "run_id"]``
-RunIdPath = Annotated[str, Path(min_length=1, max_length=RUN_ID_MAX_LENGTH, pattern=_RUN_ID_PATTERN)]
+RunIdPath = Annotated[str, Path(min_length=1, max_length=RUN_ID_MAX_LENGTH, pattern=RUN_ID_PATTERN)]
 
 
 class RunSummary(BaseModel):
@@ -217,6 +219,7 @@ def build_router(engine_dependency: Callable[..., Engine], **options: Any) -> AP
     _flow_routes(api, app_engine)
     _run_routes(api, app_engine)
     _control_routes(api, app_engine)
+    ui_routes(api, app_engine, _attach)
     return api
 
 
@@ -271,6 +274,29 @@ def _run_routes(api: APIRouter, app_engine: Any) -> None:
     async def get(run_id: RunIdPath, engine: Engine = app_engine) -> RunView:
         """The run's view (404 if no run has this id)."""
         return await (await _attach(engine, run_id)).view()
+
+    @api.get(
+        "/runs/{run_id}/events",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}, **_NOT_FOUND},
+    )
+    async def events(
+        run_id: RunIdPath,
+        engine: Engine = app_engine,
+        # -1 (from the start) rather than None for "not given": a header or query value cannot be JSON null, which
+        # an optional parameter's schema would offer
+        last_event_id: Annotated[int, Header(ge=-1)] = -1,
+        after: Annotated[int, Query(ge=-1)] = -1,
+    ) -> StreamingResponse:
+        """The run's events as Server-Sent Events: its stored history, then live; closed when the run has ended.
+
+        Each message's ``id`` is the event's sequence number; send it back as ``Last-Event-ID`` (an
+        ``EventSource`` does) or as ``?after=`` to get only the events after it. The last message is an ``end``
+        event with the run's end state.
+        """
+        run = await _attach(engine, run_id)
+        stream = sse_events(run, engine.store, last_event_id if last_event_id != -1 else after)
+        return StreamingResponse(stream, media_type="text/event-stream", headers=HEADERS)
 
 
 async def _page(

@@ -106,9 +106,19 @@ def router(**options: Any) -> APIRouter:
     ``{"flow", "inputs", "run_id"?}`` (201 with the run view, without waiting for the end);
     ``GET /runs?state=&flow=&limit=&cursor=`` (newest first, a page per request: pass the page's ``next_cursor``
     as ``cursor`` for the next one); ``GET /runs/{id}``; ``POST /runs/{id}/suspend``, ``/resume``, ``/cancel``,
-    ``/goto`` ``{"checkpoint"}``, ``/revert_to`` ``{"checkpoint", "retry"}``; ``GET /runs/{id}/graph`` (Mermaid
+    ``/goto`` ``{"checkpoint"}``, ``/revert_to`` ``{"checkpoint", "retry"}``; ``GET /runs/{id}/events``
+    (Server-Sent Events: the stored history, then live, each ``id:`` the event's sequence number, resumable with
+    ``Last-Event-ID``, closed with an ``end`` event once the run has ended); ``GET /runs/{id}/graph`` (Mermaid
     text). Errors, each in the OpenAPI document: 404 unknown flow, run or checkpoint; 409 run id taken or run
     ended; 422 invalid inputs (``detail`` names the field), run id or cursor. The app needs ``lifespan``.
+
+    Pages for people, under the same prefix and dependencies: ``GET /ui/runs/{id}``, a run's live page (its flow
+    drawn by mermaid, tasks coloured by state and checkpoints as groups; the task table; the event log; buttons
+    for suspend, resume, cancel, goto and revert_to, showing the server's refusals), kept current from the
+    events stream; ``GET /ui/runs``, the runs by state and flow, each linking to its page. Their scripts, mermaid
+    included, ship in the package (``GET /ui/static/{name}``): no CDN, they work offline, and every URL in them
+    is relative, so they work under any prefix. A browser sends only cookies or HTTP auth with its requests, so
+    ``dependencies`` that read another header keep the pages out.
     """
     return build_router(engine, **options)
 
