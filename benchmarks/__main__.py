@@ -21,6 +21,8 @@ SCENARIOS = {
     "S6": "benchmarks.s6_memory",
     "S7": "benchmarks.s7_scaling",
     "S8": "benchmarks.s8_concurrent",
+    "S9": "benchmarks.s9_fastapi",
+    "S11": "benchmarks.s11_recovery",
     "S12": "benchmarks.s12_soak",
 }
 

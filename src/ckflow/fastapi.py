@@ -97,7 +97,7 @@ def engine(request: Request) -> Engine:
     return found
 
 
-def router(**options: Any) -> APIRouter:
+def router(*, tracebacks: bool = False, **options: Any) -> APIRouter:
     """The runs of the app's engine over HTTP: an ``APIRouter``; ``options`` are ``APIRouter``'s (``dependencies``).
 
         app.include_router(ckflow.fastapi.router(dependencies=[Depends(auth)]), prefix="/ckflow")
@@ -119,8 +119,11 @@ def router(**options: Any) -> APIRouter:
     included, ship in the package (``GET /ui/static/{name}``): no CDN, they work offline, and every URL in them
     is relative, so they work under any prefix. A browser sends only cookies or HTTP auth with its requests, so
     ``dependencies`` that read another header keep the pages out.
+
+    A failure is given as its type and message; its traceback (the server's code) only with ``tracebacks=True``,
+    in the run views and in the events alike.
     """
-    return build_router(engine, **options)
+    return build_router(engine, tracebacks=tracebacks, **options)
 
 
 async def run(
