@@ -99,11 +99,9 @@ app.include_router(ckflow.fastapi.router(), prefix="/ckflow")
 
 @app.post("/orders", status_code=201)
 async def place_order(body: Order, request: Request) -> ckflow.RunView:
-    """Place the order; answers once it has gone through (201) or been undone (402)."""
-    try:
-        view = await ckflow.fastapi.run(request, order_flow, inputs=body.model_dump(), run_id=f"order-{body.order_id}")
-    except ckflow.RunExistsError:
-        raise HTTPException(409, detail=f"order {body.order_id!r} has already been placed") from None
+    """Place the order; answers once it has gone through (201) or been undone (402); the same order again is 409."""
+    # A run that cannot start is already an HTTP error (here: the order's run id taken, 409), as POST /runs's are.
+    view = await ckflow.fastapi.run(request, order_flow, inputs=body.model_dump(), run_id=f"order-{body.order_id}")
     if view.state is not ckflow.FlowState.SUCCESS:
         raise HTTPException(402, detail=view.model_dump(mode="json"))
     return view

@@ -169,6 +169,7 @@ class TestOrderService:
             assert (await client.post("/orders", json=_order("o-4"))).status_code == 201
             again = await client.post("/orders", json=_order("o-4"))
             assert again.status_code == 409, again.text
+            assert "order-o-4" in again.json()["detail"]
             bad = await client.post("/orders", json=_order("o-5", quantity=0))
             assert bad.status_code == 422
             assert bad.json()["detail"][0]["loc"] == ["body", "quantity"]

@@ -14,14 +14,15 @@ import functools
 import html
 import json
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
-from fastapi import HTTPException, Response
+from fastapi import HTTPException, Path, Response
 from fastapi.responses import HTMLResponse
 
 from ckflow._compile import ROOT
 from ckflow._engine import Engine  # noqa: TC001 - FastAPI reads the handlers' annotations at runtime
-from ckflow._errors import FlowDefinitionError, FlowNotRegisteredError
+from ckflow._errors import RUN_ID_MAX_LENGTH, FlowDefinitionError, FlowNotRegisteredError
+from ckflow._ids import RUN_ID_PATTERN
 from ckflow._registry import registered_flow
 from ckflow._states import FlowState, TaskState
 
@@ -104,6 +105,14 @@ def _error_page(status: int, message: str) -> HTMLResponse:
     return HTMLResponse(body, status_code=status, headers=_PAGE_HEADERS)
 
 
+#: a run id in the page's path, under the router's rule (so a malformed id is FastAPI's 422, as the router's is)
+_RunId = Annotated[str, Path(min_length=1, max_length=RUN_ID_MAX_LENGTH, pattern=RUN_ID_PATTERN)]
+#: the run page's answer for a run it cannot show, for the OpenAPI document
+_NO_RUN_PAGE: Final[dict[int | str, dict[str, Any]]] = {
+    404: {"content": {"text/html": {}}, "description": "No such run (or its flow is not registered here): a page"}
+}
+
+
 def ui_routes(api: APIRouter, app_engine: Any, attach: Callable[[Engine, str], Awaitable[Run]]) -> None:
     """Add the pages to ``api``; ``attach`` finds a run's handle or raises the router's 404."""
 
@@ -114,8 +123,8 @@ def ui_routes(api: APIRouter, app_engine: Any, attach: Callable[[Engine, str], A
         page = _file("runs.html").decode().replace("__CKFLOW_RUNS__", _data_island(data))
         return HTMLResponse(page, headers=_PAGE_HEADERS)
 
-    @api.get("/ui/runs/{run_id}", response_class=HTMLResponse)
-    async def run_page(run_id: str, engine: Engine = app_engine) -> HTMLResponse:
+    @api.get("/ui/runs/{run_id}", response_class=HTMLResponse, responses=_NO_RUN_PAGE)
+    async def run_page(run_id: _RunId, engine: Engine = app_engine) -> HTMLResponse:
         """The live page of one run: its graph, tasks and events, and buttons for the control calls."""
         try:
             run = await attach(engine, run_id)

@@ -18,14 +18,13 @@ from ckflow._durable._resume import restore
 from ckflow._errors import (
     FlowDefinitionError,
     FlowNotRegisteredError,
-    MissingRequirementError,
     ResultNotSerializableError,
     RunStateError,
     StoreError,
     UnknownCheckpointError,
 )
 from ckflow._ids import check_run_id
-from ckflow._inputs import checked_inputs, input_checks
+from ckflow._inputs import input_checks, start_inputs
 from ckflow._patterns import Flow
 from ckflow._records import RunRecord
 from ckflow._registry import registered_flow
@@ -70,14 +69,9 @@ def new_core(
     if run_id is not None:
         check_run_id(run_id)
     graph = flow.compile()
-    given = dict(inputs or {})
-    missing = {name: tasks for name, tasks in graph.required_inputs.items() if name not in given}
-    if missing:
-        raise MissingRequirementError(flow.name, missing)
-    # Coerced to what the tasks' annotations say before anything runs or is stored (a run without inputs
-    # skips this), so a task sees the same values on the first pass and after a resume.
-    if given:
-        given = checked_inputs(graph, given)
+    # Coerced to what the tasks' annotations say before anything runs or is stored, so a task sees the same
+    # values on the first pass and after a resume.
+    given = start_inputs(graph, inputs)
     core = RunCore(
         graph,
         run_id or uuid.uuid4().hex,
