@@ -24,6 +24,7 @@ from ckflow._errors import (
     StoreError,
     UnknownCheckpointError,
 )
+from ckflow._faults import capture
 from ckflow._ids import check_run_id
 from ckflow._inputs import checked_inputs, input_checks
 from ckflow._patterns import Flow
@@ -61,8 +62,14 @@ def new_core(
     max_concurrency: int | None,
     on_event: Callable[[Event], object] | None,
     traceparent: str | None = None,
+    *,
+    fresh: bool = True,
 ) -> RunCore:
-    """A new core for a run of ``flow``, its inputs checked against what the flow requires."""
+    """A new core for a run of ``flow``, its inputs checked against what the flow requires.
+
+    ``fresh``: a run starting now, which takes the failures injected where it starts (``inject_failures``); a run
+    rebuilt from its store never does.
+    """
     if not isinstance(flow, Flow):
         raise TypeError(f"ckflow runs a flow (Linear, Parallel, Graph or Periodic), got {flow!r}.")
     if max_concurrency is not None and not _is_positive_int(max_concurrency):
@@ -78,12 +85,14 @@ def new_core(
     # skips this), so a task sees the same values on the first pass and after a resume.
     if given:
         given = checked_inputs(graph, given)
+    run_id = run_id or uuid.uuid4().hex
     core = RunCore(
         graph,
-        run_id or uuid.uuid4().hex,
+        run_id,
         given,
         max_concurrency=max_concurrency,
         on_event=on_event,
+        faults=capture(graph, run_id) if fresh else None,
     )
     core.start_telemetry(traceparent)
     return core
@@ -134,7 +143,7 @@ def restored_core(
         raise StoreError(
             f"Run {run_id!r}: its stored inputs do not decode into what the tasks' annotations say ({exc})."
         ) from exc
-    core = new_core(flow, inputs, run_id, max_concurrency, on_event, stored.run.trace)
+    core = new_core(flow, inputs, run_id, max_concurrency, on_event, stored.run.trace, fresh=False)
     store, owner, lease_ttl, lease_from = journal
     keep_journal(core, store, owner, stored.run, lease_ttl=lease_ttl, lease_from=lease_from)
     restore(core, stored, passes)
