@@ -19,28 +19,45 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, final
 
-from ckflow._faults import ACTIVE, FaultPlan, InjectedFailure, InjectedFault
+from ckflow._bench import bench
+from ckflow._bench_report import BenchPhase, BenchReport, TouchedTask, touched_outside_region
+from ckflow._faults import FaultPlan, InjectedFailure, InjectedFault, inject_failures
 from ckflow._policy import ENV
 
 if TYPE_CHECKING:
     import random
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Iterator
 
     from ckflow._events import Event
 
 __all__ = [
+    "BenchPhase",
+    "BenchReport",
     "EventRecorder",
     "FaultPlan",
     "InjectedFailure",
     "InjectedFault",
+    "TouchedTask",
+    "bench",
     "inject_failures",
     "is_testing",
     "seed_jitter",
     "set_testing",
     "testing",
+    "touched_outside_region",
 ]
 
-for _public in (FaultPlan, InjectedFailure, InjectedFault):
+for _public in (
+    BenchPhase,
+    BenchReport,
+    FaultPlan,
+    InjectedFailure,
+    InjectedFault,
+    TouchedTask,
+    bench,
+    inject_failures,
+    touched_outside_region,
+):
     _public.__module__ = __name__  # users see them here, and a Failure names ckflow.testing.InjectedFailure
 del _public
 
@@ -91,52 +108,6 @@ def seed_jitter(seed: int | None) -> random.Random:
     """
     ENV.rng.seed(seed)
     return ENV.rng
-
-
-@contextmanager
-def inject_failures(failures: Mapping[str, float | str], *, seed: int = 0) -> Iterator[FaultPlan]:
-    """Fail the named tasks in the runs started inside the block, without touching their code.
-
-    In each run started inside the block (by ``ckflow.run`` or ``Engine.start``,
-    in this task or in tasks it starts), an execution of a named task raises
-    ``InjectedFailure`` in place of the task's body, according to its rule:
-
-    - a probability ``p`` from 0 to 1: each execution fails with probability ``p``;
-    - ``"first"``: the task's first execution in the run fails, its retries run;
-    - ``"first:N"``: its first N executions fail.
-
-    The failure then goes through the flow's checkpoints like any other: reverted,
-    retried, escalated. It is decided by a pure function of ``seed``, the run's
-    number among the runs started in the block (0, 1, 2, ... in the order they
-    start), the task's name and the execution's number in the run, so the same
-    seed fails the same executions whatever order the tasks run in and on any
-    store. A run keeps its injected failures for its whole life, even after the
-    block has ended (``suspend()`` and ``resume()`` included), and runs started
-    outside the block have none. They are never stored: a durable run rebuilt
-    from its store (``Engine.resume`` after a crash, recovery, a worker taking it
-    over) runs without them, wherever that happens. Blocks nest and overlap: a
-    run started inside several gets the failures of each, and each block numbers
-    its runs itself. A name that is no task of a run's flow fails nothing there.
-
-    Args:
-        failures: task name -> rule, e.g. ``{"charge": 0.2, "ship": "first"}``.
-        seed: the seed of the draws of the probability rules.
-
-    Returns:
-        A context manager that gives the block's ``FaultPlan``, whose
-        ``injected`` lists every execution the block failed.
-
-    Raises:
-        ValueError: a rule is not a probability from 0 to 1, ``"first"`` or ``"first:N"``.
-        TypeError: ``failures`` is not a mapping of task names, or ``seed`` is not an int.
-    """
-    plan = FaultPlan(failures, seed)
-    ACTIVE.set((*ACTIVE.get(), plan))
-    try:
-        yield plan
-    finally:
-        # Not a token reset: blocks that overlap (left in another order than entered) each take only their own.
-        ACTIVE.set(tuple(p for p in ACTIVE.get() if p is not plan))
 
 
 @final

@@ -1,0 +1,164 @@
+"""``ckflow.testing.bench``: run a flow N times, C at once, with and without injected failures, and measure them.
+
+Every figure comes from the runs' own ``RunResult``: latencies from ``result.regions`` (the clock points that the
+OpenTelemetry histograms ``ckflow.revert.latency`` and ``ckflow.retry.latency`` record too), makespans from
+``result.duration``, and what a failure touched from ``result.tasks``. Nothing here takes a time of its own but
+the wall time of each phase.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ckflow._bench_report import BenchPhase, BenchReport, touched_outside_region
+from ckflow._checkpoint import _is_positive_int
+from ckflow._engine import Engine
+from ckflow._faults import FaultPlan, inject_failures, parse_rule
+from ckflow._patterns import Flow
+from ckflow._registry import registered_flow
+from ckflow._states import FlowState
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from ckflow._engine import Run
+    from ckflow._models import RunResult
+    from ckflow.stores import Store
+
+__all__ = ["bench"]
+
+
+async def bench(
+    flow: Flow | str,
+    *,
+    runs: int = 100,
+    concurrency: int = 10,
+    fail: Mapping[str, float | str] | None = None,
+    seed: int = 0,
+    store: str | Store | None = None,
+    inputs: Mapping[str, Any] | None = None,
+    on_progress: Callable[[int, int], object] | None = None,
+) -> BenchReport:
+    """Measure what failures cost in ``flow``: ``runs`` runs without injected failures, then ``runs`` with them.
+
+    Each phase starts its runs one after the other, at most ``concurrency``
+    running at once, in one ``Engine`` on ``store``. The second phase runs
+    inside ``inject_failures(fail, seed=seed)``, so the same seed fails the
+    same executions every time. A run that becomes SUSPENDED (a checkpoint
+    with ``on_exhausted="suspend"``) is counted as such, then cancelled.
+
+    Args:
+        flow: the flow, or the name it was registered under.
+        runs: how many runs in each phase.
+        concurrency: how many runs at once.
+        fail: task name -> rule, as ``inject_failures`` takes them; without it only the first phase runs
+            (and the report measures the flow's own failures).
+        seed: the seed of the injected failures.
+        store: the engine's store (a URL or a store); None keeps the runs in memory.
+        inputs: every run's inputs.
+        on_progress: called with (runs ended, runs in all) each time a run ends.
+
+    Returns:
+        A ``BenchReport``: revert and retry latencies, region sizes, makespans and the tasks touched outside
+        their region, as a table (``table()``), JSON (``to_json()``) or an SVG histogram (``plot_svg()``).
+
+    Raises:
+        ValueError: ``runs`` or ``concurrency`` is not a positive int, a rule is not one ``inject_failures``
+            takes, or ``fail`` names a task that the flow does not have.
+        FlowNotRegisteredError: no flow is registered under that name.
+        FlowDefinitionError: the flow does not compile, or ``inputs`` lack a required value.
+    """
+    if isinstance(flow, str):
+        flow = registered_flow(flow)
+    if not isinstance(flow, Flow):
+        raise TypeError(f"bench() measures a flow (Linear, Parallel, Graph or Periodic), got {flow!r}.")
+    for name, value in (("runs", runs), ("concurrency", concurrency)):
+        if not _is_positive_int(value):
+            raise ValueError(f"bench({name}={value!r}) must be a positive int.")
+    rules = dict(fail or {})
+    _check_tasks(flow, rules)
+    total = runs * (2 if rules else 1)
+    done = 0
+
+    def ended() -> None:
+        nonlocal done
+        done += 1
+        if on_progress is not None:
+            on_progress(done, total)
+
+    async with Engine(store=store) as engine:
+        without = await _phase(engine, flow, inputs, runs, concurrency, ended)
+        plan: FaultPlan | None = None
+        with_failures: BenchPhase | None = None
+        if rules:
+            with inject_failures(rules, seed=seed) as plan:
+                with_failures = await _phase(engine, flow, inputs, runs, concurrency, ended)
+    return BenchReport(
+        flow=flow.name,
+        runs=runs,
+        concurrency=concurrency,
+        seed=seed,
+        store=_store_name(store),
+        fail={task: str(rule) for task, rule in rules.items()},
+        injected=dict(Counter(fault.task for fault in plan.injected)) if plan is not None else {},
+        without=without,
+        with_failures=with_failures,
+    )
+
+
+def _check_tasks(flow: Flow, rules: Mapping[str, object]) -> None:
+    """Each rule is one inject_failures takes, for a task of ``flow`` (a typo would measure nothing)."""
+    for task, rule in rules.items():
+        parse_rule(task, rule)
+    known = flow.compile().index
+    unknown = sorted(task for task in rules if task not in known)
+    if unknown:
+        raise ValueError(
+            f"bench: flow {flow.name!r} has no task {', '.join(map(repr, unknown))} to fail; "
+            f"its tasks are {', '.join(sorted(known))}."
+        )
+
+
+async def _phase(
+    engine: Engine,
+    flow: Flow,
+    inputs: Mapping[str, Any] | None,
+    runs: int,
+    concurrency: int,
+    ended: Callable[[], None],
+) -> BenchPhase:
+    """``runs`` runs, started in order from this task (so that inject_failures numbers them in that order)."""
+    results: list[RunResult] = []
+    states: Counter[str] = Counter()
+    slots = anyio.Semaphore(concurrency)
+
+    async def settle(run: Run) -> None:
+        try:
+            result = await run.wait_suspended()
+            states[str(result.state)] += 1
+            if result.state is FlowState.SUSPENDED:
+                await run.cancel()  # parked: counted, then reverted, so that the engine can close
+                await run.wait()
+            else:
+                results.append(result)
+        finally:
+            slots.release()
+        ended()
+
+    t0 = time.monotonic()
+    async with anyio.create_task_group() as tg:
+        for _ in range(runs):
+            await slots.acquire()
+            tg.start_soon(settle, await engine.start(flow, inputs))
+    wall = time.monotonic() - t0
+    return BenchPhase(results=results, states=dict(states), wall=wall, touched=touched_outside_region(results))
+
+
+def _store_name(store: str | Store | None) -> str:
+    if store is None:
+        return "memory (no store)"
+    return store if isinstance(store, str) else store.url
