@@ -72,31 +72,15 @@ async def bench(
         FlowNotRegisteredError: no flow is registered under that name.
         FlowDefinitionError: the flow does not compile, or ``inputs`` lack a required value.
     """
-    if isinstance(flow, str):
-        flow = registered_flow(flow)
-    if not isinstance(flow, Flow):
-        raise TypeError(f"bench() measures a flow (Linear, Parallel, Graph or Periodic), got {flow!r}.")
-    for name, value in (("runs", runs), ("concurrency", concurrency)):
-        if not _is_positive_int(value):
-            raise ValueError(f"bench({name}={value!r}) must be a positive int.")
-    rules = dict(fail or {})
-    _check_tasks(flow, rules)
-    total = runs * (2 if rules else 1)
-    done = 0
-
-    def ended() -> None:
-        nonlocal done
-        done += 1
-        if on_progress is not None:
-            on_progress(done, total)
-
+    flow, rules = _checked(flow, runs, concurrency, fail)
+    progress = _Progress(runs * (2 if rules else 1), on_progress)
     async with Engine(store=store) as engine:
-        without = await _phase(engine, flow, inputs, runs, concurrency, ended)
+        without = await _phase(engine, flow, inputs, runs, concurrency, progress)
         plan: FaultPlan | None = None
         with_failures: BenchPhase | None = None
         if rules:
             with inject_failures(rules, seed=seed) as plan:
-                with_failures = await _phase(engine, flow, inputs, runs, concurrency, ended)
+                with_failures = await _phase(engine, flow, inputs, runs, concurrency, progress)
     return BenchReport(
         flow=flow.name,
         runs=runs,
@@ -108,6 +92,38 @@ async def bench(
         without=without,
         with_failures=with_failures,
     )
+
+
+class _Progress:
+    """Counts the runs that ended and tells ``on_progress``."""
+
+    __slots__ = ("callback", "done", "total")
+
+    def __init__(self, total: int, callback: Callable[[int, int], object] | None) -> None:
+        self.total = total
+        self.done = 0
+        self.callback = callback
+
+    def __call__(self) -> None:
+        self.done += 1
+        if self.callback is not None:
+            self.callback(self.done, self.total)
+
+
+def _checked(
+    flow: Flow | str, runs: int, concurrency: int, fail: Mapping[str, float | str] | None
+) -> tuple[Flow, dict[str, float | str]]:
+    """The flow (looked up by name) and the rules, or the error that says what is wrong with them."""
+    if isinstance(flow, str):
+        flow = registered_flow(flow)
+    if not isinstance(flow, Flow):
+        raise TypeError(f"bench() measures a flow (Linear, Parallel, Graph or Periodic), got {flow!r}.")
+    for name, value in (("runs", runs), ("concurrency", concurrency)):
+        if not _is_positive_int(value):
+            raise ValueError(f"bench({name}={value!r}) must be a positive int.")
+    rules = dict(fail or {})
+    _check_tasks(flow, rules)
+    return flow, rules
 
 
 def _check_tasks(flow: Flow, rules: Mapping[str, object]) -> None:
