@@ -88,7 +88,7 @@ async def bench(
         seed=seed,
         store=_store_name(store),
         fail={task: str(rule) for task, rule in rules.items()},
-        injected=dict(Counter(fault.task for fault in plan.injected)) if plan is not None else {},
+        injected=dict(sorted(Counter(fault.task for fault in plan.injected).items())) if plan is not None else {},
         without=without,
         with_failures=with_failures,
     )
