@@ -1,8 +1,9 @@
-"""Helpers for testing code that uses ckflow: a zero-delay test mode, an event recorder, failure injection.
+"""Helpers for testing code that uses ckflow: a zero-delay test mode, an event recorder, failure injection,
+and ``bench``, which measures what failures cost in a flow (``ckflow bench`` on the command line).
 
 Example::
 
-    from ckflow.testing import EventRecorder, inject_failures, set_testing
+    from ckflow.testing import EventRecorder, bench, inject_failures, set_testing
 
     set_testing(True, attempts=2)  # every Retry delay becomes 0, and no Retry allows more than 2 executions
     events = EventRecorder()
@@ -11,7 +12,10 @@ Example::
 
     with inject_failures({"charge": "first"}):  # charge's first execution raises InjectedFailure
         result = await ckflow.run(checkout)
-    assert result.tasks["refund"].state is ckflow.TaskState.REVERTED
+    assert result.tasks["charge"].attempts == 2  # its checkpoint reverted and retried it
+
+    report = await bench(checkout, runs=100, concurrency=10, fail={"charge": 0.2}, seed=7)
+    print(report.table())
 """
 
 from __future__ import annotations
