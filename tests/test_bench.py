@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+import uuid
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import pytest
@@ -124,6 +126,30 @@ class TestFigures:
         assert first.injected["b"] > 0
         assert first.store == url
         assert second.store == "memory (no store)"
+
+    async def test_postgres_without_its_password(self, postgres_dsn: str) -> None:
+        """On PostgreSQL too; the report names the store without the URL's password."""
+        import asyncpg
+
+        parts = urlsplit(postgres_dsn)
+        user = parts.username or "postgres"
+        netloc = f"{user}:s3cret@{parts.hostname}:{parts.port or 5432}"
+        schema = f"ckflow_bench_{uuid.uuid4().hex[:12]}"
+        url = urlunsplit(parts._replace(netloc=netloc, query=f"schema={schema}"))
+        try:
+            report = await bench(seed_flow(), runs=3, concurrency=3, fail={"b": "first"}, store=url)
+        finally:
+            conn = await asyncpg.connect(postgres_dsn)
+            try:
+                await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            finally:
+                await conn.close()
+        assert report.with_failures is not None
+        assert report.with_failures.states == {"SUCCESS": 3}
+        assert len(report.revert_latencies) == 3
+        assert "s3cret" not in report.store
+        assert "s3cret" not in json.dumps(report.to_json())
+        assert schema in report.store
 
     async def test_parked_runs_are_counted_and_cancelled(self) -> None:
         """A run a checkpoint parks SUSPENDED is counted so, then cancelled, and the bench ends."""

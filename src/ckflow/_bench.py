@@ -8,6 +8,7 @@ the wall time of each phase.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ from ckflow._faults import FaultPlan, inject_failures, parse_rule
 from ckflow._patterns import Flow
 from ckflow._registry import registered_flow
 from ckflow._states import FlowState
+from ckflow.stores import open_store
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -74,7 +76,12 @@ async def bench(
     """
     flow, rules = _checked(flow, runs, concurrency, fail)
     progress = _Progress(runs * (2 if rules else 1), on_progress)
-    async with Engine(store=store) as engine:
+    # A URL is opened here, so that the report names the store as it names itself (without a password).
+    opened = open_store(store) if isinstance(store, str) else store
+    async with contextlib.AsyncExitStack() as stack:
+        if isinstance(store, str) and opened is not None:
+            await stack.enter_async_context(opened)
+        engine = await stack.enter_async_context(Engine(store=opened))
         without = await _phase(engine, flow, inputs, runs, concurrency, progress)
         plan: FaultPlan | None = None
         with_failures: BenchPhase | None = None
@@ -86,7 +93,7 @@ async def bench(
         runs=runs,
         concurrency=concurrency,
         seed=seed,
-        store=_store_name(store),
+        store="memory (no store)" if opened is None else opened.url,
         fail={task: str(rule) for task, rule in rules.items()},
         injected=dict(sorted(Counter(fault.task for fault in plan.injected).items())) if plan is not None else {},
         without=without,
@@ -172,9 +179,3 @@ async def _phase(
             tg.start_soon(settle, await engine.start(flow, inputs))
     wall = time.monotonic() - t0
     return BenchPhase(results=results, states=dict(states), wall=wall, touched=touched_outside_region(results))
-
-
-def _store_name(store: str | Store | None) -> str:
-    if store is None:
-        return "memory (no store)"
-    return store if isinstance(store, str) else store.url
