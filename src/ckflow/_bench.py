@@ -18,14 +18,14 @@ import anyio
 from ckflow._bench_report import BenchPhase, BenchReport, touched_outside_region
 from ckflow._checkpoint import _is_positive_int
 from ckflow._engine import Engine
-from ckflow._faults import FaultPlan, inject_failures, parse_rule
+from ckflow._faults import inject_failures, parse_rule
 from ckflow._patterns import Flow
 from ckflow._registry import registered_flow
 from ckflow._states import FlowState
 from ckflow.stores import open_store
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import AsyncIterator, Callable, Mapping
 
     from ckflow._engine import Run
     from ckflow._models import RunResult
@@ -47,11 +47,9 @@ async def bench(
 ) -> BenchReport:
     """Measure what failures cost in ``flow``: ``runs`` runs without injected failures, then ``runs`` with them.
 
-    Each phase starts its runs one after the other, at most ``concurrency``
-    running at once, in one ``Engine`` on ``store``. The second phase runs
-    inside ``inject_failures(fail, seed=seed)``, so the same seed fails the
-    same executions every time. A run that becomes SUSPENDED (a checkpoint
-    with ``on_exhausted="suspend"``) is counted as such, then cancelled.
+    Each phase starts its runs one after the other, at most ``concurrency`` running at once, in one ``Engine``
+    on ``store``. The second runs inside ``inject_failures(fail, seed=seed)``, so the same seed fails the same
+    executions every time. A run parked SUSPENDED is counted as such, then cancelled.
 
     Args:
         flow: the flow, or the name it was registered under.
@@ -65,8 +63,7 @@ async def bench(
         on_progress: called with (runs ended, runs in all) each time a run ends.
 
     Returns:
-        A ``BenchReport``: revert and retry latencies, region sizes, makespans and the tasks touched outside
-        their region, as a table (``table()``), JSON (``to_json()``) or an SVG histogram (``plot_svg()``).
+        A ``BenchReport``: latencies, region sizes, makespans, tasks touched outside their region.
 
     Raises:
         ValueError: ``runs`` or ``concurrency`` is not a positive int, a rule is not one ``inject_failures``
@@ -76,29 +73,39 @@ async def bench(
     """
     flow, rules = _checked(flow, runs, concurrency, fail)
     progress = _Progress(runs * (2 if rules else 1), on_progress)
-    # A URL is opened here, so that the report names the store as it names itself (without a password).
-    opened = open_store(store) if isinstance(store, str) else store
-    async with contextlib.AsyncExitStack() as stack:
-        if isinstance(store, str) and opened is not None:
-            await stack.enter_async_context(opened)
-        engine = await stack.enter_async_context(Engine(store=opened))
+    async with _engine(store) as (engine, store_name):
         without = await _phase(engine, flow, inputs, runs, concurrency, progress)
-        plan: FaultPlan | None = None
+        injected: dict[str, int] = {}
         with_failures: BenchPhase | None = None
         if rules:
             with inject_failures(rules, seed=seed) as plan:
                 with_failures = await _phase(engine, flow, inputs, runs, concurrency, progress)
+            injected = dict(sorted(Counter(fault.task for fault in plan.injected).items()))
     return BenchReport(
         flow=flow.name,
         runs=runs,
         concurrency=concurrency,
         seed=seed,
-        store="memory (no store)" if opened is None else opened.url,
+        store=store_name,
         fail={task: str(rule) for task, rule in rules.items()},
-        injected=dict(sorted(Counter(fault.task for fault in plan.injected).items())) if plan is not None else {},
+        injected=injected,
         without=without,
         with_failures=with_failures,
     )
+
+
+@contextlib.asynccontextmanager
+async def _engine(store: str | Store | None) -> AsyncIterator[tuple[Engine, str]]:
+    """An engine on ``store``, and the store's name as it gives it (a URL without its password)."""
+    if store is None:
+        async with Engine() as engine:
+            yield engine, "memory (no store)"
+        return
+    opened = open_store(store) if isinstance(store, str) else store
+    async with contextlib.AsyncExitStack() as stack:
+        if opened is not store:
+            await stack.enter_async_context(opened)  # opened here from its URL: closed here too
+        yield await stack.enter_async_context(Engine(store=opened)), opened.url
 
 
 class _Progress:
