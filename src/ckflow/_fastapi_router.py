@@ -11,7 +11,8 @@ import contextlib
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from ckflow._engine import Engine  # noqa: TC001 - FastAPI reads the handlers' annotations at runtime
@@ -26,6 +27,8 @@ from ckflow._errors import (
     RunStateError,
     UnknownCheckpointError,
 )
+from ckflow._fastapi_events import HEADERS, sse_events
+from ckflow._fastapi_ui import ui_routes
 from ckflow._mermaid import to_mermaid
 from ckflow._registry import registered_flow, registered_flows
 from ckflow._states import TERMINAL, FlowState
@@ -149,7 +152,7 @@ async def _attach(engine: Engine, run_id: str) -> Run:
         return await engine.attach(run_id)
 
 
-def build_router(engine_dependency: Callable[..., Engine], **options: Any) -> APIRouter:
+def build_router(engine_dependency: Callable[..., Engine], *, tracebacks: bool = False, **options: Any) -> APIRouter:
     """An ``APIRouter`` over the engine ``engine_dependency`` gives; ``options`` are ``APIRouter``'s.
 
     (``ckflow.fastapi.router`` passes its ``engine`` dependency, so this module does not import ``ckflow.fastapi``.)
@@ -157,8 +160,9 @@ def build_router(engine_dependency: Callable[..., Engine], **options: Any) -> AP
     api = APIRouter(**options)
     app_engine: Any = Depends(engine_dependency)
     _flow_routes(api, app_engine)
-    _run_routes(api, app_engine)
-    _control_routes(api, app_engine)
+    _run_routes(api, app_engine, tracebacks)
+    _control_routes(api, app_engine, tracebacks)
+    ui_routes(api, app_engine, _attach)
     return api
 
 
@@ -184,13 +188,13 @@ def _flow_routes(api: APIRouter, app_engine: Any) -> None:
         return Response(to_mermaid(flow, run), media_type="text/plain")
 
 
-def _run_routes(api: APIRouter, app_engine: Any) -> None:
+def _run_routes(api: APIRouter, app_engine: Any, tracebacks: bool) -> None:
     @api.post("/runs", status_code=201, response_model=RunView)
     async def start(body: StartRun, engine: Engine = app_engine) -> RunView:
         """Start a run of a registered flow; answers at once with its view (it does not wait for the end)."""
         with _http_errors():
             run = await engine.start(body.flow, body.inputs, run_id=body.run_id)
-        return await run.view()
+        return await run.view(tracebacks=tracebacks)
 
     @api.get("/runs", response_model=RunList)
     async def list_runs(
@@ -216,38 +220,62 @@ def _run_routes(api: APIRouter, app_engine: Any) -> None:
     @api.get("/runs/{run_id}", response_model=RunView)
     async def get(run_id: str, engine: Engine = app_engine) -> RunView:
         """The run's view (404 if no run has this id)."""
-        return await (await _attach(engine, run_id)).view()
+        return await (await _attach(engine, run_id)).view(tracebacks=tracebacks)
+
+    @api.get(
+        "/runs/{run_id}/events",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}},
+    )
+    async def events(
+        run_id: str,
+        engine: Engine = app_engine,
+        last_event_id: Annotated[int | None, Header(ge=-1)] = None,
+        after: Annotated[int | None, Query(ge=-1)] = None,
+    ) -> StreamingResponse:
+        """The run's events as Server-Sent Events: its stored history, then live; closed when the run has ended.
+
+        Each message's ``id`` is the event's sequence number; send it back as ``Last-Event-ID`` (an
+        ``EventSource`` does) or as ``?after=`` to get only the events after it. The last message is an ``end``
+        event with the run's end state.
+        """
+        run = await _attach(engine, run_id)
+        start = last_event_id if last_event_id is not None else after
+        stream = sse_events(run, engine.store, -1 if start is None else start, tracebacks=tracebacks)
+        return StreamingResponse(stream, media_type="text/event-stream", headers=HEADERS)
 
 
-async def _act(run: Run, call: Callable[[Run], Awaitable[None]]) -> RunView:
+async def _act(run: Run, call: Callable[[Run], Awaitable[None]], tracebacks: bool) -> RunView:
     """Make a control call on ``run``, its errors as HTTP errors, and answer with the run's view after it."""
     with _http_errors():
         await call(run)
-    return await run.view()
+    return await run.view(tracebacks=tracebacks)
 
 
-def _control_routes(api: APIRouter, app_engine: Any) -> None:
+def _control_routes(api: APIRouter, app_engine: Any, tracebacks: bool) -> None:
     @api.post("/runs/{run_id}/suspend", response_model=RunView)
     async def suspend(run_id: str, engine: Engine = app_engine) -> RunView:
         """Let running tasks finish and start nothing new; answers once the run is SUSPENDED (or has ended)."""
-        return await _act(await _live(engine, run_id, "suspend"), lambda run: run.suspend())
+        return await _act(await _live(engine, run_id, "suspend"), lambda run: run.suspend(), tracebacks)
 
     @api.post("/runs/{run_id}/resume", response_model=RunView)
     async def resume(run_id: str, engine: Engine = app_engine) -> RunView:
         """Go on after a suspension."""
-        return await _act(await _live(engine, run_id, "resume"), lambda run: run.resume())
+        return await _act(await _live(engine, run_id, "resume"), lambda run: run.resume(), tracebacks)
 
     @api.post("/runs/{run_id}/cancel", response_model=RunView)
     async def cancel(run_id: str, engine: Engine = app_engine) -> RunView:
         """Revert everything that ran; the run ends REVERTED. Answers once the revert has started."""
-        return await _act(await _live(engine, run_id, "cancel"), lambda run: run.cancel())
+        return await _act(await _live(engine, run_id, "cancel"), lambda run: run.cancel(), tracebacks)
 
     @api.post("/runs/{run_id}/goto", response_model=RunView)
     async def goto(run_id: str, body: Goto, engine: Engine = app_engine) -> RunView:
         """Run on to the checkpoint, or revert back to it; answers once the run is SUSPENDED there."""
-        return await _act(await _attach(engine, run_id), lambda run: run.goto(body.checkpoint))
+        return await _act(await _attach(engine, run_id), lambda run: run.goto(body.checkpoint), tracebacks)
 
     @api.post("/runs/{run_id}/revert_to", response_model=RunView)
     async def revert_to(run_id: str, body: RevertTo, engine: Engine = app_engine) -> RunView:
         """Revert the checkpoint's scope and downstream; with ``retry`` run it again, else park SUSPENDED there."""
-        return await _act(await _attach(engine, run_id), lambda run: run.revert_to(body.checkpoint, retry=body.retry))
+        return await _act(
+            await _attach(engine, run_id), lambda run: run.revert_to(body.checkpoint, retry=body.retry), tracebacks
+        )

@@ -97,7 +97,7 @@ def engine(request: Request) -> Engine:
     return found
 
 
-def router(**options: Any) -> APIRouter:
+def router(*, tracebacks: bool = False, **options: Any) -> APIRouter:
     """The runs of the app's engine over HTTP: an ``APIRouter``; ``options`` are ``APIRouter``'s (``dependencies``).
 
         app.include_router(ckflow.fastapi.router(dependencies=[Depends(auth)]), prefix="/ckflow")
@@ -105,10 +105,23 @@ def router(**options: Any) -> APIRouter:
     ``GET /flows``; ``POST /runs`` ``{"flow", "inputs", "run_id"?}`` (201 with the run view, without waiting for
     the end); ``GET /runs?state=&flow=&limit=&cursor=``; ``GET /runs/{id}``; ``POST /runs/{id}/suspend``,
     ``/resume``, ``/cancel``, ``/goto`` ``{"checkpoint"}``, ``/revert_to`` ``{"checkpoint", "retry"}``;
+    ``GET /runs/{id}/events`` (Server-Sent Events: the stored history, then live, each ``id:`` the event's sequence
+    number, resumable with ``Last-Event-ID``, closed with an ``end`` event once the run has ended);
     ``GET /runs/{id}/graph`` (Mermaid text). Errors: 404 unknown flow, run or checkpoint; 409 run id taken or run
     ended; 422 invalid inputs (``detail`` names the field) or run id. The app needs ``lifespan`` (the engine).
+
+    Pages for people, under the same prefix and dependencies: ``GET /ui/runs/{id}``, a run's live page (its flow
+    drawn by mermaid, tasks coloured by state and checkpoints as groups; the task table; the event log; buttons
+    for suspend, resume, cancel, goto and revert_to, showing the server's refusals), kept current from the
+    events stream; ``GET /ui/runs``, the runs by state and flow, each linking to its page. Their scripts, mermaid
+    included, ship in the package (``GET /ui/static/{name}``): no CDN, they work offline, and every URL in them
+    is relative, so they work under any prefix. A browser sends only cookies or HTTP auth with its requests, so
+    ``dependencies`` that read another header keep the pages out.
+
+    A failure is given as its type and message; its traceback (the server's code) only with ``tracebacks=True``,
+    in the run views and in the events alike.
     """
-    return build_router(engine, **options)
+    return build_router(engine, tracebacks=tracebacks, **options)
 
 
 async def run(
