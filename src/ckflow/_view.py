@@ -10,6 +10,7 @@ show the server's code to whoever reads the view.
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -114,8 +115,13 @@ class TaskView(BaseModel):
 
     @classmethod
     def pending(cls, name: str) -> TaskView:
-        """A task that never started."""
-        return cls(name=name, state=TaskState.PENDING, attempts=0)
+        """A task that never started (one frozen view per name, shared: most tasks of a young run are these)."""
+        return _pending(name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _pending(name: str) -> TaskView:
+    return TaskView(name=name, state=TaskState.PENDING, attempts=0)
 
 
 class RunView(BaseModel):

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from ckflow._failure import Failure
 from ckflow._models import TaskSummary
 from ckflow._records import TaskRecord, construct
-from ckflow._states import TaskState
+from ckflow._states import PENDING, TaskState
 from ckflow._view import TaskView
 
 if TYPE_CHECKING:
@@ -63,14 +63,12 @@ def views(run: RunState, offset: float, *, tracebacks: bool) -> list[TaskView]:
     def wall(mono: float | None) -> float | None:
         return None if mono is None else mono + offset
 
+    state, executions = run.state, run.executions
     return [
-        TaskView.build(
-            name,
-            run.state[n],
-            run.executions[n],
-            (wall(run.started[n]), wall(run.ended[n])),
-            _failure(run, n),
-            tracebacks,
+        TaskView.pending(name)
+        if state[n] is PENDING and not executions[n]
+        else TaskView.build(
+            name, state[n], executions[n], (wall(run.started[n]), wall(run.ended[n])), _failure(run, n), tracebacks
         )
         for name, n in run.graph.index.items()
     ]
