@@ -21,7 +21,9 @@ SCENARIOS = {
     "S6": "benchmarks.s6_memory",
     "S7": "benchmarks.s7_scaling",
     "S8": "benchmarks.s8_concurrent",
+    "S9": "benchmarks.s9_fastapi",
     "S10": "benchmarks.s10_workers",
+    "S11": "benchmarks.s11_recovery",
     "S12": "benchmarks.s12_soak",
 }
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import ckflow
 from benchmarks._harness import Stat, Table
+from ckflow.testing import BenchReport, bench
 
 K = 50
 L = 10
@@ -27,50 +28,41 @@ class _Probe:
         self.reverted: set[str] = set()
 
 
-def build_ckflow(fail: bool, probe: _Probe) -> ckflow.Parallel:
+def build_ckflow() -> ckflow.Parallel:
+    """The K branches; no task fails by itself (``ckflow.testing.bench`` fails the failing branch's last one)."""
+
     @ckflow.task
     async def step(x: int) -> int:
         await asyncio.sleep(SLEEP)
-        return x
-
-    @ckflow.task
-    async def last(x: int) -> int:
-        await asyncio.sleep(SLEEP)
-        if fail and not probe.failed:
-            probe.failed = True
-            probe.fail_at = time.monotonic()
-            raise RuntimeError("last task of the failing branch fails once")
         return x
 
     branches = []
     for k in range(K):
         items: list[Any] = [ckflow.Checkpoint(f"cp{k}", retry=ckflow.Retry(attempts=2))]
         for i in range(L):
-            base = last if i == L - 1 else step
             rebind = {"x": f"b{k}_{i - 1}"} if i else {"x": "seed"}
-            items.append(base.with_options(name=f"b{k}_t{i}", provides=f"b{k}_{i}", rebind=rebind))
+            items.append(step.with_options(name=f"b{k}_t{i}", provides=f"b{k}_{i}", rebind=rebind))
         branches.append(ckflow.Linear(f"branch{k}", *items))
     return ckflow.Parallel("s4", *branches)
 
 
-async def run_ckflow(fail: bool) -> dict[str, float]:
-    probe = _Probe()
-    flow = build_ckflow(fail, probe)
-    t0 = time.perf_counter()
-    result = await ckflow.run(flow, inputs={"seed": 0})
-    makespan = time.perf_counter() - t0
-    assert result.state == ckflow.FlowState.SUCCESS, result.state
+def _others_done(result: ckflow.RunResult) -> float:
+    """When the last of the other branches ended, from the first task's start: the failure must not move it."""
     tasks = result.tasks
     start = min(t.started for t in tasks.values() if t.started is not None)
-    # when the last of the other branches ended, from the first task's start: the failure must not move it
     others = [tasks[f"b{k}_t{L - 1}"].ended for k in range(K) if k != FAILING]
-    out = {"makespan": makespan, "others_done": max(e for e in others if e is not None) - start}
-    if fail:
-        out["retry"] = result.regions[0].retry_latency
-        outside = [s for name, s in result.tasks.items() if not name.startswith(f"b{FAILING}_")]
-        out["reverted_outside"] = sum(1 for s in outside if s.revert_started is not None or s.attempts != 1)
-        out["region_members"] = len(result.regions[0].members)
-    return out
+    return max(e for e in others if e is not None) - start
+
+
+async def bench_ckflow(runs: int) -> BenchReport:
+    """ckflow's side, measured by ``ckflow.testing.bench``: ``runs`` runs without failures, then ``runs`` with the
+    failing branch's last task failed once by injection, one at a time."""
+    report = await bench(
+        build_ckflow(), runs=runs, concurrency=1, fail={f"b{FAILING}_t{L - 1}": "first"}, inputs={"seed": 0}
+    )
+    assert report.with_failures is not None
+    assert report.with_failures.states == {"SUCCESS": runs}, report.with_failures.states
+    return report
 
 
 def run_taskflow(fail: bool) -> dict[str, float]:
@@ -192,28 +184,33 @@ def run(quick: bool = False) -> Table:
         ],
     )
 
-    async def ck_all() -> tuple[list[dict[str, float]], list[dict[str, float]]]:
-        await run_ckflow(False)
-        await run_ckflow(True)
-        ok, bad = [], []
+    async def ck_all() -> BenchReport:
         for _ in range(repeat):
             floors.append(await floor())
-            ok.append(await run_ckflow(False))
-            bad.append(await run_ckflow(True))
-        return ok, bad
+        return await bench_ckflow(repeat + 1)  # the first run of each phase is a warm-up
 
     floors: list[float] = []
-    ok, bad = asyncio.run(ck_all())
+    report = asyncio.run(ck_all())
+    assert report.with_failures is not None
+    ok, bad = report.without.results[1:], report.with_failures.results[1:]
     table.add("asyncio floor (no engine)", Stat(floors).scaled(1e3).fmt(2), "—", "—", "—", "—")
-    m_ok, m_bad, retry = _col(ok, "makespan"), _col(bad, "makespan"), _col(bad, "retry")
-    outside = max(int(s["reverted_outside"]) for s in bad)
+    m_ok, m_bad = Stat([r.duration for r in ok]), Stat([r.duration for r in bad])
+    assert len(report.retry_latencies) == repeat + 1  # one region a failing run
+    retry = Stat(report.retry_latencies[1:])
+    outside = len(report.touched_outside_region)
     table.add(
-        "ckflow",
+        "ckflow (ckflow.testing.bench)",
         m_ok.scaled(1e3).fmt(2),
         m_bad.scaled(1e3).fmt(2),
         f"{m_bad.median / m_ok.median:.2f}×",
         retry.scaled(1e3).fmt(3),
-        f"{outside} (max over runs; region members {int(bad[0]['region_members'])})",
+        f"{outside} (touched outside their region, over all runs; region members {max(report.region_sizes)})",
+    )
+    table.notes.append(
+        f"ckflow's row is `ckflow.testing.bench(flow, runs={repeat + 1}, concurrency=1, fail={{'b{FAILING}_t{L - 1}': "
+        "'first'})`, its first run of each phase left out as a warm-up: makespans are RunResult.duration (the flow "
+        "is compiled once, before the first run), the retry latency is RunResult.regions', and the tasks touched "
+        "outside their region are those reverted or run again outside every region of their run."
     )
     tf_rep = 3 if not quick else 1
     tf_ok = [run_taskflow(False) for _ in range(tf_rep)]
@@ -259,7 +256,7 @@ def run(quick: bool = False) -> Table:
         )
     table.target("S4 failure → retry start ≤2 ms", retry.median <= 2e-3, f"{retry.median * 1e3:.3f} ms")
     table.target("S4 no task outside the failing branch reverted", outside == 0, f"{outside}")
-    done_ok, done_bad = _col(ok, "others_done"), _col(bad, "others_done")
+    done_ok, done_bad = Stat([_others_done(r) for r in ok]), Stat([_others_done(r) for r in bad])
     delay = done_bad.median - done_ok.median
     table.target(
         "S4 no branch outside the failing one delayed (its end moves by less than one task's 1 ms)",

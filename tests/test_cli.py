@@ -592,6 +592,31 @@ class TestFlows:
         assert table["cli-line"] == ["3", "work"]
         assert table["cli-flaky"] == ["3", "parsing"]
 
+    def test_a_flow_that_does_not_compile_is_listed_with_what_is_wrong(
+        self, cli: Cli, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """One broken registration does not hide the others: it is listed, with the compile error."""
+        from ckflow import _registry
+
+        @ckflow.task
+        async def early(x: int) -> None: ...
+
+        @ckflow.task(provides="x")
+        async def late() -> int:
+            return 1
+
+        monkeypatch.setattr(_registry, "_FACTORIES", {})
+        monkeypatch.setattr(_registry, "_BUILT", {})
+        ckflow.register_flow("cli-broken", ckflow.Linear("cli-broken", early, late))
+        ckflow.register_flow("cli-fine", ckflow.Linear("cli-fine", late))
+        done = cli("flows", "--json")
+        assert done.status == 0
+        found = {f["name"]: f for f in json.loads(done.out)}
+        assert "provider 'late' comes later" in found["cli-broken"]["error"]
+        assert "error" not in found["cli-fine"]
+        table = {r[0]: r[1:] for r in rows(cli("flows").out)}
+        assert table["cli-broken"][1].startswith("does not compile")
+
     def test_none_registered(self, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
         """With no flow registered, `flows` prints nothing and says how to register one."""
         from ckflow import _registry
@@ -1133,6 +1158,18 @@ class TestStart:
         assert done.status == 2
         assert "argument --inputs:" in done.err
         assert list(tmp_path.iterdir()) == []
+
+    @pytest.mark.parametrize(
+        ("inputs", "named"), [('{"size": "abc"}', "'size'"), ("{}", "'size'"), ('{"size": [3]}', "'size'")]
+    )
+    def test_inputs_that_do_not_fit_the_flow(self, cli: Cli, tmp_path: Path, inputs: str, named: str) -> None:
+        """Inputs that are missing or do not fit a task's annotation are an error (exit 1) naming the input;
+        no store is created (they are checked before the store is opened)."""
+        done = cli("start", "cli-line", "--inputs", inputs, "--store", f"sqlite:///{tmp_path}/new.db", *IMPORT)
+        assert done.status == 1
+        assert named in done.err
+        assert list(tmp_path.iterdir()) == []
+        assert cli_flows.LOG == []
 
     def test_unknown_flow(self, cli: Cli, tmp_path: Path) -> None:
         """An unregistered FLOW is an error (exit 1) pointing at --import; no store is created."""

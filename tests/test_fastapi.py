@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 import ckflow
 import ckflow.fastapi
-from ckflow import Engine, FlowState, InvalidInputError, Linear, RunView, task
+from ckflow import Engine, FlowState, Linear, RunView, task
 from ckflow.stores.memory import MemoryStore
 
 if TYPE_CHECKING:
@@ -281,19 +281,62 @@ class TestInlineRun:
                 assert (await handle.wait()).state is FlowState.SUCCESS
         assert log == ["first", "slow"]
 
-    async def test_invalid_inputs_propagate_before_anything_runs(self) -> None:
+    async def test_inputs_that_do_not_fit_are_422_as_from_the_router_and_nothing_runs(self) -> None:
+        """The handler writes no error handling: a bad input is the router's 422, its loc under the body."""
         log: list[str] = []
-        flow = gated_flow("bad", log, anyio.Event(), anyio.Event())
+        flow = gated_flow(f"bad-{id(log)}", log, anyio.Event(), anyio.Event())
+        ckflow.register_flow(flow.name, flow)
         app = FastAPI(lifespan=ckflow.fastapi.lifespan(None))
+        app.include_router(ckflow.fastapi.router())
 
         @app.post("/bad")
         async def bad(request: Request) -> RunView:
             return await ckflow.fastapi.run(request, flow, {"size": "not a number"})
 
+        @app.post("/missing")
+        async def missing(request: Request) -> RunView:
+            return await ckflow.fastapi.run(request, flow, {})
+
         async with lifespan_of(app), client_of(app) as client:
-            with pytest.raises(InvalidInputError, match="size"):
-                await client.post("/bad")
+            response = await client.post("/bad")
+            routed = await client.post("/runs", json={"flow": flow.name, "inputs": {"size": "not a number"}})
+            absent = await client.post("/missing")
+        assert (response.status_code, routed.status_code, absent.status_code) == (422, 422, 422)
+        [error] = response.json()["detail"]
+        assert error["loc"] == ["body", "size"]
+        assert error["type"] == "int_parsing"
+        assert response.json()["detail"] == [
+            {**found, "loc": [part for part in found["loc"] if part != "inputs"]} for found in routed.json()["detail"]
+        ]
+        assert absent.json()["detail"] == [
+            {"loc": ["body", "size"], "msg": "Field required (read by first)", "type": "missing"}
+        ]
         assert log == []
+
+    async def test_an_unknown_flow_name_is_404_and_a_taken_run_id_409(self) -> None:
+        """The other refusals before a run starts: the router's statuses and messages."""
+        log: list[str] = []
+        gate = anyio.Event()
+        gate.set()
+        flow = gated_flow(f"named-{id(log)}", log, anyio.Event(), gate)
+        ckflow.register_flow(flow.name, flow)
+        app = FastAPI(lifespan=ckflow.fastapi.lifespan(None))
+
+        @app.post("/named/{name}/{run_id}")
+        async def named(name: str, run_id: str, request: Request) -> RunView:
+            return await ckflow.fastapi.run(request, name, {"size": 1}, run_id=run_id)
+
+        async with lifespan_of(app), client_of(app) as client:
+            unknown = await client.post("/named/no-such-flow/r1")
+            first = await client.post(f"/named/{flow.name}/r1")
+            again = await client.post(f"/named/{flow.name}/r1")
+        assert unknown.status_code == 404
+        assert "no-such-flow" in unknown.json()["detail"]
+        assert first.status_code == 200
+        assert first.json()["state"] == "SUCCESS"
+        assert again.status_code == 409
+        assert "r1" in again.json()["detail"]
+        assert log == ["first", "slow"]
 
     async def test_a_reverted_run_is_returned_not_raised(self) -> None:
         """A run that ends REVERTED (a task failed, its checkpoint gave up) comes back as a view, for the handler."""

@@ -15,6 +15,7 @@ import anyio
 import httpx
 import pytest
 from fastapi import Depends, FastAPI, HTTPException
+from pydantic import BaseModel
 
 import ckflow
 import ckflow.fastapi
@@ -25,6 +26,11 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 _names = itertools.count()
+
+
+class Order(BaseModel):
+    sku: str
+    quantity: int = 1
 
 
 def provisioning(log: list[str], started: anyio.Event, gate: anyio.Event) -> Linear:
@@ -60,6 +66,18 @@ def provisioning(log: list[str], started: anyio.Event, gate: anyio.Event) -> Lin
     return flow
 
 
+def quick_flow() -> Linear:
+    """A flow of one task that needs no inputs, registered afresh."""
+
+    @task
+    async def noop() -> None:
+        pass
+
+    flow = Linear(f"quick-{next(_names)}", noop)
+    ckflow.register_flow(flow.name, flow)
+    return flow
+
+
 @contextlib.asynccontextmanager
 async def api(tmp_path: Path, **router_options: Any) -> AsyncIterator[tuple[httpx.AsyncClient, Engine]]:
     """An app with the router under /ckflow on a SQLite store, its lifespan entered; yields a client and engine."""
@@ -89,7 +107,64 @@ class TestFlows:
             response = await client.get("/flows")
         assert response.status_code == 200
         found = {f["name"]: f for f in response.json()}
-        assert found[flow.name] == {"name": flow.name, "required_inputs": {"size": ["create"]}}
+        assert found[flow.name]["required_inputs"] == {"size": ["create"]}
+        assert found[flow.name]["input_schema"] == {
+            "title": flow.name,
+            "type": "object",
+            "properties": {"size": {"type": "integer"}},
+            "required": ["size"],
+        }
+
+    async def test_the_input_schema_types_models_and_leaves_out_defaults_and_provided_values(
+        self, tmp_path: Path
+    ) -> None:
+        """Each input read from the run's inputs is a property typed by its annotation (a model in $defs); one
+        with a default is optional, a value a task provides is not an input, and an unannotated one is any value."""
+
+        @task(provides="address")
+        async def place(order: Order, note: str = "", tag=None) -> str:  # type: ignore[no-untyped-def]
+            return f"{order.sku} {note} {tag}"
+
+        @task
+        async def ship(address: str, order: Order, rush: bool, note: str = "") -> None:
+            pass
+
+        flow = Linear(f"schema-{next(_names)}", place, ship)
+        ckflow.register_flow(flow.name, flow)
+        async with api(tmp_path) as (client, _):
+            response = await client.get("/flows")
+        schema = {f["name"]: f for f in response.json()}[flow.name]["input_schema"]
+        assert schema == {
+            "title": flow.name,
+            "type": "object",
+            "properties": {
+                "order": {"$ref": "#/$defs/Order"},
+                "note": {"type": "string"},
+                "tag": {},
+                "rush": {"type": "boolean"},
+            },
+            "required": ["order", "rush"],
+            "$defs": {"Order": Order.model_json_schema()},
+        }
+
+    async def test_differing_annotations_of_one_input_are_all_of_them(self, tmp_path: Path) -> None:
+        """Two tasks reading one input under different annotations: the value must fit both (allOf)."""
+
+        @task
+        async def first(n: int) -> None:
+            pass
+
+        @task
+        async def second(n: int | None) -> None:
+            pass
+
+        flow = Linear(f"both-{next(_names)}", first, second)
+        ckflow.register_flow(flow.name, flow)
+        async with api(tmp_path) as (client, _):
+            response = await client.get("/flows")
+        schema = {f["name"]: f for f in response.json()}[flow.name]["input_schema"]
+        either = {"anyOf": [{"type": "integer"}, {"type": "null"}]}
+        assert schema["properties"] == {"n": {"allOf": [{"type": "integer"}, either]}}
 
 
 class TestStart:
@@ -152,6 +227,44 @@ class TestStart:
         assert response.status_code == 422
         assert response.json()["detail"][0]["loc"] == ["body", "run_id"]
 
+    async def test_a_flow_that_does_not_compile_is_422_in_the_validation_error_shape(self, tmp_path: Path) -> None:
+        """The 422's detail is a list of errors as the OpenAPI document says for every 422, not a string (found by
+        reading the router when schemathesis's 422 checks passed); GET /flows gives no input schema for it."""
+
+        @task(provides="x")
+        async def late() -> int:
+            return 1
+
+        @task
+        async def early(x: int) -> None:
+            pass
+
+        broken = Linear(f"broken-{next(_names)}", early, late)
+        ckflow.register_flow(broken.name, broken)
+        async with api(tmp_path) as (client, _):
+            response = await client.post("/runs", json={"flow": broken.name})
+            flows = (await client.get("/flows")).json()
+        assert response.status_code == 422
+        [error] = response.json()["detail"]
+        assert (error["loc"], error["type"]) == (["body", "flow"], "value_error")
+        assert broken.name in error["msg"]
+        assert {f["name"]: f for f in flows}[broken.name]["input_schema"] is None
+
+    async def test_an_empty_run_id_is_refused_by_the_body_schema(self, tmp_path: Path) -> None:
+        """The run id rule is in the body's schema (schemathesis: a schema-valid "" was refused), so it is 422."""
+        flow = provisioning([], anyio.Event(), anyio.Event())
+        async with api(tmp_path) as (client, _):
+            response = await post_run(client, flow, "")
+        assert response.status_code == 422
+        [error] = response.json()["detail"]
+        assert (error["loc"], error["type"]) == (["body", "run_id"], "string_too_short")
+
+    async def test_a_body_that_is_not_utf8_is_400(self, tmp_path: Path) -> None:
+        """FastAPI's answer to a body it cannot decode (schemathesis: undocumented 400; now in the document)."""
+        async with api(tmp_path) as (client, _):
+            response = await client.post("/runs", content=b"\xff,", headers={"content-type": "application/json"})
+        assert response.status_code == 400
+
 
 class TestRead:
     async def test_an_unknown_run_is_404(self, tmp_path: Path) -> None:
@@ -182,8 +295,61 @@ class TestRead:
         pages = [r["run_id"] for r in first["runs"]] + [r["run_id"] for r in rest.json()["runs"]]
         assert sorted(pages) == ["s0", "s1", "s2"]
         assert len(first["runs"]) == 2
-        assert first["next_cursor"] == first["runs"][-1]["run_id"]
+        assert isinstance(first["next_cursor"], str)
         assert rest.json()["next_cursor"] is None
+
+    @pytest.mark.parametrize("path", ["/runs/a%01b", "/runs/a%C2%8Db/graph", "/runs/a%7Fb/cancel"])
+    async def test_a_run_id_in_the_path_with_a_control_character_is_422_at_the_path(
+        self, tmp_path: Path, path: str
+    ) -> None:
+        """Schemathesis: a run id the document allowed was refused with loc ["body", "run_id"]; the rule is now the
+        path parameter's, and the 422 names the path."""
+        async with api(tmp_path) as (client, _):
+            response = await (client.post if path.endswith("cancel") else client.get)(path)
+        assert response.status_code == 422
+        [error] = response.json()["detail"]
+        assert error["loc"] == ["path", "run_id"]
+
+    async def test_paging_through_25_runs_by_10_gives_each_run_once_newest_first(self, tmp_path: Path) -> None:
+        """Three pages (10, 10, 5), the last without a next_cursor; together every run once, in the list's order."""
+        flow = quick_flow()
+        async with api(tmp_path) as (client, engine):
+            for n in range(25):
+                await client.post("/runs", json={"flow": flow.name, "run_id": f"q{n:02}"})
+                await engine.get_run(f"q{n:02}").wait()
+            whole = [r["run_id"] for r in (await client.get("/runs")).json()["runs"]]
+            pages: list[list[str]] = []
+            cursor = None
+            while True:
+                params: dict[str, Any] = {"limit": 10} if cursor is None else {"limit": 10, "cursor": cursor}
+                page = (await client.get("/runs", params=params)).json()
+                pages.append([r["run_id"] for r in page["runs"]])
+                cursor = page["next_cursor"]
+                if cursor is None:
+                    break
+        assert [len(p) for p in pages] == [10, 10, 5]
+        assert [run_id for p in pages for run_id in p] == whole
+        assert sorted(whole) == [f"q{n:02}" for n in range(25)]
+
+    @pytest.mark.parametrize(
+        "cursor",
+        [
+            "not base64!",
+            "bm90IGpzb24=",  # base64 of "not json"
+            "WzEuNSwgMl0=",  # [1.5, 2]: the run id is not a string
+            "WyJ4IiwgInkiXQ==",  # ["x", "y"]: the time is not a number
+            "WzEuNV0=",  # [1.5]
+            "W251bGwsICJyIl0=",  # [null, "r"]: a cursor of an engine without a store
+            "é",
+        ],
+    )
+    async def test_an_invalid_cursor_is_422(self, tmp_path: Path, cursor: str) -> None:
+        async with api(tmp_path) as (client, _):
+            response = await client.get("/runs", params={"cursor": cursor})
+        assert response.status_code == 422
+        [error] = response.json()["detail"]
+        assert error["loc"] == ["query", "cursor"]
+        assert "next_cursor" in error["msg"]
 
     async def test_graph_is_mermaid_text_and_404_for_an_unregistered_flow(self, tmp_path: Path) -> None:
         done = anyio.Event()
@@ -345,6 +511,25 @@ async def test_without_a_store_the_list_is_the_engines_runs() -> None:
     assert missing.status_code == 404
 
 
+async def test_without_a_store_the_engines_runs_page_with_a_cursor() -> None:
+    """Pages of an engine's own runs, in its order, each run once."""
+    flow = quick_flow()
+    app = FastAPI(lifespan=ckflow.fastapi.lifespan(None))
+    app.include_router(ckflow.fastapi.router())
+    with anyio.fail_after(10):
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+                for run_id in ("m1", "m2", "m3"):
+                    await client.post("/runs", json={"flow": flow.name, "run_id": run_id})
+                    await app.state.ckflow.get_run(run_id).wait()
+                first = (await client.get("/runs", params={"limit": 2})).json()
+                rest = (await client.get("/runs", params={"limit": 2, "cursor": first["next_cursor"]})).json()
+    pages = [r["run_id"] for r in first["runs"]] + [r["run_id"] for r in rest["runs"]]
+    assert sorted(pages) == ["m1", "m2", "m3"]
+    assert (len(first["runs"]), rest["next_cursor"]) == (2, None)
+
+
 def test_the_openapi_schema_has_the_paths_and_the_run_view() -> None:
     app = FastAPI()
     app.include_router(ckflow.fastapi.router(), prefix="/ckflow")
@@ -353,3 +538,38 @@ def test_the_openapi_schema_has_the_paths_and_the_run_view() -> None:
         schema["paths"]
     )
     assert "RunView" in schema["components"]["schemas"]
+
+
+def test_the_openapi_schema_documents_every_status_the_routes_give() -> None:
+    """Schemathesis found 404, 409 and 400 answers the document did not list; the run id rule is in it too."""
+    app = FastAPI()
+    app.include_router(ckflow.fastapi.router())
+    paths = app.openapi()["paths"]
+    statuses = {(path, method): set(op["responses"]) for path, ops in paths.items() for method, op in ops.items()}
+    assert statuses[("/flows", "get")] == {"200"}
+    assert statuses[("/runs", "post")] == {"201", "400", "404", "409", "422"}
+    assert statuses[("/runs", "get")] == {"200", "422"}
+    assert statuses[("/runs/{run_id}", "get")] == {"200", "404", "422"}
+    assert statuses[("/runs/{run_id}/graph", "get")] == {"200", "404", "422"}
+    for verb in ("suspend", "resume", "cancel"):
+        assert statuses[(f"/runs/{{run_id}}/{verb}", "post")] == {"200", "404", "409", "422"}
+    for verb in ("goto", "revert_to"):
+        assert statuses[(f"/runs/{{run_id}}/{verb}", "post")] == {"200", "400", "404", "409", "422"}
+    assert statuses[("/runs/{run_id}/events", "get")] == {"200", "404", "422"}
+    assert statuses[("/ui/runs/{run_id}", "get")] == {"200", "404", "422"}
+    assert set(paths["/ui/runs/{run_id}"]["get"]["responses"]["404"]["content"]) == {"text/html"}
+    [run_id] = paths["/runs/{run_id}"]["get"]["parameters"]
+    assert (run_id["schema"]["minLength"], run_id["schema"]["maxLength"]) == (1, 200)
+
+
+def test_the_events_routes_parameters_offer_no_null() -> None:
+    """Schemathesis sent ``Last-Event-ID: null``, which the schema offered (an optional int) and FastAPI refused:
+    a header or query value cannot be JSON null, so "not given" is the default -1, an integer."""
+    app = FastAPI()
+    app.include_router(ckflow.fastapi.router())
+    parameters = app.openapi()["paths"]["/runs/{run_id}/events"]["get"]["parameters"]
+    schemas = {p["name"]: p["schema"] for p in parameters if p["in"] in {"header", "query"}}
+    assert schemas == {
+        "last-event-id": {"type": "integer", "minimum": -1, "default": -1, "title": "Last-Event-Id"},
+        "after": {"type": "integer", "minimum": -1, "default": -1, "title": "After"},
+    }

@@ -295,3 +295,45 @@ class TestMeeting:
         with anyio.fail_after(5):
             got = await collect(run, store, after=0)
         assert got == [1, 2, 3, 4, 5]
+
+
+class TestTracebacks:
+    @staticmethod
+    def failing() -> Linear:
+        @task
+        async def broken() -> None:
+            raise RuntimeError("disk on fire")
+
+        flow = Linear(f"sse-fail-{next(_names)}", broken)
+        ckflow.register_flow(flow.name, flow)
+        return flow
+
+    async def read(self, tmp_path: Path, **router_options: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The failure of each event of an ended failed run, and its view, through a router with these options."""
+        app = FastAPI(lifespan=ckflow.fastapi.lifespan(f"sqlite:///{tmp_path / 'runs.db'}"))
+        app.include_router(ckflow.fastapi.router(**router_options))
+        with anyio.fail_after(10):
+            async with app.router.lifespan_context(app):
+                engine: Engine = app.state.ckflow
+                run = await engine.start(self.failing(), run_id="broken")
+                await run.wait()
+                transport = httpx.ASGITransport(app=app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+                    stream = await client.get("/runs/broken/events")
+                    view = (await client.get("/runs/broken")).json()
+        failures = [json.loads(m["data"])["failure"] for m in parse(stream.text) if "id" in m]
+        return [f for f in failures if f is not None], view
+
+    async def test_events_and_views_carry_type_and_message_without_the_traceback(self, tmp_path: Path) -> None:
+        failures, view = await self.read(tmp_path)
+        assert failures
+        assert all(f["exc_type"] == "RuntimeError" and f["message"] == "disk on fire" for f in failures)
+        assert all(f["traceback"] == "" for f in failures)
+        assert "Traceback" not in json.dumps(view)
+
+    async def test_an_app_that_opts_in_gets_them(self, tmp_path: Path) -> None:
+        failures, view = await self.read(tmp_path, tracebacks=True)
+        assert failures
+        assert all("disk on fire" in f["traceback"] for f in failures)
+        assert "disk on fire" in json.dumps(view["failures"])
+        assert "Traceback" in json.dumps(view)

@@ -46,24 +46,26 @@ PAGE: Final = 1000
 GAP_WAIT: Final = 5.0
 
 
-def message(event: Event) -> str:
-    """The SSE message of ``event``."""
+def message(event: Event, tracebacks: bool = False) -> str:
+    """The SSE message of ``event``; a failure's traceback only with ``tracebacks`` (the server's code stays in)."""
     head = "" if event.seq is None else f"id: {event.seq}\n"
+    if not tracebacks and event.failure is not None and event.failure.traceback:
+        event = event.model_copy(update={"failure": event.failure.model_copy(update={"traceback": ""})})
     return f"{head}event: {event.name}\ndata: {event.model_dump_json()}\n\n"
 
 
-async def sse_events(run: Run, store: Store | None, after: int) -> AsyncIterator[str]:
+async def sse_events(run: Run, store: Store | None, after: int, *, tracebacks: bool = False) -> AsyncIterator[str]:
     """The messages of ``run``'s events with a sequence number above ``after``, until the run has ended."""
     live = _subscribe(run)
     sent = after
     if store is not None:
         async for event in _history(store, run.id, sent):
             sent = _seq(event, sent)
-            yield message(event)
+            yield message(event, tracebacks)
     while live is not None:
         try:
             async with live:
-                async for chunk, cursor in _live(live, store, run.id, sent):
+                async for chunk, cursor in _live(live, store, run.id, sent, tracebacks):
                     sent = cursor
                     yield chunk
             live = None
@@ -73,7 +75,7 @@ async def sse_events(run: Run, store: Store | None, after: int) -> AsyncIterator
     if store is not None:  # what the run committed as it ended, after its live stream closed
         async for event in _history(store, run.id, sent):
             sent = _seq(event, sent)
-            yield message(event)
+            yield message(event, tracebacks)
     if state is not None:  # else this engine stopped running it: the client reconnects, with Last-Event-ID
         yield f"event: end\ndata: {pydantic_core.to_json({'state': state.value}).decode()}\n\n"
 
@@ -105,7 +107,9 @@ async def _history(store: Store, run_id: str, after: int, *, until: int | None =
             return
 
 
-async def _live(live: EventStream, store: Store | None, run_id: str, sent: int) -> AsyncIterator[tuple[str, int]]:
+async def _live(
+    live: EventStream, store: Store | None, run_id: str, sent: int, tracebacks: bool
+) -> AsyncIterator[tuple[str, int]]:
     """Messages of the live events not sent yet, each with the cursor after it; the gaps filled from the store."""
     iterator = aiter(live)
     while True:
@@ -124,9 +128,9 @@ async def _live(live: EventStream, store: Store | None, run_id: str, sent: int) 
             if store is not None and event.seq > sent + 1:
                 async for missing in _gap(store, run_id, sent, event.seq):
                     sent = _seq(missing, sent)
-                    yield message(missing), sent
+                    yield message(missing, tracebacks), sent
         sent = _seq(event, sent)
-        yield message(event), sent
+        yield message(event, tracebacks), sent
 
 
 async def _gap(store: Store, run_id: str, sent: int, upto: int) -> AsyncIterator[Event]:

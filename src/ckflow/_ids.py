@@ -13,10 +13,12 @@ from typing import Final
 
 from ckflow._errors import RUN_ID_MAX_LENGTH, InvalidRunIdError
 
-__all__ = ["check_run_id"]
+__all__ = ["RUN_ID_PATTERN", "check_run_id"]
 
 #: C0 controls, DEL and C1 controls
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: the same rule as a pattern that a whole run id matches, for schemas (JSON Schema, OpenAPI): no control character
+RUN_ID_PATTERN: Final = r"^[^\x00-\x1f\x7f-\x9f]*$"
 _SURROGATE: Final = re.compile(r"[\ud800-\udfff]")
 
 

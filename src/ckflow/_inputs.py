@@ -12,6 +12,9 @@ refused, since no single value would reach both as they say. Parameters without 
 
 The adapters are found once per compiled flow, on the first run given inputs, and kept on its ``ExecutionGraph``:
 compiling looks at no annotation, and a run without inputs pays nothing.
+
+``input_schema`` says the same as a JSON Schema object (what ``GET /flows`` shows): one property per input a task
+reads from the run's inputs, typed by the readers' annotations, required unless every reader has a default.
 """
 
 from __future__ import annotations
@@ -24,14 +27,16 @@ import pydantic
 import pydantic_core
 
 from ckflow._codec import annotation_adapter, parameter_annotations
-from ckflow._errors import InvalidInputError
+from ckflow._errors import InvalidInputError, MissingRequirementError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from pydantic import TypeAdapter
 
     from ckflow._compile import ExecutionGraph
 
-__all__ = ["InputChecks", "checked_inputs", "input_checks"]
+__all__ = ["InputChecks", "checked_inputs", "input_checks", "input_schema", "start_inputs"]
 
 _SHORT = reprlib.Repr()
 _SHORT.maxstring = _SHORT.maxother = 40
@@ -54,10 +59,14 @@ class _Reader:
 class InputChecks:
     """For one compiled flow: input name -> the annotated parameters that read it (one per distinct adapter)."""
 
-    __slots__ = ("decoders", "flow", "readers")
+    __slots__ = ("decoders", "flow", "names", "readers", "schema")
 
     def __init__(self, graph: ExecutionGraph) -> None:
         self.flow = graph.flow_name
+        #: every input a task reads from the run's inputs, in the order the tasks read them (typed or not)
+        self.names: dict[str, None] = {}
+        #: the flow's ``input_schema``, made on first use
+        self.schema: dict[str, Any] | None = None
         readers: dict[str, list[_Reader]] = {}
         for node in graph.nodes:
             task = node.task
@@ -65,6 +74,7 @@ class InputChecks:
                 continue
             hints = parameter_annotations(task)
             for param, name, _required in node.input_in:
+                self.names[name] = None
                 annotation = hints.get(param)
                 adapter = annotation_adapter(annotation)
                 if adapter is None:
@@ -132,6 +142,67 @@ def input_checks(graph: ExecutionGraph) -> InputChecks:
 def checked_inputs(graph: ExecutionGraph, inputs: dict[str, Any]) -> dict[str, Any]:
     """``inputs`` (a dict of the caller's own) validated against the annotations of the tasks that read them."""
     return input_checks(graph).check(inputs)
+
+
+def start_inputs(graph: ExecutionGraph, inputs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The inputs a run of ``graph`` starts with: a dict of its own, each value a task reads validated.
+
+    Raises:
+        MissingRequirementError: a task reads an input that is not given (and has no default).
+        InvalidInputError: a value does not fit the annotation of a task's parameter that reads it.
+    """
+    given = dict(inputs or {})
+    missing = {name: tasks for name, tasks in graph.required_inputs.items() if name not in given}
+    if missing:
+        raise MissingRequirementError(graph.flow_name, missing)
+    # A run without inputs skips the checks (and the adapters are not looked for).
+    return checked_inputs(graph, given) if given else given
+
+
+def input_schema(graph: ExecutionGraph) -> dict[str, Any]:
+    """The flow's run inputs as a JSON Schema object (validation mode), made once and kept with its checks.
+
+    Each input a task reads from the run's inputs is a property, with its readers' annotations as its schema (all
+    of them, ``allOf``, when they differ; ``{}`` when none says anything, or pydantic can give no schema for it),
+    and is required unless every task that reads it has a default. Inputs that a task provides, or that a flow
+    injects, are not inputs. Models and other named types are in ``$defs``. Other keys are allowed (kept as given).
+    """
+    checks = input_checks(graph)
+    if checks.schema is None:
+        checks.schema = _schema(checks, graph.required_inputs)
+    return checks.schema
+
+
+def _schema(checks: InputChecks, required: Mapping[str, object]) -> dict[str, Any]:
+    typed = [
+        (name, index, reader.adapter)
+        for name, readers in checks.readers.items()
+        for index, reader in enumerate(readers)
+        if _has_schema(reader.adapter)
+    ]
+    by_key, defs = pydantic.TypeAdapter.json_schemas([((name, i), "validation", a) for name, i, a in typed])
+    parts: dict[str, list[dict[str, Any]]] = {}
+    for name, index, _ in typed:
+        parts.setdefault(name, []).append(dict(by_key[(name, index), "validation"]))
+    properties = {
+        name: {} if not parts.get(name) else parts[name][0] if len(parts[name]) == 1 else {"allOf": parts[name]}
+        for name in checks.names
+    }
+    schema: dict[str, Any] = {"title": checks.flow, "type": "object", "properties": properties}
+    needed = [name for name in checks.names if name in required]
+    if needed:
+        schema["required"] = needed
+    schema.update(defs)
+    return schema
+
+
+def _has_schema(adapter: TypeAdapter[Any]) -> bool:
+    """Whether pydantic can give a JSON Schema for the adapter's type (not for arbitrary classes, callables...)."""
+    try:
+        adapter.json_schema()
+    except pydantic.PydanticUserError:
+        return False
+    return True
 
 
 def _described(error: dict[str, Any]) -> str:

@@ -10,6 +10,7 @@ show the server's code to whoever reads the view.
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -114,8 +115,13 @@ class TaskView(BaseModel):
 
     @classmethod
     def pending(cls, name: str) -> TaskView:
-        """A task that never started."""
-        return cls(name=name, state=TaskState.PENDING, attempts=0)
+        """A task that never started (one frozen view per name, shared: most tasks of a young run are these)."""
+        return _pending(name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _pending(name: str) -> TaskView:
+    return TaskView(name=name, state=TaskState.PENDING, attempts=0)
 
 
 class RunView(BaseModel):
@@ -164,10 +170,21 @@ def _jsonable_object(values: Any) -> dict[str, Any]:
 
 
 def result_view(
-    result: RunResult, *, tracebacks: bool, started: float | None = None, ended: float | None = None
+    result: RunResult,
+    *,
+    tracebacks: bool,
+    started: float | None = None,
+    ended: float | None = None,
+    offset: float | None = None,
+    tasks: list[TaskView] | None = None,
 ) -> RunView:
-    """The view of ``result``; ``started``/``ended``: the run's monotonic start and end, where known."""
-    offset = time.time() - time.monotonic()
+    """The view of ``result``; ``started``/``ended``: the run's monotonic start and end, where known.
+
+    ``offset``: wall-clock minus monotonic time (taken here if not given); ``tasks``: the task views, when the
+    caller builds them from the run itself rather than from ``result.tasks``.
+    """
+    if offset is None:
+        offset = time.time() - time.monotonic()
 
     def wall(mono: float | None) -> float | None:
         return None if mono is None else mono + offset
@@ -184,7 +201,7 @@ def result_view(
         outputs=_jsonable_object(result.outputs) if result.state is FlowState.SUCCESS else None,
         created_at=_at(wall(started)),
         ended_at=_at(wall(ended)),
-        tasks=[task(s) for s in result.tasks.values()],
+        tasks=[task(s) for s in result.tasks.values()] if tasks is None else tasks,
         failures=[FailureView.of(f, tracebacks=tracebacks) for f in result.failures],
     )
 

@@ -24,7 +24,7 @@ except ImportError as exc:  # pragma: no cover - the CI installs the test group,
     raise ImportError("ckflow.fastapi needs FastAPI, which is not installed: pip install 'ckflow[fastapi]'") from exc
 
 from ckflow._engine import Engine
-from ckflow._fastapi_router import build_router
+from ckflow._fastapi_router import build_router, http_errors
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping
@@ -82,12 +82,19 @@ def lifespan(
     return serve
 
 
-def engine(request: Request) -> Engine:
+async def engine(request: Request) -> Engine:
     """The app's engine, for ``Depends(ckflow.fastapi.engine)`` (it is ``request.app.state.ckflow``).
+
+    A coroutine function, so that FastAPI calls it on the event loop rather than in a worker thread.
 
     Raises:
         RuntimeError: the app does not run ``ckflow.fastapi.lifespan`` (or it has shut down).
     """
+    return app_engine(request)
+
+
+def app_engine(request: Request) -> Engine:
+    """The app's engine (``engine`` without the await, for code of this module)."""
     found = getattr(request.app.state, "ckflow", None)
     if not isinstance(found, Engine):
         raise RuntimeError(
@@ -97,20 +104,33 @@ def engine(request: Request) -> Engine:
     return found
 
 
-def router(**options: Any) -> APIRouter:
+def router(*, tracebacks: bool = False, **options: Any) -> APIRouter:
     """The runs of the app's engine over HTTP: an ``APIRouter``; ``options`` are ``APIRouter``'s (``dependencies``).
 
         app.include_router(ckflow.fastapi.router(dependencies=[Depends(auth)]), prefix="/ckflow")
 
-    ``GET /flows``; ``POST /runs`` ``{"flow", "inputs", "run_id"?}`` (201 with the run view, without waiting for
-    the end); ``GET /runs?state=&flow=&limit=&cursor=``; ``GET /runs/{id}``; ``POST /runs/{id}/suspend``,
-    ``/resume``, ``/cancel``, ``/goto`` ``{"checkpoint"}``, ``/revert_to`` ``{"checkpoint", "retry"}``;
-    ``GET /runs/{id}/events`` (Server-Sent Events: the stored history, then live, each ``id:`` the event's sequence
-    number, resumable with ``Last-Event-ID``, closed with an ``end`` event once the run has ended);
-    ``GET /runs/{id}/graph`` (Mermaid text). Errors: 404 unknown flow, run or checkpoint; 409 run id taken or run
-    ended; 422 invalid inputs (``detail`` names the field) or run id. The app needs ``lifespan`` (the engine).
+    ``GET /flows`` (each registered flow with its inputs' JSON Schema, ``input_schema``); ``POST /runs``
+    ``{"flow", "inputs", "run_id"?}`` (201 with the run view, without waiting for the end);
+    ``GET /runs?state=&flow=&limit=&cursor=`` (newest first, a page per request: pass the page's ``next_cursor``
+    as ``cursor`` for the next one); ``GET /runs/{id}``; ``POST /runs/{id}/suspend``, ``/resume``, ``/cancel``,
+    ``/goto`` ``{"checkpoint"}``, ``/revert_to`` ``{"checkpoint", "retry"}``; ``GET /runs/{id}/events``
+    (Server-Sent Events: the stored history, then live, each ``id:`` the event's sequence number, resumable with
+    ``Last-Event-ID``, closed with an ``end`` event once the run has ended); ``GET /runs/{id}/graph`` (Mermaid
+    text). Errors, each in the OpenAPI document: 404 unknown flow, run or checkpoint; 409 run id taken or run
+    ended; 422 invalid inputs (``detail`` names the field), run id or cursor. The app needs ``lifespan``.
+
+    Pages for people, under the same prefix and dependencies: ``GET /ui/runs/{id}``, a run's live page (its flow
+    drawn by mermaid, tasks coloured by state and checkpoints as groups; the task table; the event log; buttons
+    for suspend, resume, cancel, goto and revert_to, showing the server's refusals), kept current from the
+    events stream; ``GET /ui/runs``, the runs by state and flow, each linking to its page. Their scripts, mermaid
+    included, ship in the package (``GET /ui/static/{name}``): no CDN, they work offline, and every URL in them
+    is relative, so they work under any prefix. A browser sends only cookies or HTTP auth with its requests, so
+    ``dependencies`` that read another header keep the pages out.
+
+    A failure is given as its type and message; its traceback (the server's code) only with ``tracebacks=True``,
+    in the run views and in the events alike.
     """
-    return build_router(engine, **options)
+    return build_router(engine, tracebacks=tracebacks, **options)
 
 
 async def run(
@@ -128,12 +148,18 @@ async def run(
     It listens on the request's receive channel while the run goes, so read the body first if you need it (FastAPI
     does, for a body parameter). Cancelling the handler does not cancel the run, which the engine owns.
 
+    A run that cannot start is an ``HTTPException`` with the status and ``detail`` that the router's ``POST /runs``
+    gives, so the handler needs no error handling of its own: inputs that do not fit the tasks' annotations, or
+    a missing input, 422 with FastAPI's list of errors, each ``loc`` ``["body", input, ...]`` (as where the inputs
+    are the request's body: ``inputs=body.model_dump()``); an invalid ``run_id`` or a flow that does not compile,
+    422; a flow name that is not registered, 404; a ``run_id`` that is taken, 409. Nothing ran.
+
     Raises:
-        InvalidInputError, MissingRequirementError, FlowDefinitionError: the run could not start; nothing ran.
-        RunExistsError: ``run_id`` is taken.
+        fastapi.HTTPException: the run could not start (above); its ``__cause__`` is ckflow's error.
         RunStateError: the engine shut down while the run was going (a durable run stays in its store).
     """
-    handle = await engine(request).start(flow, inputs, run_id=run_id)
+    with http_errors(inputs_at=("body",)):
+        handle = await app_engine(request).start(flow, inputs, run_id=run_id)
     async with anyio.create_task_group() as watch:
         watch.start_soon(_cancel_on_disconnect, request, handle)
         try:

@@ -1,13 +1,21 @@
-"""Helpers for testing code that uses ckflow: a zero-delay test mode and an event recorder.
+"""Helpers for testing code that uses ckflow: a zero-delay test mode, an event recorder, failure injection,
+and ``bench``, which measures what failures cost in a flow (``ckflow bench`` on the command line).
 
 Example::
 
-    from ckflow.testing import EventRecorder, set_testing
+    from ckflow.testing import EventRecorder, bench, inject_failures, set_testing
 
     set_testing(True, attempts=2)  # every Retry delay becomes 0, and no Retry allows more than 2 executions
     events = EventRecorder()
     result = await ckflow.run(flow, on_event=events)
     assert events.tasks("ckflow.task.reverted") == ["b", "a"]
+
+    with inject_failures({"charge": "first"}):  # charge's first execution raises InjectedFailure
+        result = await ckflow.run(checkout)
+    assert result.tasks["charge"].attempts == 2  # its checkpoint reverted and retried it
+
+    report = await bench(checkout, runs=100, concurrency=10, fail={"charge": 0.2}, seed=7)
+    print(report.table())
 """
 
 from __future__ import annotations
@@ -15,6 +23,9 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, final
 
+from ckflow._bench import bench
+from ckflow._bench_report import BenchPhase, BenchReport, TouchedTask, touched_outside_region
+from ckflow._faults import FaultPlan, InjectedFailure, InjectedFault, inject_failures
 from ckflow._policy import ENV
 
 if TYPE_CHECKING:
@@ -23,7 +34,36 @@ if TYPE_CHECKING:
 
     from ckflow._events import Event
 
-__all__ = ["EventRecorder", "is_testing", "seed_jitter", "set_testing", "testing"]
+__all__ = [
+    "BenchPhase",
+    "BenchReport",
+    "EventRecorder",
+    "FaultPlan",
+    "InjectedFailure",
+    "InjectedFault",
+    "TouchedTask",
+    "bench",
+    "inject_failures",
+    "is_testing",
+    "seed_jitter",
+    "set_testing",
+    "testing",
+    "touched_outside_region",
+]
+
+for _public in (
+    BenchPhase,
+    BenchReport,
+    FaultPlan,
+    InjectedFailure,
+    InjectedFault,
+    TouchedTask,
+    bench,
+    inject_failures,
+    touched_outside_region,
+):
+    _public.__module__ = __name__  # users see them here, and a Failure names ckflow.testing.InjectedFailure
+del _public
 
 
 def set_testing(enabled: bool, *, attempts: int | None = None) -> None:

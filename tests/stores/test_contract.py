@@ -125,6 +125,34 @@ class TestRuns:
         assert [r.run_id for r in await store.list_runs(flow="f", limit=1)] == ["r3"]
         assert await store.list_runs(limit=0) == []
 
+    async def test_list_before_pages_through_every_run_once(self, store: Store) -> None:
+        """before=(created_at, run_id) of a page's last run, with limit, gives the next page: every run once, in
+        order, ties on created_at broken by run_id, and filters combine."""
+        created = [T0 + i // 3 + 0.1 for i in range(10)]  # three runs per created_at, and a float that is not whole
+        for i, at in enumerate(created):
+            await store.create_run(run_record(f"r{i}", created_at=at, flow="f" if i % 4 else "g"))
+        everything = [r.run_id for r in await store.list_runs()]
+        pages: list[list[str]] = []
+        before: tuple[float, str] | None = None
+        while True:
+            page = await store.list_runs(limit=4, before=before)
+            if not page:
+                break
+            pages.append([r.run_id for r in page])
+            before = (page[-1].created_at, page[-1].run_id)
+        assert [len(p) for p in pages] == [4, 4, 2]
+        assert [run_id for p in pages for run_id in p] == everything
+        found = await store.list_runs(flow="f", before=(T0 + 2.1, "r7"), limit=2)
+        assert [r.run_id for r in found] == ["r6", "r5"]
+
+    async def test_list_before_a_run_that_is_gone(self, store: Store) -> None:
+        """before= need not name a stored run: the runs after those keys in the order are listed."""
+        for i in range(3):
+            await store.create_run(run_record(f"r{i}", created_at=T0 + i))
+        assert [r.run_id for r in await store.list_runs(before=(T0 + 1, "r1x"))] == ["r1", "r0"]
+        assert [r.run_id for r in await store.list_runs(before=(T0 + 1.5, ""))] == ["r1", "r0"]
+        assert await store.list_runs(before=(T0, "r0")) == []
+
 
 class TestWrite:
     """write(): one batch, applied whole or not at all, fenced by the lease."""

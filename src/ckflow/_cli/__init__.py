@@ -8,6 +8,7 @@ Its modules, each importing only the ones below it:
     _runs       the commands that read a store: runs, show, events, prune, graph, flows
     _format     what the commands print: tables, durations, the status line, JSON output
     _demo       ``ckflow demo``: a provisioning flow that shows a revert and a retry
+    _bench      ``ckflow bench``: revert and retry latency of a registered flow, with failures injected
 """
 
 from __future__ import annotations

@@ -4,9 +4,10 @@ Each subcommand is a function taking the parsed arguments and returning an
 exit status; add one by writing it and registering it in ``_parser()``.
 The commands over a store live in ``_runs`` (reading, pruning, graphs),
 ``_control`` (resuming and controlling runs) and ``_start`` (starting
-one); ``_format`` holds what they print, and ``_demo`` the ``ckflow demo``
-command. Only ``start``, ``submit`` and ``worker`` (and the demo) create a store that is missing;
-the others say that no store is there (exit 1).
+one); ``_workers`` (``submit`` and ``worker``); ``_format`` holds what they print, ``_demo`` the
+``ckflow demo`` command, and ``_bench`` the ``ckflow bench`` command. Only ``start``, ``submit``,
+``worker``, ``bench`` and the demo create a store that is missing; the others say that no store is
+there (exit 1).
 
 Exit statuses: 0 when the command did what it was asked (for a command that
 runs a run here: when the run ended where the command meant it to), 1 for an
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
-from ckflow._cli import _control, _runs, _start, _workers
+from ckflow._cli import _bench, _control, _runs, _start, _workers
 from ckflow._cli._control import LEFT_IN_STORE
 from ckflow._cli._format import CliError, Console, StatusLine, parse_duration, printable
 from ckflow._errors import CkflowError, FlowNotRegisteredError, InvalidRunIdError
@@ -117,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_workers(command)
     _add_control(command)
     _add_upkeep(command)
+    _bench.add_bench(command, _no_check)
     return parser
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 
 from ckflow._cli._format import CliError, StatusLine, cut, failure_line, fmt_duration, fmt_time, printable, table
-from ckflow._errors import CkflowError
+from ckflow._errors import CkflowError, FlowDefinitionError
 from ckflow._registry import registered_flow, registered_flows
 from ckflow._states import TERMINAL, FlowState
 from ckflow._view import stored_view
@@ -471,17 +471,23 @@ async def cmd_flows(args: argparse.Namespace, console: Console) -> int:
     found: list[dict[str, Any]] = []
     for name in registered_flows():
         flow = registered_flow(name)
-        found.append(
-            {
-                "name": name,
-                "tasks": [t.name for t in flow.iter_tasks()],
-                "checkpoints": [s.name for s in flow.compile().scopes[1:]],
-            }
-        )
+        entry: dict[str, Any] = {"name": name, "tasks": [t.name for t in flow.iter_tasks()], "checkpoints": []}
+        try:
+            entry["checkpoints"] = [s.name for s in flow.compile().scopes[1:]]
+        except FlowDefinitionError as exc:  # listed, with what is wrong with it: the others are still worth seeing
+            entry["error"] = str(exc)
+        found.append(entry)
     if console.json:
         console.emit(found)
     elif found:
-        rows = [(f["name"], str(len(f["tasks"])), ", ".join(f["checkpoints"]) or "-") for f in found]
+        rows = [
+            (
+                f["name"],
+                str(len(f["tasks"])),
+                f"does not compile: {f['error']}" if "error" in f else ", ".join(f["checkpoints"]) or "-",
+            )
+            for f in found
+        ]
         _print(console, table(("FLOW", "TASKS", "CHECKPOINTS"), rows, width=console.width))
     if not found:
         console.note("No flows are registered; pass --import MODULE naming a module that calls ckflow.register_flow().")

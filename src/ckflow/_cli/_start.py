@@ -1,8 +1,9 @@
 """``ckflow start``: start a run of a registered flow from the command line, and run it here.
 
 It is the one command over a store that creates the store when it is missing (the others only
-read or act on runs already there, and refuse a store that is not there). The flow is looked up
-and the inputs parsed before the store is opened, so that a mistake leaves nothing behind.
+read or act on runs already there, and refuse a store that is not there). The flow is looked up,
+the inputs parsed and checked against the flow's tasks (and the run id checked, by argparse) before
+the store is opened, so that a mistake leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ckflow._cli import _control
 from ckflow._cli._runs import open_cli_store
 from ckflow._engine import Engine
+from ckflow._inputs import start_inputs
 from ckflow._registry import registered_flow
 from ckflow._states import FlowState
 
@@ -38,8 +40,10 @@ def parse_inputs(text: str) -> dict[str, Any]:
 
 async def cmd_start(args: argparse.Namespace, console: Console) -> int:
     """``ckflow start FLOW``: record a new run, print its id, and run it here until it ends or is suspended."""
-    flow = registered_flow(args.flow)  # an unknown flow is refused before the store is opened (or created)
-    inputs: dict[str, Any] = args.inputs
+    # Refused before the store is opened (or created): an unknown flow, inputs that are missing or do not fit.
+    # The engine checks the inputs again as it starts the run, which costs next to nothing.
+    flow = registered_flow(args.flow)
+    inputs = start_inputs(flow.compile(), args.inputs)
     store = open_cli_store(args.store_url, create=True)
     async with store, Engine(store=store, lease_ttl=_control.LEASE_TTL, heartbeat=_control.HEARTBEAT) as engine:
         run = await engine.start(flow, inputs, run_id=args.run_id)

@@ -18,14 +18,14 @@ from ckflow._durable._resume import restore
 from ckflow._errors import (
     FlowDefinitionError,
     FlowNotRegisteredError,
-    MissingRequirementError,
     ResultNotSerializableError,
     RunStateError,
     StoreError,
     UnknownCheckpointError,
 )
+from ckflow._faults import capture
 from ckflow._ids import check_run_id
-from ckflow._inputs import checked_inputs, input_checks
+from ckflow._inputs import input_checks, start_inputs
 from ckflow._patterns import Flow
 from ckflow._records import RunRecord
 from ckflow._registry import registered_flow
@@ -63,8 +63,14 @@ def new_core(
     max_concurrency: int | None,
     on_event: Callable[[Event], object] | None,
     traceparent: str | None = None,
+    *,
+    fresh: bool = True,
 ) -> RunCore:
-    """A new core for a run of ``flow``, its inputs checked against what the flow requires."""
+    """A new core for a run of ``flow``, its inputs checked against what the flow requires.
+
+    ``fresh``: a run starting now, which takes the failures injected where it starts (``inject_failures``); a run
+    rebuilt from its store never does.
+    """
     if not isinstance(flow, Flow):
         raise TypeError(f"ckflow runs a flow (Linear, Parallel, Graph or Periodic), got {flow!r}.")
     if max_concurrency is not None and not _is_positive_int(max_concurrency):
@@ -72,28 +78,20 @@ def new_core(
     if run_id is not None:
         check_run_id(run_id)
     graph = flow.compile()
-    given = _checked(flow, inputs)
+    # Coerced to what the tasks' annotations say before anything runs or is stored, so a task sees the same
+    # values on the first pass and after a resume.
+    given = start_inputs(graph, inputs)
+    run_id = run_id or uuid.uuid4().hex
     core = RunCore(
         graph,
-        run_id or uuid.uuid4().hex,
+        run_id,
         given,
         max_concurrency=max_concurrency,
         on_event=on_event,
+        faults=capture(graph, run_id) if fresh else None,
     )
     core.start_telemetry(traceparent)
     return core
-
-
-def _checked(flow: Flow, inputs: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``inputs`` checked against what ``flow`` requires, and coerced to what its tasks' annotations say."""
-    graph = flow.compile()
-    given = dict(inputs or {})
-    missing = {name: tasks for name, tasks in graph.required_inputs.items() if name not in given}
-    if missing:
-        raise MissingRequirementError(flow.name, missing)
-    # Coerced before anything runs or is stored (a run without inputs skips this), so a task sees the same
-    # values on the first pass and after a resume.
-    return checked_inputs(graph, given) if given else given
 
 
 def queued_record(
@@ -112,7 +110,7 @@ def queued_record(
         run_id=uuid.uuid4().hex if run_id is None else check_run_id(run_id),
         flow=flow.name,
         state=FlowState.QUEUED,
-        inputs=_encode_inputs(_checked(flow, inputs)),
+        inputs=_encode_inputs(start_inputs(flow.compile(), inputs)),
         created_at=now,
         updated_at=now,
         queue=queue,
@@ -173,7 +171,7 @@ def restored_core(
         raise StoreError(
             f"Run {run_id!r}: its stored inputs do not decode into what the tasks' annotations say ({exc})."
         ) from exc
-    core = new_core(flow, inputs, run_id, max_concurrency, on_event, stored.run.trace)
+    core = new_core(flow, inputs, run_id, max_concurrency, on_event, stored.run.trace, fresh=False)
     store, owner, lease_ttl, lease_from = journal
     keep_journal(core, store, owner, stored.run, lease_ttl=lease_ttl, lease_from=lease_from)
     restore(core, stored, passes)

@@ -25,6 +25,7 @@ import anyio
 from ckflow._errors import RunOwnedError, RunStateError
 from ckflow._events import DEFAULT_BUFFER, Event, EventStream
 from ckflow._records import ControlRequest
+from ckflow._runtime import _task_view as task_view
 from ckflow._states import TERMINAL, FlowState
 from ckflow._view import result_view
 
@@ -329,7 +330,11 @@ class _Local:
         core = self.core
         ended = core.t_end if core.terminal.is_set() and core.t_end else None
         started = core.t_start or None
-        return result_view(core.result(), tracebacks=tracebacks, started=started, ended=ended)
+        offset = time.time() - time.monotonic()
+        tasks = task_view.views(core.run, offset, tracebacks=tracebacks)
+        return result_view(
+            core.result(), tracebacks=tracebacks, started=started, ended=ended, offset=offset, tasks=tasks
+        )
 
     async def wait_suspended(self) -> RunResult:
         await self.core.suspended.wait()

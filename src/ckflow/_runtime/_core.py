@@ -33,6 +33,7 @@ from ckflow._models import RunResult, TaskSummary, _LazyTasks
 from ckflow._region import Action, scope_members
 from ckflow._runtime import _task_view as task_view
 from ckflow._runtime._context import TaskContext
+from ckflow._runtime._faults import FaultyScheduler
 from ckflow._runtime._otel import capture_context, telemetry_for
 from ckflow._runtime._passes import Passes
 from ckflow._runtime._recorder import NULL
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from ckflow._compile import ExecutionGraph
+    from ckflow._faults import RunFaults
     from ckflow._runtime._ports import TelemetryPort
     from ckflow._runtime._recorder import Recorder
 
@@ -63,6 +65,7 @@ class RunCore:
         *,
         max_concurrency: int | None = None,
         on_event: Callable[[Event], object] | None = None,
+        faults: RunFaults | None = None,
     ) -> None:
         run = self.run = RunState(graph, run_id, inputs, NULL)
         # what the engine and the handles read of the run, as plain attributes (they never change)
@@ -77,7 +80,10 @@ class RunCore:
         owner = weakref.proxy(self)
         self.passes = Passes(run)
         self.walker = RevertWalker(run, self.passes, owner)
-        self.sched = Scheduler(run, self.walker, self.passes, owner, max_concurrency or 0)
+        if faults is None:
+            self.sched = Scheduler(run, self.walker, self.passes, owner, max_concurrency or 0)
+        else:  # started inside ckflow.testing.inject_failures: the one check, made once per run
+            self.sched = FaultyScheduler(run, self.walker, self.passes, owner, max_concurrency or 0, faults)
         self.passes.sched = self.walker.sched = weakref.proxy(self.sched)
         if on_event is not None:
             run.hub.add_callback(on_event)

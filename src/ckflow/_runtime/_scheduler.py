@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from ckflow._runtime._recorder import Recorder
     from ckflow._runtime._state import RunState
     from ckflow._runtime._walker import RevertWalker
+    from ckflow._task import Task
 
 __all__ = ["Scheduler", "thread_limiter"]
 
@@ -325,6 +326,15 @@ class Scheduler:
             return call(kw)
         return anyio.to_thread.run_sync(partial(call, kw), limiter=self.limiter)
 
+    def start_execute(self, n: int, task: Task, kw: dict[str, Any], is_async: bool) -> Any:
+        """Call the execute of ``task`` (node ``n``): its coroutine, or the coroutine that runs it in a thread.
+
+        A run with injected failures (``_runtime/_faults.py``) overrides this, so that other runs ask nothing.
+        """
+        if is_async:
+            return task.call_execute(kw)
+        return anyio.to_thread.run_sync(partial(task.call_execute, kw), limiter=self.limiter)
+
     def _begin(self, n: int) -> None:
         """``n`` starts: RUNNING, counted, timed."""
         self.run.transition(n, RUNNING)
@@ -359,7 +369,7 @@ class Scheduler:
             try:
                 try:
                     kw = self.run.kwargs[n] = self.task_inputs(node)
-                    coro = self.start_call(task.call_execute, kw, node.is_async)
+                    coro = self.start_execute(n, task, kw, node.is_async)
                     try:
                         yielded = coro.send(None)
                     except StopIteration as stop:

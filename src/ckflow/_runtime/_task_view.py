@@ -13,14 +13,15 @@ from typing import TYPE_CHECKING
 from ckflow._failure import Failure
 from ckflow._models import TaskSummary
 from ckflow._records import TaskRecord, construct
-from ckflow._states import TaskState
+from ckflow._states import PENDING, TaskState
+from ckflow._view import TaskView
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ckflow._runtime._state import RunState
 
-__all__ = ["load", "record", "summary", "summary_of_record"]
+__all__ = ["load", "record", "summary", "summary_of_record", "views"]
 
 #: what a stored state becomes when the run is loaded (RUNNING: interrupted, it runs again)
 _LOADED = {
@@ -51,6 +52,26 @@ def summary(run: RunState, n: int) -> TaskSummary:
         revert_ended=run.rev_ended.get(n),
         failure=_failure(run, n),
     )
+
+
+def views(run: RunState, offset: float, *, tracebacks: bool) -> list[TaskView]:
+    """Every task of a live run as clients read it, in the flow's order (``offset``: wall-clock minus monotonic).
+
+    Built straight from the run's arrays: a view of a run is asked for on every HTTP call about it.
+    """
+
+    def wall(mono: float | None) -> float | None:
+        return None if mono is None else mono + offset
+
+    state, executions = run.state, run.executions
+    return [
+        TaskView.pending(name)
+        if state[n] is PENDING and not executions[n]
+        else TaskView.build(
+            name, state[n], executions[n], (wall(run.started[n]), wall(run.ended[n])), _failure(run, n), tracebacks
+        )
+        for name, n in run.graph.index.items()
+    ]
 
 
 def record(

@@ -102,8 +102,15 @@ class Store(Protocol):
         flow: str | None = None,
         ended_before: float | None = None,
         limit: int | None = None,
+        before: tuple[float, str] | None = None,
     ) -> list[RunRecord]:
-        """Runs, newest first (by ``created_at``), filtered by state, flow name and end time."""
+        """Runs, newest first (by ``created_at``, ties by ``run_id``, both descending), filtered by state, flow name
+        and end time.
+
+        ``limit`` keeps the first runs of that order. ``before=(created_at, run_id)``, the keys of a run listed
+        last, keeps the runs after it in that order (whether or not that run is still there): with ``limit``,
+        one page of a listing, each page one bounded query.
+        """
         ...
 
     async def load(self, run_id: str) -> StoredRun:

@@ -119,6 +119,7 @@ def list_runs_where(
     states_test: Callable[[int], str],
     names: Callable[[Sequence[str]], Any],
     source: str = "ckflow_runs",
+    before: tuple[float, str] | None = None,
 ) -> tuple[str, list[Any], bool]:
     """``list_runs``'s query: (statement, parameters, whether ``limit`` must still be applied by slicing).
 
@@ -137,6 +138,11 @@ def list_runs_where(
     if ended_before is not None:
         params.append(ended_before)
         where.append(f"ended_at IS NOT NULL AND ended_at < ${len(params)}")
+    if before is not None:
+        params.extend(before)
+        # (created_at, run_id) < before, said so that the index on created_at bounds the scan
+        at, run_id = f"${len(params) - 1}", f"${len(params)}"
+        where.append(f"created_at <= {at} AND (created_at < {at} OR run_id < {run_id})")
     statement = f"SELECT {columns(RUNS.read)} FROM {source}"
     if where:
         statement += " WHERE " + " AND ".join(where)

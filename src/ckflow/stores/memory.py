@@ -149,6 +149,7 @@ class MemoryStore(StoreBase):
         flow: str | None = None,
         ended_before: float | None = None,
         limit: int | None = None,
+        before: tuple[float, str] | None = None,
     ) -> list[RunRecord]:
         wanted = None if states is None else set(states)
         found = [
@@ -157,6 +158,7 @@ class MemoryStore(StoreBase):
             if (wanted is None or run.state in wanted)
             and (flow is None or run.flow == flow)
             and (ended_before is None or (run.ended_at is not None and run.ended_at < ended_before))
+            and (before is None or (run.created_at, run.run_id) < before)
         ]
         found.sort(key=lambda r: (r.created_at, r.run_id), reverse=True)
         return found if limit is None else found[:limit]

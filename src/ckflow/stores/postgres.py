@@ -373,8 +373,11 @@ class PostgresStore(StoreBase):
         flow: str | None = None,
         ended_before: float | None = None,
         limit: int | None = None,
+        before: tuple[float, str] | None = None,
     ) -> list[RunRecord]:
-        statement, params, slice_after = _sql.list_runs_where(states, flow, ended_before, limit, _states_test, _names)
+        statement, params, slice_after = _sql.list_runs_where(
+            states, flow, ended_before, limit, _states_test, _names, before=before
+        )
         runs = [_c.RUNS.record(row) for row in await self._open_pool().fetch(statement, *params)]
         return runs[:limit] if slice_after else runs
 

@@ -195,9 +195,10 @@ class SQLiteStore(StoreBase):
         flow: str | None = None,
         ended_before: float | None = None,
         limit: int | None = None,
+        before: tuple[float, str] | None = None,
     ) -> list[RunRecord]:
         statement, params, slice_after = _sql.list_runs_where(
-            states, flow, ended_before, limit, _ops.states_test, _ops.names, _ops.RUN_RECORDS
+            states, flow, ended_before, limit, _ops.states_test, _ops.names, _ops.RUN_RECORDS, before
         )
         rows = await self._call(READ, _ops.fetch_all, (_sql.qmark(statement), params))
         runs = [_c.RUNS.record(row) for row in rows]
