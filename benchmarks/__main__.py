@@ -22,6 +22,7 @@ SCENARIOS = {
     "S7": "benchmarks.s7_scaling",
     "S8": "benchmarks.s8_concurrent",
     "S9": "benchmarks.s9_fastapi",
+    "S10": "benchmarks.s10_workers",
     "S11": "benchmarks.s11_recovery",
     "S12": "benchmarks.s12_soak",
 }

@@ -32,6 +32,8 @@ SAMPLES: list[tuple[type[BaseModel], dict[str, Any]]] = [
             "goto": None,
             "next_seq": 7,
             "trace": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "queue": "default",
+            "priority": 3,
         },
     ),
     (

@@ -20,6 +20,7 @@ from ckflow._checkpoint import Retry as Retry
 from ckflow._codec import register_codec as register_codec
 from ckflow._engine import Engine as Engine
 from ckflow._engine import Run as Run
+from ckflow._engine import Worker as Worker
 from ckflow._engine import run as run
 from ckflow._errors import AmbiguousProviderError as AmbiguousProviderError
 from ckflow._errors import Cancelled as Cancelled
@@ -129,6 +130,7 @@ __all__ = (
     "TaskSummary",
     "TaskView",
     "UnknownCheckpointError",
+    "Worker",
     "__version__",
     "current",
     "register_codec",

@@ -91,6 +91,10 @@ class RunRecord(BaseModel):
     #: the W3C ``traceparent`` of the run's OpenTelemetry span (``ckflow[otel]``), set when the run is created;
     #: an engine that resumes the run continues this trace
     trace: str | None = None
+    #: the queue a submitted run waits in for a worker (``engine.submit``); None for a run started in an engine
+    queue: str | None = None
+    #: workers claim a queue's runs highest priority first, then oldest first
+    priority: int = 0
 
 
 class TaskOutline(BaseModel):

@@ -44,6 +44,8 @@ class TaskState(StrEnum):
 class FlowState(StrEnum):
     """State of a run as a whole. There is no REVERTING: a run that reverts a branch is RUNNING."""
 
+    #: submitted (``engine.submit``): recorded, waiting for a worker to claim it; nothing of it ran
+    QUEUED = "QUEUED"
     PENDING = "PENDING"
     RUNNING = "RUNNING"
     SUCCESS = "SUCCESS"
@@ -86,6 +88,8 @@ TASK_TRANSITIONS: frozenset[tuple[TaskState, TaskState]] = frozenset(
 _F = FlowState
 FLOW_TRANSITIONS: frozenset[tuple[FlowState, FlowState]] = frozenset(
     {
+        (_F.QUEUED, _F.PENDING),  # a worker claimed the submitted run
+        (_F.QUEUED, _F.REVERTED),  # cancelled while queued: nothing ran
         (_F.PENDING, _F.RUNNING),  # the run started
         (_F.PENDING, _F.REVERTED),  # cancelled before any task ran
         (_F.RUNNING, _F.SUCCESS),  # every task succeeded

@@ -111,6 +111,7 @@ class TestOpen:
             "ckflow_checkpoints",
             "ckflow_events",
             "ckflow_meta",
+            "ckflow_queues",
             "ckflow_regions",
             "ckflow_requests",
             "ckflow_runs",

@@ -118,6 +118,21 @@ def build_flow() -> ckflow.Linear:
     return flow
 
 
+async def workers() -> None:
+    ckflow.register_flow("boot", build_flow)
+    async with ckflow.Engine(store="postgresql://db/app") as engine:
+        run: ckflow.Run = await engine.submit("boot", {"size": 10}, queue="provisioning", priority=5)
+        await run.cancel()
+        await engine.submit(flow, {"size": 10}, "boot-43")
+        await engine.submit("boot", {"size": 10}, queue=3)  # type: ignore[arg-type]
+    async with ckflow.Worker(
+        "postgresql://db/app", queues=["provisioning", "default"], concurrency=20, limits={"provisioning": 5}
+    ) as worker:
+        print(worker.queues, len(worker.runs))
+        await worker.drain()
+        await worker.wait()
+
+
 async def durable_runs() -> None:
     ckflow.register_flow("boot", build_flow)
     async with ckflow.Engine(store="sqlite:///runs.db") as engine:

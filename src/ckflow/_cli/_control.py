@@ -256,6 +256,10 @@ async def cmd_resume(args: argparse.Namespace, console: Console) -> int:
         if record.state in TERMINAL:
             console.note(f"Run {run_id!r} has already ended ({record.state}); there is nothing to resume.")
             return 0 if record.state in success else 1
+        if record.state is FlowState.QUEUED:
+            await engine.resume(run_id)  # lifts a suspension: the run is for a worker to run, not for this command
+            console.note(f"Run {run_id!r} is queued in {record.queue!r}: a worker (`ckflow worker`) runs it.")
+            return 0
         owner = _live_owner(record)
         if owner is None:
             try:

@@ -4,10 +4,10 @@ Each subcommand is a function taking the parsed arguments and returning an
 exit status; add one by writing it and registering it in ``_parser()``.
 The commands over a store live in ``_runs`` (reading, pruning, graphs),
 ``_control`` (resuming and controlling runs) and ``_start`` (starting
-one); ``_format`` holds what they print, ``_demo`` the ``ckflow demo``
-command, and ``_bench`` the ``ckflow bench`` command. Only ``start``,
-``bench`` and the demo create a store that is missing; the others say that
-no store is there (exit 1).
+one); ``_workers`` (``submit`` and ``worker``); ``_format`` holds what they print, ``_demo`` the
+``ckflow demo`` command, and ``_bench`` the ``ckflow bench`` command. Only ``start``, ``submit``,
+``worker``, ``bench`` and the demo create a store that is missing; the others say that no store is
+there (exit 1).
 
 Exit statuses: 0 when the command did what it was asked (for a command that
 runs a run here: when the run ended where the command meant it to), 1 for an
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
-from ckflow._cli import _bench, _control, _runs, _start
+from ckflow._cli import _bench, _control, _runs, _start, _workers
 from ckflow._cli._control import LEFT_IN_STORE
 from ckflow._cli._format import CliError, Console, StatusLine, parse_duration, printable
 from ckflow._errors import CkflowError, FlowNotRegisteredError, InvalidRunIdError
@@ -115,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     command = _Commands(commands)
     _add_reading(command)
     _add_start(command)
+    _add_workers(command)
     _add_control(command)
     _add_upkeep(command)
     _bench.add_bench(command, _no_check)
@@ -200,6 +201,52 @@ def _add_start(command: _Commands) -> None:
         help="the run's inputs as a JSON object, e.g. '{\"size\": 10}' (default: {})",
     )
     sub.add_argument("--run-id", metavar="ID", type=_run_id, help="the new run's id (default: a new UUID)")
+
+
+def _add_workers(command: _Commands) -> None:
+    """``ckflow submit`` (creates the store if it is missing, as ``start`` does) and ``ckflow worker``."""
+    sub = command(
+        "submit",
+        _workers.cmd_submit,
+        "queue a run of a registered flow for the workers (`ckflow worker`) and print its id",
+        more="The store is created if it is missing. Nothing runs here.",
+    )
+    sub.add_argument("flow", metavar="FLOW", help="the name the flow is registered under (see --import)")
+    sub.add_argument(
+        "--inputs", metavar="JSON", type=_start.parse_inputs, default={}, help="the run's inputs as a JSON object"
+    )
+    sub.add_argument("--run-id", metavar="ID", type=_run_id, help="the new run's id (default: a new UUID)")
+    sub.add_argument("--queue", metavar="Q", default="default", help="the queue to wait in (default: default)")
+    sub.add_argument("--priority", metavar="P", type=int, default=0, help="higher runs first (default: 0)")
+    sub = command(
+        "worker",
+        _workers.cmd_worker,
+        "claim and run the queued runs of a PostgreSQL store until SIGTERM or SIGINT drains the worker",
+        more=(
+            "A drain stops claiming, lets the runs go on for up to --grace seconds, then stops the rest where "
+            "they are and releases them for other workers; a second signal stops at once."
+        ),
+    )
+    sub.add_argument(
+        "--queue", metavar="Q", dest="queues", action="append", help="claim from Q (repeatable; default: default)"
+    )
+    sub.add_argument("--concurrency", metavar="N", type=_count, default=10, help="at most N runs at once (default: 10)")
+    sub.add_argument(
+        "--limit",
+        metavar="Q=N",
+        dest="limits",
+        type=_workers.parse_limit,
+        action="append",
+        default=[],
+        help="at most N runs of queue Q under way at once across all workers (repeatable)",
+    )
+    sub.add_argument(
+        "--grace", metavar="S", type=float, default=30.0, help="seconds a drain lets runs go on (default: 30)"
+    )
+    sub.add_argument("--lease-ttl", metavar="S", type=float, default=10.0, help="seconds a lease lasts (default: 10)")
+    sub.add_argument(
+        "--poll-interval", metavar="S", type=float, default=1.0, help="seconds between looks at the store (default: 1)"
+    )
 
 
 def _add_control(command: _Commands) -> None:

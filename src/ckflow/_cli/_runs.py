@@ -221,6 +221,10 @@ def _show_record(console: Console, record: RunRecord, now: float) -> None:
     ]
     if record.halted and record.state is FlowState.RUNNING:
         fields.append(("control", "a suspension was asked: running tasks finish, nothing new starts"))
+    if record.queue is not None:
+        fields.append(("queue", f"{record.queue} (priority {record.priority})"))
+    if record.halted and record.state is FlowState.QUEUED:
+        fields.append(("control", "suspended: no worker claims it until it is resumed"))
     if record.goto is not None:
         fields.append(("control", f"going to checkpoint {record.goto!r}, to suspend there"))
     _print(console, [f"{key:<10} {value}" for key, value in fields])

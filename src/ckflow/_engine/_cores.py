@@ -44,11 +44,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "check_checkpoint",
+    "check_queue",
     "first_record",
     "flow_for",
     "keep_journal",
     "new_core",
     "not_recorded",
+    "queued_record",
     "restored_core",
     "retains_by_age",
 ]
@@ -90,6 +92,38 @@ def new_core(
     )
     core.start_telemetry(traceparent)
     return core
+
+
+def queued_record(
+    flow: Flow, inputs: Mapping[str, Any] | None, run_id: str | None, queue: str, priority: int
+) -> RunRecord:
+    """The record of a submitted run: QUEUED in ``queue``, owned by nobody, its inputs checked and encoded."""
+    if not isinstance(flow, Flow):
+        raise TypeError(f"ckflow submits a flow (Linear, Parallel, Graph or Periodic), or its name, got {flow!r}.")
+    registered_flow(flow.name)  # a worker rebuilds a submitted run's flow from its name
+    check_queue(queue)
+    given_priority: object = priority
+    if isinstance(given_priority, bool) or not isinstance(given_priority, int) or not -(2**31) <= priority < 2**31:
+        raise ValueError(f"priority={priority!r} must be an int from -2**31 to 2**31 - 1 (higher runs first).")
+    now = time.time()
+    return RunRecord(
+        run_id=uuid.uuid4().hex if run_id is None else check_run_id(run_id),
+        flow=flow.name,
+        state=FlowState.QUEUED,
+        inputs=_encode_inputs(start_inputs(flow.compile(), inputs)),
+        created_at=now,
+        updated_at=now,
+        queue=queue,
+        priority=priority,
+    )
+
+
+def check_queue(queue: str) -> str:
+    """``queue`` if it can name a queue (a non-empty str of at most 200 printable characters), else ValueError."""
+    given: object = queue
+    if not isinstance(given, str) or not given or len(given) > 200 or not given.isprintable():
+        raise ValueError(f"A queue name is a non-empty string of at most 200 printable characters, got {queue!r}.")
+    return queue
 
 
 def first_record(core: RunCore, flow: str, owner: str, lease_ttl: float) -> RunRecord:

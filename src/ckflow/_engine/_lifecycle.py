@@ -22,7 +22,15 @@ import anyio
 
 from ckflow._checkpoint import _is_positive_int
 from ckflow._engine import _reads
-from ckflow._engine._cores import check_checkpoint, first_record, flow_for, keep_journal, new_core, not_recorded
+from ckflow._engine._cores import (
+    check_checkpoint,
+    first_record,
+    flow_for,
+    keep_journal,
+    new_core,
+    not_recorded,
+    queued_record,
+)
 from ckflow._engine._handles import Run, _Local, _Stored, new_run
 from ckflow._engine._ownership import Ownership
 from ckflow._engine._recovery import Recovery
@@ -357,6 +365,40 @@ class Engine:
             keep_journal(core, store, self._id, record, lease_ttl=self._lease_ttl, lease_from=lease_from)
         return self._launch(core)
 
+    async def submit(
+        self,
+        flow: Flow | str,
+        inputs: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+        *,
+        queue: str = "default",
+        priority: int = 0,
+    ) -> Run:
+        """Record a run of ``flow`` as QUEUED in the store, for a worker (``ckflow.Worker``) to run, and return
+        its handle (through the store: ``wait``, ``events`` and the control calls work on it wherever it runs).
+
+        ``flow`` is a registered flow or its name (``ckflow.register_flow``): a worker rebuilds it by name. The
+        inputs are validated as ``start`` validates them, before anything is stored. Workers claim the runs of a
+        queue highest ``priority`` first, then oldest first.
+
+        Raises:
+            FlowDefinitionError: the flow does not compile, or ``inputs`` lack a required value.
+            FlowNotRegisteredError: no flow is registered under the flow's name.
+            InvalidInputError: an input does not fit the annotation of a task's parameter that reads it.
+            ResultNotSerializableError: an input cannot be stored as JSON.
+            RunExistsError: ``run_id`` is taken.
+            InvalidRunIdError: ``run_id`` cannot be a run id (see ``start``).
+            ValueError: ``queue`` is not a queue name, or ``priority`` not a 32-bit int.
+            RunStateError: the engine is not open, or has no store.
+        """
+        self._open_tg("submit")
+        store = self._store_or_fail()
+        record = queued_record(
+            registered_flow(flow) if isinstance(flow, str) else flow, inputs, run_id, queue, priority
+        )
+        await store.create_run(record)
+        return new_run(_Stored(self._services, record, None))
+
     def _launch(self, core: RunCore) -> Run:
         tg = self._open_tg("start")
         local = _Local(core)
@@ -424,7 +466,9 @@ class Engine:
         under the run's flow name): tasks that succeeded keep their results and
         are not executed again; tasks that were running are executed again; an
         interrupted revert is called again. A SUSPENDED run is resumed. A run
-        that has ended is not run again: its handle gives its result.
+        that has ended is not run again: its handle gives its result. A QUEUED
+        run (``submit``) is left for a worker, its suspension lifted; its handle
+        goes through the store.
 
         Raises:
             InvalidRunIdError: ``run_id`` cannot be a run id (see ``Engine.start``).
@@ -444,7 +488,8 @@ class Engine:
         if record.state in TERMINAL:
             return new_run(_Stored(self._services, record, flow))
         handle = await self._take_over(record, flow, "resume", max_concurrency, on_event)
-        assert handle is not None  # only a suspend is done without taking the run over
+        if handle is None:  # a queued run: its suspension (if any) is lifted, and it waits for a worker
+            return new_run(_Stored(self._services, await self._store_or_fail().get_run(run_id), flow))
         if handle.state is FlowState.SUSPENDED:
             await handle.resume()
         return handle

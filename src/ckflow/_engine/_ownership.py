@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any, final
 import anyio
 
 from ckflow._engine._cores import flow_for, restored_core, retains_by_age
-from ckflow._errors import CkflowError, LeaseLostError, RunOwnedError
+from ckflow._errors import CkflowError, LeaseLostError, RunOwnedError, RunStateError
 from ckflow._events import Event, logger_for, write_log
 from ckflow._records import Batch
 from ckflow._states import FlowState
+from ckflow.stores import QueueStore
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -95,6 +96,7 @@ class Ownership:
         Ownership comes first: a run that a live engine holds is RunOwnedError, whether or not its flow is
         known here. ``replacing`` names an owner known to be dead, whose live lease may be taken (``Store.claim``).
         With ``unfinished``, a run found ended, SUSPENDED or halted once claimed is released and left (None).
+        A QUEUED run is controlled in the store alone and left for a worker (None): see ``_in_store``.
 
         Raises:
             RunOwnedError: a live engine owns the run, or this engine runs it or is taking it over already.
@@ -124,7 +126,7 @@ class Ownership:
         lease_from = time.monotonic()
         claimed = await store.claim(record.run_id, self.id, self.lease_ttl, replacing=replacing)
         try:
-            found = flow_for(claimed, flow, required=op != "suspend")
+            found = flow_for(claimed, flow, required=op != "suspend" and claimed.state is not FlowState.QUEUED)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await store.release(claimed.run_id, self.id)
@@ -134,14 +136,65 @@ class Ownership:
             with anyio.CancelScope(shield=True):
                 await store.release(claimed.run_id, self.id)
             return None
-        if found is None:
+        if found is None or claimed.state is FlowState.QUEUED:
             try:
-                await self._suspend_in_store(store, claimed)
+                await self._in_store(store, claimed, op)
             finally:
                 with anyio.CancelScope(shield=True):
                     await store.release(claimed.run_id, self.id)
             return None
         return await self._adopt(store, claimed, found, max_concurrency, on_event, lease_from)
+
+    async def _in_store(self, store: Store, record: RunRecord, op: ControlOp) -> None:
+        """Carry out ``op`` in the store alone: a suspend of a run that nobody runs, or any control of a queued run.
+
+        A queued run is left for a worker: a suspend keeps workers off it until a resume, a cancel ends it
+        REVERTED with nothing run; going to or back to a checkpoint of a run that has not started is refused.
+        """
+        if record.state is not FlowState.QUEUED:
+            await self._suspend_in_store(store, record)
+        elif op in ("goto", "revert_to"):
+            raise RunStateError(
+                f"Run {record.run_id!r} is queued and has not started: it cannot {op.replace('_', ' ')} a checkpoint; "
+                "cancel it, or wait for a worker to run it."
+            )
+        elif op == "cancel":
+            await self._write_in_store(store, record, FlowState.REVERTED, halted=False, ended=True, control=op)
+        elif op == "resume" and record.halted:
+            await self._write_in_store(store, record, FlowState.QUEUED, halted=False, ended=False, control=op)
+            if isinstance(store, QueueStore) and record.queue is not None:
+                await store.notify([record.queue])  # claimable again: its workers need not wait for their next look
+        elif op == "suspend" and not record.halted:
+            await self._write_in_store(store, record, FlowState.QUEUED, halted=True, ended=False, control=op)
+
+    async def _write_in_store(
+        self, store: Store, record: RunRecord, state: FlowState, *, halted: bool, ended: bool, control: ControlOp
+    ) -> None:
+        """Write a queued run's new state, with the control event and (if it ends) its end's event."""
+        now = time.time()
+        seq = record.next_seq
+        names = [f"ckflow.control.{control}"] + ([f"ckflow.run.{state.lower()}"] if ended else [])
+        events = [
+            Event(
+                name=name,
+                run_id=record.run_id,
+                flow=record.flow,
+                old=str(record.state) if i else None,
+                new=str(state) if i else None,
+                monotonic=time.monotonic(),
+                wall=now,
+                seq=seq + i,
+            )
+            for i, name in enumerate(names)
+        ]
+        update = {
+            "state": state,
+            "halted": halted,
+            "updated_at": now,
+            "ended_at": now if ended else None,
+            "next_seq": seq + len(events),
+        }
+        await store.write(Batch(run=record.model_copy(update=update), owner=self.id, events=events))
 
     async def _suspend_in_store(self, store: Store, record: RunRecord) -> None:
         """Suspend a run that nobody runs, in its store alone: nothing of it starts until it is resumed."""

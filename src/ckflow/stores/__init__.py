@@ -23,6 +23,7 @@ from ckflow._records import StoredRun as StoredRun
 from ckflow._records import TaskOutline as TaskOutline
 from ckflow._records import TaskRecord as TaskRecord
 from ckflow.stores._protocol import SCHEMA_VERSION as SCHEMA_VERSION
+from ckflow.stores._protocol import QueueStore as QueueStore
 from ckflow.stores._protocol import Store as Store
 from ckflow.stores._protocol import open_store as open_store
 from ckflow.stores.memory import MemoryStore as MemoryStore
@@ -34,6 +35,7 @@ __all__ = (
     "ControlOp",
     "ControlRequest",
     "MemoryStore",
+    "QueueStore",
     "RegionRecord",
     "Renewal",
     "Retention",

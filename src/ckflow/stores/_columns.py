@@ -226,6 +226,8 @@ RUNS: Final = Table[RunRecord](
     Column("goto", "text"),
     Column("next_seq", "int8"),
     Column("trace", "text"),
+    Column("queue", "text"),
+    Column("priority", "int8"),
 )
 TASKS: Final = Table[TaskRecord](
     "ckflow_tasks",

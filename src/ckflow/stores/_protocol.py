@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Final, Protocol, Self, runtime_checkable
 from ckflow._errors import StoreUnavailableError
 
 if TYPE_CHECKING:
-    from collections.abc import Collection
+    from collections.abc import Awaitable, Callable, Collection, Sequence
     from types import TracebackType
 
     from ckflow._events import Event
@@ -24,11 +24,11 @@ if TYPE_CHECKING:
     )
     from ckflow._states import FlowState
 
-__all__ = ["SCHEMA_VERSION", "Store", "StoreBase", "not_open", "open_store"]
+__all__ = ["SCHEMA_VERSION", "QueueStore", "Store", "StoreBase", "not_open", "open_store"]
 
 #: The version of the stores' schema that this ckflow writes. A store written by a newer ckflow is
 #: refused with ``SchemaVersionError``; an older one is migrated when it is opened.
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 #: URL scheme -> (module, class, extra to install)
 _BACKENDS: Final = {
@@ -203,6 +203,34 @@ class Store(Protocol):
 
     async def delete_runs(self, run_ids: Collection[str]) -> int:
         """Delete these runs and everything recorded about them; returns how many runs were deleted."""
+        ...
+
+
+@runtime_checkable
+class QueueStore(Protocol):
+    """What a store needs for workers to share it (``PostgresStore`` has it): claiming queued runs, queue
+    limits, the owners of runs under way, and notifications of runs to claim."""
+
+    async def claim_queued(
+        self, owner: str, queues: Sequence[str], n: int, ttl: float, *, flows: Sequence[str], skip: Sequence[str] = ()
+    ) -> list[RunRecord]:
+        """Claim up to ``n`` runs of ``queues`` for ``owner`` (see ``PostgresStore.claim_queued``)."""
+        ...
+
+    async def set_queue_limit(self, queue: str, concurrency: int | None) -> None:
+        """At most ``concurrency`` runs of ``queue`` under way at once, across all workers."""
+        ...
+
+    async def live_owners(self, queues: Sequence[str], owner: str, flows: Sequence[str]) -> list[tuple[str, str]]:
+        """(run id, owner) of runs of ``queues`` under way that another owner holds a live lease on."""
+        ...
+
+    async def notify(self, queues: Sequence[str]) -> None:
+        """Wake the workers of ``queues``."""
+        ...
+
+    async def listen(self, callback: Callable[[str], object]) -> Callable[[], Awaitable[None]]:
+        """Call ``callback(queue)`` when a run becomes claimable in a queue; returns the function that stops."""
         ...
 
 

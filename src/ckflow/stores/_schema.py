@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["POSTGRES_V1", "POSTGRES_V2", "SQLITE_V1", "SQLITE_V2"]
+__all__ = ["POSTGRES_V1", "POSTGRES_V2", "POSTGRES_V3", "SQLITE_V1", "SQLITE_V2", "SQLITE_V3"]
 
 # -- the schema, version 1, in each dialect ---------------------------------------------------------
 # The same tables and columns in both, but for how SQLite keys the rows written with every task; indexes
@@ -235,4 +235,31 @@ POSTGRES_V1: Final = (
     )""",
     "CREATE INDEX ckflow_requests_by_run ON ckflow_requests (run_id, requested_at)",
     "CREATE INDEX ckflow_requests_pending ON ckflow_requests (run_id) WHERE done_at IS NULL",
+)
+
+#: Version 3 (both dialects): a submitted run's ``queue`` and ``priority`` (``engine.submit``), written when the
+#: run is created and never changed. PostgreSQL also gets what workers claim by: an index of the QUEUED runs of
+#: each queue in the order they are claimed (a run leaves it when it is claimed; the runs under way are found
+#: through ``ckflow_runs_by_state``), and ``ckflow_queues``, each queue's limit on the runs under way at once across
+#: all workers (no row, or a NULL limit: no limit).
+SQLITE_V3: Final = (
+    "ALTER TABLE ckflow_runs ADD COLUMN queue TEXT",
+    "ALTER TABLE ckflow_runs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
+    "DROP VIEW ckflow_run_records",
+    """CREATE VIEW ckflow_run_records AS SELECT
+        r.run_id AS run_id, r.flow AS flow, r.state AS state, r.inputs AS inputs, r.owner AS owner,
+        r.lease_expires AS lease_expires, r.created_at AS created_at,
+        coalesce(p.run_updated_at, r.updated_at) AS updated_at,
+        r.ended_at AS ended_at, r.halted AS halted, r.goto AS goto,
+        coalesce(p.seq + 1, r.next_seq) AS next_seq, r.trace AS trace, r.queue AS queue, r.priority AS priority
+    FROM ckflow_runs AS r LEFT JOIN ckflow_events AS p
+        ON p.run_key = r.run_key
+        AND p.seq = (SELECT max(seq) FROM ckflow_events WHERE run_key = r.run_key)
+        AND p.seq >= r.next_seq
+        AND p.run_updated_at IS NOT NULL""",
+)
+POSTGRES_V3: Final = (
+    'ALTER TABLE ckflow_runs ADD COLUMN queue text COLLATE "C", ADD COLUMN priority bigint NOT NULL DEFAULT 0',
+    "CREATE INDEX ckflow_runs_queued ON ckflow_runs (queue, priority DESC, created_at, run_id) WHERE state = 'QUEUED'",
+    'CREATE TABLE ckflow_queues (name text COLLATE "C" PRIMARY KEY, concurrency bigint)',
 )

@@ -89,7 +89,12 @@ def _to_v2(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-_MIGRATIONS: Final[tuple[Callable[[sqlite3.Connection], None], ...]] = (_create_v1, _to_v2)
+def _to_v3(conn: sqlite3.Connection) -> None:
+    for statement in _schema.SQLITE_V3:
+        conn.execute(statement)
+
+
+_MIGRATIONS: Final[tuple[Callable[[sqlite3.Connection], None], ...]] = (_create_v1, _to_v2, _to_v3)
 assert len(_MIGRATIONS) == SCHEMA_VERSION, "one migration step per schema version"
 
 # -- transactions ----------------------------------------------------------------------------

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import zlib
 from typing import TYPE_CHECKING, Any, Final, final
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -36,8 +36,11 @@ from ckflow._errors import (
     StoreUnavailableError,
 )
 from ckflow._records import Renewal, StoredRun
+from ckflow._states import FlowState
 from ckflow.stores import _columns as _c
-from ckflow.stores import _schema, _sql
+from ckflow.stores import _pg_queue, _schema, _sql
+from ckflow.stores._pg_url import parse_url as _parse
+from ckflow.stores._pg_url import reason as _reason
 from ckflow.stores._protocol import SCHEMA_VERSION, StoreBase, not_open
 
 if TYPE_CHECKING:
@@ -45,11 +48,9 @@ if TYPE_CHECKING:
 
     from ckflow._events import Event
     from ckflow._records import Batch, CheckpointRecord, ControlRequest, RunRecord, TaskRecord
-    from ckflow._states import FlowState
 
 __all__ = ["PostgresStore"]
 
-_DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 _POOL_SIZE: Final = 10
 #: first key of the advisory lock taken while a schema is created or migrated ("ckf")
 _LOCK_CLASS: Final = 0x636B66
@@ -71,7 +72,12 @@ async def _to_v2(conn: Any) -> None:
         await conn.execute(statement)
 
 
-_MIGRATIONS: Final[tuple[Callable[[Any], Awaitable[None]], ...]] = (_create_v1, _to_v2)
+async def _to_v3(conn: Any) -> None:
+    for statement in _schema.POSTGRES_V3:
+        await conn.execute(statement)
+
+
+_MIGRATIONS: Final[tuple[Callable[[Any], Awaitable[None]], ...]] = (_create_v1, _to_v2, _to_v3)
 assert len(_MIGRATIONS) == SCHEMA_VERSION, "one migration step per schema version"
 
 # -- statements ----------------------------------------------------------------------
@@ -212,77 +218,12 @@ def _lock_key(schema: str) -> int:
     return key - (1 << 32) if key >= 1 << 31 else key
 
 
-def _reason(exc: BaseException, timeout: float) -> str:
-    if isinstance(exc, TimeoutError):
-        return f"no answer from the server within {timeout:g} s (raise `?connect_timeout=`)."
-    text = str(exc).strip() or "no detail"
-    return f"{type(exc).__name__}: {text}"
-
-
 def _count(status: str) -> int:
     """The row count of a command's status, ``'UPDATE 1'`` or ``'INSERT 0 1'``."""
     return int(status.rsplit(" ", 1)[-1])
 
 
 # -- opening -----------------------------------------------------------------------------
-
-
-def _check_ports(url: str, netloc: str) -> None:
-    """Refuse a port that is not a number from 1 to 65535, in any ``host:port`` of the URL."""
-    hosts = netloc.rpartition("@")[2]
-    for host in hosts.split(","):
-        port = host.rpartition("]")[2] if host.startswith("[") else host
-        if ":" not in port:
-            continue
-        text = port.rpartition(":")[2]
-        if text:  # `host:` is the default port
-            _check_port(url, text)
-
-
-def _check_port(url: str, text: str) -> None:
-    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 65535):
-        raise ValueError(
-            f"PostgreSQL store URL {url!r}: port {text!r} is not a number from 1 to 65535; write e.g. "
-            "'postgresql://user@host:5432/db'."
-        )
-
-
-def _parse(url: str) -> tuple[str, str, str, float]:
-    """(asyncpg's DSN, the URL without password, schema, connect timeout) of a ``postgresql://`` URL."""
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in ("postgresql", "postgres") or not parts.netloc:
-        raise ValueError(f"A PostgreSQL store URL looks like 'postgresql://user@host:5432/db', got {url!r}.")
-    _check_ports(url, parts.netloc)
-    schema = "public"
-    timeout = _DEFAULT_CONNECT_TIMEOUT
-    passed: list[tuple[str, str]] = []
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key == "schema":
-            if not value:
-                raise ValueError(f"PostgreSQL store URL {url!r}: `schema=` needs a name.")
-            schema = value
-        elif key == "connect_timeout":
-            try:
-                timeout = float(value)
-            except ValueError:
-                timeout = 0.0
-            if not timeout > 0:
-                raise ValueError(f"PostgreSQL store URL {url!r}: connect_timeout={value!r} is not a positive number.")
-        else:
-            if key == "port":
-                for text in value.split(","):
-                    _check_port(url, text)
-            passed.append((key, value))
-    dsn = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(passed), ""))
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        netloc = f"{userinfo.split(':', 1)[0]}@{host}"
-    public_query = urlencode(
-        [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "password"], safe="/:"
-    )
-    public = urlunsplit((parts.scheme, netloc, parts.path, public_query, ""))
-    return dsn, public, schema, timeout
 
 
 async def _schema_version(conn: Any, schema: str) -> int:
@@ -411,8 +352,12 @@ class PostgresStore(StoreBase):
     # -- runs --------------------------------------------------------------------
 
     async def create_run(self, run: RunRecord) -> None:
-        status = await self._open_pool().execute(_sql.INSERT_RUN, *_c.RUNS.row(run))
-        if _count(status) != 1:
+        pool = self._open_pool()
+        if run.state is FlowState.QUEUED:  # submitted: the workers listening are told of its queue
+            created = await pool.fetch(_pg_queue.INSERT_QUEUED, *_c.RUNS.row(run), _pg_queue.channel(self._schema))
+        else:
+            created = _count(await pool.execute(_sql.INSERT_RUN, *_c.RUNS.row(run)))
+        if not created:
             raise RunExistsError(run.run_id, self._where)
 
     async def get_run(self, run_id: str) -> RunRecord:
@@ -567,6 +512,57 @@ class PostgresStore(StoreBase):
             for statement in _DELETE:
                 deleted = _count(await conn.execute(statement, ids))
         return deleted  # the last statement deletes the runs themselves
+
+    # -- queues (``ckflow.Worker``; see ``_pg_queue``) -------------------------------
+
+    async def claim_queued(
+        self, owner: str, queues: Sequence[str], n: int, ttl: float, *, flows: Sequence[str], skip: Sequence[str] = ()
+    ) -> list[RunRecord]:
+        """Claim up to ``n`` runs of ``queues`` (taken in that order) for ``owner`` for ``ttl`` seconds: runs under
+        way that nobody holds any more, then QUEUED ones by priority and age (made PENDING); only runs of the
+        flows named ``flows``, never those of ``skip``. A queue's limit holds across all claimers."""
+        claimed: list[RunRecord] = []
+        async with self._open_pool().acquire() as conn:
+            for queue in queues:
+                if len(claimed) >= n:
+                    break
+                claimed += await _pg_queue.claim_queue(conn, queue, owner, ttl, n - len(claimed), flows, skip)
+        return claimed
+
+    async def set_queue_limit(self, queue: str, concurrency: int | None) -> None:
+        """At most ``concurrency`` runs of ``queue`` under way at once, across all workers (None: no limit)."""
+        await self._open_pool().execute(_pg_queue.SET_LIMIT, queue, concurrency)
+
+    async def live_owners(self, queues: Sequence[str], owner: str, flows: Sequence[str]) -> list[tuple[str, str]]:
+        """(run id, owner) of the runs of ``queues`` under way that another owner than ``owner`` holds a live
+        lease on, for the flows ``flows``."""
+        rows = await self._open_pool().fetch(_pg_queue.LIVE_OWNERS, list(queues), owner, list(flows))
+        return [(row["run_id"], row["owner"]) for row in rows]
+
+    async def notify(self, queues: Sequence[str]) -> None:
+        """Wake the workers of ``queues`` (runs there became claimable)."""
+        async with self._open_pool().acquire() as conn:
+            for queue in queues:
+                await conn.execute("SELECT pg_notify($1, $2)", _pg_queue.channel(self._schema), queue)
+
+    async def listen(self, callback: Callable[[str], object]) -> Callable[[], Awaitable[None]]:
+        """Call ``callback(queue)`` whenever a run is submitted to (or released in) a queue of this store, until
+        the returned coroutine function is called; through a connection of its own.
+
+        Raises:
+            StoreUnavailableError: the database cannot be reached.
+        """
+        self._open_pool()
+        try:
+            conn = await asyncpg.connect(self._dsn, timeout=math.ceil(self._timeout))
+            await conn.add_listener(_pg_queue.channel(self._schema), lambda *args: callback(args[3]))
+        except _UNREACHABLE as exc:
+            raise StoreUnavailableError(self._url, _reason(exc, self._timeout)) from exc
+
+        async def stop() -> None:
+            await conn.close()
+
+        return stop
 
     def __repr__(self) -> str:
         state = "open" if self._pool is not None else "closed"
