@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 from ckflow._engine import Engine  # noqa: TC001 - FastAPI reads the handlers' annotations at runtime
 from ckflow._errors import (
     RUN_ID_MAX_LENGTH,
+    CkflowError,
     FlowDefinitionError,
     FlowNotRegisteredError,
     InvalidInputError,
@@ -70,6 +71,14 @@ class StartRun(BaseModel):
     inputs: dict[str, Any] = Field(default_factory=dict)
     #: the rule of ``check_run_id``, said in the schema too (lone surrogates are left to it: JSON has none)
     run_id: Annotated[str, Field(min_length=1, max_length=RUN_ID_MAX_LENGTH, pattern=RUN_ID_PATTERN)] | None = None
+
+
+class SubmitRun(StartRun):
+    """``POST /runs`` of a router that submits (``router(submit=True)``): also the queue and priority by which
+    workers claim the run."""
+
+    queue: Annotated[str, Field(min_length=1, max_length=200)] = "default"
+    priority: Annotated[int, Field(ge=-(2**31), le=2**31 - 1)] = 0
 
 
 #: a run id in a route's path: the same rule, so a malformed id is FastAPI's 422 at ``["path", "run_id"]``
@@ -210,7 +219,11 @@ async def _attach(engine: Engine, run_id: str) -> Run:
 
 
 def build_router(
-    engine_dependency: Callable[..., Awaitable[Engine]], *, tracebacks: bool = False, **options: Any
+    engine_dependency: Callable[..., Awaitable[Engine]],
+    *,
+    tracebacks: bool = False,
+    submit: bool = False,
+    **options: Any,
 ) -> APIRouter:
     """An ``APIRouter`` over the engine ``engine_dependency`` gives; ``options`` are ``APIRouter``'s.
 
@@ -219,7 +232,7 @@ def build_router(
     api = APIRouter(**options)
     app_engine: Any = Depends(engine_dependency)
     _flow_routes(api, app_engine)
-    _run_routes(api, app_engine, tracebacks)
+    _run_routes(api, app_engine, tracebacks, submit)
     _control_routes(api, app_engine, tracebacks)
     ui_routes(api, app_engine, _attach)
     return api
@@ -253,13 +266,35 @@ def _flow_routes(api: APIRouter, app_engine: Any) -> None:
         return Response(to_mermaid(flow, run), media_type="text/plain")
 
 
-def _run_routes(api: APIRouter, app_engine: Any, tracebacks: bool) -> None:
-    @api.post("/runs", status_code=201, response_model=RunView, responses={**_NOT_FOUND, **_CONFLICT, **_UNREADABLE})
-    async def start(body: StartRun, engine: Engine = app_engine) -> Response:
-        """Start a run of a registered flow; answers at once with its view (it does not wait for the end)."""
-        with http_errors():
-            run = await engine.start(body.flow, body.inputs, run_id=body.run_id)
-        return _json(await run.view(tracebacks=tracebacks), 201)
+async def _submit(engine: Engine, body: SubmitRun) -> Run:
+    """Record the run of ``body`` QUEUED for a worker; errors as HTTP errors (a queue name ckflow refuses: 422)."""
+    with http_errors():
+        try:
+            return await engine.submit(body.flow, body.inputs, body.run_id, queue=body.queue, priority=body.priority)
+        except ValueError as exc:
+            if isinstance(exc, CkflowError):
+                raise
+            detail = [{"loc": ["body", "queue"], "msg": str(exc), "type": "value_error"}]
+            raise HTTPException(_UNPROCESSABLE, detail=detail) from exc
+
+
+def _run_routes(api: APIRouter, app_engine: Any, tracebacks: bool, submit: bool) -> None:
+    responses: dict[int | str, dict[str, Any]] = {**_NOT_FOUND, **_CONFLICT, **_UNREADABLE}
+    if submit:
+
+        @api.post("/runs", status_code=201, response_model=RunView, responses=responses)
+        async def submit_run(body: SubmitRun, engine: Engine = app_engine) -> Response:
+            """Queue a run of a registered flow for the workers; answers at once with its view (QUEUED)."""
+            return _json(await (await _submit(engine, body)).view(tracebacks=tracebacks), 201)
+
+    else:
+
+        @api.post("/runs", status_code=201, response_model=RunView, responses=responses)
+        async def start(body: StartRun, engine: Engine = app_engine) -> Response:
+            """Start a run of a registered flow; answers at once with its view (it does not wait for the end)."""
+            with http_errors():
+                run = await engine.start(body.flow, body.inputs, run_id=body.run_id)
+            return _json(await run.view(tracebacks=tracebacks), 201)
 
     @api.get("/runs", response_model=RunList)
     async def list_runs(

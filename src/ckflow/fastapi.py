@@ -104,7 +104,7 @@ def app_engine(request: Request) -> Engine:
     return found
 
 
-def router(*, tracebacks: bool = False, **options: Any) -> APIRouter:
+def router(*, tracebacks: bool = False, submit: bool = False, **options: Any) -> APIRouter:
     """The runs of the app's engine over HTTP: an ``APIRouter``; ``options`` are ``APIRouter``'s (``dependencies``).
 
         app.include_router(ckflow.fastapi.router(dependencies=[Depends(auth)]), prefix="/ckflow")
@@ -129,8 +129,13 @@ def router(*, tracebacks: bool = False, **options: Any) -> APIRouter:
 
     A failure is given as its type and message; its traceback (the server's code) only with ``tracebacks=True``,
     in the run views and in the events alike.
+
+    With ``submit=True``, ``POST /runs`` does not run the run in this process: it records it QUEUED for the
+    workers (``ckflow.Worker``, ``ckflow worker``) with ``engine.submit``, in the body's ``queue`` (default
+    ``"default"``) with its ``priority``; the rest of the router works on the run wherever a worker runs it. Without
+    it, a body that names a queue or a priority is a 422.
     """
-    return build_router(engine, tracebacks=tracebacks, **options)
+    return build_router(engine, tracebacks=tracebacks, submit=submit, **options)
 
 
 async def run(
