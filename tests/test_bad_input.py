@@ -14,15 +14,14 @@ import sqlite3
 import stat
 import subprocess
 import sys
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
-from tests.stores import run_record, with_query
-from tests.stores.conftest import drop_schema
+from tests.stores import run_record
+from tests.stores.conftest import url_of_kind
 
 import ckflow
 from ckflow import Engine, InvalidRunIdError, Linear, ResultNotSerializableError, StoreCorruptError, task
@@ -72,15 +71,8 @@ async def fails_with_escape() -> None:
 @pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """An empty store of each kind (a PostgreSQL schema of its own, dropped afterwards)."""
-    if request.param == "memory":
-        yield "memory://"
-    elif request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'runs.db'}"
-    else:
-        dsn: str = request.getfixturevalue("postgres_dsn")
-        url = with_query(dsn, schema=f"ckflow_test_{uuid.uuid4().hex[:12]}")
+    async with url_of_kind(request, tmp_path, "memory://") as url:
         yield url
-        await drop_schema(url)
 
 
 @dataclass

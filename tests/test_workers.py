@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 from tests.stores import with_query
-from tests.stores.conftest import drop_schema
+from tests.stores.conftest import drop_schema, url_of_kind
 from tests.test_recovery import exited_pid
 
 import ckflow
@@ -36,15 +36,8 @@ async def pg(postgres_dsn: str) -> AsyncIterator[str]:
 @pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """A store of each kind (submit works on every store; only PostgreSQL has workers)."""
-    if request.param == "memory":
-        yield f"memory://workers-{uuid.uuid4().hex[:8]}"
-    elif request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'runs.db'}"
-    else:
-        dsn: str = request.getfixturevalue("postgres_dsn")
-        url = with_query(dsn, schema=f"ckflow_test_{uuid.uuid4().hex[:12]}")
+    async with url_of_kind(request, tmp_path, f"memory://workers-{uuid.uuid4().hex[:8]}") as url:
         yield url
-        await drop_schema(url)
 
 
 class Jobs:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,23 @@ async def drop_schema(url: str) -> None:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     finally:
         await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def url_of_kind(request: pytest.FixtureRequest, tmp_path: Path, memory: str) -> AsyncIterator[str]:
+    """The URL of an empty store of the kind ``request.param`` names ("memory": ``memory``; "sqlite": a file in
+    ``tmp_path``; "postgres": a schema of its own on the test server, dropped afterwards)."""
+    if request.param == "memory":
+        yield memory
+    elif request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'runs.db'}"
+    else:
+        dsn: str = request.getfixturevalue("postgres_dsn")
+        url = with_query(dsn, schema=f"ckflow_test_{uuid.uuid4().hex[:12]}")
+        try:
+            yield url
+        finally:
+            await drop_schema(url)
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 import pytest
-from tests.stores import run_record, with_query, without_query
-from tests.stores.conftest import drop_schema
+from tests.stores import run_record, without_query
+from tests.stores.conftest import url_of_kind
 
 from ckflow import StoreNotFoundError, StoreUnavailableError
 from ckflow.stores import open_store
@@ -23,15 +23,8 @@ if TYPE_CHECKING:
 @pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def missing_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """The URL of a store that does not exist yet, of each kind (a PostgreSQL schema dropped afterwards)."""
-    if request.param == "memory":
-        yield f"memory://ckflow-test-{uuid.uuid4().hex[:12]}"
-    elif request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'runs.db'}"
-    else:
-        dsn: str = request.getfixturevalue("postgres_dsn")
-        url = with_query(dsn, schema=f"ckflow_test_{uuid.uuid4().hex[:12]}")
+    async with url_of_kind(request, tmp_path, f"memory://ckflow-test-{uuid.uuid4().hex[:12]}") as url:
         yield url
-        await drop_schema(url)
 
 
 async def _schema_exists(url: str) -> bool:
