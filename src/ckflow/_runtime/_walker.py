@@ -151,14 +151,7 @@ class RevertWalker:
         depth = scopes[scope].depth
         region_of = self.region_of
         recorder = self.run.recorder
-        nodes = self.run.nodes
-        report = RegionReport(
-            checkpoint=scopes[scope].name,
-            action=action.value,
-            cause=None if cause is None else nodes[cause].name,
-            members=sorted(nodes[m].name for m in members if nodes[m].kind == TASK),
-            failure_at=failure_at,
-        )
+        report = self._report(scope, action, cause, members, failure_at)
         self.run.reports.append(report)
         self.region_ids += 1
         region = Region(self.region_ids, scope, depth, action, members, report)
@@ -186,6 +179,21 @@ class RevertWalker:
             recorder.on_commit(partial(self._region_committed, region, region.gen))
         self.arm_region(region)
         return region
+
+    def _report(self, scope: int, action: Action, cause: int | None, members: set[int], at: float) -> RegionReport:
+        """The report of a region being opened (built without validation: it is on the way to the first revert)."""
+        nodes = self.run.nodes
+        return construct(
+            RegionReport,
+            checkpoint=self.run.graph.scopes[scope].name,
+            action=action.value,
+            cause=None if cause is None else nodes[cause].name,
+            members=sorted(nodes[m].name for m in members if nodes[m].kind == TASK),
+            failure_at=at,
+            first_revert_at=None,
+            reverts_done_at=None,
+            retry_at=None,
+        )
 
     def _merge(
         self, old: Iterable[Region], members: set[int], scope: int, action: Action, failure_at: float
