@@ -150,8 +150,9 @@ class Node:
         self.task = task
         self.preds: tuple[int, ...] = ()
         self.succs: tuple[int, ...] = ()
-        #: (parameter, value name) read from the run's values, made upstream
-        self.value_in: tuple[tuple[str, str], ...] = ()
+        #: parameter, value name, parameter, value name, ...: read from the run's values, made upstream (one flat
+        #: tuple, not a tuple of pairs: one object for the collector to track per task, not one per input)
+        self.value_in: tuple[str, ...] = ()
         #: parameter -> constant, from inject
         self.const_in: Mapping[str, Any] | None = None
         #: (parameter, input name, required) read from the run's inputs
@@ -374,7 +375,7 @@ class _Compiler:
             assert task is not None
             own_inject = task.inject or {}
             defaults = task.parameter_defaults
-            values: list[tuple[str, str]] = []
+            values: list[str] = []
             consts: dict[str, Any] = {}
             inputs: list[tuple[str, str, bool]] = []
             for param, name in task.bindings:
@@ -386,7 +387,7 @@ class _Compiler:
                     if provider == node.id:
                         raise CycleError(self.root.name, [node.name])
                     self._order(provider, node.id, name)
-                    values.append((param, name))
+                    values += (param, name)
                     continue
                 flow_inject = next((inj for inj in self.flow_injects[node.id] if name in inj), None)
                 if flow_inject is not None:
@@ -580,7 +581,14 @@ def _group(n: int, keys: list[int], values: list[int]) -> list[tuple[int, ...]]:
     for k, v in zip(keys, values, strict=True):
         flat[fill[k]] = v
         fill[k] += 1
-    return [tuple(flat[starts[i] : starts[i + 1]]) for i in range(n)]
+    # A group of one is shared by every key with the same single value (a Parallel's tasks all have the same
+    # predecessor and successor): fewer objects for the cyclic GC to track, and less memory per task.
+    groups = [tuple(flat[starts[i] : starts[i + 1]]) for i in range(n)]
+    singles: dict[int, tuple[int, ...]] = {}
+    for i, group in enumerate(groups):
+        if len(group) == 1:
+            groups[i] = singles.setdefault(group[0], group)
+    return groups
 
 
 def compile_flow(flow: Flow) -> ExecutionGraph:

@@ -310,10 +310,11 @@ class Scheduler:
 
     def task_inputs(self, node: Node) -> dict[str, Any]:
         kw: dict[str, Any] = dict(node.const_in) if node.const_in else {}
-        if node.value_in:
+        value_in = node.value_in
+        if value_in:
             values = self.run.values
-            for param, name in node.value_in:
-                kw[param] = values[name]
+            for i in range(0, len(value_in), 2):
+                kw[value_in[i]] = values[value_in[i + 1]]
         if node.input_in:
             inputs = self.run.inputs
             for param, name, _required in node.input_in:
@@ -368,7 +369,9 @@ class Scheduler:
         try:
             try:
                 try:
-                    kw = self.run.kwargs[n] = self.task_inputs(node)
+                    kw = self.task_inputs(node)
+                    if task.revert_parameters:
+                        self.run.kwargs[n] = kw  # its revert gets them too (kept only for a revert that takes any)
                     coro = self.start_execute(n, task, kw, node.is_async)
                     try:
                         yielded = coro.send(None)

@@ -326,11 +326,11 @@ class RevertWalker:
             self._revert_returned(region, n, None)
             return
         given = self.run.kwargs[n]
-        if given is None:
+        if given is None and params:
             # A task restored from the store: rebuild its inputs from the values it was given (still there, since
             # what provided them is reverted after it).
             given = self.run.kwargs[n] = self._sched().task_inputs(node)
-        kw = {p: given[p] for p in params if p in given}
+        kw = {p: given[p] for p in params if p in given} if given else {}
         if "result" in params:
             kw["result"] = self.run.results[n]
         token = CURRENT.set((self.owner, n))
