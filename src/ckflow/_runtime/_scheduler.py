@@ -550,7 +550,7 @@ class Scheduler:
             region.failures.append(failure)
             self.walker.record_region(region)
             self.walker.member_settled(region, n)
-        elif not self.run.failed and self.run.stopped is None:
+        elif self.run.mode is not RunMode.FAILED and self.run.stop_reason is None:
             self.walker.on_failure(n, exc, failure, failed_at, seq)
         else:
             self.run.log_failure(n, failure, WARNING, seq)

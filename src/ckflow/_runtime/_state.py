@@ -195,6 +195,8 @@ class RunState:
     def log_failure(self, n: int, failure: Failure, level: int, seq: int | None) -> None:
         """Write task ``n``'s failure to the log at ``level`` (INFO: its checkpoint retries it; WARNING: it
         escalates or ends the run), once the loop goes round: the walker has started its revert by then."""
+        if not TASK_LOG.isEnabledFor(level):
+            return  # (asked first: this is on the way from a task's failure to its revert's start)
         node = self.nodes[n]
         self.hub.hold_log(
             level,
