@@ -226,7 +226,7 @@ class RunState:
 
     def event(self, name: str, level: int = INFO, **fields: Any) -> None:
         """Emit a run, walker or control event (and record it, for a durable run)."""
-        seq = self.recorder.event(name, fields)
+        seq = self.recorder.event(name, fields) if self.durable else None
         if self.telemetry is not None:
             self.telemetry.event(name, fields)
         if self.hub.wants(level, name):
