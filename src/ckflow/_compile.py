@@ -233,11 +233,7 @@ class ExecutionGraph:
         """The task nodes of ``scope``, nested scopes included, in id order (computed once per scope)."""
         found = self._scope_tasks.get(scope)
         if found is None:
-            nodes = self.nodes
-            if scope == ROOT:
-                found = [n.id for n in nodes if n.kind == TASK]
-            else:
-                found = [n.id for n in nodes if n.kind == TASK and scope in n.chain]
+            found = [n.id for n in self.nodes if n.kind == TASK and (scope == ROOT or scope in n.chain)]
             self._scope_tasks[scope] = found
         return found
 
@@ -305,10 +301,9 @@ class _Compiler:
         #: task node -> the injects of its enclosing flows, innermost first
         self.flow_injects: list[tuple[Mapping[str, Any], ...]] = []
         self.provider: dict[str, int] = {}
-        #: Graph -> set of (provider item, consumer item) data edges
-        #: Graph -> its item-level data edges, as an insertion-ordered set (a dict) so that edge order,
-        #: and with it the order ready tasks start in, is deterministic without sorting
-        self.graph_edges: dict[int, dict[tuple[int, int], None]] = {}
+        #: Graph -> its item-level data edges (a -> b as a * len(items) + b), as an insertion-ordered set (a
+        #: dict) so that edge order, and with it the order ready tasks start in, is deterministic without sorting
+        self.graph_edges: dict[int, dict[int, None]] = {}
         self.required: dict[str, list[str]] = {}
 
     # -- nodes and scopes ----------------------------------------------------
@@ -417,7 +412,7 @@ class _Compiler:
             raise SiblingDependencyError(flow.name, self.nodes[consumer].name, name, self.nodes[provider].name)
         else:
             assert flow.kind == "Graph"
-            self.graph_edges.setdefault(id(flow), {})[(p_index, c_index)] = None
+            self.graph_edges.setdefault(id(flow), {})[p_index * len(flow.items) + c_index] = None
 
     # -- structure -------------------------------------------------------------
 
@@ -462,14 +457,20 @@ class _Compiler:
             )
         assert flow.kind == "Graph"
         # Items keep their positions so that data edges (by item index) and links line up.
-        edges = dict(self.graph_edges.get(id(flow), {}))
-        edges.update(dict.fromkeys(cast("_Graph", flow).link_indexes))
+        # Edge a -> b is the int a * m + b: unlike a tuple, nothing for the cyclic GC to track (S7).
+        m = len(flow.items)
+        keys = dict(self.graph_edges.get(id(flow), {}))
+        keys.update(dict.fromkeys(a * m + b for a, b in cast("_Graph", flow).link_indexes))
         by_index = self._index_pieces(flow, pieces)
-        edges = {(a, b): None for a, b in edges if _entries(by_index[a]) and _entries(by_index[b])}
-        self._check_acyclic(flow, by_index, edges)
-        has_in = {b for _, b in edges}
-        has_out = {a for a, _ in edges}
-        for a, b in edges:
+        src: list[int] = []
+        dst: list[int] = []
+        for a, b in map(divmod, keys, itertools.repeat(m)):
+            if _entries(by_index[a]) and _entries(by_index[b]):
+                src.append(a)
+                dst.append(b)
+        self._check_acyclic(flow, by_index, src, dst)
+        has_in, has_out = set(dst), set(src)
+        for a, b in zip(src, dst, strict=True):
             self._connect(by_index[a], by_index[b])
         entries = tuple(n for i, p in by_index.items() if i not in has_in for n in _entries(p))
         exits = tuple(n for i, p in by_index.items() if i not in has_out for n in _exits(p))
@@ -507,11 +508,10 @@ class _Compiler:
                 self._edge(b.entry_join, n)
         self._edge(out, b.entry_join)
 
-    def _check_acyclic(self, flow: Flow, by_index: dict[int, _Piece], edges: Mapping[tuple[int, int], None]) -> None:
-        targets = [b for _, b in edges]
-        succ = _group(len(flow.items), [a for a, _ in edges], targets)
+    def _check_acyclic(self, flow: Flow, by_index: dict[int, _Piece], src: list[int], dst: list[int]) -> None:
+        succ = _group(len(flow.items), src, dst)
         indegree = [0] * len(flow.items)
-        for b in targets:
+        for b in dst:
             indegree[b] += 1
         ready = [i for i in by_index if indegree[i] == 0]
         seen = 0
@@ -581,8 +581,7 @@ def _group(n: int, keys: list[int], values: list[int]) -> list[tuple[int, ...]]:
     for k, v in zip(keys, values, strict=True):
         flat[fill[k]] = v
         fill[k] += 1
-    # A group of one is shared by every key with the same single value (a Parallel's tasks all have the same
-    # predecessor and successor): fewer objects for the cyclic GC to track, and less memory per task.
+    # A group of one is shared by the keys with that one value (a Parallel's tasks): less for the GC and memory.
     groups = [tuple(flat[starts[i] : starts[i + 1]]) for i in range(n)]
     singles: dict[int, tuple[int, ...]] = {}
     for i, group in enumerate(groups):
