@@ -36,7 +36,7 @@ from ckflow._failure import Failure, FailureKind
 from ckflow._region import Action
 from ckflow._runtime._context import CURRENT
 from ckflow._runtime._coro import resume
-from ckflow._runtime._state import RunMode
+from ckflow._runtime._state import UNSET, RunMode
 from ckflow._states import FAILURE, PENDING, RUNNING, SUCCESS
 
 if TYPE_CHECKING:
@@ -344,7 +344,7 @@ class Scheduler:
         t0 = self.run.started[n] = time.monotonic()
         # The last execute's end no longer goes with its start: a task running again has no end (and no
         # duration) until this execute ends, never an end before its start.
-        self.run.ended[n] = None
+        self.run.ended[n] = UNSET
         if self.walker.retry_watch:
             report = self.walker.retry_watch.pop(n, None)
             if report is not None and report.retry_at is None:
