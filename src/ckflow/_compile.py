@@ -14,6 +14,7 @@ Run-time code never walks the pattern tree again.
 from __future__ import annotations
 
 import itertools
+from array import array
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast, final
 
@@ -27,7 +28,7 @@ from ckflow._errors import (
 from ckflow._task import Task
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
 __all__ = ["JOIN", "LOOP", "TASK", "ExecutionGraph", "Flow", "Node", "Scope", "compile_flow"]
 
@@ -198,8 +199,7 @@ class ExecutionGraph:
         self.scopes = scopes
         #: value name -> the tasks that need it from the run's inputs
         self.required_inputs = required_inputs
-        #: how run inputs are checked against the annotations of the tasks that read them; built by
-        #: ``ckflow._inputs`` on first use, so compiling a flow looks at no annotation
+        #: how run inputs are checked against their readers' annotations (built by ``ckflow._inputs`` when first used)
         self.input_checks: object | None = None
         self.index = {n.name: n.id for n in nodes if n.kind == TASK}
         self.scope_index = {s.name: s.id for s in scopes}
@@ -296,8 +296,8 @@ class _Compiler:
         #: flow's compile does not grow what the collector's gen-2 passes walk meanwhile
         self.edge_from: list[int] = []
         self.edge_to: list[int] = []
-        #: task node -> its path from the root, as item indexes (ints only: untracked by the collector)
-        self.paths: list[tuple[int, ...]] = []
+        #: task node i's path from the root, as item indexes: paths[path_at[i] : path_at[i + 1]] (no tuple a task)
+        self.paths, self.path_at = array("l"), array("l", [0])
         #: task node -> the injects of its enclosing flows, innermost first
         self.flow_injects: list[tuple[Mapping[str, Any], ...]] = []
         self.provider: dict[str, int] = {}
@@ -354,7 +354,8 @@ class _Compiler:
                 if item.retry is not None:
                     task_scope = self._new_scope(Checkpoint(item.name, retry=item.retry), scope)
                 node = self._new_node(item.name, TASK, task_scope, item)
-                self.paths.append(here)
+                self.paths.extend(here)
+                self.path_at.append(len(self.paths))
                 self.flow_injects.append(injects)
                 for value in item.provided:
                     self.provider[value] = node
@@ -398,7 +399,8 @@ class _Compiler:
 
     def _order(self, provider: int, consumer: int, name: str) -> None:
         """Check that ``provider`` runs before ``consumer``; in a Graph, make it so."""
-        p_path, c_path = self.paths[provider], self.paths[consumer]
+        at, paths = self.path_at, self.paths
+        p_path, c_path = paths[at[provider] : at[provider + 1]], paths[at[consumer] : at[consumer + 1]]
         depth = 0
         flow = self.root
         while p_path[depth] == c_path[depth]:
@@ -462,8 +464,7 @@ class _Compiler:
         keys = dict(self.graph_edges.get(id(flow), {}))
         keys.update(dict.fromkeys(a * m + b for a, b in cast("_Graph", flow).link_indexes))
         by_index = self._index_pieces(flow, pieces)
-        src: list[int] = []
-        dst: list[int] = []
+        src, dst = array("l"), array("l")
         for a, b in map(divmod, keys, itertools.repeat(m)):
             if _entries(by_index[a]) and _entries(by_index[b]):
                 src.append(a)
@@ -508,7 +509,7 @@ class _Compiler:
                 self._edge(b.entry_join, n)
         self._edge(out, b.entry_join)
 
-    def _check_acyclic(self, flow: Flow, by_index: dict[int, _Piece], src: list[int], dst: list[int]) -> None:
+    def _check_acyclic(self, flow: Flow, by_index: dict[int, _Piece], src: Sequence[int], dst: Sequence[int]) -> None:
         succ = _group(len(flow.items), src, dst)
         indegree = [0] * len(flow.items)
         for b in dst:
@@ -569,7 +570,7 @@ class _Compiler:
             seen.add(scope.name)
 
 
-def _group(n: int, keys: list[int], values: list[int]) -> list[tuple[int, ...]]:
+def _group(n: int, keys: Sequence[int], values: Sequence[int]) -> list[tuple[int, ...]]:
     """``values`` grouped by ``keys`` (each in 0..n-1), in their order within each group: a counting sort."""
     starts = [0] * (n + 1)
     for k in keys:
