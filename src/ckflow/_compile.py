@@ -14,7 +14,6 @@ Run-time code never walks the pattern tree again.
 from __future__ import annotations
 
 import itertools
-from array import array
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast, final
 
@@ -296,8 +295,9 @@ class _Compiler:
         #: flow's compile does not grow what the collector's gen-2 passes walk meanwhile
         self.edge_from: list[int] = []
         self.edge_to: list[int] = []
-        #: task node i's path from the root, as item indexes: paths[path_at[i] : path_at[i + 1]] (no tuple a task)
-        self.paths, self.path_at = array("l"), array("l", [0])
+        #: task node -> its path from the root, as item indexes: its flow's path (one tuple a flow) and its index
+        self.paths: list[tuple[int, ...]] = []
+        self.path_index: list[int] = []
         #: task node -> the injects of its enclosing flows, innermost first
         self.flow_injects: list[tuple[Mapping[str, Any], ...]] = []
         self.provider: dict[str, int] = {}
@@ -346,7 +346,6 @@ class _Compiler:
         if flow.inject:
             injects = (flow.inject, *injects)
         for index, item in enumerate(flow.items):
-            here = (*path, index)
             if isinstance(item, Checkpoint):
                 scope = self._new_scope(item, scope)
             elif isinstance(item, Task):
@@ -354,13 +353,13 @@ class _Compiler:
                 if item.retry is not None:
                     task_scope = self._new_scope(Checkpoint(item.name, retry=item.retry), scope)
                 node = self._new_node(item.name, TASK, task_scope, item)
-                self.paths.extend(here)
-                self.path_at.append(len(self.paths))
+                self.paths.append(path)  # (a tuple a flow, not a task: S6)
+                self.path_index.append(index)
                 self.flow_injects.append(injects)
                 for value in item.provided:
                     self.provider[value] = node
             else:
-                self.collect(item, scope, here, injects)
+                self.collect(item, scope, (*path, index), injects)
 
     # -- data ----------------------------------------------------------------
 
@@ -399,8 +398,8 @@ class _Compiler:
 
     def _order(self, provider: int, consumer: int, name: str) -> None:
         """Check that ``provider`` runs before ``consumer``; in a Graph, make it so."""
-        at, paths = self.path_at, self.paths
-        p_path, c_path = paths[at[provider] : at[provider + 1]], paths[at[consumer] : at[consumer + 1]]
+        p_path = (*self.paths[provider], self.path_index[provider])
+        c_path = (*self.paths[consumer], self.path_index[consumer])
         depth = 0
         flow = self.root
         while p_path[depth] == c_path[depth]:
@@ -464,7 +463,8 @@ class _Compiler:
         keys = dict(self.graph_edges.get(id(flow), {}))
         keys.update(dict.fromkeys(a * m + b for a, b in cast("_Graph", flow).link_indexes))
         by_index = self._index_pieces(flow, pieces)
-        src, dst = array("l"), array("l")
+        src: list[int] = []
+        dst: list[int] = []
         for a, b in map(divmod, keys, itertools.repeat(m)):
             if _entries(by_index[a]) and _entries(by_index[b]):
                 src.append(a)
