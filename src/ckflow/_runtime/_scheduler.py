@@ -310,11 +310,11 @@ class Scheduler:
 
     def task_inputs(self, node: Node) -> dict[str, Any]:
         kw: dict[str, Any] = dict(node.const_in) if node.const_in else {}
-        value_in = node.value_in
-        if value_in:
+        if node.value_in:
             values = self.run.values
-            for i in range(0, len(value_in), 2):
-                kw[value_in[i]] = values[value_in[i + 1]]
+            pairs = iter(node.value_in)
+            for param, name in zip(pairs, pairs, strict=True):
+                kw[param] = values[name]
         if node.input_in:
             inputs = self.run.inputs
             for param, name, _required in node.input_in:
@@ -370,8 +370,8 @@ class Scheduler:
             try:
                 try:
                     kw = self.task_inputs(node)
-                    if task.revert_parameters:
-                        self.run.kwargs[n] = kw  # its revert gets them too (kept only for a revert that takes any)
+                    if kw:
+                        self.run.kwargs[n] = kw  # its revert gets them too (an empty dict is not kept)
                     coro = self.start_execute(n, task, kw, node.is_async)
                     try:
                         yielded = coro.send(None)
