@@ -150,9 +150,8 @@ class Node:
         self.task = task
         self.preds: tuple[int, ...] = ()
         self.succs: tuple[int, ...] = ()
-        #: parameter, value name, parameter, value name, ...: read from the run's values, made upstream (one flat
-        #: tuple, not a tuple of pairs: one object for the collector to track per task, not one per input)
-        self.value_in: tuple[str, ...] = ()
+        #: (parameter, value name) read from the run's values, made upstream
+        self.value_in: tuple[tuple[str, str], ...] = ()
         #: parameter -> constant, from inject
         self.const_in: Mapping[str, Any] | None = None
         #: (parameter, input name, required) read from the run's inputs
@@ -370,7 +369,7 @@ class _Compiler:
             assert task is not None
             own_inject = task.inject or {}
             defaults = task.parameter_defaults
-            values: list[str] = []
+            values: list[tuple[str, str]] = []
             consts: dict[str, Any] = {}
             inputs: list[tuple[str, str, bool]] = []
             for param, name in task.bindings:
@@ -382,7 +381,7 @@ class _Compiler:
                     if provider == node.id:
                         raise CycleError(self.root.name, [node.name])
                     self._order(provider, node.id, name)
-                    values += (param, name)
+                    values.append((param, name))
                     continue
                 flow_inject = next((inj for inj in self.flow_injects[node.id] if name in inj), None)
                 if flow_inject is not None:

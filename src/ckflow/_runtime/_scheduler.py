@@ -312,8 +312,7 @@ class Scheduler:
         kw: dict[str, Any] = dict(node.const_in) if node.const_in else {}
         if node.value_in:
             values = self.run.values
-            pairs = iter(node.value_in)
-            for param, name in zip(pairs, pairs, strict=True):
+            for param, name in node.value_in:
                 kw[param] = values[name]
         if node.input_in:
             inputs = self.run.inputs
