@@ -581,13 +581,7 @@ def _group(n: int, keys: Sequence[int], values: Sequence[int]) -> list[tuple[int
     for k, v in zip(keys, values, strict=True):
         flat[fill[k]] = v
         fill[k] += 1
-    # A group of one is shared by the keys with that one value (a Parallel's tasks): less for the GC and memory.
-    groups = [tuple(flat[starts[i] : starts[i + 1]]) for i in range(n)]
-    singles: dict[int, tuple[int, ...]] = {}
-    for i, group in enumerate(groups):
-        if len(group) == 1:
-            groups[i] = singles.setdefault(group[0], group)
-    return groups
+    return [tuple(flat[starts[i] : starts[i + 1]]) for i in range(n)]
 
 
 def compile_flow(flow: Flow) -> ExecutionGraph:
