@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pydantic
+import pytest
+
 import ckflow
 
 
@@ -39,3 +42,15 @@ class TestFailure:
         assert loaded.traceback == failure.traceback
         assert loaded.exception is None
         assert loaded.model_dump() == failure.model_dump()
+
+    def test_built_without_validation_equals_the_validated_model(self) -> None:
+        """from_exception skips pydantic's validation: what it builds equals the validated model, field for field,
+        fields set included, and stays frozen."""
+        failure = _failure()
+        validated = ckflow.Failure(
+            task="attach", kind="execute", exc_type="ValueError", message="disk full", attempt=2, at=failure.at
+        )
+        assert failure.model_dump() == validated.model_dump() | {"traceback": failure.traceback}
+        assert failure.model_fields_set == validated.model_fields_set
+        with pytest.raises(pydantic.ValidationError):
+            failure.task = "other"  # type: ignore[misc]

@@ -27,7 +27,7 @@ from ckflow._errors import (
 from ckflow._task import Task
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
 __all__ = ["JOIN", "LOOP", "TASK", "ExecutionGraph", "Flow", "Node", "Scope", "compile_flow"]
 
@@ -197,8 +197,7 @@ class ExecutionGraph:
         self.scopes = scopes
         #: value name -> the tasks that need it from the run's inputs
         self.required_inputs = required_inputs
-        #: how run inputs are checked against the annotations of the tasks that read them; built by
-        #: ``ckflow._inputs`` on first use, so compiling a flow looks at no annotation
+        #: how run inputs are checked against their readers' annotations (built by ``ckflow._inputs`` when first used)
         self.input_checks: object | None = None
         self.index = {n.name: n.id for n in nodes if n.kind == TASK}
         self.scope_index = {s.name: s.id for s in scopes}
@@ -232,11 +231,7 @@ class ExecutionGraph:
         """The task nodes of ``scope``, nested scopes included, in id order (computed once per scope)."""
         found = self._scope_tasks.get(scope)
         if found is None:
-            nodes = self.nodes
-            if scope == ROOT:
-                found = [n.id for n in nodes if n.kind == TASK]
-            else:
-                found = [n.id for n in nodes if n.kind == TASK and scope in n.chain]
+            found = [n.id for n in self.nodes if n.kind == TASK and (scope == ROOT or scope in n.chain)]
             self._scope_tasks[scope] = found
         return found
 
@@ -299,15 +294,15 @@ class _Compiler:
         #: flow's compile does not grow what the collector's gen-2 passes walk meanwhile
         self.edge_from: list[int] = []
         self.edge_to: list[int] = []
-        #: task node -> its path from the root, as item indexes (ints only: untracked by the collector)
+        #: task node -> its path from the root, as item indexes: its flow's path (one tuple a flow) and its index
         self.paths: list[tuple[int, ...]] = []
+        self.path_index: list[int] = []
         #: task node -> the injects of its enclosing flows, innermost first
         self.flow_injects: list[tuple[Mapping[str, Any], ...]] = []
         self.provider: dict[str, int] = {}
-        #: Graph -> set of (provider item, consumer item) data edges
-        #: Graph -> its item-level data edges, as an insertion-ordered set (a dict) so that edge order,
-        #: and with it the order ready tasks start in, is deterministic without sorting
-        self.graph_edges: dict[int, dict[tuple[int, int], None]] = {}
+        #: Graph -> its item-level data edges (a -> b as a * len(items) + b), as an insertion-ordered set (a
+        #: dict) so that edge order, and with it the order ready tasks start in, is deterministic without sorting
+        self.graph_edges: dict[int, dict[int, None]] = {}
         self.required: dict[str, list[str]] = {}
 
     # -- nodes and scopes ----------------------------------------------------
@@ -350,7 +345,6 @@ class _Compiler:
         if flow.inject:
             injects = (flow.inject, *injects)
         for index, item in enumerate(flow.items):
-            here = (*path, index)
             if isinstance(item, Checkpoint):
                 scope = self._new_scope(item, scope)
             elif isinstance(item, Task):
@@ -358,12 +352,13 @@ class _Compiler:
                 if item.retry is not None:
                     task_scope = self._new_scope(Checkpoint(item.name, retry=item.retry), scope)
                 node = self._new_node(item.name, TASK, task_scope, item)
-                self.paths.append(here)
+                self.paths.append(path)  # (a tuple a flow, not a task: S6)
+                self.path_index.append(index)
                 self.flow_injects.append(injects)
                 for value in item.provided:
                     self.provider[value] = node
             else:
-                self.collect(item, scope, here, injects)
+                self.collect(item, scope, (*path, index), injects)
 
     # -- data ----------------------------------------------------------------
 
@@ -402,7 +397,8 @@ class _Compiler:
 
     def _order(self, provider: int, consumer: int, name: str) -> None:
         """Check that ``provider`` runs before ``consumer``; in a Graph, make it so."""
-        p_path, c_path = self.paths[provider], self.paths[consumer]
+        p_path = (*self.paths[provider], self.path_index[provider])
+        c_path = (*self.paths[consumer], self.path_index[consumer])
         depth = 0
         flow = self.root
         while p_path[depth] == c_path[depth]:
@@ -416,7 +412,7 @@ class _Compiler:
             raise SiblingDependencyError(flow.name, self.nodes[consumer].name, name, self.nodes[provider].name)
         else:
             assert flow.kind == "Graph"
-            self.graph_edges.setdefault(id(flow), {})[(p_index, c_index)] = None
+            self.graph_edges.setdefault(id(flow), {})[p_index * len(flow.items) + c_index] = None
 
     # -- structure -------------------------------------------------------------
 
@@ -461,14 +457,20 @@ class _Compiler:
             )
         assert flow.kind == "Graph"
         # Items keep their positions so that data edges (by item index) and links line up.
-        edges = dict(self.graph_edges.get(id(flow), {}))
-        edges.update(dict.fromkeys(cast("_Graph", flow).link_indexes))
+        # Edge a -> b is the int a * m + b: unlike a tuple, nothing for the cyclic GC to track (S7).
+        m = len(flow.items)
+        keys = dict(self.graph_edges.get(id(flow), {}))
+        keys.update(dict.fromkeys(a * m + b for a, b in cast("_Graph", flow).link_indexes))
         by_index = self._index_pieces(flow, pieces)
-        edges = {(a, b): None for a, b in edges if _entries(by_index[a]) and _entries(by_index[b])}
-        self._check_acyclic(flow, by_index, edges)
-        has_in = {b for _, b in edges}
-        has_out = {a for a, _ in edges}
-        for a, b in edges:
+        src: list[int] = []
+        dst: list[int] = []
+        for a, b in map(divmod, keys, itertools.repeat(m)):
+            if _entries(by_index[a]) and _entries(by_index[b]):
+                src.append(a)
+                dst.append(b)
+        self._check_acyclic(flow, by_index, src, dst)
+        has_in, has_out = set(dst), set(src)
+        for a, b in zip(src, dst, strict=True):
             self._connect(by_index[a], by_index[b])
         entries = tuple(n for i, p in by_index.items() if i not in has_in for n in _entries(p))
         exits = tuple(n for i, p in by_index.items() if i not in has_out for n in _exits(p))
@@ -506,11 +508,10 @@ class _Compiler:
                 self._edge(b.entry_join, n)
         self._edge(out, b.entry_join)
 
-    def _check_acyclic(self, flow: Flow, by_index: dict[int, _Piece], edges: Mapping[tuple[int, int], None]) -> None:
-        targets = [b for _, b in edges]
-        succ = _group(len(flow.items), [a for a, _ in edges], targets)
+    def _check_acyclic(self, flow: Flow, by_index: dict[int, _Piece], src: Sequence[int], dst: Sequence[int]) -> None:
+        succ = _group(len(flow.items), src, dst)
         indegree = [0] * len(flow.items)
-        for b in targets:
+        for b in dst:
             indegree[b] += 1
         ready = [i for i in by_index if indegree[i] == 0]
         seen = 0
@@ -568,7 +569,7 @@ class _Compiler:
             seen.add(scope.name)
 
 
-def _group(n: int, keys: list[int], values: list[int]) -> list[tuple[int, ...]]:
+def _group(n: int, keys: Sequence[int], values: Sequence[int]) -> list[tuple[int, ...]]:
     """``values`` grouped by ``keys`` (each in 0..n-1), in their order within each group: a counting sort."""
     starts = [0] * (n + 1)
     for k in keys:

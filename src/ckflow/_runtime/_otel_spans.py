@@ -257,7 +257,7 @@ class RunTelemetry:
                 outcome = "cancelled"
             if instruments is not None:
                 attrs = {**self.flow_attrs, "ckflow.task": node.name, "ckflow.outcome": outcome}
-                started = core.started[n]
+                started = core.started_at(n)
                 if started is not None:
                     instruments.duration.record(max(0.0, time.monotonic() - started), attrs)
                 if outcome == "failure":

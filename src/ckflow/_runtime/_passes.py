@@ -133,8 +133,8 @@ class Passes:
                     TaskOutline,
                     state=run.state[m],
                     attempts=run.executions[m],
-                    started_at=wall(run.started[m]),
-                    ended_at=wall(run.ended[m]),
+                    started_at=wall(run.started_at(m)),
+                    ended_at=wall(run.ended_at(m)),
                     failure=result if isinstance(result, Failure) else None,
                 )
         return construct(

@@ -23,6 +23,7 @@ class Region:
         "auto_resume",
         "backoff",
         "depth",
+        "done",
         "failures",
         "gen",
         "held",
@@ -33,7 +34,7 @@ class Region:
         "report",
         "rev_wait",
         "scope",
-        "settled",
+        "waiter",
     )
 
     def __init__(
@@ -54,8 +55,10 @@ class Region:
         self.parked = False
         #: revert_to(..., retry=True): start the scope afresh instead of parking
         self.auto_resume = False
-        #: set once every member that ran has been reverted, or the run has ended (``settle``)
-        self.settled = anyio.Event()
+        #: True once every member that ran has been reverted, or the run has ended (``settle``)
+        self.done = False
+        #: the event behind ``settled``, made only when someone waits (most regions nobody waits for)
+        self.waiter: anyio.Event | None = None
         #: regions merged into this one: whoever waits for them is done when this one is
         self.absorbed: list[Region] = []
         #: durable runs: the journal generation that records the region (0 once it is committed); its
@@ -63,11 +66,31 @@ class Region:
         self.gen = 0
         self.held: list[int] = []
 
+    @property
+    def settled(self) -> anyio.Event:
+        """Set once every member that ran has been reverted, or the run has ended (``settle``).
+
+        Made on first use rather than with the region: an anyio event costs 2.6 µs, on the path from a task's
+        failure to its revert's start.
+        """
+        waiter = self.waiter
+        if waiter is None:
+            waiter = self.waiter = anyio.Event()
+            if self.done:
+                waiter.set()
+        return waiter
+
+    def settle_one(self) -> None:
+        """Mark this region settled (not the regions merged into it: ``settle``)."""
+        self.done = True
+        if self.waiter is not None:
+            self.waiter.set()
+
 
 def settle(region: Region) -> None:
     """Wake whoever waits for ``region``, or for a region merged into it."""
     pending = [region]
     while pending:
         r = pending.pop()
-        r.settled.set()
+        r.settle_one()
         pending.extend(r.absorbed)

@@ -36,7 +36,7 @@ from ckflow._failure import Failure, FailureKind
 from ckflow._region import Action
 from ckflow._runtime._context import CURRENT
 from ckflow._runtime._coro import resume
-from ckflow._runtime._state import RunMode
+from ckflow._runtime._state import UNSET, RunMode
 from ckflow._states import FAILURE, PENDING, RUNNING, SUCCESS
 
 if TYPE_CHECKING:
@@ -343,7 +343,7 @@ class Scheduler:
         t0 = self.run.started[n] = time.monotonic()
         # The last execute's end no longer goes with its start: a task running again has no end (and no
         # duration) until this execute ends, never an end before its start.
-        self.run.ended[n] = None
+        self.run.ended[n] = UNSET
         if self.walker.retry_watch:
             report = self.walker.retry_watch.pop(n, None)
             if report is not None and report.retry_at is None:
@@ -368,7 +368,9 @@ class Scheduler:
         try:
             try:
                 try:
-                    kw = self.run.kwargs[n] = self.task_inputs(node)
+                    kw = self.task_inputs(node)
+                    if kw:
+                        self.run.kwargs[n] = kw  # its revert gets them too (an empty dict is not kept)
                     coro = self.start_execute(n, task, kw, node.is_async)
                     try:
                         yielded = coro.send(None)
@@ -547,7 +549,7 @@ class Scheduler:
             region.failures.append(failure)
             self.walker.record_region(region)
             self.walker.member_settled(region, n)
-        elif not self.run.failed and self.run.stopped is None:
+        elif self.run.mode is not RunMode.FAILED and self.run.stop_reason is None:
             self.walker.on_failure(n, exc, failure, failed_at, seq)
         else:
             self.run.log_failure(n, failure, WARNING, seq)

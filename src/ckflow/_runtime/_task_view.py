@@ -46,8 +46,8 @@ def summary(run: RunState, n: int) -> TaskSummary:
         name=run.nodes[n].name,
         state=run.state[n],
         attempts=run.executions[n],
-        started=run.started[n],
-        ended=run.ended[n],
+        started=run.started_at(n),
+        ended=run.ended_at(n),
         revert_started=run.rev_started.get(n),
         revert_ended=run.rev_ended.get(n),
         failure=_failure(run, n),
@@ -68,7 +68,12 @@ def views(run: RunState, offset: float, *, tracebacks: bool) -> list[TaskView]:
         TaskView.pending(name)
         if state[n] is PENDING and not executions[n]
         else TaskView.build(
-            name, state[n], executions[n], (wall(run.started[n]), wall(run.ended[n])), _failure(run, n), tracebacks
+            name,
+            state[n],
+            executions[n],
+            (wall(run.started_at(n)), wall(run.ended_at(n))),
+            _failure(run, n),
+            tracebacks,
         )
         for name, n in run.graph.index.items()
     ]
@@ -88,8 +93,8 @@ def record(
         iteration=iteration,
         result=result,
         failure=_failure(run, n),
-        started_at=wall(run.started[n]),
-        ended_at=wall(run.ended[n]),
+        started_at=wall(run.started_at(n)),
+        ended_at=wall(run.ended_at(n)),
         revert_started_at=wall(run.rev_started.get(n)),
         revert_ended_at=wall(run.rev_ended.get(n)),
     )
@@ -116,8 +121,7 @@ def load(run: RunState, n: int, task: TaskRecord, mono: Callable[[float | None],
     reverted from, so that its revert is called again.
     """
     run.executions[n] = task.attempts
-    run.started[n] = mono(task.started_at)
-    run.ended[n] = mono(task.ended_at)
+    run.set_times(n, mono(task.started_at), mono(task.ended_at))
     started, ended = mono(task.revert_started_at), mono(task.revert_ended_at)
     if started is not None:
         run.rev_started[n] = started

@@ -36,6 +36,7 @@ from ckflow._region import Action, decide
 from ckflow._runtime._context import CURRENT
 from ckflow._runtime._coro import resume
 from ckflow._runtime._regions import Region, settle
+from ckflow._runtime._state import RunMode
 from ckflow._states import FAILURE, PENDING, REVERT_FAILURE, REVERTED, REVERTING, RUNNING, SUCCESS
 
 if TYPE_CHECKING:
@@ -55,6 +56,8 @@ _OUTSTANDING: Final = frozenset({RUNNING, SUCCESS, FAILURE, REVERTING})
 _REVERTIBLE: Final = frozenset({SUCCESS, FAILURE})
 #: how much more severe one action is than another, when regions merge
 _SEVERITY: Final = {Action.RETRY: 0, Action.SUSPEND: 1, Action.END: 2}
+#: ``action.value`` without the enum's descriptor (a Python call each, on the way from a failure to its revert)
+_ACTION_NAME: Final = {action: action.value for action in Action}
 
 
 class RevertWalker:
@@ -146,19 +149,14 @@ class RevertWalker:
         """
         failure_at = time.monotonic() if failed_at is None else failed_at
         old = {id(r): r for m in members if (r := self.region_of[m]) is not None}
-        scope, action, failure_at, carried = self._merge(old.values(), members, scope, action, failure_at)
+        carried: list[Failure] = []
+        if old:
+            scope, action, failure_at, carried = self._merge(old.values(), members, scope, action, failure_at)
         scopes = self.run.graph.scopes
         depth = scopes[scope].depth
         region_of = self.region_of
         recorder = self.run.recorder
-        nodes = self.run.nodes
-        report = RegionReport(
-            checkpoint=scopes[scope].name,
-            action=action.value,
-            cause=None if cause is None else nodes[cause].name,
-            members=sorted(nodes[m].name for m in members if nodes[m].kind == TASK),
-            failure_at=failure_at,
-        )
+        report = self._report(scope, action, cause, members, failure_at)
         self.run.reports.append(report)
         self.region_ids += 1
         region = Region(self.region_ids, scope, depth, action, members, report)
@@ -178,7 +176,7 @@ class RevertWalker:
             INFO if action is Action.RETRY or cause is None else WARNING,
             task=report.cause,
             checkpoint=report.checkpoint,
-            detail={"action": action.value, "members": report.members},
+            detail={"action": report.action, "members": report.members},
         )
         if self.run.durable:
             # The decision is stored before any revert starts (see _journal): its reverts wait for the commit.
@@ -186,6 +184,21 @@ class RevertWalker:
             recorder.on_commit(partial(self._region_committed, region, region.gen))
         self.arm_region(region)
         return region
+
+    def _report(self, scope: int, action: Action, cause: int | None, members: set[int], at: float) -> RegionReport:
+        """The report of a region being opened (built without validation: it is on the way to the first revert)."""
+        nodes = self.run.nodes
+        return construct(
+            RegionReport,
+            checkpoint=self.run.graph.scopes[scope].name,
+            action=_ACTION_NAME[action],
+            cause=None if cause is None else nodes[cause].name,
+            members=sorted(nodes[m].name for m in members if nodes[m].kind == TASK),
+            failure_at=at,
+            first_revert_at=None,
+            reverts_done_at=None,
+            retry_at=None,
+        )
 
     def _merge(
         self, old: Iterable[Region], members: set[int], scope: int, action: Action, failure_at: float
@@ -273,7 +286,7 @@ class RevertWalker:
             self.schedule_revert(region, n)
 
     def schedule_revert(self, region: Region, n: int) -> None:
-        if self.run.failed or self.run.stopped is not None:
+        if self.run.mode is RunMode.FAILED or self.run.stop_reason is not None:
             return
         node = self.run.nodes[n]
         if node.kind == TASK:
@@ -290,7 +303,8 @@ class RevertWalker:
         self._revert_finished(region, n)
 
     def queue_revert(self, n: int) -> None:
-        if not self.revert_queued[n] and not self.run.failed and self.run.stopped is None:
+        run = self.run
+        if not self.revert_queued[n] and run.mode is not RunMode.FAILED and run.stop_reason is None:
             self.revert_queued[n] = 1
             self.revert_ready.append(n)
 
@@ -318,11 +332,11 @@ class RevertWalker:
             self._revert_returned(region, n, None)
             return
         given = self.run.kwargs[n]
-        if given is None:
+        if given is None and params:
             # A task restored from the store: rebuild its inputs from the values it was given (still there, since
             # what provided them is reverted after it).
             given = self.run.kwargs[n] = self._sched().task_inputs(node)
-        kw = {p: given[p] for p in params if p in given}
+        kw = {p: given[p] for p in params if p in given} if given else {}
         if "result" in params:
             kw["result"] = self.run.results[n]
         token = CURRENT.set((self.owner, n))
