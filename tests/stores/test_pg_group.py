@@ -23,6 +23,22 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
 
+class GatedConnection:
+    """A pool's connection whose statements its ``GatedPool`` records and may hold."""
+
+    def __init__(self, gated: GatedPool, conn: Any) -> None:
+        self.gated = gated
+        self.conn = conn
+
+    async def fetchrow(self, query: str, *args: Any) -> Any:
+        await self.gated.hold(query)
+        return await self.conn.fetchrow(query, *args)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        await self.gated.hold(query)
+        return await self.conn.fetchval(query, *args)
+
+
 class GatedPool:
     """A pool that records each statement and, while ``gate`` is set, holds it until the gate opens."""
 
@@ -34,7 +50,7 @@ class GatedPool:
         self.holding = anyio.Event()  # set once ``expect`` statements are held
         self.expect = 0
 
-    async def _hold(self, query: str) -> None:
+    async def hold(self, query: str) -> None:
         self.sent.append(query)
         gate = self.gate
         if gate is not None:
@@ -43,13 +59,11 @@ class GatedPool:
                 self.holding.set()
             await gate.wait()
 
-    async def fetchrow(self, query: str, *args: Any) -> Any:
-        await self._hold(query)
-        return await self.pool.fetchrow(query, *args)
+    async def acquire(self) -> GatedConnection:
+        return GatedConnection(self, await self.pool.acquire())
 
-    async def fetchval(self, query: str, *args: Any) -> Any:
-        await self._hold(query)
-        return await self.pool.fetchval(query, *args)
+    async def release(self, conn: GatedConnection) -> None:
+        await self.pool.release(conn.conn)
 
 
 @pytest.fixture
@@ -65,6 +79,13 @@ async def gated(store: PostgresStore, postgres_url: str) -> AsyncIterator[GatedP
     )
     yield GatedPool(pool)
     await pool.close()
+
+
+@pytest.fixture
+async def writer(gated: GatedPool) -> AsyncIterator[_pg_write.GroupWriter]:
+    opened = _pg_write.GroupWriter(gated, "store")
+    yield opened
+    await opened.close()
 
 
 def batch(run_id: str, *, owner: str = OWNER, task: str = "attach", result: str = "1") -> Batch:
@@ -130,13 +151,12 @@ async def stored(store: PostgresStore, run_id: str) -> list[str | None]:
 
 
 async def test_a_group_is_one_statement_and_a_fenced_run_in_it_alone_is_refused(
-    store: PostgresStore, gated: GatedPool
+    store: PostgresStore, gated: GatedPool, writer: _pg_write.GroupWriter
 ) -> None:
     """Writes queued together share one statement; a run whose lease another engine holds raises
     LeaseLostError and nothing of it is written, while the others of its group are."""
     for run_id in ("busy-0", "busy-1", "a", "b", "c"):
         await store.create_run(run_record(run_id))
-    writer = _pg_write.GroupWriter(lambda: gated, "store")
     outcomes = await group_of(
         gated, writer, {"a": batch("a"), "b": batch("b", owner=OTHER), "c": batch("c", result="3")}
     )
@@ -149,11 +169,12 @@ async def test_a_group_is_one_statement_and_a_fenced_run_in_it_alone_is_refused(
     assert (await stored(store, "a"), await stored(store, "b"), await stored(store, "c")) == (["1"], [], ["3"])
 
 
-async def test_a_run_has_one_batch_per_group_in_order(store: PostgresStore, gated: GatedPool) -> None:
+async def test_a_run_has_one_batch_per_group_in_order(
+    store: PostgresStore, gated: GatedPool, writer: _pg_write.GroupWriter
+) -> None:
     """A run's second batch queued behind its first goes in the next statement, so the last one wins."""
     for run_id in ("busy-0", "busy-1", "a", "b"):
         await store.create_run(run_record(run_id))
-    writer = _pg_write.GroupWriter(lambda: gated, "store")
     outcomes = await group_of(
         gated,
         writer,
@@ -164,12 +185,13 @@ async def test_a_run_has_one_batch_per_group_in_order(store: PostgresStore, gate
     assert await stored(store, "a") == ["2"]
 
 
-async def test_a_failed_group_loses_nobody_elses_write(store: PostgresStore, gated: GatedPool) -> None:
+async def test_a_failed_group_loses_nobody_elses_write(
+    store: PostgresStore, gated: GatedPool, writer: _pg_write.GroupWriter
+) -> None:
     """A value the database refuses fails the group's statement: each run is then written alone, and only the
     run at fault gets the error."""
     for run_id in ("busy-0", "busy-1", "a", "bad", "c"):
         await store.create_run(run_record(run_id))
-    writer = _pg_write.GroupWriter(lambda: gated, "store")
     outcomes = await group_of(
         gated, writer, {"a": batch("a"), "bad": batch("bad", result="nul \x00 byte"), "c": batch("c")}
     )
@@ -178,12 +200,13 @@ async def test_a_failed_group_loses_nobody_elses_write(store: PostgresStore, gat
     assert (await stored(store, "a"), await stored(store, "bad"), await stored(store, "c")) == (["1"], [], ["1"])
 
 
-async def test_a_writer_returns_only_once_its_group_is_committed(store: PostgresStore, gated: GatedPool) -> None:
+async def test_a_writer_returns_only_once_its_group_is_committed(
+    store: PostgresStore, gated: GatedPool, writer: _pg_write.GroupWriter
+) -> None:
     """While the statement that holds their batches has not been answered, no writer of the group has returned
     (``group_of`` checks it with the statement held at the gate)."""
     for run_id in ("busy-0", "busy-1", "a", "b"):
         await store.create_run(run_record(run_id))
-    writer = _pg_write.GroupWriter(lambda: gated, "store")
     outcomes = await group_of(gated, writer, {"a": batch("a"), "b": batch("b")}, hold_group=True)
     assert outcomes.of == {"a": None, "b": None}
 

@@ -161,10 +161,10 @@ _Queued = tuple[_sql.Writes, "asyncio.Future[None]"]
 class GroupWriter:
     """Writes the common batches of a store's runs: alone while few are in flight, else grouped."""
 
-    __slots__ = ("_active", "_inflight", "_pool", "_queue", "_tasks", "_where")
+    __slots__ = ("_active", "_closed", "_idle", "_inflight", "_pool", "_queue", "_tasks", "_where")
 
-    def __init__(self, pool: Callable[[], Any], where: str) -> None:
-        #: the store's pool (raises if the store is closed)
+    def __init__(self, pool: Any, where: str) -> None:
+        #: the store's pool, open as long as this writer
         self._pool = pool
         self._where = where
         #: writes in flight: a writer's own, or a task's writing the queue
@@ -174,6 +174,32 @@ class GroupWriter:
         self._inflight: set[str] = set()
         #: the tasks writing the queue (referenced until done)
         self._tasks: set[asyncio.Task[None]] = set()
+        #: connections taken from the pool for the writes, idle between them (at most ``WRITERS``)
+        self._idle: list[Any] = []
+        self._closed = False
+
+    async def close(self) -> None:
+        """Hand the connections back to the pool, before it closes (one in use goes back once its write is done)."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await self._pool.release(conn)
+
+    async def _call(self, fetch: str, query: str, args: Sequence[Any]) -> Any:
+        """``fetch`` (``"fetchrow"`` or ``"fetchval"``) on a connection this writer holds between writes: a call
+        through the pool costs a task more (asyncpg shields each release) and a turn of the event loop."""
+        pool = self._pool
+        conn = self._idle.pop() if self._idle else await pool.acquire()
+        try:
+            result = await getattr(conn, fetch)(query, *args)
+        except BaseException:
+            await pool.release(conn)  # the pool checks it, as after a call of its own
+            raise
+        if self._closed:
+            await pool.release(conn)
+        else:
+            self._idle.append(conn)
+        return result
 
     async def write(self, w: _sql.Writes, tables: tuple[str, ...], args: list[Any]) -> None:
         """Write ``w`` (whose ``one_statement_args`` are ``tables`` and ``args``) and return once it is committed.
@@ -199,7 +225,7 @@ class GroupWriter:
         await done
 
     async def _alone(self, w: _sql.Writes, tables: tuple[str, ...], args: list[Any]) -> None:
-        found = await self._pool().fetchrow(one_statement(tables), *args)
+        found = await self._call("fetchrow", one_statement(tables), args)
         if not found["fenced"]:
             if not found["found"]:
                 raise RunNotFoundError(w.run_id, self._where)
@@ -256,7 +282,7 @@ class GroupWriter:
         if len(group) > 1:
             try:
                 tables, args = _group_args([w for w, _ in group])
-                fenced = set(await self._pool().fetchval(group_statement(tables), *args))
+                fenced = set(await self._call("fetchval", group_statement(tables), args))
             except Exception:  # each run is written again alone, and learns its own error
                 fenced = set()
             for w, done in group:

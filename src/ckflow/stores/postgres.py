@@ -227,7 +227,7 @@ class PostgresStore(StoreBase):
         self._where = f"store {self._url!r}"
         self._lock = asyncio.Lock()
         self._pool: Any = None
-        self._writer = _pg_write.GroupWriter(self._open_pool, self._where)
+        self._writer: _pg_write.GroupWriter | None = None
 
     @property
     def url(self) -> str:
@@ -270,11 +270,15 @@ class PostgresStore(StoreBase):
                     raise StoreUnavailableError(self._url, _reason(exc, self._timeout)) from exc
                 raise
             self._pool = pool
+            self._writer = _pg_write.GroupWriter(pool, self._where)
 
     async def close(self) -> None:
         """Close the pool once the calls in progress are done; does nothing if closed."""
         async with self._lock:
             pool, self._pool = self._pool, None
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                await writer.close()
             if pool is not None:
                 await pool.close()
 
@@ -339,7 +343,10 @@ class PostgresStore(StoreBase):
         if one is not None:
             # The common batch (a run's rows, tasks, passes, regions, events): one statement, one round trip,
             # shared with other runs' batches while writes are in flight (group commit, see ``_pg_write``).
-            await self._writer.write(w, *one)
+            writer = self._writer
+            if writer is None:
+                raise not_open(self._url)
+            await writer.write(w, *one)
             return
         # Deletions (retention, dropped regions) must see the rows this batch adds, and requests may repeat:
         # statement after statement, in one transaction.
