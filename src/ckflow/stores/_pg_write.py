@@ -185,9 +185,10 @@ class GroupWriter:
         for conn in idle:
             await self._pool.release(conn)
 
-    async def _call(self, fetch: str, query: str, args: Sequence[Any]) -> Any:
-        """``fetch`` (``"fetchrow"`` or ``"fetchval"``) on a connection this writer holds between writes: a call
-        through the pool costs a task more (asyncpg shields each release) and a turn of the event loop."""
+    async def call(self, fetch: str, query: str, args: Sequence[Any]) -> Any:
+        """``fetch`` (``"fetchrow"``, ``"fetchval"`` or ``"execute"``) on a connection this writer holds between
+        calls (``WRITERS`` of them at most; others go back to the pool): a call through the pool costs a task
+        more (asyncpg shields each release) and a turn of the event loop."""
         pool = self._pool
         conn = self._idle.pop() if self._idle else await pool.acquire()
         try:
@@ -195,7 +196,7 @@ class GroupWriter:
         except BaseException:
             await pool.release(conn)  # the pool checks it, as after a call of its own
             raise
-        if self._closed:
+        if self._closed or len(self._idle) >= WRITERS:
             await pool.release(conn)
         else:
             self._idle.append(conn)
@@ -225,7 +226,7 @@ class GroupWriter:
         await done
 
     async def _alone(self, w: _sql.Writes, tables: tuple[str, ...], args: list[Any]) -> None:
-        found = await self._call("fetchrow", one_statement(tables), args)
+        found = await self.call("fetchrow", one_statement(tables), args)
         if not found["fenced"]:
             if not found["found"]:
                 raise RunNotFoundError(w.run_id, self._where)
@@ -282,7 +283,7 @@ class GroupWriter:
         if len(group) > 1:
             try:
                 tables, args = _group_args([w for w, _ in group])
-                fenced = set(await self._call("fetchval", group_statement(tables), args))
+                fenced = set(await self.call("fetchval", group_statement(tables), args))
             except Exception:  # each run is written again alone, and learns its own error
                 fenced = set()
             for w, done in group:

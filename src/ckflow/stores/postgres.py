@@ -290,12 +290,18 @@ class PostgresStore(StoreBase):
 
     # -- runs --------------------------------------------------------------------
 
+    def _open_writer(self) -> _pg_write.GroupWriter:
+        writer = self._writer
+        if writer is None:
+            raise not_open(self._url)
+        return writer
+
     async def create_run(self, run: RunRecord) -> None:
         pool = self._open_pool()
         if run.state is FlowState.QUEUED:  # submitted: the workers listening are told of its queue
             created = await pool.fetch(_pg_queue.INSERT_QUEUED, *_c.RUNS.row(run), _pg_queue.channel(self._schema))
         else:
-            created = _count(await pool.execute(_sql.INSERT_RUN, *_c.RUNS.row(run)))
+            created = _count(await self._open_writer().call("execute", _sql.INSERT_RUN, _c.RUNS.row(run)))
         if not created:
             raise RunExistsError(run.run_id, self._where)
 
@@ -343,10 +349,7 @@ class PostgresStore(StoreBase):
         if one is not None:
             # The common batch (a run's rows, tasks, passes, regions, events): one statement, one round trip,
             # shared with other runs' batches while writes are in flight (group commit, see ``_pg_write``).
-            writer = self._writer
-            if writer is None:
-                raise not_open(self._url)
-            await writer.write(w, *one)
+            await self._open_writer().write(w, *one)
             return
         # Deletions (retention, dropped regions) must see the rows this batch adds, and requests may repeat:
         # statement after statement, in one transaction.
@@ -401,7 +404,7 @@ class PostgresStore(StoreBase):
         return Renewal(lost=lost, requests=pending)
 
     async def release(self, run_id: str, owner: str) -> None:
-        await self._open_pool().execute(_RELEASE, run_id, owner)
+        await self._open_writer().call("execute", _RELEASE, (run_id, owner))
 
     # -- control requests --------------------------------------------------------
 
