@@ -11,9 +11,12 @@ lapses. ``claim`` is one atomic ``UPDATE``. ``write`` starts with the owner
 fence, so a batch whose engine lost the run writes nothing: the usual batch
 (the run's row, tasks, passes, regions, events) is one statement, whose first
 CTE is the fence, and so one round trip; a batch that also deletes rows or
-carries requests is one transaction, statement after statement. Concurrent
-writes of different runs use different connections of the pool, which are
-handed back without asyncpg's reset query (one round trip less per call).
+carries requests is one transaction, statement after statement. While a
+usual batch is being written, the next runs' batches share one statement
+(group commit across runs, each run fenced on its own: ``_pg_write``); those
+writes, ``create_run`` and ``release`` run on connections the store holds
+between calls. The pool's connections are handed back without asyncpg's reset
+query (one round trip less per call).
 """
 
 from __future__ import annotations
