@@ -11,15 +11,17 @@ lapses. ``claim`` is one atomic ``UPDATE``. ``write`` starts with the owner
 fence, so a batch whose engine lost the run writes nothing: the usual batch
 (the run's row, tasks, passes, regions, events) is one statement, whose first
 CTE is the fence, and so one round trip; a batch that also deletes rows or
-carries requests is one transaction, statement after statement. Concurrent
-writes of different runs use different connections of the pool, which are
-handed back without asyncpg's reset query (one round trip less per call).
+carries requests is one transaction, statement after statement. While a
+usual batch is being written, the next runs' batches share one statement
+(group commit across runs, each run fenced on its own: ``_pg_write``); those
+writes, ``create_run`` and ``release`` run on connections the store holds
+between calls. The pool's connections are handed back without asyncpg's reset
+query (one round trip less per call).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import math
 import zlib
 from typing import TYPE_CHECKING, Any, Final, final
@@ -38,7 +40,7 @@ from ckflow._errors import (
 from ckflow._records import Renewal, StoredRun
 from ckflow._states import FlowState
 from ckflow.stores import _columns as _c
-from ckflow.stores import _pg_queue, _schema, _sql
+from ckflow.stores import _pg_queue, _pg_write, _schema, _sql
 from ckflow.stores._pg_url import parse_url as _parse
 from ckflow.stores._pg_url import reason as _reason
 from ckflow.stores._protocol import SCHEMA_VERSION, StoreBase, not_open
@@ -130,71 +132,6 @@ _SET_VERSION: Final = (
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 )
 
-#: the tables that ``write()`` fills in its one statement, by the name ``row_counts`` gives them
-_ONE_STATEMENT_TABLES: Final[dict[str, _c.Table[Any]]] = {
-    "tasks": _c.TASKS,
-    "checkpoints": _c.CHECKPOINTS,
-    "regions": _c.REGIONS,
-    "events": _c.EVENTS,
-}
-
-
-@functools.cache
-def _one_statement(tables: tuple[str, ...]) -> str:
-    """A whole ``write()`` of rows for ``tables`` as one statement, so one round trip.
-
-    The fence is the first CTE: the ``UPDATE`` of the run's row, which changes it only while the
-    writer owns the run (and takes the row lock that orders this write after a concurrent claim).
-    Every other CTE inserts or updates its rows (``$1`` and, column by column, arrays
-    ``unnest``-ed in order) only if the fence changed the row. A single statement is atomic, and the
-    result row says whether the fence passed and, if not, whether the run exists at all.
-    """
-    ctes = [f"fence AS ({_sql.UPDATE_RUN} RETURNING 1)"]
-    n = len(_sql.FENCE_PARAMS)  # ``UPDATE_RUN``'s parameters: the run's row (``Writes.run``), ``$1`` its id
-    for name in tables:
-        table = _ONE_STATEMENT_TABLES[name]
-        own = [c for c in table.columns if c.name != "run_id"]  # as ``Table.without_run`` lists their values
-        names = _sql.columns([c.name for c in own])
-        arrays = ", ".join(f"${n + i}::{c.pg}[]" for i, c in enumerate(own, start=1))
-        n += len(own)
-        update = ", ".join(f"{c} = excluded.{c}" for c in table.names if c not in table.key)
-        ctes.append(
-            f"put_{name} AS (INSERT INTO {table.name} ({_sql.columns(table.names)}) "
-            f"SELECT {_sql.columns(['$1' if c == 'run_id' else c for c in table.names])} "
-            f"FROM unnest({arrays}) WITH ORDINALITY AS u({names}, ord) "
-            f"WHERE EXISTS (SELECT 1 FROM fence) ORDER BY ord "
-            f"ON CONFLICT ({_sql.columns(table.key)}) DO UPDATE SET {update})"
-        )
-    return (
-        f"WITH {', '.join(ctes)} "
-        "SELECT EXISTS (SELECT 1 FROM fence) AS fenced, EXISTS (SELECT 1 FROM ckflow_runs WHERE run_id = $1) AS found"
-    )
-
-
-def _distinct(table: _c.Table[Any], rows: Sequence[tuple[Any, ...]]) -> bool:
-    """No two rows of the run share a key (one statement cannot insert, or update, a row twice)."""
-    key_of = table.key_of
-    return len(rows) < 2 or key_of is None or len({key_of(row) for row in rows}) == len(rows)
-
-
-def _one_statement_args(w: _sql.Writes) -> tuple[tuple[str, ...], list[Any]] | None:
-    """The tables of ``w``'s rows and the parameters of their ``_one_statement``, or None if it cannot write them."""
-    tables: list[str] = []
-    args = list(w.run)
-    for name, rows in (
-        ("tasks", w.tasks),
-        ("checkpoints", w.checkpoints),
-        ("regions", w.regions),
-        ("events", w.events),
-    ):
-        if rows:
-            table = _ONE_STATEMENT_TABLES[name]
-            if not _distinct(table, rows):
-                return None
-            tables.append(name)
-            args.extend(table.without_run(rows))
-    return tuple(tables), args
-
 
 async def _no_reset(conn: Any) -> None:
     """What a released connection needs before the next call takes it: nothing (see ``PostgresStore.open``)."""
@@ -285,7 +222,7 @@ class PostgresStore(StoreBase):
         ValueError: the URL is not a PostgreSQL URL, or an option has a wrong value.
     """
 
-    __slots__ = ("_create", "_dsn", "_lock", "_pool", "_schema", "_timeout", "_url", "_where")
+    __slots__ = ("_create", "_dsn", "_lock", "_pool", "_schema", "_timeout", "_url", "_where", "_writer")
 
     def __init__(self, url: str, *, create: bool = True) -> None:
         self._dsn, self._url, self._schema, self._timeout = _parse(url)
@@ -293,6 +230,7 @@ class PostgresStore(StoreBase):
         self._where = f"store {self._url!r}"
         self._lock = asyncio.Lock()
         self._pool: Any = None
+        self._writer: _pg_write.GroupWriter | None = None
 
     @property
     def url(self) -> str:
@@ -335,11 +273,15 @@ class PostgresStore(StoreBase):
                     raise StoreUnavailableError(self._url, _reason(exc, self._timeout)) from exc
                 raise
             self._pool = pool
+            self._writer = _pg_write.GroupWriter(pool, self._where)
 
     async def close(self) -> None:
         """Close the pool once the calls in progress are done; does nothing if closed."""
         async with self._lock:
             pool, self._pool = self._pool, None
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                await writer.close()
             if pool is not None:
                 await pool.close()
 
@@ -351,12 +293,18 @@ class PostgresStore(StoreBase):
 
     # -- runs --------------------------------------------------------------------
 
+    def _open_writer(self) -> _pg_write.GroupWriter:
+        writer = self._writer
+        if writer is None:
+            raise not_open(self._url)
+        return writer
+
     async def create_run(self, run: RunRecord) -> None:
         pool = self._open_pool()
         if run.state is FlowState.QUEUED:  # submitted: the workers listening are told of its queue
             created = await pool.fetch(_pg_queue.INSERT_QUEUED, *_c.RUNS.row(run), _pg_queue.channel(self._schema))
         else:
-            created = _count(await pool.execute(_sql.INSERT_RUN, *_c.RUNS.row(run)))
+            created = _count(await self._open_writer().call("execute", _sql.INSERT_RUN, _c.RUNS.row(run)))
         if not created:
             raise RunExistsError(run.run_id, self._where)
 
@@ -400,17 +348,12 @@ class PostgresStore(StoreBase):
 
     async def write(self, batch: Batch) -> None:
         w = _sql.prepare(batch, _names)
-        if not (w.drop_regions or w.retain_checkpoints or w.requests):
-            one = _one_statement_args(w)
-            if one is not None:
-                # The common batch (a run's rows, tasks, passes, regions, events): one statement, one round trip.
-                tables, args = one
-                found = await self._open_pool().fetchrow(_one_statement(tables), *args)
-                if not found["fenced"]:
-                    if not found["found"]:
-                        raise RunNotFoundError(w.run_id, self._where)
-                    raise LeaseLostError(w.run_id, w.owner)
-                return
+        one = _pg_write.one_statement_args(w)
+        if one is not None:
+            # The common batch (a run's rows, tasks, passes, regions, events): one statement, one round trip,
+            # shared with other runs' batches while writes are in flight (group commit, see ``_pg_write``).
+            await self._open_writer().write(w, *one)
+            return
         # Deletions (retention, dropped regions) must see the rows this batch adds, and requests may repeat:
         # statement after statement, in one transaction.
         async with self._open_pool().acquire() as conn, conn.transaction():
@@ -464,7 +407,7 @@ class PostgresStore(StoreBase):
         return Renewal(lost=lost, requests=pending)
 
     async def release(self, run_id: str, owner: str) -> None:
-        await self._open_pool().execute(_RELEASE, run_id, owner)
+        await self._open_writer().call("execute", _RELEASE, (run_id, owner))
 
     # -- control requests --------------------------------------------------------
 
