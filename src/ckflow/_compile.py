@@ -173,6 +173,7 @@ class ExecutionGraph:
 
     __slots__ = (
         "_scope_tasks",
+        "branch_regions",
         "flow_name",
         "index",
         "input_checks",
@@ -226,6 +227,8 @@ class ExecutionGraph:
         #: gate node -> the scope of its Periodic
         self.loops = {s.gate: s.id for s in scopes if s.gate >= 0}
         self._scope_tasks: dict[int, list[int]] = {}
+        #: (failed node, checkpoint scope) -> the region its failure opens there (``ckflow._region``, made on use)
+        self.branch_regions: dict[tuple[int, int], frozenset[int]] = {}
 
     def scope_tasks(self, scope: int) -> list[int]:
         """The task nodes of ``scope``, nested scopes included, in id order (computed once per scope)."""

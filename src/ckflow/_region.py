@@ -14,11 +14,13 @@ from ckflow._compile import ROOT, TASK, ExecutionGraph
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
+    from collections.abc import Set as AbstractSet
 
 __all__ = [
     "Action",
     "Decision",
     "decide",
+    "failure_region",
     "region",
     "scope_members",
 ]
@@ -81,6 +83,19 @@ def region(graph: ExecutionGraph, seeds: Iterable[int], scope: int, mode: str = 
     return result
 
 
+def failure_region(graph: ExecutionGraph, failed: int, scope: int, mode: str) -> frozenset[int]:
+    """``region(graph, {failed}, scope, mode)``, worked out once per node and scope and kept on the graph.
+
+    It depends on the graph alone, so every later failure of ``failed`` under ``scope`` finds it made: this
+    is on the way from a task's failure to its revert's start. Made on first use, so compile pays nothing.
+    """
+    key = (failed, scope)
+    found = graph.branch_regions.get(key)
+    if found is None:
+        found = graph.branch_regions[key] = frozenset(region(graph, (failed,), scope, mode))
+    return found
+
+
 class Decision:
     """The walker's decision for one failure: the checkpoint that handles it, its region and action."""
 
@@ -128,11 +143,15 @@ def decide(
         info = graph.scopes[scope]
         checkpoint = info.checkpoint
         assert checkpoint is not None
-        members = region(graph, seeds, scope, checkpoint.revert)
-        policy = checkpoint.retry
+        members: AbstractSet[int]
+        if exhausted:
+            members = region(graph, seeds, scope, checkpoint.revert)
+        else:
+            # The first checkpoint's region depends on the failed node alone: the graph keeps it.
+            members = failure_region(graph, failed, scope, checkpoint.revert)
         highest = max(attempt_of(n, scope) for n in members)
-        if _policy.should_retry(policy, exc, highest, first_failure_at(scope), now):
-            return Decision(scope, members, Action.RETRY, tuple(exhausted))
+        if _policy.should_retry(checkpoint.retry, exc, highest, first_failure_at(scope), now):
+            return Decision(scope, set(members), Action.RETRY, tuple(exhausted))
         exhausted.append(scope)
         if checkpoint.on_exhausted == "suspend":
             return Decision(scope, set(scope_members(graph, scope)), Action.SUSPEND, tuple(exhausted))

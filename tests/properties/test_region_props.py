@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import ckflow
 from ckflow import Checkpoint, Graph, Linear, Retry
 from ckflow import testing as ckflow_testing
-from ckflow._region import region, scope_members
+from ckflow._region import failure_region, region, scope_members
 
 
 @dataclass(frozen=True)
@@ -129,6 +129,20 @@ class TestRegionFunction:
                 assert found <= members
                 for n in found:
                     assert {s for s in graph.nodes[n].succs if s in members} <= found
+
+    @settings(max_examples=50, deadline=None)
+    @given(spec=specs(with_failures=False))
+    def test_failure_region_is_region_kept_on_the_graph(self, spec: Spec) -> None:
+        """The region kept per (node, scope) is ``region`` of that node, made once and never changed by its users."""
+        graph = build(spec).compile()
+        for node in graph.nodes:
+            for scope in graph.scope_chain(node.id):
+                for mode in ("branch", "scope"):
+                    graph.branch_regions.clear()
+                    kept = failure_region(graph, node.id, scope, mode)
+                    assert kept == region(graph, {node.id}, scope, mode)
+                    assert failure_region(graph, node.id, scope, mode) is kept
+                    assert graph.branch_regions == {(node.id, scope): kept}
 
 
 def reference_region(spec: Spec, seed: int) -> set[str]:
