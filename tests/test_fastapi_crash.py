@@ -13,7 +13,6 @@ import os
 import re
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,8 +20,7 @@ import anyio
 import httpx
 import pytest
 from tests.fastapi_crash_app import FLOW, STEPS
-from tests.stores import with_query
-from tests.stores.conftest import drop_schema
+from tests.stores.conftest import url_of_kind
 
 from ckflow.stores import open_store
 
@@ -43,13 +41,8 @@ _RUNNING_ON = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
 @pytest.fixture(params=["sqlite", "postgres"])
 async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """An empty store for both servers (on PostgreSQL a schema of its own, dropped afterwards)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'orders.db'}"
-    else:
-        dsn: str = request.getfixturevalue("postgres_dsn")
-        url = with_query(dsn, schema=f"ckflow_test_{uuid.uuid4().hex[:12]}")
-        yield url
-        await drop_schema(url)
+    async with url_of_kind(request, tmp_path, "memory://") as found:
+        yield found
 
 
 class Server:

@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 from tests import recovery_worker
-from tests.stores import with_query
-from tests.stores.conftest import drop_schema
+from tests.stores.conftest import url_of_kind
 from tests.support import WatchedStore
 
 import ckflow
@@ -37,13 +36,8 @@ FOREIGN = "elsewhere.example:1:cafe"
 @pytest.fixture(params=["sqlite", "postgres"])
 async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """An empty store that several engines open in turn (a PostgreSQL schema of its own, dropped afterwards)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'runs.db'}"
-    else:
-        dsn: str = request.getfixturevalue("postgres_dsn")
-        schema_url = with_query(dsn, schema=f"ckflow_test_{uuid.uuid4().hex[:12]}")
-        yield schema_url
-        await drop_schema(schema_url)
+    async with url_of_kind(request, tmp_path, "memory://") as found:
+        yield found
 
 
 class Steps:
