@@ -153,59 +153,59 @@ def is_end(message: dict[str, str]) -> bool:
     return message.get("event") == "end"
 
 
+@contextlib.asynccontextmanager
+async def live(store: str | None) -> AsyncIterator[tuple[httpx.AsyncClient, Engine]]:
+    """The router (under /ckflow) on a real uvicorn in this loop, on ``store``: a client and the app's engine."""
+    app = app_on(store)
+    with anyio.fail_after(15):
+        async with served(app) as base, httpx.AsyncClient(base_url=f"{base}/ckflow") as client:
+            yield client, app.state.ckflow
+
+
 class TestLive:
     async def test_history_then_live_without_gap_or_duplicate(self, tmp_path: Path) -> None:
         started, gate = anyio.Event(), anyio.Event()
         flow = gated(started, gate)
-        app = app_on(f"sqlite:///{tmp_path / 'runs.db'}")
-        with anyio.fail_after(15):
-            async with served(app) as base, httpx.AsyncClient(base_url=f"{base}/ckflow") as client:
-                engine: Engine = app.state.ckflow
-                run = await engine.start(flow, run_id="live")
-                await started.wait()  # `make` has ended and `hold` runs: the stream starts with a history
-                async with client.stream("GET", "/runs/live/events") as response:
-                    lines = response.aiter_lines()
-                    before = await read_until(lines, running("hold"))
-                    gate.set()
-                    after = await read_until(lines, is_end)
-                assert (await run.wait()).state is FlowState.SUCCESS
-                assert engine.store is not None
-                stored = [e.seq for e in await engine.store.events("live")]
+        async with live(f"sqlite:///{tmp_path / 'runs.db'}") as (client, engine):
+            run = await engine.start(flow, run_id="live")
+            await started.wait()  # `make` has ended and `hold` runs: the stream starts with a history
+            async with client.stream("GET", "/runs/live/events") as response:
+                lines = response.aiter_lines()
+                before = await read_until(lines, running("hold"))
+                gate.set()
+                after = await read_until(lines, is_end)
+            assert (await run.wait()).state is FlowState.SUCCESS
+            assert engine.store is not None
+            stored = [e.seq for e in await engine.store.events("live")]
         assert after[-1] == {"event": "end", "data": '{"state":"SUCCESS"}'}
         assert seqs(before + after) == stored == list(range(len(stored)))
 
     async def test_a_client_that_reconnects_with_last_event_id_misses_nothing(self, tmp_path: Path) -> None:
         started, gate = anyio.Event(), anyio.Event()
         flow = gated(started, gate)
-        app = app_on(f"sqlite:///{tmp_path / 'runs.db'}")
-        with anyio.fail_after(15):
-            async with served(app) as base, httpx.AsyncClient(base_url=f"{base}/ckflow") as client:
-                engine: Engine = app.state.ckflow
-                run = await engine.start(flow, run_id="again")
-                async with client.stream("GET", "/runs/again/events") as response:
-                    first = await read_until(response.aiter_lines(), running("hold"))
-                last_id = first[-1]["id"]
-                gate.set()
-                async with client.stream("GET", "/runs/again/events", headers={"Last-Event-ID": last_id}) as response:
-                    rest = await read_until(response.aiter_lines(), is_end)
-                await run.wait()
-                assert engine.store is not None
-                stored = [e.seq for e in await engine.store.events("again")]
+        async with live(f"sqlite:///{tmp_path / 'runs.db'}") as (client, engine):
+            run = await engine.start(flow, run_id="again")
+            async with client.stream("GET", "/runs/again/events") as response:
+                first = await read_until(response.aiter_lines(), running("hold"))
+            last_id = first[-1]["id"]
+            gate.set()
+            async with client.stream("GET", "/runs/again/events", headers={"Last-Event-ID": last_id}) as response:
+                rest = await read_until(response.aiter_lines(), is_end)
+            await run.wait()
+            assert engine.store is not None
+            stored = [e.seq for e in await engine.store.events("again")]
         assert seqs(first + rest) == stored
 
     async def test_without_a_store_live_events_come_without_ids(self) -> None:
         started, gate = anyio.Event(), anyio.Event()
         flow = gated(started, gate)
-        app = app_on(None)
-        with anyio.fail_after(15):
-            async with served(app) as base, httpx.AsyncClient(base_url=f"{base}/ckflow") as client:
-                engine: Engine = app.state.ckflow
-                await engine.start(flow, run_id="bare")
-                await started.wait()
-                async with client.stream("GET", "/runs/bare/events") as response:
-                    lines = response.aiter_lines()
-                    gate.set()
-                    messages = await read_until(lines, is_end)
+        async with live(None) as (client, engine):
+            await engine.start(flow, run_id="bare")
+            await started.wait()
+            async with client.stream("GET", "/runs/bare/events") as response:
+                lines = response.aiter_lines()
+                gate.set()
+                messages = await read_until(lines, is_end)
         assert messages[-1] == {"event": "end", "data": '{"state":"SUCCESS"}'}
         assert [m["event"] for m in messages[:-1]][-1] == "ckflow.run.success"
         assert not seqs(messages)
