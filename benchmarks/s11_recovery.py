@@ -21,6 +21,7 @@ import time
 import uuid
 from pathlib import Path
 
+from benchmarks._dbos_peer import fresh_database
 from benchmarks._harness import Stat, Table
 from benchmarks.s5_stores import (
     DEFAULT_DSN,
@@ -89,17 +90,6 @@ def one(engine: str, url: str, work: Path) -> tuple[float, float, float]:
     return imported - spawned, opened - spawned, float(done[2]) - spawned
 
 
-async def _fresh_database(dsn: str, name: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(_without_query(dsn, "schema"), timeout=5)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-
-
 def _contenders(work: Path, dsn: str, postgres_ok: bool, dbos_ok: bool):
     """name -> a function that measures one round (and cleans up after it)."""
 
@@ -125,7 +115,7 @@ def _contenders(work: Path, dsn: str, postgres_ok: bool, dbos_ok: bool):
             remove_sqlite(path)
 
     def dbos_postgres() -> tuple[float, float, float]:
-        asyncio.run(_fresh_database(dsn, DBOS_DATABASE))
+        asyncio.run(fresh_database(_without_query(dsn, "schema"), DBOS_DATABASE))
         server = _without_query(dsn, "schema").rsplit("/", 1)[0]
         return one("dbos", f"{server}/{DBOS_DATABASE}", work)
 

@@ -80,6 +80,6 @@ def run(quick: bool = False) -> Table:
         table.add(f"{n:,}", ck.fmt(2), fl.fmt(2), f"{ck.median / fl.median:.2f}×", *tf_cells)
         if n == 10_000:
             ratio = ck.median / fl.median
-            table.target("S2 ≤5× floor at N=10,000", ratio <= 5, f"{ratio:.2f}×")
+            table.target("S2 ≤2× floor at N=10,000", ratio <= 2, f"{ratio:.2f}×")
     table.more.append(by_logging("S2", run_ckflow, floor, quick))
     return table

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import ckflow
+from benchmarks import _dbos_peer
 from benchmarks._harness import REPEAT, Stat, Table, measure_rounds, percentile
 from benchmarks.s1_linear import build_ckflow
 from benchmarks.s5_stores import (
@@ -23,6 +24,7 @@ from benchmarks.s5_stores import (
     _drop_schema,
     _postgres_unavailable,
     _with_query,
+    _without_query,
     remove_sqlite,
 )
 
@@ -34,6 +36,10 @@ MEMORY = "memory://"
 SQLITE = "SQLite file, WAL: the store's defaults"
 POSTGRES = "PostgreSQL, fresh schema"
 MEMORY_NO_GC = "memory://, cyclic GC paused (diagnostic)"
+DBOS_SQLITE = "DBOS 3.4, SQLite system database (N_DBOS workflows)"
+DBOS_POSTGRES = f"DBOS 3.4, PostgreSQL database {_dbos_peer.DATABASE} (N_DBOS workflows)"
+#: which of ckflow's rows each DBOS row is compared with
+DBOS_ROWS = {DBOS_SQLITE: SQLITE, DBOS_POSTGRES: POSTGRES}
 
 
 async def start_all(engine: ckflow.Engine, flow: ckflow.Flow, runs: int) -> tuple[float, list[float]]:
@@ -65,6 +71,8 @@ async def start_all(engine: ckflow.Engine, flow: ckflow.Flow, runs: int) -> tupl
 
 def run(quick: bool = False) -> Table:
     runs = 200 if quick else 1_000
+    # DBOS starts some 50-150 workflows a second here: fewer of them keep a round within seconds
+    dbos_runs = 100 if quick else 200
     flow = build_ckflow(TASKS_PER_RUN)
     flow.compile()
     # p50 and p99 of each round, warm-up round included (dropped below)
@@ -97,6 +105,15 @@ def run(quick: bool = False) -> Table:
 
             return go
 
+        def dbos(name: str, url: str):
+            async def go() -> float:
+                got = await _dbos_peer.once("concurrent", url, dbos_runs)
+                p50.setdefault(name, []).append(statistics.median(got["latencies"]))
+                p99.setdefault(name, []).append(percentile(got["latencies"], 99))
+                return float(got["wall"]) * runs / dbos_runs  # runs/s below is runs ÷ this
+
+            return go
+
         fns = {
             NO_STORE: batch(NO_STORE, None),
             MEMORY: batch(MEMORY, "memory://"),
@@ -110,7 +127,19 @@ def run(quick: bool = False) -> Table:
             fns[POSTGRES] = batch(POSTGRES, "postgres")
         else:
             errors[POSTGRES] = why
-        walls = asyncio.run(measure_rounds(fns, repeat=REPEAT, warmup=WARMUP, fallible=(POSTGRES,), errors=errors))
+        no_dbos = _dbos_peer.unavailable()
+        if no_dbos is None:
+            fns[DBOS_SQLITE] = dbos(DBOS_SQLITE, f"sqlite:///{workdir}/dbos.sqlite")
+            if why is None:
+                server = _without_query(dsn, "schema")
+                asyncio.run(_dbos_peer.fresh_database(server, _dbos_peer.DATABASE))
+                fns[DBOS_POSTGRES] = dbos(DBOS_POSTGRES, f"{server.rsplit('/', 1)[0]}/{_dbos_peer.DATABASE}")
+            else:
+                errors[DBOS_POSTGRES] = why
+        else:
+            errors[DBOS_SQLITE] = errors[DBOS_POSTGRES] = no_dbos
+        fallible = (POSTGRES, DBOS_SQLITE, DBOS_POSTGRES)
+        walls = asyncio.run(measure_rounds(fns, repeat=REPEAT, warmup=WARMUP, fallible=fallible, errors=errors))
 
     table = Table(
         f"S8 — {runs:,} concurrent runs of a Linear of {TASKS_PER_RUN} no-op tasks, one event loop "
@@ -125,15 +154,24 @@ def run(quick: bool = False) -> Table:
         hi = Stat(p99[name][WARMUP:]).scaled(1e3)
         ratio = Stat([b / a for a, b in zip(lo.samples, hi.samples, strict=True)])
         rates[name], ratios[name] = rate, ratio
-        table.add(name, rate.fmt(0), lo.fmt(1), hi.fmt(1), f"{ratio.fmt(2)}×", wall.scaled(1e3).fmt(1))
+        label = name.replace("N_DBOS", f"{dbos_runs:,}")
+        table.add(label, rate.fmt(0), lo.fmt(1), hi.fmt(1), f"{ratio.fmt(2)}×", wall.scaled(1e3).fmt(1))
 
     for name, why in errors.items():
-        table.add(name, f"skipped: {why}", "—", "—", "—", "—")
+        table.add(name.replace("N_DBOS", f"{dbos_runs:,}"), f"skipped: {why}", "—", "—", "—", "—")
     mem_rate = rates[MEMORY].median
     table.target("S8 ≥5,000 runs/s on memory (one core)", mem_rate >= 5_000, f"{mem_rate:,.0f} runs/s")
     if POSTGRES in rates:
         pg_rate = rates[POSTGRES].median
         table.target("S8 ≥2,000 runs/s on PostgreSQL", pg_rate >= 2_000, f"{pg_rate:,.0f} runs/s")
+    for name, ours in DBOS_ROWS.items():
+        label = f"S8 ≥10× DBOS on the same shape, {'SQLite' if ours == SQLITE else 'PostgreSQL'}"
+        if name in rates and ours in rates:
+            times = rates[ours].median / rates[name].median
+            detail = f"{times:,.1f}× ({rates[ours].median:,.0f} against {rates[name].median:,.0f} runs/s)"
+            table.target(label, times >= 10, detail)
+        else:
+            table.target(label, None, errors.get(name) or errors.get(ours, ""))
     durable = tuple(name for name in (MEMORY, SQLITE, POSTGRES) if name in ratios)
     table.target(
         "S8 p99 ≤10× p50",
@@ -153,5 +191,12 @@ def run(quick: bool = False) -> Table:
         "The last row pauses Python's cyclic GC for the batch (gc.disable(), re-enabled after): not a setting to "
         "run with, a measure of what the collector's passes over the live runs' objects cost, which grows with "
         "the number of runs alive at once."
+    )
+    table.notes.append(
+        f"DBOS: {dbos_runs:,} workflows of {TASKS_PER_RUN} async `@DBOS.step` calls started one after the other "
+        "with `await DBOS.start_workflow_async` in one event loop, a task per workflow awaiting its result, in "
+        "the same rounds as ckflow's stores, each time in a fresh process (`benchmarks/_dbos_peer.py`) after a "
+        "warm-up of 50 workflows; its runs/s is workflows ÷ (first start → last end), its wall column scaled to "
+        f"{runs:,} runs. Its SQLite file and PostgreSQL database are made afresh once, before the rounds."
     )
     return table
