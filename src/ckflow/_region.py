@@ -23,6 +23,7 @@ __all__ = [
     "failure_region",
     "region",
     "scope_members",
+    "task_names",
 ]
 
 
@@ -83,30 +84,48 @@ def region(graph: ExecutionGraph, seeds: Iterable[int], scope: int, mode: str = 
     return result
 
 
-def failure_region(graph: ExecutionGraph, failed: int, scope: int, mode: str) -> frozenset[int]:
-    """``region(graph, {failed}, scope, mode)``, worked out once per node and scope and kept on the graph.
+def failure_region(graph: ExecutionGraph, failed: int, scope: int, mode: str) -> tuple[frozenset[int], tuple[str, ...]]:
+    """``region(graph, {failed}, scope, mode)`` and its tasks' names (``task_names``), worked out once per node and
+    scope and kept on the graph.
 
-    It depends on the graph alone, so every later failure of ``failed`` under ``scope`` finds it made: this
+    Both depend on the graph alone, so every later failure of ``failed`` under ``scope`` finds them made: this
     is on the way from a task's failure to its revert's start. Made on first use, so compile pays nothing.
     """
     key = (failed, scope)
     found = graph.branch_regions.get(key)
     if found is None:
-        found = graph.branch_regions[key] = frozenset(region(graph, (failed,), scope, mode))
+        members = frozenset(region(graph, (failed,), scope, mode))
+        found = graph.branch_regions[key] = (members, task_names(graph, members))
     return found
+
+
+def task_names(graph: ExecutionGraph, members: Iterable[int]) -> tuple[str, ...]:
+    """The names of the tasks among ``members``, sorted (what a region's report lists)."""
+    nodes = graph.nodes
+    return tuple(sorted(nodes[m].name for m in members if nodes[m].kind == TASK))
 
 
 class Decision:
     """The walker's decision for one failure: the checkpoint that handles it, its region and action."""
 
-    __slots__ = ("action", "exhausted", "members", "scope")
+    __slots__ = ("action", "exhausted", "members", "names", "scope")
 
-    def __init__(self, scope: int, members: set[int], action: Action, exhausted: tuple[int, ...]) -> None:
+    def __init__(
+        self,
+        scope: int,
+        members: AbstractSet[int],
+        action: Action,
+        exhausted: tuple[int, ...],
+        names: tuple[str, ...] | None = None,
+    ) -> None:
         self.scope = scope
+        #: the region's nodes (the graph's own frozenset when it keeps the region: never changed)
         self.members = members
         self.action = action
         #: the checkpoints whose budget ran out on the way, innermost first
         self.exhausted = exhausted
+        #: ``task_names(graph, members)`` when the graph keeps them (``failure_region``); None: not worked out
+        self.names = names
 
     def __repr__(self) -> str:
         return f"<Decision scope={self.scope} {self.action.name} {len(self.members)} nodes>"
@@ -144,14 +163,19 @@ def decide(
         checkpoint = info.checkpoint
         assert checkpoint is not None
         members: AbstractSet[int]
+        names: tuple[str, ...] | None = None
         if exhausted:
             members = region(graph, seeds, scope, checkpoint.revert)
         else:
             # The first checkpoint's region depends on the failed node alone: the graph keeps it.
-            members = failure_region(graph, failed, scope, checkpoint.revert)
-        highest = max(attempt_of(n, scope) for n in members)
+            members, names = failure_region(graph, failed, scope, checkpoint.revert)
+        highest = 0  # the highest attempt among the members (a loop: no generator on the way to the revert)
+        for n in members:
+            attempt = attempt_of(n, scope)
+            if attempt > highest:
+                highest = attempt
         if _policy.should_retry(checkpoint.retry, exc, highest, first_failure_at(scope), now):
-            return Decision(scope, set(members), Action.RETRY, tuple(exhausted))
+            return Decision(scope, members, Action.RETRY, tuple(exhausted), names)
         exhausted.append(scope)
         if checkpoint.on_exhausted == "suspend":
             return Decision(scope, set(scope_members(graph, scope)), Action.SUSPEND, tuple(exhausted))

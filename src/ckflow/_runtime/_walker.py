@@ -28,11 +28,11 @@ import anyio
 from ckflow import _policy
 from ckflow._compile import LOOP, ROOT, TASK
 from ckflow._errors import CkflowInternalError
-from ckflow._events import DEBUG, INFO, WARNING
+from ckflow._events import DEBUG, INFO, WALKER_LOG, WARNING
 from ckflow._failure import Failure
 from ckflow._models import RegionReport
 from ckflow._records import RegionRecord, construct
-from ckflow._region import Action, decide
+from ckflow._region import Action, decide, task_names
 from ckflow._runtime._context import CURRENT
 from ckflow._runtime._coro import resume
 from ckflow._runtime._regions import Region, settle
@@ -41,6 +41,7 @@ from ckflow._states import FAILURE, PENDING, REVERT_FAILURE, REVERTED, REVERTING
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
+    from collections.abc import Set as AbstractSet
 
     from ckflow._checkpoint import Checkpoint
     from ckflow._runtime._passes import Passes
@@ -56,8 +57,6 @@ _OUTSTANDING: Final = frozenset({RUNNING, SUCCESS, FAILURE, REVERTING})
 _REVERTIBLE: Final = frozenset({SUCCESS, FAILURE})
 #: how much more severe one action is than another, when regions merge
 _SEVERITY: Final = {Action.RETRY: 0, Action.SUSPEND: 1, Action.END: 2}
-#: ``action.value`` without the enum's descriptor (a Python call each, on the way from a failure to its revert)
-_ACTION_NAME: Final = {action: action.value for action in Action}
 
 
 class RevertWalker:
@@ -130,38 +129,44 @@ class RevertWalker:
                 checkpoint=scopes[s].name,
                 detail={"on_exhausted": self._on_exhausted(scopes[s].checkpoint)},
             )
-        self.open_region(decision.scope, decision.members, decision.action, n, failure, failed_at)
+        self.open_region(decision.scope, decision.members, decision.action, n, failure, failed_at, names=decision.names)
 
     def open_region(
         self,
         scope: int,
-        members: set[int],
+        members: AbstractSet[int],
         action: Action,
         cause: int | None,
         failure: Failure | None,
         failed_at: float | None = None,
         *,
         auto_resume: bool = False,
+        names: tuple[str, ...] | None = None,
     ) -> Region:
         """Undo ``members`` under checkpoint ``scope``, merging with the regions they overlap.
 
-        ``auto_resume`` (``revert_to(..., retry=True)``): once reverted, the scope starts afresh.
+        ``auto_resume`` (``revert_to(..., retry=True)``): once reverted, the scope starts afresh. ``names``: the
+        names of the tasks among ``members``, sorted, when the caller has them (``_region.task_names``).
         """
+        run = self.run
         failure_at = time.monotonic() if failed_at is None else failed_at
-        old = {id(r): r for m in members if (r := self.region_of[m]) is not None}
+        region_of = self.region_of
+        old: dict[int, Region] = {}
+        for m in members:
+            r = region_of[m]
+            if r is not None:
+                old[id(r)] = r
         carried: list[Failure] = []
         if old:
-            scope, action, failure_at, carried = self._merge(old.values(), members, scope, action, failure_at)
-        scopes = self.run.graph.scopes
-        depth = scopes[scope].depth
-        region_of = self.region_of
-        recorder = self.run.recorder
-        report = self._report(scope, action, cause, members, failure_at)
-        self.run.reports.append(report)
+            scope, action, failure_at, carried, members = self._merge(old.values(), members, scope, action, failure_at)
+            names = None  # the members grew
+        report = self._report(scope, action, cause, members, failure_at, names)
+        run.reports.append(report)
         self.region_ids += 1
-        region = Region(self.region_ids, scope, depth, action, members, report)
-        region.failures = carried
-        region.absorbed = list(old.values())
+        region = Region(self.region_ids, scope, run.graph.scopes[scope].depth, action, members, report)
+        if old:
+            region.failures = carried
+            region.absorbed = list(old.values())
         region.auto_resume = auto_resume
         if failure is not None:
             region.failures.append(failure)
@@ -170,30 +175,46 @@ class RevertWalker:
             self.root_region = region
         for m in members:
             region_of[m] = region
-        self.run.event(
-            "ckflow.walker.region",
-            # a region a failure opened and that will not be retried is an escalation; a control request's is news
-            INFO if action is Action.RETRY or cause is None else WARNING,
-            task=report.cause,
-            checkpoint=report.checkpoint,
-            detail={"action": report.action, "members": report.members},
-        )
-        if self.run.durable:
+        # a region a failure opened and that will not be retried is an escalation; a control request's is news
+        level = INFO if action is Action.RETRY or cause is None else WARNING
+        # The event is built only if something takes it: a store, telemetry, a subscriber or the log, which
+        # ``RunState.event`` asks too; asked here first, the way from a failure to its revert's start skips
+        # four calls and two dicts when nothing does (a fresh install).
+        if run.durable or run.telemetry is not None or run.hub.listening or WALKER_LOG.isEnabledFor(level):
+            self._region_event(report, level)
+        if run.durable:
             # The decision is stored before any revert starts (see _journal): its reverts wait for the commit.
             region.gen = self.record_region(region)
-            recorder.on_commit(partial(self._region_committed, region, region.gen))
+            run.recorder.on_commit(partial(self._region_committed, region, region.gen))
         self.arm_region(region)
         return region
 
-    def _report(self, scope: int, action: Action, cause: int | None, members: set[int], at: float) -> RegionReport:
-        """The report of a region being opened (built without validation: it is on the way to the first revert)."""
-        nodes = self.run.nodes
+    def _region_event(self, report: RegionReport, level: int) -> None:
+        """The event of a region being opened."""
+        detail = {"action": report.action, "members": report.members}
+        self.run.event("ckflow.walker.region", level, task=report.cause, checkpoint=report.checkpoint, detail=detail)
+
+    def _report(
+        self,
+        scope: int,
+        action: Action,
+        cause: int | None,
+        members: AbstractSet[int],
+        at: float,
+        names: tuple[str, ...] | None,
+    ) -> RegionReport:
+        """The report of a region being opened (built without validation: it is on the way to the first revert).
+
+        ``names``: the member tasks' names, sorted, when the graph keeps them (``_region.failure_region``).
+        """
+        graph = self.run.graph
         return construct(
             RegionReport,
-            checkpoint=self.run.graph.scopes[scope].name,
-            action=_ACTION_NAME[action],
-            cause=None if cause is None else nodes[cause].name,
-            members=sorted(nodes[m].name for m in members if nodes[m].kind == TASK),
+            checkpoint=graph.scopes[scope].name,
+            # (``_value_``, not ``value``: no call through the enum's descriptor or its ``__hash__``)
+            action=action._value_,
+            cause=None if cause is None else graph.nodes[cause].name,
+            members=list(task_names(graph, members) if names is None else names),
             failure_at=at,
             first_revert_at=None,
             reverts_done_at=None,
@@ -201,16 +222,18 @@ class RevertWalker:
         )
 
     def _merge(
-        self, old: Iterable[Region], members: set[int], scope: int, action: Action, failure_at: float
-    ) -> tuple[int, Action, float, list[Failure]]:
-        """Merge the regions ``members`` overlap into the one being opened (``members`` grows): overlapping
-        regions merge under the outermost checkpoint involved, with the most severe action. Returns the merged
-        region's scope, action, first failure time and the failures it carries over."""
+        self, old: Iterable[Region], members: AbstractSet[int], scope: int, action: Action, failure_at: float
+    ) -> tuple[int, Action, float, list[Failure], set[int]]:
+        """Merge the regions ``members`` overlap into the one being opened: overlapping regions merge under the
+        outermost checkpoint involved, with the most severe action. Returns the merged region's scope, action,
+        first failure time, the failures it carries over and its members (a new set: ``members`` may be the
+        graph's own)."""
         scopes = self.run.graph.scopes
         depth = scopes[scope].depth
         carried: list[Failure] = []
+        merged = set(members)
         for r in old:
-            members |= r.members
+            merged |= r.members
             if r.depth < depth or (r.depth == depth and _SEVERITY[r.action] > _SEVERITY[action]):
                 scope, depth, action = r.scope, r.depth, r.action
             if r.backoff is not None:
@@ -220,7 +243,7 @@ class RevertWalker:
             self.regions.discard(r)
             r.report.action = f"merged into {scopes[scope].name}"
             self.run.recorder.drop_region(r.id)
-        return scope, action, failure_at, carried
+        return scope, action, failure_at, carried, merged
 
     def record_region(self, region: Region) -> int:
         """Put the region's current record in the recorder (after it opens, and whenever it changes); returns
@@ -268,14 +291,22 @@ class RevertWalker:
                     )
         rev_wait = region.rev_wait
         outstanding = 0
+        # (loops, not generators: this is on the way from a failure to its revert's start)
+        start: list[int] = []
         for m in members:
             st = state[m]
             if st in _OUTSTANDING:
                 outstanding += 1
                 if st is not REVERTING:
-                    rev_wait[m] = sum(1 for s in nodes[m].succs if s in members and state[s] in _OUTSTANDING)
+                    w = 0
+                    for s in nodes[m].succs:
+                        if s in members and state[s] in _OUTSTANDING:
+                            w += 1
+                    rev_wait[m] = w
+                    if w == 0 and st in _REVERTIBLE:
+                        start.append(m)
         region.outstanding = outstanding
-        for m in [m for m, w in rev_wait.items() if w == 0 and state[m] in _REVERTIBLE]:
+        for m in start:
             self.schedule_revert(region, m)
         if region.outstanding == 0:
             self.region_done(region)
@@ -512,7 +543,7 @@ class RevertWalker:
                 run.retries[(m, scope)] = run.retries.get((m, scope), 0) + 1
         return chain_cache
 
-    def _count_waits(self, members: set[int]) -> list[int]:
+    def _count_waits(self, members: AbstractSet[int]) -> list[int]:
         """Count again what the reset members and their successors wait for; the members that wait for nothing.
 
         A predecessor whose success is not yet in the store still counts as unfinished.
