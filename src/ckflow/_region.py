@@ -7,7 +7,7 @@ tested (and property-tested) on a graph and a list of states alone.
 from __future__ import annotations
 
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from ckflow import _policy
 from ckflow._compile import ROOT, TASK, ExecutionGraph
@@ -131,6 +131,10 @@ class Decision:
         return f"<Decision scope={self.scope} {self.action.name} {len(self.members)} nodes>"
 
 
+#: no seeds (yet): ``decide``'s first checkpoint takes its region from the graph
+_NO_SEEDS: Final[frozenset[int]] = frozenset()
+
+
 def _no_failure_yet(scope: int) -> float | None:
     return None
 
@@ -139,14 +143,15 @@ def decide(
     graph: ExecutionGraph,
     failed: int,
     exc: BaseException,
-    attempt_of: Callable[[int, int], int],
+    attempt_of: Callable[[int, int], int] | None,
     first_failure_at: Callable[[int], float | None] = _no_failure_yet,
     now: float = 0.0,
 ) -> Decision:
     """Apply DESIGN §4 step 5 at the moment a failure arrives.
 
     ``attempt_of(node, scope)`` is the node's attempt (1-based) under the
-    checkpoint ``scope``. ``first_failure_at(scope)`` is the monotonic time of
+    checkpoint ``scope``; None when no task has been retried (every attempt is
+    the first). ``first_failure_at(scope)`` is the monotonic time of
     the first failure under the checkpoint ``scope`` in its current activation,
     or None if this failure is the first; ``now`` is the same clock's current
     reading. Both feed ``Retry.timeout`` through ``ckflow._policy.should_retry``;
@@ -155,7 +160,7 @@ def decide(
     seen fail in this activation). Exhausted or rejected failures climb to the
     enclosing checkpoint at once, so doomed work is cancelled now.
     """
-    seeds: set[int] = {failed}
+    seeds: AbstractSet[int] = _NO_SEEDS  # (the first checkpoint's region is the graph's: ``failure_region``)
     scope = graph.nodes[failed].scope
     exhausted: list[int] = []
     while scope != ROOT:
@@ -167,13 +172,16 @@ def decide(
         if exhausted:
             members = region(graph, seeds, scope, checkpoint.revert)
         else:
-            # The first checkpoint's region depends on the failed node alone: the graph keeps it.
-            members, names = failure_region(graph, failed, scope, checkpoint.revert)
-        highest = 0  # the highest attempt among the members (a loop: no generator on the way to the revert)
-        for n in members:
-            attempt = attempt_of(n, scope)
-            if attempt > highest:
-                highest = attempt
+            # The first checkpoint's region depends on the failed node alone: the graph keeps it (looked up
+            # here, without a call, once it is made).
+            kept = graph.branch_regions.get((failed, scope)) or failure_region(graph, failed, scope, checkpoint.revert)
+            members, names = kept
+        highest = 1  # the highest attempt among the members (a loop: no generator on the way to the revert)
+        if attempt_of is not None:
+            for n in members:
+                attempt = attempt_of(n, scope)
+                if attempt > highest:
+                    highest = attempt
         if _policy.should_retry(checkpoint.retry, exc, highest, first_failure_at(scope), now):
             return Decision(scope, members, Action.RETRY, tuple(exhausted), names)
         exhausted.append(scope)

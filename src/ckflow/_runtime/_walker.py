@@ -113,7 +113,8 @@ class RevertWalker:
         """Task ``n`` failed outside any region: decide (retry, park, escalate) and open its region now."""
         run = self.run
         now = _policy.clock()
-        decision = decide(run.graph, n, exc, run.attempt_under, run.first_failure.get, now)
+        # (no attempt to look up for each member until a task has been retried)
+        decision = decide(run.graph, n, exc, run.attempt_under if run.retries else None, run.first_failure.get, now)
         if decision.action is Action.RETRY:
             checkpoint = run.graph.scopes[decision.scope].checkpoint
             if checkpoint is not None and checkpoint.retry.timeout is not None:
@@ -159,8 +160,9 @@ class RevertWalker:
         carried: list[Failure] = []
         if old:
             scope, action, failure_at, carried, members = self._merge(old.values(), members, scope, action, failure_at)
-            names = None  # the members grew
-        report = self._report(scope, action, cause, members, failure_at, names)
+        if old or names is None:  # (a merge's members grew)
+            names = task_names(run.graph, members)
+        report = self._report(scope, action, cause, names, failure_at)
         run.reports.append(report)
         self.region_ids += 1
         region = Region(self.region_ids, scope, run.graph.scopes[scope].depth, action, members, report)
@@ -194,19 +196,9 @@ class RevertWalker:
         detail = {"action": report.action, "members": report.members}
         self.run.event("ckflow.walker.region", level, task=report.cause, checkpoint=report.checkpoint, detail=detail)
 
-    def _report(
-        self,
-        scope: int,
-        action: Action,
-        cause: int | None,
-        members: AbstractSet[int],
-        at: float,
-        names: tuple[str, ...] | None,
-    ) -> RegionReport:
-        """The report of a region being opened (built without validation: it is on the way to the first revert).
-
-        ``names``: the member tasks' names, sorted, when the graph keeps them (``_region.failure_region``).
-        """
+    def _report(self, scope: int, action: Action, cause: int | None, names: tuple[str, ...], at: float) -> RegionReport:
+        """The report of a region being opened (built without validation: it is on the way to the first revert);
+        ``names``: its tasks' names, sorted."""
         graph = self.run.graph
         return construct(
             RegionReport,
@@ -214,7 +206,7 @@ class RevertWalker:
             # (``_value_``, not ``value``: no call through the enum's descriptor or its ``__hash__``)
             action=action._value_,
             cause=None if cause is None else graph.nodes[cause].name,
-            members=list(task_names(graph, members) if names is None else names),
+            members=list(names),
             failure_at=at,
             first_revert_at=None,
             reverts_done_at=None,
@@ -323,8 +315,9 @@ class RevertWalker:
         if node.kind == TASK:
             if region.gen:
                 region.held.append(n)  # the region's record is not in the store yet
-            else:
-                self.queue_revert(n)
+            elif not self.revert_queued[n]:  # (``queue_revert`` without its checks, made above)
+                self.revert_queued[n] = 1
+                self.revert_ready.append(n)
             return
         # Undoing a join (or a Periodic's gate) is instant.
         self.run.join_transition(n, REVERTED)
