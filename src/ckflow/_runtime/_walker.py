@@ -40,7 +40,6 @@ from ckflow._runtime._state import RunMode
 from ckflow._states import FAILURE, PENDING, REVERT_FAILURE, REVERTED, REVERTING, RUNNING, SUCCESS
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
     from collections.abc import Set as AbstractSet
 
     from ckflow._checkpoint import Checkpoint
@@ -112,7 +111,8 @@ class RevertWalker:
     def on_failure(self, n: int, exc: BaseException, failure: Failure, failed_at: float, seq: int | None) -> None:
         """Task ``n`` failed outside any region: decide (retry, park, escalate) and open its region now."""
         run = self.run
-        now = _policy.clock()
+        # Retry.timeout's clock, read when the failure arrived if it is the one read then (the default)
+        now = failed_at if _policy.ENV.clock is time.monotonic else _policy.clock()
         # (no attempt to look up for each member until a task has been retried)
         decision = decide(run.graph, n, exc, run.attempt_under if run.retries else None, run.first_failure.get, now)
         if decision.action is Action.RETRY:
@@ -144,32 +144,34 @@ class RevertWalker:
         auto_resume: bool = False,
         names: tuple[str, ...] | None = None,
     ) -> Region:
-        """Undo ``members`` under checkpoint ``scope``, merging with the regions they overlap.
-
-        ``auto_resume`` (``revert_to(..., retry=True)``): once reverted, the scope starts afresh. ``names``: the
-        names of the tasks among ``members``, sorted, when the caller has them (``_region.task_names``).
-        """
-        run = self.run
+        """Undo ``members`` under checkpoint ``scope``, merging with the regions they overlap. ``auto_resume``
+        (``revert_to(..., retry=True)``): once reverted, the scope starts afresh. ``names``: the sorted names of
+        the tasks among ``members``, when the caller has them (``_region.task_names``)."""
+        run, region_of = self.run, self.region_of
         failure_at = time.monotonic() if failed_at is None else failed_at
-        region_of = self.region_of
-        old: dict[int, Region] = {}
-        for m in members:
-            r = region_of[m]
-            if r is not None:
-                old[id(r)] = r
-        carried: list[Failure] = []
-        if old:
-            scope, action, failure_at, carried, members = self._merge(old.values(), members, scope, action, failure_at)
-        if old or names is None:  # (a merge's members grew)
+        absorbed: list[Region] = []
+        if self.regions:  # a region still open may overlap these members: it merges into this one
+            scope, action, failure_at, members, absorbed = self._merge(members, scope, action, failure_at)
+        if absorbed or names is None:
             names = task_names(run.graph, members)
-        report = self._report(scope, action, cause, names, failure_at)
+        report = construct(  # without validation: this is on the way from a failure to its revert's start
+            RegionReport,
+            checkpoint=run.graph.scopes[scope].name,
+            action=action._value_,  # (not ``value``: no call through the enum's descriptor)
+            cause=None if cause is None else run.nodes[cause].name,
+            members=list(names),
+            failure_at=failure_at,
+            first_revert_at=None,
+            reverts_done_at=None,
+            retry_at=None,
+        )
         run.reports.append(report)
         self.region_ids += 1
         region = Region(self.region_ids, scope, run.graph.scopes[scope].depth, action, members, report)
-        if old:
-            region.failures = carried
-            region.absorbed = list(old.values())
         region.auto_resume = auto_resume
+        region.absorbed = absorbed
+        for r in absorbed:
+            region.failures.extend(r.failures)
         if failure is not None:
             region.failures.append(failure)
         self.regions.add(region)
@@ -179,9 +181,8 @@ class RevertWalker:
             region_of[m] = region
         # a region a failure opened and that will not be retried is an escalation; a control request's is news
         level = INFO if action is Action.RETRY or cause is None else WARNING
-        # The event is built only if something takes it: a store, telemetry, a subscriber or the log, which
-        # ``RunState.event`` asks too; asked here first, the way from a failure to its revert's start skips
-        # four calls and two dicts when nothing does (a fresh install).
+        # Built only if a store, telemetry, a subscriber or the log takes it (``RunState.event`` asks them too):
+        # asked here first, a failure's way to its revert skips four calls and two dicts when none does.
         if run.durable or run.telemetry is not None or run.hub.listening or WALKER_LOG.isEnabledFor(level):
             self._region_event(report, level)
         if run.durable:
@@ -196,46 +197,35 @@ class RevertWalker:
         detail = {"action": report.action, "members": report.members}
         self.run.event("ckflow.walker.region", level, task=report.cause, checkpoint=report.checkpoint, detail=detail)
 
-    def _report(self, scope: int, action: Action, cause: int | None, names: tuple[str, ...], at: float) -> RegionReport:
-        """The report of a region being opened (built without validation: it is on the way to the first revert);
-        ``names``: its tasks' names, sorted."""
-        graph = self.run.graph
-        return construct(
-            RegionReport,
-            checkpoint=graph.scopes[scope].name,
-            # (``_value_``, not ``value``: no call through the enum's descriptor or its ``__hash__``)
-            action=action._value_,
-            cause=None if cause is None else graph.nodes[cause].name,
-            members=list(names),
-            failure_at=at,
-            first_revert_at=None,
-            reverts_done_at=None,
-            retry_at=None,
-        )
-
     def _merge(
-        self, old: Iterable[Region], members: AbstractSet[int], scope: int, action: Action, failure_at: float
-    ) -> tuple[int, Action, float, list[Failure], set[int]]:
+        self, members: AbstractSet[int], scope: int, action: Action, failure_at: float
+    ) -> tuple[int, Action, float, AbstractSet[int], list[Region]]:
         """Merge the regions ``members`` overlap into the one being opened: overlapping regions merge under the
         outermost checkpoint involved, with the most severe action. Returns the merged region's scope, action,
-        first failure time, the failures it carries over and its members (a new set: ``members`` may be the
-        graph's own)."""
+        first failure time and members (a new set if any merged: ``members`` may be the graph's own), and the
+        regions merged into it, in the order of their members."""
+        region_of = self.region_of
+        old: dict[int, Region] = {}
+        for m in members:
+            r = region_of[m]
+            if r is not None:
+                old[id(r)] = r
+        if not old:
+            return scope, action, failure_at, members, []
         scopes = self.run.graph.scopes
         depth = scopes[scope].depth
-        carried: list[Failure] = []
         merged = set(members)
-        for r in old:
+        for r in old.values():
             merged |= r.members
             if r.depth < depth or (r.depth == depth and _SEVERITY[r.action] > _SEVERITY[action]):
                 scope, depth, action = r.scope, r.depth, r.action
             if r.backoff is not None:
                 r.backoff.cancel()
-            carried.extend(r.failures)
             failure_at = min(failure_at, r.report.failure_at)
             self.regions.discard(r)
             r.report.action = f"merged into {scopes[scope].name}"
             self.run.recorder.drop_region(r.id)
-        return scope, action, failure_at, carried, merged
+        return scope, action, failure_at, merged, list(old.values())
 
     def record_region(self, region: Region) -> int:
         """Put the region's current record in the recorder (after it opens, and whenever it changes); returns
