@@ -53,15 +53,9 @@ def region(graph: ExecutionGraph, seeds: Iterable[int], scope: int, mode: str = 
     if scope == ROOT or mode == "scope":
         return set(scope_members(graph, scope))
     nodes = graph.nodes
-    inside: dict[int, bool] = {}
-
-    def in_scope(n: int) -> bool:
-        known = inside.get(n)
-        if known is None:
-            known = inside[n] = graph.in_scope(n, scope)
-        return known
-
-    stack = [s for s in seeds if in_scope(s)]
+    # (``scope in node.chain`` is ``graph.in_scope(node, scope)`` for a scope other than the root, without a call:
+    # a failure's first region is worked out on its way to the revert, the first time the graph fails there)
+    stack = [s for s in seeds if scope in nodes[s].chain]
     found = set(stack)
     # Causal ancestors: walk up through joins and loop gates (they carry nothing of their own), but
     # such a node met on the way up is no cause: expanding downstream from it would pull in unrelated
@@ -69,7 +63,7 @@ def region(graph: ExecutionGraph, seeds: Iterable[int], scope: int, mode: str = 
     seen = set(stack)
     while stack:
         for p in nodes[stack.pop()].preds:
-            if p not in seen and in_scope(p):
+            if p not in seen and scope in nodes[p].chain:
                 seen.add(p)
                 stack.append(p)
                 if nodes[p].kind == TASK:
@@ -78,7 +72,7 @@ def region(graph: ExecutionGraph, seeds: Iterable[int], scope: int, mode: str = 
     stack = list(found)
     while stack:
         for s in nodes[stack.pop()].succs:
-            if s not in result and in_scope(s):
+            if s not in result and scope in nodes[s].chain:
                 result.add(s)
                 stack.append(s)
     return result
@@ -102,7 +96,13 @@ def failure_region(graph: ExecutionGraph, failed: int, scope: int, mode: str) ->
 def task_names(graph: ExecutionGraph, members: Iterable[int]) -> tuple[str, ...]:
     """The names of the tasks among ``members``, sorted (what a region's report lists)."""
     nodes = graph.nodes
-    return tuple(sorted(nodes[m].name for m in members if nodes[m].kind == TASK))
+    names: list[str] = []
+    for m in members:
+        node = nodes[m]
+        if node.kind == TASK:
+            names.append(node.name)
+    names.sort()
+    return tuple(names)
 
 
 class Decision:

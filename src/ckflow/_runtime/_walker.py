@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from functools import partial
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
@@ -337,38 +337,36 @@ class RevertWalker:
         self.run.transition(n, REVERTING)
         self.reverting += 1
         t0 = self.run.rev_started[n] = time.monotonic()
-        if region.report.first_revert_at is None:
-            region.report.first_revert_at = t0
+        report = region.report
+        if report.first_revert_at is None:
+            # What pydantic's ``__setattr__`` does for this field, without its two calls before the revert's body
+            vars(report)["first_revert_at"] = t0
+            report.__pydantic_fields_set__.add("first_revert_at")
             if self.run.telemetry is not None:
-                self.run.telemetry.revert_latency(region.report)
+                self.run.telemetry.revert_latency(report)
         params = task.revert_parameters
         if params is None:
             self._revert_returned(region, n, None)
             return
-        given = self.run.kwargs[n]
-        if given is None and params:
-            # A task restored from the store: rebuild its inputs from the values it was given (still there, since
-            # what provided them is reverted after it).
-            given = self.run.kwargs[n] = self._sched().task_inputs(node)
-        kw = {p: given[p] for p in params if p in given} if given else {}
-        if "result" in params:
-            kw["result"] = self.run.results[n]
+        kw = self._revert_inputs(n, params)
         token = CURRENT.set((self.owner, n))
         telemetry = self.run.telemetry
         otel_token = None if telemetry is None else telemetry.attach(n, reverting=True)
         error: Exception | None = None
         try:
             # Reverts always finish: they are shielded from the cancellation of the run. The scope is
-            # entered before the first step so that scopes the revert opens nest inside it.
-            with anyio.CancelScope(shield=True):
+            # entered before the first step so that scopes the revert opens nest inside it. (The event loop's
+            # own scope class: ``anyio.CancelScope`` asks for the running library's backend first.)
+            sched = self._sched()
+            with sched.scope_class(shield=True):
                 try:
-                    coro = self._sched().start_call(task.call_revert, kw, task.revert_is_async)
+                    coro = sched.start_call(task.call_revert, kw, task.revert_is_async)
                     try:
                         yielded = coro.send(None)
                     except StopIteration:
                         pass
                     else:
-                        self._sched().spawn_helpers()
+                        sched.spawn_helpers()
                         await resume(coro, yielded)
                 except Exception as exc:
                     error = exc
@@ -377,6 +375,22 @@ class RevertWalker:
                 telemetry.detach(otel_token)
             CURRENT.reset(token)
         self._revert_returned(region, n, error)
+
+    def _revert_inputs(self, n: int, params: tuple[str, ...]) -> dict[str, Any]:
+        """What task ``n``'s revert is called with: the inputs of its execute it names, and ``result``."""
+        given = self.run.kwargs[n]
+        if given is None and params:
+            # A task restored from the store: rebuild its inputs from the values it was given (still there, since
+            # what provided them is reverted after it).
+            given = self.run.kwargs[n] = self._sched().task_inputs(self.run.nodes[n])
+        kw: dict[str, Any] = {}
+        if given:
+            for p in params:
+                if p in given:
+                    kw[p] = given[p]
+        if "result" in params:
+            kw["result"] = self.run.results[n]
+        return kw
 
     def _revert_returned(self, region: Region, n: int, error: Exception | None) -> None:
         self.reverting -= 1
