@@ -224,6 +224,32 @@ class TestStdlibLogging:
         assert "ckflow.task" not in names
         assert "ckflow.walker" in names
 
+    async def test_region_line_at_its_level_with_no_subscriber(self, caplog: pytest.LogCaptureFixture) -> None:
+        """With the log alone listening (no subscriber, no store), a region is written by 'ckflow.walker' at INFO
+        when its checkpoint retries it and at WARNING when it escalates, with its members; 'ckflow.walker' at
+        WARNING keeps the escalation and drops the retried region."""
+
+        def regions() -> list[tuple[int, Any]]:
+            found = caplog.records
+            return [(r.levelno, r.members) for r in found if getattr(r, "event", "") == "ckflow.walker.region"]
+
+        with caplog.at_level(logging.INFO, "ckflow"):
+            await ckflow.run(flaky_flow())
+            assert regions() == [(logging.INFO, ["flaky"])]
+            caplog.clear()
+            await ckflow.run(doomed_flow())
+            assert regions() == [(logging.WARNING, ["a", "boom"])]
+            caplog.clear()
+            walker_log = logging.getLogger("ckflow.walker")
+            walker_log.setLevel(logging.WARNING)
+            try:
+                await ckflow.run(flaky_flow())
+                assert regions() == []
+                await ckflow.run(doomed_flow())
+                assert regions() == [(logging.WARNING, ["a", "boom"])]
+            finally:
+                walker_log.setLevel(logging.NOTSET)
+
     async def test_failure_line_waits_for_the_revert_and_keeps_its_place(
         self, caplog: pytest.LogCaptureFixture
     ) -> None:

@@ -167,6 +167,19 @@ class TestDecide:
         assert decision.action is Action.RETRY
         assert first == {}
 
+    def test_no_attempts_means_first_attempts(self) -> None:
+        """attempt_of=None (nothing retried yet) decides as every member at its first attempt: a Retry(attempts=1)
+        escalates, a Retry(attempts=2) retries; the region and its task names are the graph's."""
+        for attempts, action in ((1, Action.END), (2, Action.RETRY)):
+            graph, t = self.graph_and_task(Retry(attempts=attempts))
+            first_attempts = decide(graph, t, Boom(), lambda node, scope: 1)
+            assert decide(graph, t, Boom(), None).action is first_attempts.action is action
+        graph, t = self.graph_and_task(Retry(attempts=2))
+        decision = decide(graph, t, Boom(), None)
+        assert decision.members is graph.branch_regions[(t, graph.nodes[t].scope)][0]
+        assert decision.names == ("t",)
+        assert decide(graph, t, Boom(), lambda node, scope: 2).action is Action.END
+
 
 async def _run(flow: ckflow.Flow) -> ckflow.RunResult:
     with anyio.fail_after(5):

@@ -11,7 +11,7 @@ from hypothesis import given, register_random, settings
 from hypothesis import strategies as st
 
 import ckflow
-from ckflow import Checkpoint, Linear, Retry
+from ckflow import Checkpoint, Linear, Retry, _policy
 from ckflow import testing as ckflow_testing
 from ckflow.testing import EventRecorder
 
@@ -250,6 +250,29 @@ class TestRetryTimeout:
         result = await ckflow.run(flow)
         assert result.state is ckflow.FlowState.REVERTED
         assert executions == 2
+
+    async def test_the_policy_clock_is_what_the_timeout_reads(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Retry.timeout is measured on the policy's clock (``_policy.ENV.clock``): a replaced clock that moves
+        10 s at each reading ends the retries at the second failure, where real time would allow all ten."""
+
+        def flow() -> tuple[ckflow.Flow, list[int]]:
+            executions: list[int] = []
+
+            @ckflow.task
+            async def fails() -> None:
+                executions.append(1)
+                raise RuntimeError("always")
+
+            return Linear("timed", Checkpoint("cp", retry=Retry(attempts=10, timeout=5.0)), fails), executions
+
+        real, real_executions = flow()
+        assert (await ckflow.run(real)).state is ckflow.FlowState.REVERTED
+        assert len(real_executions) == 10
+        readings = iter(range(10, 1000, 10))
+        monkeypatch.setattr(_policy.ENV, "clock", lambda: float(next(readings)))
+        fake, fake_executions = flow()
+        assert (await ckflow.run(fake)).state is ckflow.FlowState.REVERTED
+        assert len(fake_executions) == 2
 
 
 class TestTimesOfARetriedTask:

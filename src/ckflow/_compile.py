@@ -227,8 +227,9 @@ class ExecutionGraph:
         #: gate node -> the scope of its Periodic
         self.loops = {s.gate: s.id for s in scopes if s.gate >= 0}
         self._scope_tasks: dict[int, list[int]] = {}
-        #: (failed node, checkpoint scope) -> the region its failure opens there (``ckflow._region``, made on use)
-        self.branch_regions: dict[tuple[int, int], frozenset[int]] = {}
+        #: (failed node, checkpoint scope) -> the region its failure opens there and its tasks' sorted names
+        #: (``ckflow._region.failure_region``, made on use)
+        self.branch_regions: dict[tuple[int, int], tuple[frozenset[int], tuple[str, ...]]] = {}
 
     def scope_tasks(self, scope: int) -> list[int]:
         """The task nodes of ``scope``, nested scopes included, in id order (computed once per scope)."""

@@ -80,13 +80,16 @@ class Failure(BaseModel):
         exc_cls = type(exc)
         qualname = exc_cls.__qualname__
         module = exc_cls.__module__
+        message = str(exc)
+        if not message.isascii():  # (asked here: no call to ``_utf8`` on the way from a failure to its revert)
+            message = _utf8(message)
         # Built as ``model_construct`` would, without validation (every field is ckflow's own, of its type): a
         # validated model costs 8 µs, on the path from a task's failure to its revert's start.
         values = {
             "task": task,
             "kind": kind,
             "exc_type": qualname if module == "builtins" else f"{module}.{qualname}",
-            "message": _utf8(str(exc)),
+            "message": message,
             "traceback": "",
             "attempt": attempt,
             "at": time.time(),

@@ -7,7 +7,7 @@ tested (and property-tested) on a graph and a list of states alone.
 from __future__ import annotations
 
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from ckflow import _policy
 from ckflow._compile import ROOT, TASK, ExecutionGraph
@@ -23,6 +23,7 @@ __all__ = [
     "failure_region",
     "region",
     "scope_members",
+    "task_names",
 ]
 
 
@@ -52,15 +53,9 @@ def region(graph: ExecutionGraph, seeds: Iterable[int], scope: int, mode: str = 
     if scope == ROOT or mode == "scope":
         return set(scope_members(graph, scope))
     nodes = graph.nodes
-    inside: dict[int, bool] = {}
-
-    def in_scope(n: int) -> bool:
-        known = inside.get(n)
-        if known is None:
-            known = inside[n] = graph.in_scope(n, scope)
-        return known
-
-    stack = [s for s in seeds if in_scope(s)]
+    # (``scope in node.chain`` is ``graph.in_scope(node, scope)`` for a scope other than the root, without a call:
+    # a failure's first region is worked out on its way to the revert, the first time the graph fails there)
+    stack = [s for s in seeds if scope in nodes[s].chain]
     found = set(stack)
     # Causal ancestors: walk up through joins and loop gates (they carry nothing of their own), but
     # such a node met on the way up is no cause: expanding downstream from it would pull in unrelated
@@ -68,7 +63,7 @@ def region(graph: ExecutionGraph, seeds: Iterable[int], scope: int, mode: str = 
     seen = set(stack)
     while stack:
         for p in nodes[stack.pop()].preds:
-            if p not in seen and in_scope(p):
+            if p not in seen and scope in nodes[p].chain:
                 seen.add(p)
                 stack.append(p)
                 if nodes[p].kind == TASK:
@@ -77,39 +72,67 @@ def region(graph: ExecutionGraph, seeds: Iterable[int], scope: int, mode: str = 
     stack = list(found)
     while stack:
         for s in nodes[stack.pop()].succs:
-            if s not in result and in_scope(s):
+            if s not in result and scope in nodes[s].chain:
                 result.add(s)
                 stack.append(s)
     return result
 
 
-def failure_region(graph: ExecutionGraph, failed: int, scope: int, mode: str) -> frozenset[int]:
-    """``region(graph, {failed}, scope, mode)``, worked out once per node and scope and kept on the graph.
+def failure_region(graph: ExecutionGraph, failed: int, scope: int, mode: str) -> tuple[frozenset[int], tuple[str, ...]]:
+    """``region(graph, {failed}, scope, mode)`` and its tasks' names (``task_names``), worked out once per node and
+    scope and kept on the graph.
 
-    It depends on the graph alone, so every later failure of ``failed`` under ``scope`` finds it made: this
+    Both depend on the graph alone, so every later failure of ``failed`` under ``scope`` finds them made: this
     is on the way from a task's failure to its revert's start. Made on first use, so compile pays nothing.
     """
     key = (failed, scope)
     found = graph.branch_regions.get(key)
     if found is None:
-        found = graph.branch_regions[key] = frozenset(region(graph, (failed,), scope, mode))
+        members = frozenset(region(graph, (failed,), scope, mode))
+        found = graph.branch_regions[key] = (members, task_names(graph, members))
     return found
+
+
+def task_names(graph: ExecutionGraph, members: Iterable[int]) -> tuple[str, ...]:
+    """The names of the tasks among ``members``, sorted (what a region's report lists)."""
+    nodes = graph.nodes
+    names: list[str] = []
+    for m in members:
+        node = nodes[m]
+        if node.kind == TASK:
+            names.append(node.name)
+    names.sort()
+    return tuple(names)
 
 
 class Decision:
     """The walker's decision for one failure: the checkpoint that handles it, its region and action."""
 
-    __slots__ = ("action", "exhausted", "members", "scope")
+    __slots__ = ("action", "exhausted", "members", "names", "scope")
 
-    def __init__(self, scope: int, members: set[int], action: Action, exhausted: tuple[int, ...]) -> None:
+    def __init__(
+        self,
+        scope: int,
+        members: AbstractSet[int],
+        action: Action,
+        exhausted: tuple[int, ...],
+        names: tuple[str, ...] | None = None,
+    ) -> None:
         self.scope = scope
+        #: the region's nodes (the graph's own frozenset when it keeps the region: never changed)
         self.members = members
         self.action = action
         #: the checkpoints whose budget ran out on the way, innermost first
         self.exhausted = exhausted
+        #: ``task_names(graph, members)`` when the graph keeps them (``failure_region``); None: not worked out
+        self.names = names
 
     def __repr__(self) -> str:
         return f"<Decision scope={self.scope} {self.action.name} {len(self.members)} nodes>"
+
+
+#: no seeds (yet): ``decide``'s first checkpoint takes its region from the graph
+_NO_SEEDS: Final[frozenset[int]] = frozenset()
 
 
 def _no_failure_yet(scope: int) -> float | None:
@@ -120,14 +143,15 @@ def decide(
     graph: ExecutionGraph,
     failed: int,
     exc: BaseException,
-    attempt_of: Callable[[int, int], int],
+    attempt_of: Callable[[int, int], int] | None,
     first_failure_at: Callable[[int], float | None] = _no_failure_yet,
     now: float = 0.0,
 ) -> Decision:
     """Apply DESIGN §4 step 5 at the moment a failure arrives.
 
     ``attempt_of(node, scope)`` is the node's attempt (1-based) under the
-    checkpoint ``scope``. ``first_failure_at(scope)`` is the monotonic time of
+    checkpoint ``scope``; None when no task has been retried (every attempt is
+    the first). ``first_failure_at(scope)`` is the monotonic time of
     the first failure under the checkpoint ``scope`` in its current activation,
     or None if this failure is the first; ``now`` is the same clock's current
     reading. Both feed ``Retry.timeout`` through ``ckflow._policy.should_retry``;
@@ -136,7 +160,7 @@ def decide(
     seen fail in this activation). Exhausted or rejected failures climb to the
     enclosing checkpoint at once, so doomed work is cancelled now.
     """
-    seeds: set[int] = {failed}
+    seeds: AbstractSet[int] = _NO_SEEDS  # (the first checkpoint's region is the graph's: ``failure_region``)
     scope = graph.nodes[failed].scope
     exhausted: list[int] = []
     while scope != ROOT:
@@ -144,14 +168,22 @@ def decide(
         checkpoint = info.checkpoint
         assert checkpoint is not None
         members: AbstractSet[int]
+        names: tuple[str, ...] | None = None
         if exhausted:
             members = region(graph, seeds, scope, checkpoint.revert)
         else:
-            # The first checkpoint's region depends on the failed node alone: the graph keeps it.
-            members = failure_region(graph, failed, scope, checkpoint.revert)
-        highest = max(attempt_of(n, scope) for n in members)
+            # The first checkpoint's region depends on the failed node alone: the graph keeps it (looked up
+            # here, without a call, once it is made).
+            kept = graph.branch_regions.get((failed, scope)) or failure_region(graph, failed, scope, checkpoint.revert)
+            members, names = kept
+        highest = 1  # the highest attempt among the members (a loop: no generator on the way to the revert)
+        if attempt_of is not None:
+            for n in members:
+                attempt = attempt_of(n, scope)
+                if attempt > highest:
+                    highest = attempt
         if _policy.should_retry(checkpoint.retry, exc, highest, first_failure_at(scope), now):
-            return Decision(scope, set(members), Action.RETRY, tuple(exhausted))
+            return Decision(scope, members, Action.RETRY, tuple(exhausted), names)
         exhausted.append(scope)
         if checkpoint.on_exhausted == "suspend":
             return Decision(scope, set(scope_members(graph, scope)), Action.SUSPEND, tuple(exhausted))

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 import ckflow
 from ckflow import Checkpoint, Graph, Linear, Retry
 from ckflow import testing as ckflow_testing
+from ckflow._compile import TASK
 from ckflow._region import failure_region, region, scope_members
 
 
@@ -140,7 +141,10 @@ class TestRegionFunction:
                 for mode in ("branch", "scope"):
                     graph.branch_regions.clear()
                     kept = failure_region(graph, node.id, scope, mode)
-                    assert kept == region(graph, {node.id}, scope, mode)
+                    members, names = kept
+                    assert members == region(graph, {node.id}, scope, mode)
+                    tasks = [graph.nodes[m].name for m in members if graph.nodes[m].kind == TASK]
+                    assert names == tuple(sorted(tasks))
                     assert failure_region(graph, node.id, scope, mode) is kept
                     assert graph.branch_regions == {(node.id, scope): kept}
 

@@ -99,6 +99,8 @@ class SchedulerPort(Protocol):
     exec_scopes: dict[int, anyio.CancelScope]
     #: nodes whose execute the walker cancelled
     cancel_requested: set[int]
+    #: the running async library's CancelScope class (``anyio.CancelScope`` asks for it on every call)
+    scope_class: type[anyio.CancelScope]
 
     def make_ready(self, n: int) -> None:
         """``n`` has no unfinished predecessor: queue it (or pass through a join)."""

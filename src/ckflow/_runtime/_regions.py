@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 import anyio
 
 if TYPE_CHECKING:
+    from collections.abc import Set as AbstractSet
+
     from ckflow._failure import Failure
     from ckflow._models import RegionReport
     from ckflow._region import Action
@@ -38,12 +40,13 @@ class Region:
     )
 
     def __init__(
-        self, id: int, scope: int, depth: int, action: Action, members: set[int], report: RegionReport
+        self, id: int, scope: int, depth: int, action: Action, members: AbstractSet[int], report: RegionReport
     ) -> None:
         self.id = id
         self.scope = scope
         self.depth = depth
         self.action = action
+        #: never changed once the region is made (it may be the graph's own frozenset: ``_region.failure_region``)
         self.members = members
         self.report = report
         #: member -> successors in the region whose revert is still outstanding

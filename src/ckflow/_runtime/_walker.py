@@ -21,18 +21,18 @@ from __future__ import annotations
 import time
 from collections import deque
 from functools import partial
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
 from ckflow import _policy
 from ckflow._compile import LOOP, ROOT, TASK
 from ckflow._errors import CkflowInternalError
-from ckflow._events import DEBUG, INFO, WARNING
+from ckflow._events import DEBUG, INFO, WALKER_LOG, WARNING
 from ckflow._failure import Failure
 from ckflow._models import RegionReport
 from ckflow._records import RegionRecord, construct
-from ckflow._region import Action, decide
+from ckflow._region import Action, decide, task_names
 from ckflow._runtime._context import CURRENT
 from ckflow._runtime._coro import resume
 from ckflow._runtime._regions import Region, settle
@@ -40,7 +40,7 @@ from ckflow._runtime._state import RunMode
 from ckflow._states import FAILURE, PENDING, REVERT_FAILURE, REVERTED, REVERTING, RUNNING, SUCCESS
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Set as AbstractSet
 
     from ckflow._checkpoint import Checkpoint
     from ckflow._runtime._passes import Passes
@@ -56,8 +56,6 @@ _OUTSTANDING: Final = frozenset({RUNNING, SUCCESS, FAILURE, REVERTING})
 _REVERTIBLE: Final = frozenset({SUCCESS, FAILURE})
 #: how much more severe one action is than another, when regions merge
 _SEVERITY: Final = {Action.RETRY: 0, Action.SUSPEND: 1, Action.END: 2}
-#: ``action.value`` without the enum's descriptor (a Python call each, on the way from a failure to its revert)
-_ACTION_NAME: Final = {action: action.value for action in Action}
 
 
 class RevertWalker:
@@ -113,8 +111,10 @@ class RevertWalker:
     def on_failure(self, n: int, exc: BaseException, failure: Failure, failed_at: float, seq: int | None) -> None:
         """Task ``n`` failed outside any region: decide (retry, park, escalate) and open its region now."""
         run = self.run
-        now = _policy.clock()
-        decision = decide(run.graph, n, exc, run.attempt_under, run.first_failure.get, now)
+        # Retry.timeout's clock, read when the failure arrived if it is the one read then (the default)
+        now = failed_at if _policy.ENV.clock is time.monotonic else _policy.clock()
+        # (no attempt to look up for each member until a task has been retried)
+        decision = decide(run.graph, n, exc, run.attempt_under if run.retries else None, run.first_failure.get, now)
         if decision.action is Action.RETRY:
             checkpoint = run.graph.scopes[decision.scope].checkpoint
             if checkpoint is not None and checkpoint.retry.timeout is not None:
@@ -130,39 +130,48 @@ class RevertWalker:
                 checkpoint=scopes[s].name,
                 detail={"on_exhausted": self._on_exhausted(scopes[s].checkpoint)},
             )
-        self.open_region(decision.scope, decision.members, decision.action, n, failure, failed_at)
+        self.open_region(decision.scope, decision.members, decision.action, n, failure, failed_at, names=decision.names)
 
     def open_region(
         self,
         scope: int,
-        members: set[int],
+        members: AbstractSet[int],
         action: Action,
         cause: int | None,
         failure: Failure | None,
         failed_at: float | None = None,
         *,
         auto_resume: bool = False,
+        names: tuple[str, ...] | None = None,
     ) -> Region:
-        """Undo ``members`` under checkpoint ``scope``, merging with the regions they overlap.
-
-        ``auto_resume`` (``revert_to(..., retry=True)``): once reverted, the scope starts afresh.
-        """
+        """Undo ``members`` under checkpoint ``scope``, merging with the regions they overlap. ``auto_resume``
+        (``revert_to(..., retry=True)``): once reverted, the scope starts afresh. ``names``: the sorted names of
+        the tasks among ``members``, when the caller has them (``_region.task_names``)."""
+        run, region_of = self.run, self.region_of
         failure_at = time.monotonic() if failed_at is None else failed_at
-        old = {id(r): r for m in members if (r := self.region_of[m]) is not None}
-        carried: list[Failure] = []
-        if old:
-            scope, action, failure_at, carried = self._merge(old.values(), members, scope, action, failure_at)
-        scopes = self.run.graph.scopes
-        depth = scopes[scope].depth
-        region_of = self.region_of
-        recorder = self.run.recorder
-        report = self._report(scope, action, cause, members, failure_at)
-        self.run.reports.append(report)
+        absorbed: list[Region] = []
+        if self.regions:  # a region still open may overlap these members: it merges into this one
+            scope, action, failure_at, members, absorbed = self._merge(members, scope, action, failure_at)
+        if absorbed or names is None:
+            names = task_names(run.graph, members)
+        report = construct(  # without validation: this is on the way from a failure to its revert's start
+            RegionReport,
+            checkpoint=run.graph.scopes[scope].name,
+            action=action._value_,  # (not ``value``: no call through the enum's descriptor)
+            cause=None if cause is None else run.nodes[cause].name,
+            members=list(names),
+            failure_at=failure_at,
+            first_revert_at=None,
+            reverts_done_at=None,
+            retry_at=None,
+        )
+        run.reports.append(report)
         self.region_ids += 1
-        region = Region(self.region_ids, scope, depth, action, members, report)
-        region.failures = carried
-        region.absorbed = list(old.values())
+        region = Region(self.region_ids, scope, run.graph.scopes[scope].depth, action, members, report)
         region.auto_resume = auto_resume
+        region.absorbed = absorbed
+        for r in absorbed:
+            region.failures.extend(r.failures)
         if failure is not None:
             region.failures.append(failure)
         self.regions.add(region)
@@ -170,57 +179,53 @@ class RevertWalker:
             self.root_region = region
         for m in members:
             region_of[m] = region
-        self.run.event(
-            "ckflow.walker.region",
-            # a region a failure opened and that will not be retried is an escalation; a control request's is news
-            INFO if action is Action.RETRY or cause is None else WARNING,
-            task=report.cause,
-            checkpoint=report.checkpoint,
-            detail={"action": report.action, "members": report.members},
-        )
-        if self.run.durable:
+        # a region a failure opened and that will not be retried is an escalation; a control request's is news
+        level = INFO if action is Action.RETRY or cause is None else WARNING
+        # Built only if a store, telemetry, a subscriber or the log takes it (``RunState.event`` asks them too):
+        # asked here first, a failure's way to its revert skips four calls and two dicts when none does.
+        if run.durable or run.telemetry is not None or run.hub.listening or WALKER_LOG.isEnabledFor(level):
+            self._region_event(report, level)
+        if run.durable:
             # The decision is stored before any revert starts (see _journal): its reverts wait for the commit.
             region.gen = self.record_region(region)
-            recorder.on_commit(partial(self._region_committed, region, region.gen))
+            run.recorder.on_commit(partial(self._region_committed, region, region.gen))
         self.arm_region(region)
         return region
 
-    def _report(self, scope: int, action: Action, cause: int | None, members: set[int], at: float) -> RegionReport:
-        """The report of a region being opened (built without validation: it is on the way to the first revert)."""
-        nodes = self.run.nodes
-        return construct(
-            RegionReport,
-            checkpoint=self.run.graph.scopes[scope].name,
-            action=_ACTION_NAME[action],
-            cause=None if cause is None else nodes[cause].name,
-            members=sorted(nodes[m].name for m in members if nodes[m].kind == TASK),
-            failure_at=at,
-            first_revert_at=None,
-            reverts_done_at=None,
-            retry_at=None,
-        )
+    def _region_event(self, report: RegionReport, level: int) -> None:
+        """The event of a region being opened."""
+        detail = {"action": report.action, "members": report.members}
+        self.run.event("ckflow.walker.region", level, task=report.cause, checkpoint=report.checkpoint, detail=detail)
 
     def _merge(
-        self, old: Iterable[Region], members: set[int], scope: int, action: Action, failure_at: float
-    ) -> tuple[int, Action, float, list[Failure]]:
-        """Merge the regions ``members`` overlap into the one being opened (``members`` grows): overlapping
-        regions merge under the outermost checkpoint involved, with the most severe action. Returns the merged
-        region's scope, action, first failure time and the failures it carries over."""
+        self, members: AbstractSet[int], scope: int, action: Action, failure_at: float
+    ) -> tuple[int, Action, float, AbstractSet[int], list[Region]]:
+        """Merge the regions ``members`` overlap into the one being opened: overlapping regions merge under the
+        outermost checkpoint involved, with the most severe action. Returns the merged region's scope, action,
+        first failure time and members (a new set if any merged: ``members`` may be the graph's own), and the
+        regions merged into it, in the order of their members."""
+        region_of = self.region_of
+        old: dict[int, Region] = {}
+        for m in members:
+            r = region_of[m]
+            if r is not None:
+                old[id(r)] = r
+        if not old:
+            return scope, action, failure_at, members, []
         scopes = self.run.graph.scopes
         depth = scopes[scope].depth
-        carried: list[Failure] = []
-        for r in old:
-            members |= r.members
+        merged = set(members)
+        for r in old.values():
+            merged |= r.members
             if r.depth < depth or (r.depth == depth and _SEVERITY[r.action] > _SEVERITY[action]):
                 scope, depth, action = r.scope, r.depth, r.action
             if r.backoff is not None:
                 r.backoff.cancel()
-            carried.extend(r.failures)
             failure_at = min(failure_at, r.report.failure_at)
             self.regions.discard(r)
             r.report.action = f"merged into {scopes[scope].name}"
             self.run.recorder.drop_region(r.id)
-        return scope, action, failure_at, carried
+        return scope, action, failure_at, merged, list(old.values())
 
     def record_region(self, region: Region) -> int:
         """Put the region's current record in the recorder (after it opens, and whenever it changes); returns
@@ -268,14 +273,22 @@ class RevertWalker:
                     )
         rev_wait = region.rev_wait
         outstanding = 0
+        # (loops, not generators: this is on the way from a failure to its revert's start)
+        start: list[int] = []
         for m in members:
             st = state[m]
             if st in _OUTSTANDING:
                 outstanding += 1
                 if st is not REVERTING:
-                    rev_wait[m] = sum(1 for s in nodes[m].succs if s in members and state[s] in _OUTSTANDING)
+                    w = 0
+                    for s in nodes[m].succs:
+                        if s in members and state[s] in _OUTSTANDING:
+                            w += 1
+                    rev_wait[m] = w
+                    if w == 0 and st in _REVERTIBLE:
+                        start.append(m)
         region.outstanding = outstanding
-        for m in [m for m, w in rev_wait.items() if w == 0 and state[m] in _REVERTIBLE]:
+        for m in start:
             self.schedule_revert(region, m)
         if region.outstanding == 0:
             self.region_done(region)
@@ -292,8 +305,9 @@ class RevertWalker:
         if node.kind == TASK:
             if region.gen:
                 region.held.append(n)  # the region's record is not in the store yet
-            else:
-                self.queue_revert(n)
+            elif not self.revert_queued[n]:  # (``queue_revert`` without its checks, made above)
+                self.revert_queued[n] = 1
+                self.revert_ready.append(n)
             return
         # Undoing a join (or a Periodic's gate) is instant.
         self.run.join_transition(n, REVERTED)
@@ -323,38 +337,36 @@ class RevertWalker:
         self.run.transition(n, REVERTING)
         self.reverting += 1
         t0 = self.run.rev_started[n] = time.monotonic()
-        if region.report.first_revert_at is None:
-            region.report.first_revert_at = t0
+        report = region.report
+        if report.first_revert_at is None:
+            # What pydantic's ``__setattr__`` does for this field, without its two calls before the revert's body
+            vars(report)["first_revert_at"] = t0
+            report.__pydantic_fields_set__.add("first_revert_at")
             if self.run.telemetry is not None:
-                self.run.telemetry.revert_latency(region.report)
+                self.run.telemetry.revert_latency(report)
         params = task.revert_parameters
         if params is None:
             self._revert_returned(region, n, None)
             return
-        given = self.run.kwargs[n]
-        if given is None and params:
-            # A task restored from the store: rebuild its inputs from the values it was given (still there, since
-            # what provided them is reverted after it).
-            given = self.run.kwargs[n] = self._sched().task_inputs(node)
-        kw = {p: given[p] for p in params if p in given} if given else {}
-        if "result" in params:
-            kw["result"] = self.run.results[n]
+        kw = self._revert_inputs(n, params)
         token = CURRENT.set((self.owner, n))
         telemetry = self.run.telemetry
         otel_token = None if telemetry is None else telemetry.attach(n, reverting=True)
         error: Exception | None = None
         try:
             # Reverts always finish: they are shielded from the cancellation of the run. The scope is
-            # entered before the first step so that scopes the revert opens nest inside it.
-            with anyio.CancelScope(shield=True):
+            # entered before the first step so that scopes the revert opens nest inside it. (The event loop's
+            # own scope class: ``anyio.CancelScope`` asks for the running library's backend first.)
+            sched = self._sched()
+            with sched.scope_class(shield=True):
                 try:
-                    coro = self._sched().start_call(task.call_revert, kw, task.revert_is_async)
+                    coro = sched.start_call(task.call_revert, kw, task.revert_is_async)
                     try:
                         yielded = coro.send(None)
                     except StopIteration:
                         pass
                     else:
-                        self._sched().spawn_helpers()
+                        sched.spawn_helpers()
                         await resume(coro, yielded)
                 except Exception as exc:
                     error = exc
@@ -363,6 +375,22 @@ class RevertWalker:
                 telemetry.detach(otel_token)
             CURRENT.reset(token)
         self._revert_returned(region, n, error)
+
+    def _revert_inputs(self, n: int, params: tuple[str, ...]) -> dict[str, Any]:
+        """What task ``n``'s revert is called with: the inputs of its execute it names, and ``result``."""
+        given = self.run.kwargs[n]
+        if given is None and params:
+            # A task restored from the store: rebuild its inputs from the values it was given (still there, since
+            # what provided them is reverted after it).
+            given = self.run.kwargs[n] = self._sched().task_inputs(self.run.nodes[n])
+        kw: dict[str, Any] = {}
+        if given:
+            for p in params:
+                if p in given:
+                    kw[p] = given[p]
+        if "result" in params:
+            kw["result"] = self.run.results[n]
+        return kw
 
     def _revert_returned(self, region: Region, n: int, error: Exception | None) -> None:
         self.reverting -= 1
@@ -512,7 +540,7 @@ class RevertWalker:
                 run.retries[(m, scope)] = run.retries.get((m, scope), 0) + 1
         return chain_cache
 
-    def _count_waits(self, members: set[int]) -> list[int]:
+    def _count_waits(self, members: AbstractSet[int]) -> list[int]:
         """Count again what the reset members and their successors wait for; the members that wait for nothing.
 
         A predecessor whose success is not yet in the store still counts as unfinished.
