@@ -69,7 +69,6 @@ __all__ = [
     "DEFAULT_BUFFER",
     "ROOT_LOG",
     "TASK_LOG",
-    "WALKER_LOG",
     "Event",
     "EventHub",
     "EventStream",
@@ -184,8 +183,6 @@ ROOT_LOG: Final = logging.getLogger("ckflow")
 ROOT_LOG.addHandler(logging.NullHandler())
 #: the logger of task transitions, asked once per transition on the engine's hot path
 TASK_LOG: Final = logging.getLogger("ckflow.task")
-#: the logger of the revert walker's steps (``logger_for("ckflow.walker.region")``), asked on a failure's path
-WALKER_LOG: Final = logging.getLogger("ckflow.walker")
 _LOGGERS: dict[str, logging.Logger] = {}
 #: ``LogRecord`` attributes an event's field may not take: such a field is passed as ``ckflow_<name>``
 _RESERVED: Final = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}

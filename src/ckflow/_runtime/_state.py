@@ -230,6 +230,13 @@ class RunState:
             level = WARNING  # a failure reached the root (a cancel that reverts everything is no failure)
         self.event(f"ckflow.run.{new.lower()}", level, old=old, new=new)
 
+    def takes_event(self, name: str, level: int) -> bool:
+        """True if ``event(name, level, ...)`` would reach anyone: the store, telemetry, a subscriber or the log.
+
+        For an event whose fields cost something to build, asked before building them.
+        """
+        return self.durable or self.telemetry is not None or self.hub.wants(level, name)
+
     def event(self, name: str, level: int = INFO, **fields: Any) -> None:
         """Emit a run, walker or control event (and record it, for a durable run)."""
         seq = self.recorder.event(name, fields) if self.durable else None

@@ -28,7 +28,7 @@ import anyio
 from ckflow import _policy
 from ckflow._compile import LOOP, ROOT, TASK
 from ckflow._errors import CkflowInternalError
-from ckflow._events import DEBUG, INFO, WALKER_LOG, WARNING
+from ckflow._events import DEBUG, INFO, WARNING
 from ckflow._failure import Failure
 from ckflow._models import RegionReport
 from ckflow._records import RegionRecord, construct
@@ -181,9 +181,8 @@ class RevertWalker:
             region_of[m] = region
         # a region a failure opened and that will not be retried is an escalation; a control request's is news
         level = INFO if action is Action.RETRY or cause is None else WARNING
-        # Built only if a store, telemetry, a subscriber or the log takes it (``RunState.event`` asks them too):
-        # asked here first, a failure's way to its revert skips four calls and two dicts when none does.
-        if run.durable or run.telemetry is not None or run.hub.listening or WALKER_LOG.isEnabledFor(level):
+        # Built only if someone takes it: a failure's way to its revert skips four calls and two dicts when none does.
+        if run.takes_event("ckflow.walker.region", level):
             self._region_event(report, level)
         if run.durable:
             # The decision is stored before any revert starts (see _journal): its reverts wait for the commit.
