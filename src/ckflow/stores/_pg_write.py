@@ -81,8 +81,9 @@ def _bound(column: _c.Column) -> str:
 
 
 @functools.cache
-def one_statement(tables: tuple[str, ...]) -> str:
-    """A whole common batch of one run with rows for ``tables``, as one statement.
+def one_statement(tables: tuple[str, ...], release: bool = False) -> str:
+    """A whole common batch of one run with rows for ``tables``, as one statement (which gives up the writer's
+    lease too, with ``release``).
 
     The fence is the first CTE: the ``UPDATE`` of the run's row, which changes it only while the
     writer owns the run (and takes the row lock that orders this write after a concurrent claim).
@@ -90,7 +91,7 @@ def one_statement(tables: tuple[str, ...]) -> str:
     only if the fence changed the row. The result row says whether the fence passed and, if not,
     whether the run exists at all.
     """
-    ctes = [f"fence AS ({_sql.UPDATE_RUN} RETURNING 1)"]
+    ctes = [f"fence AS ({_sql.UPDATE_RUN_RELEASE if release else _sql.UPDATE_RUN} RETURNING 1)"]
     n = len(_sql.FENCE_PARAMS)
     for name in tables:
         ctes.append(_put(name, n + 1, _run_is_one, "EXISTS (SELECT 1 FROM fence)"))
@@ -104,15 +105,17 @@ def one_statement(tables: tuple[str, ...]) -> str:
 @functools.cache
 def group_statement(tables: tuple[str, ...]) -> str:
     """The common batches of several runs (with rows for ``tables``) as one statement; it returns the ids of
-    the runs whose fence passed, and whose rows it wrote."""
+    the runs whose fence passed, and whose rows it wrote. A run's ``rel`` (bound after its row's columns) gives
+    up its writer's lease as well (``Batch.release``)."""
     arrays = ", ".join(f"${i}::{c.pg}[]" for i, c in enumerate(_RUN.columns, start=1))
-    fenced = [c for c in _sql.FENCE_PARAMS if c not in ("run_id", "owner")]
+    fenced = [f"{c} = w.{c}" for c in _sql.FENCE_PARAMS if c not in ("run_id", "owner")]
+    fenced += [f"{c} = CASE WHEN w.rel THEN NULL ELSE r.{c} END" for c in ("owner", "lease_expires")]
+    n = len(_RUN.columns) + 1
     ctes = [
-        f"w AS (SELECT * FROM unnest({arrays}) AS w({_sql.columns(_RUN.names)}))",
-        f"fence AS (UPDATE {_c.RUNS.name} AS r SET {', '.join(f'{c} = w.{c}' for c in fenced)} FROM w "
+        f"w AS (SELECT * FROM unnest({arrays}, ${n}::boolean[]) AS w({_sql.columns(_RUN.names)}, rel))",
+        f"fence AS (UPDATE {_c.RUNS.name} AS r SET {', '.join(fenced)} FROM w "
         "WHERE r.run_id = w.run_id AND r.owner = w.owner RETURNING r.run_id)",
     ]
-    n = len(_RUN.columns)
     for name in tables:
         ctes.append(_put(name, n + 1, _bound, "u.run_id IN (SELECT run_id FROM fence)"))
         n += len(_TABLES[name].columns)
@@ -149,6 +152,7 @@ def one_statement_args(w: _sql.Writes) -> tuple[tuple[str, ...], list[Any]] | No
 def _group_args(group: Sequence[_sql.Writes]) -> tuple[tuple[str, ...], list[Any]]:
     """The tables of ``group``'s rows and the parameters of their ``group_statement``."""
     args: list[Any] = [list(column) for column in zip(*(w.run for w in group), strict=True)]
+    args.append([w.release for w in group])
     tables: list[str] = []
     for i, name in enumerate(_TABLES):
         rows = [row for w in group for row in _rows(w)[i][1]]
@@ -230,7 +234,7 @@ class GroupWriter:
         await done
 
     async def _alone(self, w: _sql.Writes, tables: tuple[str, ...], args: list[Any]) -> None:
-        found = await self.call("fetchrow", one_statement(tables), args)
+        found = await self.call("fetchrow", one_statement(tables, w.release), args)
         if not found["fenced"]:
             if not found["found"]:
                 raise RunNotFoundError(w.run_id, self._where)
