@@ -334,6 +334,31 @@ class TestWrite:
             await store.write(Batch(run=batch.run, owner=OWNER, tasks=[task_record("run-1", "late")]))
         assert [t.task for t in await store.tasks("run-1")] == ["attach", "mount"]
 
+    @pytest.mark.parametrize("n", [1, 2, 8, 9, 30])
+    async def test_batches_of_any_size_read_back_in_order(self, store: Store, n: int) -> None:
+        """Batches of a few rows and of many (PostgreSQL binds up to 8 rows of a table value by value, more as
+        arrays) read back the same, tasks in the order first written and events by seq."""
+        run = run_record()
+        await store.create_run(run)
+        names = [f"t{(i * 7) % n:02d}-{i}" for i in range(n)]
+        first = Batch(
+            run=run.model_copy(update={"next_seq": n}),
+            owner=OWNER,
+            tasks=[task_record("run-1", name, result=str(i)) for i, name in enumerate(names)],
+            events=[event("run-1", seq) for seq in range(n)],
+        )
+        await store.write(first)
+        again = Batch(
+            run=run.model_copy(update={"next_seq": 2 * n}),
+            owner=OWNER,
+            tasks=[task_record("run-1", name, result="again") for name in reversed(names)],
+            events=[event("run-1", seq) for seq in range(n, 2 * n)],
+        )
+        await store.write(again)
+        assert [(t.task, t.result) for t in await store.tasks("run-1")] == [(name, "again") for name in names]
+        assert await store.events("run-1") == [*first.events, *again.events]
+        assert (await store.get_run("run-1")).next_seq == 2 * n
+
     async def test_releasing_write_gives_the_lease_up(self, store: Store) -> None:
         """A batch with ``release`` is written as any other, and leaves the run with no owner nor lease, as
         ``release`` would: anyone may claim it, and the writer's next write raises LeaseLostError."""
