@@ -253,3 +253,20 @@ async def test_a_group_releases_only_the_runs_that_ask(
     owners = [(await store.get_run(run_id)).owner for run_id in ("a", "b", "c")]
     assert owners == [None, OWNER, OWNER]
     assert (await stored(store, "a"), await stored(store, "b"), await stored(store, "c")) == (["1"], ["1"], [])
+
+
+async def test_a_releasing_batch_written_again_after_its_commit_is_done(
+    store: PostgresStore, writer: _pg_write.GroupWriter
+) -> None:
+    """A group whose commit's answer was lost writes its runs again alone: a run whose batch released its lease
+    finds its own batch in the store and is done, not LeaseLostError; a different batch of that owner is refused."""
+    await store.create_run(run_record("a"))
+    last = batch("a", release=True)
+    await put(writer, last)
+    await put(writer, last)  # the same batch again: already there, released
+    assert (await store.get_run("a")).owner is None
+    later = batch("a", release=True, result="2")
+    later.run = later.run.model_copy(update={"updated_at": last.run.updated_at + 1})
+    with pytest.raises(LeaseLostError):
+        await put(writer, later)
+    assert await stored(store, "a") == ["1"]

@@ -117,7 +117,8 @@ def one_statement(shape: Shape, release: bool = False) -> str:
     writer owns the run (and takes the row lock that orders this write after a concurrent claim).
     Every other CTE upserts its rows (``$1`` and, value by value or column by column as arrays ``unnest``-ed,
     the rest of each row, in order) only if the fence changed the row. The result row says whether the fence
-    passed and, if not, whether the run exists at all.
+    passed and, if not, whether the run exists at all; with ``release``, also whether the run's row is already
+    this batch's, released (``applied``: this very batch was committed before, by a write whose answer was lost).
     """
     ctes = [f"fence AS ({_sql.UPDATE_RUN_RELEASE if release else _sql.UPDATE_RUN} RETURNING 1)"]
     n = len(_sql.FENCE_PARAMS)
@@ -127,10 +128,14 @@ def one_statement(shape: Shape, release: bool = False) -> str:
         else:
             ctes.append(_put(name, n + 1, _run_is_one, "EXISTS (SELECT 1 FROM fence)"))
         n += (len(_TABLES[name].columns) - 1) * max(rows, 1)
-    return (
-        f"WITH {', '.join(ctes)} "
-        "SELECT EXISTS (SELECT 1 FROM fence) AS fenced, EXISTS (SELECT 1 FROM ckflow_runs WHERE run_id = $1) AS found"
-    )
+    result = "EXISTS (SELECT 1 FROM fence) AS fenced, EXISTS (SELECT 1 FROM ckflow_runs WHERE run_id = $1) AS found"
+    if release:
+        p = _sql.FENCE_PARAMS
+        result += (
+            f", EXISTS (SELECT 1 FROM ckflow_runs WHERE run_id = $1 AND owner IS NULL AND state = ${p['state']} "
+            f"AND updated_at = ${p['updated_at']} AND next_seq = ${p['next_seq']}) AS applied"
+        )
+    return f"WITH {', '.join(ctes)} SELECT {result}"
 
 
 @functools.cache
@@ -273,6 +278,8 @@ class GroupWriter:
         if not found["fenced"]:
             if not found["found"]:
                 raise RunNotFoundError(w.run_id, self._where)
+            if w.release and found["applied"]:
+                return  # a group's write again, after a commit whose answer was lost: the lease went with it
             raise LeaseLostError(w.run_id, w.owner)
 
     def _drain_soon(self) -> None:
