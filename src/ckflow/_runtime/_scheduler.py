@@ -152,7 +152,8 @@ class Scheduler:
                 self.passes.start_deferred()
                 self.owner.maybe_finish()
                 await self.worker()
-                await until.wait()
+                if not until.is_set():  # (most runs have ended by now: the task group's exit is their checkpoint)
+                    await until.wait()
         finally:
             self.tg = None
 
