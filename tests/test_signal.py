@@ -7,6 +7,7 @@ import pytest
 
 from ckflow._runtime._signal import Signal
 
+
 async def test_a_wait_before_the_set_returns_once_it_is_set() -> None:
     signal = Signal()
     woken: list[int] = []
