@@ -152,8 +152,7 @@ class Scheduler:
                 self.passes.start_deferred()
                 self.owner.maybe_finish()
                 await self.worker()
-                if not until.is_set():  # (most runs have ended by now: the task group's exit is their checkpoint)
-                    await until.wait()
+                await until.wait()
         finally:
             self.tg = None
 
