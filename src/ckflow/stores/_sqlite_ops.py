@@ -66,15 +66,25 @@ _UPDATE_RUN_SAME_KEYS: Final = (
     f"WHERE run_id = {_P['run_id']} AND owner = {_P['owner']} AND state = {_P['state']} "
     f"AND created_at = {_P['created_at']}"
 )
-#: the run's row, owned by the writer, holds what the batch's run holds but for its progress, and no event
-#: stored comes after the batch's (same parameters; ``updated_at`` goes on the batch's last event)
+#: the run's key if its row, owned by the writer, holds what the batch's run holds but for its progress, and no
+#: event stored comes after the batch's (same parameters; ``updated_at`` goes on the batch's last event)
 _SAME_RUN: Final = (
-    f"SELECT 1 FROM ckflow_runs AS r WHERE run_id = {_P['run_id']} AND owner = {_P['owner']} "
+    f"SELECT r.run_key FROM ckflow_runs AS r WHERE run_id = {_P['run_id']} AND owner = {_P['owner']} "
     f"AND flow = {_P['flow']} AND state = {_P['state']} AND inputs = {_P['inputs']} "
     f"AND created_at = {_P['created_at']} AND ended_at IS {_P['ended_at']} AND halted = {_P['halted']} "
     f"AND goto IS {_P['goto']} AND next_seq < {_P['next_seq']} "
     f"AND NOT EXISTS (SELECT 1 FROM ckflow_events WHERE run_key = r.run_key AND seq >= {_P['next_seq']})"
 )
+#: ``_SAME_RUN`` of a run under way (not ended, not halted, no goto), whose parameters are the first six of
+#: ``_SAME_RUN``'s, then ``next_seq``: sqlite3 binds None and bools through its adapters (a failed attribute
+#: lookup, an exception made and cleared, some 3,000 instructions each), ints, floats and strings directly
+_SAME_RUN_UNDER_WAY: Final = (
+    "SELECT r.run_key FROM ckflow_runs AS r WHERE run_id = ?1 AND owner = ?2 AND flow = ?3 AND state = ?4 "
+    "AND inputs = ?5 AND created_at = ?6 AND ended_at IS NULL AND halted = 0 AND goto IS NULL AND next_seq < ?7 "
+    "AND NOT EXISTS (SELECT 1 FROM ckflow_events WHERE run_key = r.run_key AND seq >= ?7)"
+)
+_UNDER_WAY: Final = tuple(_sql.FENCE_PARAMS[name] - 1 for name in ("ended_at", "halted", "goto"))
+_NEXT_SEQ: Final = _sql.FENCE_PARAMS["next_seq"] - 1
 #: a write of the run's row makes the progress that events at or after its ``next_seq`` carry stale (only a
 #: writer whose ``next_seq`` goes back has such events: an index probe finds none otherwise)
 _DROP_PROGRESS: Final = (
@@ -102,11 +112,28 @@ def _upsert_by_run_key(table: Table[Any], *more: str) -> str:
     """Insert or replace a row of ``table`` by (run key, its key); its parameters are its row, then ``more``."""
     names = (*table.names, *more)
     values = ", ".join(_run_key(n) if name == "run_id" else f"?{n}" for n, name in enumerate(names, start=1))
+    return f"INSERT INTO {table.name} ({_by_run_key(names)}) VALUES ({values}) {_on_conflict(table, names)}"
+
+
+def _on_conflict(table: Table[Any], names: Sequence[str]) -> str:
     update = ", ".join(f"{c} = excluded.{c}" for c in names if c not in table.key)
-    return (
-        f"INSERT INTO {table.name} ({_by_run_key(names)}) VALUES ({values}) "
-        f"ON CONFLICT ({_by_run_key(table.key)}) DO UPDATE SET {update}"
+    return f"ON CONFLICT ({_by_run_key(table.key)}) DO UPDATE SET {update}"
+
+
+def _upsert_keyed(table: Table[Any], rows: int, *more: str) -> str:
+    """``_upsert_by_run_key`` of ``rows`` rows in one statement, the run's key bound as ``?1``.
+
+    Its parameters are the run's key, then each row (then ``more``) in turn; each row's ``run_id`` is
+    bound but not read. The fence found the run's key (``_SAME_RUN``): no row looks it up again, and a
+    task's two events are one statement's step rather than two.
+    """
+    names = (*table.names, *more)
+    width = len(names)
+    values = ", ".join(
+        "(" + ", ".join("?1" if name == "run_id" else f"?{2 + i * width + n}" for n, name in enumerate(names)) + ")"
+        for i in range(rows)
     )
+    return f"INSERT INTO {table.name} ({_by_run_key(names)}) VALUES {values} {_on_conflict(table, names)}"
 
 
 def _select_by_run_key(table: Table[Any]) -> str:
@@ -120,6 +147,10 @@ _UPSERT_CHECKPOINT: Final = _q(_sql.UPSERT_CHECKPOINT)
 _UPSERT_REGION: Final = _q(_sql.UPSERT_REGION)
 #: an event, with ``run_updated_at`` last (``_sql.prepare(progress=True)``)
 _UPSERT_EVENT: Final = _upsert_by_run_key(_c.EVENTS, _PROGRESS)
+#: ``_UPSERT_TASK`` and ``_UPSERT_EVENT`` of a batch whose fence found the run's key (``_upsert_keyed``):
+#: a task's row, and its events (most batches carry 2) in one statement
+_UPSERT_TASK_KEYED: Final = _upsert_keyed(_c.TASKS, 1)
+_UPSERT_EVENTS_KEYED: Final = {n: _upsert_keyed(_c.EVENTS, n, _PROGRESS) for n in (1, 2, 3)}
 _UPSERT_REQUEST: Final = _q(_sql.UPSERT_REQUEST)
 _DELETE_REGION: Final = _q(_sql.DELETE_REGION)
 _RETAIN_CHECKPOINTS: Final = _q(_sql.RETAIN_CHECKPOINTS)
@@ -214,15 +245,23 @@ def load(conn: sqlite3.Connection, run_id: str) -> tuple[Any, ...] | None:
     )
 
 
-def _progress_only(cur: sqlite3.Cursor, w: _sql.Writes) -> bool:
-    """The batch changes nothing of its run but the progress its last event carries; the run's owner wrote it.
+def _progress_only(cur: sqlite3.Cursor, w: _sql.Writes) -> int | None:
+    """The run's key if the batch, by the run's owner, changes nothing but the progress its last event carries.
 
     A commit writes every page it changed to the WAL, whole, at some 2.5 µs a page. Most batches (a task
     done, the next one started) change nothing of the run but its progress, which their last event carries
     (``prepare``; read back through ``ckflow_run_records``): then the run's row is only read, to fence the
     write. A batch that deletes events (retention) writes the row, so that no progress goes with them.
     """
-    return bool(w.progress is not None and not w.retain_events and cur.execute(_SAME_RUN, w.run).fetchone())
+    if w.progress is None or w.retain_events:
+        return None
+    run = w.run
+    ended, halted, goto = _UNDER_WAY
+    if run[ended] is None and run[halted] is False and run[goto] is None:
+        found = cur.execute(_SAME_RUN_UNDER_WAY, (*run[:6], run[_NEXT_SEQ])).fetchone()
+    else:
+        found = cur.execute(_SAME_RUN, run).fetchone()
+    return None if found is None else int(found[0])
 
 
 def _update_run(cur: sqlite3.Cursor, w: _sql.Writes, where: str) -> None:
@@ -240,23 +279,41 @@ def _update_run(cur: sqlite3.Cursor, w: _sql.Writes, where: str) -> None:
     cur.execute(_DROP_PROGRESS, (w.run_id, w.next_seq))
 
 
+def _write_keyed(cur: sqlite3.Cursor, w: _sql.Writes, key: int) -> None:
+    """The batch's tasks and events, the run's key (found by its fence) bound rather than looked up per row."""
+    for task in w.tasks:
+        cur.execute(_UPSERT_TASK_KEYED, (key, *task))
+    events = w.events
+    statement = _UPSERT_EVENTS_KEYED.get(len(events))
+    if statement is not None:
+        params: tuple[Any, ...] = (key,)
+        for event in events:
+            params += event
+        cur.execute(statement, params)
+    else:
+        cur.executemany(_UPSERT_EVENTS_KEYED[1], [(key, *event) for event in events])
+
+
 def apply(cur: sqlite3.Cursor, arg: tuple[_sql.Writes, str]) -> None:
     """One batch, in the transaction (or savepoint) its group gave it.
 
     The run's row comes first, fenced by its owner: a lost lease writes nothing.
     """
     w, where = arg
-    if not _progress_only(cur, w):
+    key = _progress_only(cur, w)
+    if key is None:
         _update_run(cur, w, where)
-    if w.tasks:
-        cur.executemany(_UPSERT_TASK, w.tasks)
+        if w.tasks:
+            cur.executemany(_UPSERT_TASK, w.tasks)
+    else:
+        _write_keyed(cur, w, key)
     if w.checkpoints:
         cur.executemany(_UPSERT_CHECKPOINT, w.checkpoints)
     if w.regions:
         cur.executemany(_UPSERT_REGION, w.regions)
     if w.drop_regions:
         cur.executemany(_DELETE_REGION, w.drop_regions)
-    if w.events:
+    if w.events and key is None:
         cur.executemany(_UPSERT_EVENT, w.events)
     if w.retain_checkpoints:
         cur.executemany(_RETAIN_CHECKPOINTS, w.retain_checkpoints)
