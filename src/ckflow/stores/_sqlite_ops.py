@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Final
 
 from ckflow._errors import LeaseLostError, RunNotFoundError
@@ -22,7 +23,7 @@ from ckflow.stores._sqlite_conn import rollback
 
 if TYPE_CHECKING:
     import sqlite3
-    from collections.abc import Sequence
+    from collections.abc import Callable, Collection, Sequence
 
     from ckflow.stores._columns import Table
 
@@ -120,20 +121,37 @@ def _on_conflict(table: Table[Any], names: Sequence[str]) -> str:
     return f"ON CONFLICT ({_by_run_key(table.key)}) DO UPDATE SET {update}"
 
 
-def _upsert_keyed(table: Table[Any], rows: int, *more: str) -> str:
-    """``_upsert_by_run_key`` of ``rows`` rows in one statement, the run's key bound as ``?1``.
+def _upsert_keyed(table: Table[Any], nulls: Sequence[Collection[str]], *more: str) -> str:
+    """``_upsert_by_run_key`` of ``len(nulls)`` rows in one statement, the run's key bound as ``?1``.
 
-    Its parameters are the run's key, then each row (then ``more``) in turn; each row's ``run_id`` is
-    bound but not read. The fence found the run's key (``_SAME_RUN``): no row looks it up again, and a
-    task's two events are one statement's step rather than two.
+    Each row's columns named in its item of ``nulls`` are spelled NULL rather than bound: sqlite3 binds
+    ints, floats and strings directly, but None (and bools) through its adapters, a failed attribute
+    lookup that makes and clears an exception (some 3,000 instructions a value). The parameters are the
+    run's key, then each row's other columns but its ``run_id`` (``_bound``), row after row.
     """
     names = (*table.names, *more)
-    width = len(names)
-    values = ", ".join(
-        "(" + ", ".join("?1" if name == "run_id" else f"?{2 + i * width + n}" for n, name in enumerate(names)) + ")"
-        for i in range(rows)
-    )
-    return f"INSERT INTO {table.name} ({_by_run_key(names)}) VALUES {values} {_on_conflict(table, names)}"
+    n = 1
+    rows = []
+    for row_nulls in nulls:
+        values = []
+        for name in names:
+            if name == "run_id":
+                values.append("?1")
+            elif name in row_nulls:
+                values.append("NULL")
+            else:
+                n += 1
+                values.append(f"?{n}")
+        rows.append(f"({', '.join(values)})")
+    return f"INSERT INTO {table.name} ({_by_run_key(names)}) VALUES {', '.join(rows)} {_on_conflict(table, names)}"
+
+
+def _bound(table: Table[Any], nulls: Collection[str], *more: str) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+    """What ``_upsert_keyed`` binds of a row (with ``more``) whose columns ``nulls`` are spelled NULL."""
+    names = (*table.names, *more)
+    at = [i for i, name in enumerate(names) if name != "run_id" and name not in nulls]
+    get: Callable[[Sequence[Any]], tuple[Any, ...]] = itemgetter(*at)  # (of several columns: a tuple)
+    return get
 
 
 def _select_by_run_key(table: Table[Any]) -> str:
@@ -147,10 +165,26 @@ _UPSERT_CHECKPOINT: Final = _q(_sql.UPSERT_CHECKPOINT)
 _UPSERT_REGION: Final = _q(_sql.UPSERT_REGION)
 #: an event, with ``run_updated_at`` last (``_sql.prepare(progress=True)``)
 _UPSERT_EVENT: Final = _upsert_by_run_key(_c.EVENTS, _PROGRESS)
-#: ``_UPSERT_TASK`` and ``_UPSERT_EVENT`` of a batch whose fence found the run's key (``_upsert_keyed``):
-#: a task's row, and its events (most batches carry 2) in one statement
-_UPSERT_TASK_KEYED: Final = _upsert_keyed(_c.TASKS, 1)
-_UPSERT_EVENTS_KEYED: Final = {n: _upsert_keyed(_c.EVENTS, n, _PROGRESS) for n in (1, 2, 3)}
+#: ``_UPSERT_TASK`` and ``_UPSERT_EVENT`` of a batch whose fence found the run's key (``_upsert_keyed``)
+_UPSERT_TASK_KEYED: Final = _upsert_keyed(_c.TASKS, [()])
+_UPSERT_EVENT_KEYED: Final = _upsert_keyed(_c.EVENTS, [()], _PROGRESS)
+_task_values: Final = _bound(_c.TASKS, ())
+_event_values: Final = _bound(_c.EVENTS, (), _PROGRESS)
+#: the columns of a task that ran and did not fail nor revert, NULL: where they are in its row, its statement
+#: and the values it binds
+_TASK_NULLS: Final = ("failure", "revert_started_at", "revert_ended_at")
+_TASK_NULL_AT: Final = tuple(_c.TASKS.names.index(name) for name in _TASK_NULLS)
+_UPSERT_TASK_CLEAN: Final = _upsert_keyed(_c.TASKS, [_TASK_NULLS])
+_clean_task: Final = _bound(_c.TASKS, _TASK_NULLS)
+#: a batch's events that are not failures, its last one carrying the run's progress (``prepare``): each batch
+#: of a Linear's task (two events, three at its ends) is one statement binding no NULL
+_FAILURE_KIND_AT: Final = _c.EVENTS.names.index("failure_kind")
+_UPSERT_EVENTS_CLEAN: Final = {
+    n: _upsert_keyed(_c.EVENTS, [("failure_kind", _PROGRESS)] * (n - 1) + [("failure_kind",)], _PROGRESS)
+    for n in (1, 2, 3)
+}
+_clean_event: Final = _bound(_c.EVENTS, ("failure_kind", _PROGRESS), _PROGRESS)
+_clean_last_event: Final = _bound(_c.EVENTS, ("failure_kind",), _PROGRESS)
 _UPSERT_REQUEST: Final = _q(_sql.UPSERT_REQUEST)
 _DELETE_REGION: Final = _q(_sql.DELETE_REGION)
 _RETAIN_CHECKPOINTS: Final = _q(_sql.RETAIN_CHECKPOINTS)
@@ -281,17 +315,21 @@ def _update_run(cur: sqlite3.Cursor, w: _sql.Writes, where: str) -> None:
 
 def _write_keyed(cur: sqlite3.Cursor, w: _sql.Writes, key: int) -> None:
     """The batch's tasks and events, the run's key (found by its fence) bound rather than looked up per row."""
+    failure, revert_started, revert_ended = _TASK_NULL_AT
     for task in w.tasks:
-        cur.execute(_UPSERT_TASK_KEYED, (key, *task))
-    events = w.events
-    statement = _UPSERT_EVENTS_KEYED.get(len(events))
-    if statement is not None:
+        if task[failure] is None and task[revert_started] is None and task[revert_ended] is None:
+            cur.execute(_UPSERT_TASK_CLEAN, (key, *_clean_task(task)))
+        else:
+            cur.execute(_UPSERT_TASK_KEYED, (key, *_task_values(task)))
+    *before, last = w.events  # a batch with progress has events
+    statement = _UPSERT_EVENTS_CLEAN.get(len(w.events))
+    if statement is not None and all(event[_FAILURE_KIND_AT] is None for event in w.events):
         params: tuple[Any, ...] = (key,)
-        for event in events:
-            params += event
-        cur.execute(statement, params)
+        for event in before:
+            params += _clean_event(event)
+        cur.execute(statement, params + _clean_last_event(last))
     else:
-        cur.executemany(_UPSERT_EVENTS_KEYED[1], [(key, *event) for event in events])
+        cur.executemany(_UPSERT_EVENT_KEYED, [(key, *_event_values(event)) for event in w.events])
 
 
 def apply(cur: sqlite3.Cursor, arg: tuple[_sql.Writes, str]) -> None:
