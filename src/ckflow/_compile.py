@@ -198,7 +198,9 @@ class _Compiler:
             inputs: list[tuple[str, str, bool]] = []
             #: the items of its Graph this task reads from, if it is an item of one (one edge each)
             linked: list[int] = []
-            for param, name in task.bindings:
+            bindings = task.bindings
+            for binding in bindings:
+                param, name = binding
                 if name in own_inject:
                     consts[param] = own_inject[name]
                     continue
@@ -207,7 +209,7 @@ class _Compiler:
                     if provider == node.id:
                         raise CycleError(self.root.name, [node.name])
                     self._order(provider, node.id, name, linked)
-                    values.append((param, name))
+                    values.append(binding)  # the task's own (parameter, value name) pair, not a copy
                     continue
                 flow_inject = next((inj for inj in self.flow_injects[node.id] if name in inj), None)
                 if flow_inject is not None:
@@ -217,7 +219,8 @@ class _Compiler:
                 inputs.append((param, name, required))
                 if required:
                     self.required.setdefault(name, []).append(node.name)
-            node.value_in = tuple(values)
+            # Every input from upstream (the usual case): the task's own bindings, no tuple of the node's.
+            node.value_in = bindings if len(values) == len(bindings) else tuple(values)
             node.const_in = consts or None
             node.input_in = tuple(inputs)
 
