@@ -271,6 +271,23 @@ class TestDefinitionErrors:
         assert "'g'" in str(err)
         assert "free" not in str(err)
 
+    def test_cycle_that_feeds_an_earlier_item(self) -> None:
+        """An item downstream of a cycle, written before it, is not part of what CycleError lists.
+
+        The first item the topological sort left over is ``sink``, which leads to no cycle: the walk that
+        finds the cycle used to start there and stopped with a bare StopIteration.
+        """
+        flow = Graph(
+            "g",
+            make("sink", requires=("x",)),
+            make("a", requires=("y",), provides="x"),
+            make("b", requires=("x",), provides="y"),
+        )
+        with pytest.raises(ckflow.CycleError) as info:
+            flow.compile()
+        assert set(info.value.cycle) == {"a", "b"}
+        assert " -> ".join((*info.value.cycle, info.value.cycle[0])) in str(info.value)
+
     def test_cycle_through_links(self) -> None:
         """Explicit links can close a cycle too; the cycle lists both items in order."""
         a, b = make("a"), make("b")

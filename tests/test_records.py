@@ -122,3 +122,19 @@ class TestConstruct:
     def test_samples_give_every_field(self, model: type[BaseModel], values: dict[str, Any]) -> None:
         """The engine gives every field (construct fills in no defaults): the samples mirror that."""
         assert set(values) == set(model.model_fields)
+
+
+def test_a_new_runs_first_record_is_what_validation_makes() -> None:
+    """``engine.start``'s first record of a durable run, built without validation, is the validated record."""
+    from ckflow._engine._cores import first_record, new_core
+
+    @ckflow.task
+    async def double(n: int) -> int:
+        return 2 * n
+
+    core = new_core(ckflow.Linear("first-record", double), {"n": "3"}, None, None, None)
+    record = first_record(core, "first-record", "engine-1", 10.0)
+    assert record.model_fields_set == set(RunRecord.model_fields)
+    assert record == RunRecord.model_validate(record.model_dump())
+    assert record.inputs == '{"n":3}'
+    assert record.lease_expires == pytest.approx(record.created_at + 10.0)

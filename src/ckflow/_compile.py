@@ -14,8 +14,9 @@ Run-time code never walks the pattern tree again.
 from __future__ import annotations
 
 import itertools
+import operator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Protocol, cast, final
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from ckflow._checkpoint import Checkpoint
 from ckflow._errors import (
@@ -24,12 +25,13 @@ from ckflow._errors import (
     ProviderOrderError,
     SiblingDependencyError,
 )
+from ckflow._graph import JOIN, LOOP, ROOT, TASK, ExecutionGraph, Node, Scope
 from ckflow._task import Task
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-__all__ = ["JOIN", "LOOP", "TASK", "ExecutionGraph", "Flow", "Node", "Scope", "compile_flow"]
+__all__ = ["JOIN", "LOOP", "ROOT", "TASK", "ExecutionGraph", "Flow", "Node", "Scope", "compile_flow"]
 
 
 class Flow(Protocol):
@@ -66,200 +68,15 @@ class _Graph(Flow, Protocol):
 _ORDERED: Final = ("Linear", "Periodic")
 
 
-TASK: Final = 0
-JOIN: Final = 1
-#: the gate after a ``Periodic``: it lets what follows start only after the last iteration
-LOOP: Final = 2
+@dataclass(eq=False, slots=True)
+class _GraphEdges:
+    """A Graph's item-level data edges: src[i] -> dst[i] (positions among its items)."""
 
-#: Scope id of the implicit root checkpoint: the flow itself.
-ROOT: Final = 0
-
-
-@final
-class Scope:
-    """A checkpoint's scope in the execution graph. Scope 0 is the implicit root."""
-
-    __slots__ = (
-        "checkpoint",
-        "children",
-        "depth",
-        "entries",
-        "every",
-        "gate",
-        "id",
-        "keep_last",
-        "max_age",
-        "members",
-        "name",
-        "parent",
-        "times",
-    )
-
-    def __init__(self, id: int, name: str, checkpoint: Checkpoint | None, parent: int, depth: int) -> None:
-        self.id = id
-        self.name = name
-        #: None for the root, which never retries
-        self.checkpoint = checkpoint
-        #: -1 for the root
-        self.parent = parent
-        self.depth = depth
-        self.children: list[int] = []
-        #: retention of the scope's pass records: its checkpoint's, else its enclosing scope's
-        #: (a Periodic's scope keeps 10 unless told otherwise)
-        self.keep_last: int | None = None
-        self.max_age: float | None = None
-        #: a Periodic's scope: its gate node (-1 for other scopes), period and number of iterations
-        self.gate = -1
-        self.every = 0.0
-        self.times: int | None = None
-        #: a Periodic's scope: every node in it, and those with no predecessor in it
-        self.members: tuple[int, ...] = ()
-        self.entries: tuple[int, ...] = ()
-
-    def __repr__(self) -> str:
-        return f"<Scope {self.id} {self.name!r} parent={self.parent}>"
-
-
-@final
-class Node:
-    """One vertex of the execution graph: a task, or a join that does no work."""
-
-    __slots__ = (
-        "chain",
-        "const_in",
-        "id",
-        "input_in",
-        "is_async",
-        "kind",
-        "name",
-        "preds",
-        "provides",
-        "scope",
-        "shield",
-        "succs",
-        "task",
-        "timeout",
-        "value_in",
-    )
-
-    def __init__(self, id: int, name: str, kind: int, scope: int, task: Task | None) -> None:
-        self.id = id
-        self.name = name
-        self.kind = kind
-        self.scope = scope
-        self.task = task
-        self.preds: tuple[int, ...] = ()
-        self.succs: tuple[int, ...] = ()
-        #: (parameter, value name) read from the run's values, made upstream
-        self.value_in: tuple[tuple[str, str], ...] = ()
-        #: parameter -> constant, from inject
-        self.const_in: Mapping[str, Any] | None = None
-        #: (parameter, input name, required) read from the run's inputs
-        self.input_in: tuple[tuple[str, str, bool], ...] = ()
-        self.provides: tuple[str, ...] = () if task is None else task.provided
-        self.is_async = True if task is None else task.is_async
-        self.shield = False if task is None else bool(task.shield)
-        self.timeout: float | None = None if task is None else task.timeout
-        #: the checkpoints (scope ids) holding the node, innermost first, the root left out
-        self.chain: tuple[int, ...] = ()
-
-    def __repr__(self) -> str:
-        return f"<Node {self.id} {self.name!r}>"
-
-
-@final
-class ExecutionGraph:
-    """The compiled, immutable form of a flow; shared by every run of it."""
-
-    __slots__ = (
-        "_scope_tasks",
-        "branch_regions",
-        "flow_name",
-        "index",
-        "input_checks",
-        "loops",
-        "nodes",
-        "required_inputs",
-        "scope_index",
-        "scope_sizes",
-        "scopes",
-        "task_count",
-    )
-
-    def __init__(
-        self,
-        flow_name: str,
-        nodes: list[Node],
-        scopes: list[Scope],
-        required_inputs: dict[str, tuple[str, ...]],
-    ) -> None:
-        self.flow_name = flow_name
-        self.nodes = nodes
-        self.scopes = scopes
-        #: value name -> the tasks that need it from the run's inputs
-        self.required_inputs = required_inputs
-        #: how run inputs are checked against their readers' annotations (built by ``ckflow._inputs`` when first used)
-        self.input_checks: object | None = None
-        self.index = {n.name: n.id for n in nodes if n.kind == TASK}
-        self.scope_index = {s.name: s.id for s in scopes}
-        self.task_count = len(self.index)
-        #: scope id -> how many tasks (and Periodic gates) it holds, nested scopes included
-        self.scope_sizes = [0] * len(scopes)
-        loop_members: dict[int, list[int]] = {s.id: [] for s in scopes if s.gate >= 0}
-        for node in nodes:
-            chain: list[int] = []
-            s = node.scope
-            while s > ROOT:
-                chain.append(s)
-                s = scopes[s].parent
-            node.chain = tuple(chain)
-            if node.kind != JOIN:
-                self.scope_sizes[ROOT] += 1
-                for s in chain:
-                    self.scope_sizes[s] += 1
-            for s in chain:
-                if s in loop_members:
-                    loop_members[s].append(node.id)
-        for s, members in loop_members.items():
-            inside = set(members)
-            scopes[s].members = tuple(members)
-            scopes[s].entries = tuple(m for m in members if not any(p in inside for p in nodes[m].preds))
-        #: gate node -> the scope of its Periodic
-        self.loops = {s.gate: s.id for s in scopes if s.gate >= 0}
-        self._scope_tasks: dict[int, list[int]] = {}
-        #: (failed node, checkpoint scope) -> the region its failure opens there and its tasks' sorted names
-        #: (``ckflow._region.failure_region``, made on use)
-        self.branch_regions: dict[tuple[int, int], tuple[frozenset[int], tuple[str, ...]]] = {}
-
-    def scope_tasks(self, scope: int) -> list[int]:
-        """The task nodes of ``scope``, nested scopes included, in id order (computed once per scope)."""
-        found = self._scope_tasks.get(scope)
-        if found is None:
-            found = [n.id for n in self.nodes if n.kind == TASK and (scope == ROOT or scope in n.chain)]
-            self._scope_tasks[scope] = found
-        return found
-
-    def in_scope(self, node: int, scope: int) -> bool:
-        """True if ``node`` lies in ``scope`` (directly or in a nested scope)."""
-        s = self.nodes[node].scope
-        scopes = self.scopes
-        while s >= 0:
-            if s == scope:
-                return True
-            s = scopes[s].parent
-        return False
-
-    def scope_chain(self, node: int) -> list[int]:
-        """The scopes holding ``node``, innermost first, root last."""
-        chain = []
-        s = self.nodes[node].scope
-        while s >= 0:
-            chain.append(s)
-            s = self.scopes[s].parent
-        return chain
-
-    def __repr__(self) -> str:
-        return f"<ExecutionGraph {self.flow_name!r} {self.task_count} tasks, {len(self.scopes)} scopes>"
+    src: list[int]
+    dst: list[int]
+    #: a -> b as a * len(items) + b, for the edges into items that are flows (an item that is a task has an edge
+    #: from each item at most once through its own bindings, checked without this)
+    seen: set[int]
 
 
 @dataclass(eq=False, slots=True)
@@ -301,12 +118,14 @@ class _Compiler:
         #: task node -> its path from the root, as item indexes: its flow's path (one tuple a flow) and its index
         self.paths: list[tuple[int, ...]] = []
         self.path_index: list[int] = []
+        #: task node -> the flow it is an item of
+        self.task_flow: list[Flow] = []
         #: task node -> the injects of its enclosing flows, innermost first
         self.flow_injects: list[tuple[Mapping[str, Any], ...]] = []
         self.provider: dict[str, int] = {}
-        #: Graph -> its item-level data edges (a -> b as a * len(items) + b), as an insertion-ordered set (a
-        #: dict) so that edge order, and with it the order ready tasks start in, is deterministic without sorting
-        self.graph_edges: dict[int, dict[int, None]] = {}
+        #: Graph -> its item-level data edges, in the order they were found (the order ready tasks start in
+        #: follows it, deterministic without sorting)
+        self.graph_edges: dict[int, _GraphEdges] = {}
         self.required: dict[str, list[str]] = {}
 
     # -- nodes and scopes ----------------------------------------------------
@@ -358,6 +177,7 @@ class _Compiler:
                 node = self._new_node(item.name, TASK, task_scope, item)
                 self.paths.append(path)  # (a tuple a flow, not a task: S6)
                 self.path_index.append(index)
+                self.task_flow.append(flow)
                 self.flow_injects.append(injects)
                 for value in item.provided:
                     self.provider[value] = node
@@ -376,7 +196,11 @@ class _Compiler:
             values: list[tuple[str, str]] = []
             consts: dict[str, Any] = {}
             inputs: list[tuple[str, str, bool]] = []
-            for param, name in task.bindings:
+            #: the items of its Graph this task reads from, if it is an item of one (one edge each)
+            linked: list[int] = []
+            bindings = task.bindings
+            for binding in bindings:
+                param, name = binding
                 if name in own_inject:
                     consts[param] = own_inject[name]
                     continue
@@ -384,8 +208,8 @@ class _Compiler:
                 if provider is not None:
                     if provider == node.id:
                         raise CycleError(self.root.name, [node.name])
-                    self._order(provider, node.id, name)
-                    values.append((param, name))
+                    self._order(provider, node.id, name, linked)
+                    values.append(binding)  # the task's own (parameter, value name) pair, not a copy
                     continue
                 flow_inject = next((inj for inj in self.flow_injects[node.id] if name in inj), None)
                 if flow_inject is not None:
@@ -395,12 +219,47 @@ class _Compiler:
                 inputs.append((param, name, required))
                 if required:
                     self.required.setdefault(name, []).append(node.name)
-            node.value_in = tuple(values)
+            # Every input from upstream (the usual case): the task's own bindings, no tuple of the node's.
+            node.value_in = bindings if len(values) == len(bindings) else tuple(values)
             node.const_in = consts or None
             node.input_in = tuple(inputs)
 
-    def _order(self, provider: int, consumer: int, name: str) -> None:
-        """Check that ``provider`` runs before ``consumer``; in a Graph, make it so."""
+    def _order(self, provider: int, consumer: int, name: str, linked: list[int]) -> None:
+        """Check that ``provider`` runs before ``consumer``; in a Graph, make it so.
+
+        ``linked``: the items of the consumer's own flow that it already has an edge from.
+        """
+        own = self.task_flow[consumer]
+        if self.task_flow[provider] is own:  # items of one flow (no paths to compare)
+            flow, p_index, c_index = own, self.path_index[provider], self.path_index[consumer]
+        else:
+            flow, p_index, c_index = self._fork(provider, consumer)
+        if flow.kind == "Graph":
+            edges = self.graph_edges.get(id(flow))
+            if edges is None:
+                edges = self.graph_edges[id(flow)] = _GraphEdges([], [], set())
+            if flow is own:
+                # The consumer is an item of the Graph, so c_index is its own: its own edges are all there is
+                # to check for a repeat, without a set of every edge of the Graph.
+                if p_index in linked:
+                    return
+                linked.append(p_index)
+            else:
+                key = p_index * len(flow.items) + c_index
+                if key in edges.seen:
+                    return
+                edges.seen.add(key)
+            edges.src.append(p_index)
+            edges.dst.append(c_index)
+        elif flow.kind in _ORDERED:
+            if p_index > c_index:
+                raise ProviderOrderError(flow.name, self.nodes[consumer].name, name, self.nodes[provider].name)
+        else:
+            assert flow.kind == "Parallel"
+            raise SiblingDependencyError(flow.name, self.nodes[consumer].name, name, self.nodes[provider].name)
+
+    def _fork(self, provider: int, consumer: int) -> tuple[Flow, int, int]:
+        """The innermost flow holding both tasks, and the positions of the items holding each in it."""
         p_path = (*self.paths[provider], self.path_index[provider])
         c_path = (*self.paths[consumer], self.path_index[consumer])
         depth = 0
@@ -408,15 +267,7 @@ class _Compiler:
         while p_path[depth] == c_path[depth]:
             flow = flow.items[p_path[depth]]
             depth += 1
-        p_index, c_index = p_path[depth], c_path[depth]
-        if flow.kind in _ORDERED:
-            if p_index > c_index:
-                raise ProviderOrderError(flow.name, self.nodes[consumer].name, name, self.nodes[provider].name)
-        elif flow.kind == "Parallel":
-            raise SiblingDependencyError(flow.name, self.nodes[consumer].name, name, self.nodes[provider].name)
-        else:
-            assert flow.kind == "Graph"
-            self.graph_edges.setdefault(id(flow), {})[p_index * len(flow.items) + c_index] = None
+        return flow, p_path[depth], c_path[depth]
 
     # -- structure -------------------------------------------------------------
 
@@ -427,6 +278,8 @@ class _Compiler:
             scope = self._scope_of_checkpoint(flow.checkpoint)
         pieces: list[_Piece] = []
         item_scope = scope
+        #: an item that is a flow (a fragment), and whether one of them compiled to nothing
+        nested = empty = False
         for item in flow.items:
             if isinstance(item, Checkpoint):
                 item_scope = self._scope_of_checkpoint(item)
@@ -436,7 +289,10 @@ class _Compiler:
                 next_task[0] += 1
                 pieces.append(node)
             else:
-                pieces.append(self.build(item, item_scope, next_task))
+                fragment = self.build(item, item_scope, next_task)
+                nested = True
+                empty = empty or not fragment.entries
+                pieces.append(fragment)
         if flow.kind in _ORDERED:
             real = [p for p in pieces if _entries(p)]
             for before, after in itertools.pairwise(real):
@@ -460,33 +316,37 @@ class _Compiler:
                 flow.name,
             )
         assert flow.kind == "Graph"
-        # Items keep their positions so that data edges (by item index) and links line up.
-        # Edge a -> b is the int a * m + b: unlike a tuple, nothing for the cyclic GC to track (S7).
-        m = len(flow.items)
-        keys = dict(self.graph_edges.get(id(flow), {}))
-        keys.update(dict.fromkeys(a * m + b for a, b in cast("_Graph", flow).link_indexes))
-        by_index = self._index_pieces(flow, pieces)
-        src: list[int] = []
-        dst: list[int] = []
-        for a, b in map(divmod, keys, itertools.repeat(m)):
-            if _entries(by_index[a]) and _entries(by_index[b]):
-                src.append(a)
-                dst.append(b)
-        self._check_acyclic(flow, by_index, src, dst)
-        has_in, has_out = set(dst), set(src)
-        for a, b in zip(src, dst, strict=True):
-            self._connect(by_index[a], by_index[b])
-        entries = tuple(n for i, p in by_index.items() if i not in has_in for n in _entries(p))
-        exits = tuple(n for i, p in by_index.items() if i not in has_out for n in _exits(p))
-        return _Fragment(entries, exits, scope, flow.name)
+        return self._build_graph(cast("_Graph", flow), scope, pieces, nested=nested, empty=empty)
 
-    def _index_pieces(self, flow: Flow, pieces: list[_Piece]) -> dict[int, _Piece]:
-        by_index: dict[int, _Piece] = {}
-        it = iter(pieces)
-        for index, item in enumerate(flow.items):
-            if not isinstance(item, Checkpoint):
-                by_index[index] = next(it)
-        return by_index
+    def _build_graph(self, flow: _Graph, scope: int, pieces: list[_Piece], *, nested: bool, empty: bool) -> _Fragment:
+        """A Graph's edges: its data edges, then its links. A Graph holds no marker, so item i is pieces[i]."""
+        found = self.graph_edges.get(id(flow))
+        src, dst = (found.src, found.dst) if found is not None else ([], [])
+        m = len(pieces)
+        if flow.link_indexes:
+            present = {a * m + b for a, b in zip(src, dst, strict=True)}
+            for a, b in flow.link_indexes:
+                if a * m + b not in present:
+                    present.add(a * m + b)
+                    src.append(a)
+                    dst.append(b)
+        if empty:  # an item that compiled to nothing (an empty flow) neither waits nor is waited for
+            kept = [(a, b) for a, b in zip(src, dst, strict=True) if _entries(pieces[a]) and _entries(pieces[b])]
+            src, dst = [a for a, _ in kept], [b for _, b in kept]
+        if not all(map(operator.lt, src, dst)):  # every edge forward in the items' order: no cycle
+            self._check_acyclic(flow, pieces, src, dst)
+        if nested:
+            for a, b in zip(src, dst, strict=True):
+                self._connect(pieces[a], pieces[b])
+        elif pieces:
+            # Every item is a task: item i is node pieces[0] + i (task nodes are numbered in items' order).
+            first = cast("int", pieces[0])
+            self.edge_from.extend([a + first for a in src])
+            self.edge_to.extend([b + first for b in dst])
+        has_in, has_out = set(dst), set(src)
+        entries = tuple(n for i, p in enumerate(pieces) if i not in has_in for n in _entries(p))
+        exits = tuple(n for i, p in enumerate(pieces) if i not in has_out for n in _exits(p))
+        return _Fragment(entries, exits, scope, flow.name)
 
     def _scope_of_checkpoint(self, checkpoint: Checkpoint) -> int:
         return self._scope_ids[id(checkpoint)]
@@ -512,12 +372,12 @@ class _Compiler:
                 self._edge(b.entry_join, n)
         self._edge(out, b.entry_join)
 
-    def _check_acyclic(self, flow: Flow, by_index: dict[int, _Piece], src: Sequence[int], dst: Sequence[int]) -> None:
-        succ = _group(len(flow.items), src, dst)
-        indegree = [0] * len(flow.items)
+    def _check_acyclic(self, flow: Flow, pieces: list[_Piece], src: Sequence[int], dst: Sequence[int]) -> None:
+        succ = _group(len(pieces), src, dst)
+        indegree = [0] * len(pieces)
         for b in dst:
             indegree[b] += 1
-        ready = [i for i in by_index if indegree[i] == 0]
+        ready = [i for i in range(len(pieces)) if indegree[i] == 0]
         seen = 0
         while ready:
             i = ready.pop()
@@ -526,19 +386,10 @@ class _Compiler:
                 indegree[j] -= 1
                 if indegree[j] == 0:
                     ready.append(j)
-        if seen == len(by_index):
+        if seen == len(pieces):
             return
-        # Walk forward inside what is left until an item repeats: that stretch is a cycle.
-        start = next(i for i in by_index if indegree[i] > 0)
-        order: list[int] = []
-        position: dict[int, int] = {}
-        i = start
-        while i not in position:
-            position[i] = len(order)
-            order.append(i)
-            i = next(j for j in succ[i] if indegree[j] > 0)
-        cycle = order[position[i] :]
-        raise CycleError(flow.name, [self._label(by_index[k]) for k in cycle])
+        cycle = _a_cycle(succ, _group(len(pieces), dst, src), [d > 0 for d in indegree])
+        raise CycleError(flow.name, [self._label(pieces[k]) for k in cycle])
 
     def _label(self, piece: _Piece) -> str:
         return self.nodes[piece].name if isinstance(piece, int) else piece.label
@@ -550,11 +401,9 @@ class _Compiler:
         self.resolve_inputs()
         self.build(self.root, ROOT, [0])
         nodes = self.nodes
+        # Each node's successors in the order its edges were made, its predecessors in the order of their ids.
         succs = _group(len(nodes), self.edge_from, self.edge_to)
-        # Predecessors in the order of their ids, each node's successors in the order its edges were made.
-        sources = [a for a, targets in enumerate(succs) for _ in targets]
-        targets = [b for targets in succs for b in targets]
-        preds = _group(len(nodes), targets, sources)
+        preds = _group(len(nodes), self.edge_to, self.edge_from, ordered=True)
         for node, node_succs, node_preds in zip(nodes, succs, preds, strict=True):
             node.succs = node_succs
             node.preds = node_preds
@@ -573,19 +422,49 @@ class _Compiler:
             seen.add(scope.name)
 
 
-def _group(n: int, keys: Sequence[int], values: Sequence[int]) -> list[tuple[int, ...]]:
-    """``values`` grouped by ``keys`` (each in 0..n-1), in their order within each group: a counting sort."""
-    starts = [0] * (n + 1)
+def _group(n: int, keys: Sequence[int], values: Sequence[int], *, ordered: bool = False) -> list[tuple[int, ...]]:
+    """``values`` grouped by ``keys`` (each in 0..n-1), in their order within each group, or ascending if
+    ``ordered``: a counting sort, its counting and slicing done by the C loops of ``accumulate`` and ``map``."""
+    counts = [0] * n
     for k in keys:
-        starts[k + 1] += 1
-    for i in range(n):
-        starts[i + 1] += starts[i]
+        counts[k] += 1
+    ends = list(itertools.accumulate(counts))
+    starts = list(map(operator.sub, ends, counts))
+    fill = starts[:]
     flat = [0] * len(keys)
-    fill = starts[:n]
     for k, v in zip(keys, values, strict=True):
-        flat[fill[k]] = v
-        fill[k] += 1
-    return [tuple(flat[starts[i] : starts[i + 1]]) for i in range(n)]
+        i = fill[k]
+        flat[i] = v
+        fill[k] = i + 1
+    groups = map(flat.__getitem__, map(slice, starts, ends))
+    return list(map(tuple, map(sorted, groups) if ordered else groups))
+
+
+def _a_cycle(succ: list[tuple[int, ...]], pred: list[tuple[int, ...]], left: list[bool]) -> list[int]:
+    """A cycle among the items ``left`` by a topological sort, which all wait for one of them.
+
+    The items that lead to no cycle (downstream of one only) are dropped first, from the last backwards, so
+    that every item still left has a successor left; then a walk forward from the first item left, taking the
+    first successor left each time, repeats an item, and the stretch from its first visit on is a cycle.
+    """
+    out = [sum(left[j] for j in succ[i]) if left[i] else 0 for i in range(len(succ))]
+    sinks = [i for i in range(len(succ)) if left[i] and out[i] == 0]
+    while sinks:
+        i = sinks.pop()
+        left[i] = False
+        for p in pred[i]:
+            if left[p]:
+                out[p] -= 1
+                if out[p] == 0:
+                    sinks.append(p)
+    order: list[int] = []
+    position: dict[int, int] = {}
+    i = left.index(True)
+    while i not in position:
+        position[i] = len(order)
+        order.append(i)
+        i = next(j for j in succ[i] if left[j])
+    return order[position[i] :]
 
 
 def compile_flow(flow: Flow) -> ExecutionGraph:

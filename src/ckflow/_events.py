@@ -245,8 +245,10 @@ class EventHub:
     def __init__(self, run_id: str, flow: str) -> None:
         self.run_id = run_id
         self.flow = flow
-        self._streams: list[Feed] = []
-        self._callbacks: list[Callable[[Event], object]] = []
+        # tuples, replaced on each change: a run without subscribers keeps the shared empty tuple, not two lists
+        # that the cyclic GC would walk (S8: a thousand live runs)
+        self._streams: tuple[Feed, ...] = ()
+        self._callbacks: tuple[Callable[[Event], object], ...] = ()
         #: log lines waiting for the loop to go round (``hold_log``), in order; None: none wait
         self._held: list[tuple[int, logging.Logger, str, dict[str, Any]]] | None = None
         #: True while a subscriber (stream or callback) is attached: every event is built then
@@ -265,18 +267,16 @@ class EventHub:
         send, receive = anyio.create_memory_object_stream[Event](buffer)
         feed = Feed(send)
         stream = EventStream(self.run_id, receive, buffer, feed)
-        self._streams.append(feed)
+        self._streams = (*self._streams, feed)
         self._refresh()
         return stream
 
     def add_callback(self, callback: Callable[[Event], object]) -> Callable[[], None]:
-        self._callbacks.append(callback)
+        self._callbacks = (*self._callbacks, callback)
         self._refresh()
 
         def unsubscribe() -> None:
-            if callback in self._callbacks:
-                self._callbacks.remove(callback)
-                self._refresh()
+            self._drop(callback)
 
         return unsubscribe
 
@@ -301,6 +301,14 @@ class EventHub:
             if logger.isEnabledFor(level):
                 self._write(logger, level, name, self._fields(fields))
 
+    def _drop(self, callback: Callable[[Event], object]) -> None:
+        """Unsubscribe ``callback`` (its first subscription, if it subscribed more than once)."""
+        callbacks = self._callbacks
+        if callback in callbacks:
+            i = callbacks.index(callback)
+            self._callbacks = callbacks[:i] + callbacks[i + 1 :]
+            self._refresh()
+
     def _fields(self, fields: dict[str, Any]) -> dict[str, Any]:
         kw: dict[str, Any] = {"run_id": self.run_id, "flow": self.flow}
         for key, value in fields.items():
@@ -316,7 +324,7 @@ class EventHub:
         return kw
 
     def _fan_out(self, event: Event) -> None:
-        for callback in tuple(self._callbacks):
+        for callback in self._callbacks:
             try:
                 callback(event)
             except BaseException as exc:
@@ -325,15 +333,14 @@ class EventHub:
                 # driver in the middle of a transition.)
                 if not isinstance(exc, Exception | asyncio.CancelledError):
                     raise
-                self._callbacks.remove(callback)
-                self._refresh()
+                self._drop(callback)
                 logger = logger_for("ckflow.events.callback_failed")
                 if logger.isEnabledFor(ERROR):
                     # the exception itself, not True: the line may be written after the handler has ended
                     fields = {"run_id": self.run_id, "flow": self.flow, "callback": repr(callback), "exc_info": exc}
                     self._write(logger, ERROR, "ckflow.events.callback_failed", fields)
         if self._streams:
-            alive = [feed for feed in self._streams if feed.offer(event)]
+            alive = tuple(feed for feed in self._streams if feed.offer(event))
             if len(alive) != len(self._streams):
                 self._streams = alive
                 self._refresh()
@@ -372,5 +379,5 @@ class EventHub:
         self.flush_log()
         for feed in self._streams:
             feed.close()
-        self._streams.clear()
+        self._streams = ()
         self._refresh()

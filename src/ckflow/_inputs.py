@@ -152,7 +152,10 @@ def start_inputs(graph: ExecutionGraph, inputs: Mapping[str, Any] | None) -> dic
         InvalidInputError: a value does not fit the annotation of a task's parameter that reads it.
     """
     given = dict(inputs or {})
-    missing = {name: tasks for name, tasks in graph.required_inputs.items() if name not in given}
+    required = graph.required_inputs
+    if not given and not required:
+        return given  # (most runs: nothing given, nothing required)
+    missing = {name: tasks for name, tasks in required.items() if name not in given}
     if missing:
         raise MissingRequirementError(graph.flow_name, missing)
     # A run without inputs skips the checks (and the adapters are not looked for).

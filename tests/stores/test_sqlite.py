@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
-from tests.stores import OWNER, T0, event, run_record, task_record
+from tests.stores import OWNER, T0, event, failure, run_record, task_record
 
 from ckflow._errors import SchemaVersionError, StoreUnavailableError
 from ckflow._records import Batch
@@ -229,6 +229,48 @@ class TestFile:
         assert carried == [(0, None), (1, T0 + 7)]
         async with SQLiteStore(url_of(db)) as other:
             assert await other.get_run("run-1") == moved
+
+    async def test_batches_of_progress_alone_read_back_as_the_memory_store_has_them(self, db: Path) -> None:
+        """A batch of progress alone binds the run's key its fence found, and its tasks and events go in without
+        binding NULL when they can (one statement for up to three events): batches of one to four events, with
+        and without failures, checkpoint names and a task that failed and was reverted, read back alike."""
+        run = run_record(next_seq=0)
+        batches: list[Batch] = []
+        seq = 0
+        for count, failed in ((1, False), (2, False), (3, False), (4, False), (2, True), (3, True), (1, True)):
+            events = [
+                event("run-1", s, checkpoint=None if s % 3 else "cp", failure=failure() if failed and s % 2 else None)
+                for s in range(seq, seq + count)
+            ]
+            seq += count
+            task = f"t{seq}"
+            done = task_record("run-1", task, started_at=T0 + seq, ended_at=T0 + seq + 0.5)
+            if failed:
+                done = task_record(
+                    "run-1",
+                    task,
+                    state=TaskState.REVERTED,
+                    failure=failure(task),
+                    revert_started_at=T0 + seq,
+                    revert_ended_at=T0 + seq + 1,
+                )
+            moved = run.model_copy(update={"updated_at": T0 + seq, "next_seq": seq})
+            batches.append(Batch(run=moved, owner=OWNER, tasks=[done], events=events))
+        memory = open_store("memory://")
+        async with SQLiteStore(url_of(db)) as store:
+            for one in (store, memory):
+                await one.create_run(run)
+                for batch in batches:
+                    await one.write(batch)
+            for one in (store, memory):
+                await one.write(Batch(run=run, owner=OWNER, tasks=[task_record("run-1", "t1", attempts=2)]))
+            assert await store.tasks("run-1") == await memory.tasks("run-1")
+            assert await store.events("run-1") == await memory.events("run-1")
+            assert await store.get_run("run-1") == await memory.get_run("run-1")
+        with sqlite3.connect(db) as conn:
+            nulls = conn.execute("SELECT count(*) FROM ckflow_events WHERE failure_kind IS NULL").fetchone()[0]
+        conn.close()
+        assert nulls == sum(1 for batch in batches for e in batch.events if e.failure is None)
 
     async def test_a_run_key_is_never_given_twice(self, db: Path) -> None:
         """Tasks and events are kept by the run's integer key: a run made again after a delete gets a new one,

@@ -8,7 +8,6 @@ its store (``restore``). Finding a run's flow, and checking a checkpoint's name 
 from __future__ import annotations
 
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
 from ckflow._checkpoint import _is_positive_int
@@ -24,10 +23,10 @@ from ckflow._errors import (
     UnknownCheckpointError,
 )
 from ckflow._faults import capture
-from ckflow._ids import check_run_id
+from ckflow._ids import check_run_id, new_run_id
 from ckflow._inputs import input_checks, start_inputs
 from ckflow._patterns import Flow
-from ckflow._records import RunRecord
+from ckflow._records import RunRecord, construct
 from ckflow._registry import registered_flow
 from ckflow._runtime._core import RunCore
 from ckflow._states import FlowState
@@ -81,7 +80,7 @@ def new_core(
     # Coerced to what the tasks' annotations say before anything runs or is stored, so a task sees the same
     # values on the first pass and after a resume.
     given = start_inputs(graph, inputs)
-    run_id = run_id or uuid.uuid4().hex
+    run_id = run_id or new_run_id()
     core = RunCore(
         graph,
         run_id,
@@ -107,7 +106,7 @@ def queued_record(
         raise ValueError(f"priority={priority!r} must be an int from -2**31 to 2**31 - 1 (higher runs first).")
     now = time.time()
     return RunRecord(
-        run_id=uuid.uuid4().hex if run_id is None else check_run_id(run_id),
+        run_id=new_run_id() if run_id is None else check_run_id(run_id),
         flow=flow.name,
         state=FlowState.QUEUED,
         inputs=_encode_inputs(start_inputs(flow.compile(), inputs)),
@@ -129,7 +128,9 @@ def check_queue(queue: str) -> str:
 def first_record(core: RunCore, flow: str, owner: str, lease_ttl: float) -> RunRecord:
     """The record that creates a new durable run in its store, leased to ``owner``."""
     now = time.time()
-    return RunRecord(
+    # every value is ckflow's own (the inputs were checked and encoded): built without validation
+    return construct(
+        RunRecord,
         run_id=core.run_id,
         flow=flow,
         state=FlowState.PENDING,
@@ -138,7 +139,13 @@ def first_record(core: RunCore, flow: str, owner: str, lease_ttl: float) -> RunR
         lease_expires=now + lease_ttl,
         created_at=now,
         updated_at=now,
+        ended_at=None,
+        halted=False,
+        goto=None,
+        next_seq=0,
         trace=core.traceparent,
+        queue=None,
+        priority=0,
     )
 
 

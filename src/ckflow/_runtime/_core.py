@@ -38,7 +38,8 @@ from ckflow._runtime._otel import capture_context, telemetry_for
 from ckflow._runtime._passes import Passes
 from ckflow._runtime._recorder import NULL
 from ckflow._runtime._regions import Region, settle
-from ckflow._runtime._scheduler import Scheduler
+from ckflow._runtime._scheduler import NO_BARRIER, Scheduler
+from ckflow._runtime._signal import Signal
 from ckflow._runtime._state import RunMode, RunState
 from ckflow._runtime._walker import RevertWalker
 from ckflow._states import PENDING, TERMINAL, FlowState, TaskState
@@ -98,9 +99,9 @@ class RunCore:
         self.lease_released = False
         self.t_start = 0.0
         self.t_end = 0.0
-        self.settled = anyio.Event()
-        self.terminal = anyio.Event()
-        self.suspended = anyio.Event()
+        self.settled = Signal()
+        self.terminal = Signal()
+        self.suspended = Signal()
         self._result: RunResult | None = None
         #: the run is kept in a store (its journal goes once the run has ended; this stays)
         self.durable = False
@@ -315,9 +316,9 @@ class RunCore:
         """A SUSPENDED run goes on: RUNNING, and a fresh event for the next suspension."""
         if self.run.flow_state is FlowState.SUSPENDED:
             self.run.set_flow(FlowState.RUNNING)
-            self.suspended = anyio.Event()
+            self.suspended = Signal()
             if self.stop_on_suspend:
-                self.settled = anyio.Event()
+                self.settled = Signal()
 
     def request_cancel(self, *, spawn: bool = True) -> None:
         """Revert everything that ran; the run ends REVERTED. Idempotent."""
@@ -330,7 +331,7 @@ class RunCore:
             return
         if run.flow_state is FlowState.SUSPENDED:
             run.set_flow(FlowState.RUNNING)
-            self.suspended = anyio.Event()
+            self.suspended = Signal()
         run.halt(False)
         for region in list(self.walker.regions):
             if region.parked:
@@ -374,8 +375,8 @@ class RunCore:
         run.event("ckflow.control.revert_to", checkpoint=name, detail={"retry": retry})
         if run.flow_state is FlowState.SUSPENDED:
             run.set_flow(FlowState.RUNNING)
-            self.suspended = anyio.Event()
-        self.sched.barrier = frozenset()
+            self.suspended = Signal()
+        self.sched.barrier = NO_BARRIER
         self.goto_name = None
         # retry=False parks the run at the checkpoint; retry=True goes on (also from a suspension).
         run.halt(not retry)
@@ -416,7 +417,7 @@ class RunCore:
         if run.flow_state is FlowState.SUSPENDED:
             # Suspended before the checkpoint: go forward to it.
             run.set_flow(FlowState.RUNNING)
-            self.suspended = anyio.Event()
+            self.suspended = Signal()
         run.halt(False)
         self._ready_all()
         self.sched.kick()
@@ -453,7 +454,7 @@ class RunCore:
             return
         run.event("ckflow.control.resume")
         run.halt(False)
-        self.sched.barrier = frozenset()
+        self.sched.barrier = NO_BARRIER
         self.goto_name = None
         self._running_again()
         for region in [r for r in self.walker.regions if r.parked]:

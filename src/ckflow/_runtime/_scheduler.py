@@ -44,15 +44,19 @@ if TYPE_CHECKING:
     from ckflow._runtime._passes import Passes
     from ckflow._runtime._ports import RunPort
     from ckflow._runtime._recorder import Recorder
+    from ckflow._runtime._signal import Signal
     from ckflow._runtime._state import RunState
     from ckflow._runtime._walker import RevertWalker
     from ckflow._task import Task
 
-__all__ = ["Scheduler", "thread_limiter"]
+__all__ = ["NO_BARRIER", "Scheduler", "thread_limiter"]
 
 
 #: a worker that ran this many jobs without suspending lets the event loop breathe
 _FAIRNESS_STEPS: Final = 128
+
+#: no goto barrier: one shared empty frozenset (``frozenset()`` is a new object the cyclic GC tracks, each run)
+NO_BARRIER: Final[frozenset[int]] = frozenset()
 
 _THREADS: RunVar[anyio.CapacityLimiter] = RunVar("ckflow_threads")
 
@@ -118,7 +122,7 @@ class Scheduler:
         self.cancel_requested: set[int] = set()
         self.exec_scopes: dict[int, anyio.CancelScope] = {}
         #: goto(): the members of the checkpoint's scope, which nothing may start until resume()
-        self.barrier: frozenset[int] = frozenset()
+        self.barrier: frozenset[int] = NO_BARRIER
         self.limiter: anyio.CapacityLimiter | None = None
         self.tg: anyio.abc.TaskGroup | None = None
         #: the running async library's CancelScope class (set by ``prepare``)
@@ -140,7 +144,7 @@ class Scheduler:
             if waiting[n] == 0 and state[n] is PENDING and region_of[n] is None:
                 self.make_ready(n)
 
-    async def drive(self, until: anyio.Event) -> None:
+    async def drive(self, until: Signal) -> None:
         """Drive the run in a task group of its own until ``until`` is set."""
         try:
             async with anyio.create_task_group() as tg:

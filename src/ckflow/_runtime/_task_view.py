@@ -8,6 +8,7 @@ added, renamed or reread in one module.
 
 from __future__ import annotations
 
+from math import isnan
 from typing import TYPE_CHECKING
 
 from ckflow._failure import Failure
@@ -82,7 +83,14 @@ def views(run: RunState, offset: float, *, tracebacks: bool) -> list[TaskView]:
 def record(
     run: RunState, n: int, *, wall: Callable[[float | None], float | None], result: str | None, iteration: int
 ) -> TaskRecord:
-    """Task ``n`` of a live run as its store keeps it (``result``: its value as JSON; ``iteration``: its Periodic's)."""
+    """Task ``n`` of a live run as its store keeps it (``result``: its value as JSON; ``iteration``: its Periodic's).
+
+    On the path of every write of a durable run (a record per task it changed): the times are read from the arrays
+    here, and ``wall`` is asked only for the times taken.
+    """
+    started, ended = run.started[n], run.ended[n]
+    rev_started, rev_ended = run.rev_started.get(n), run.rev_ended.get(n)
+    result_or_failure = run.results[n]
     return construct(
         TaskRecord,
         run_id=run.run_id,
@@ -92,11 +100,11 @@ def record(
         retries=run.retries_of(n),
         iteration=iteration,
         result=result,
-        failure=_failure(run, n),
-        started_at=wall(run.started_at(n)),
-        ended_at=wall(run.ended_at(n)),
-        revert_started_at=wall(run.rev_started.get(n)),
-        revert_ended_at=wall(run.rev_ended.get(n)),
+        failure=result_or_failure if isinstance(result_or_failure, Failure) else None,
+        started_at=None if isnan(started) else wall(started),
+        ended_at=None if isnan(ended) else wall(ended),
+        revert_started_at=None if rev_started is None else wall(rev_started),
+        revert_ended_at=None if rev_ended is None else wall(rev_ended),
     )
 
 

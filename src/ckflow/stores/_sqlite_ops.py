@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Final
 
 from ckflow._errors import LeaseLostError, RunNotFoundError
@@ -22,7 +23,7 @@ from ckflow.stores._sqlite_conn import rollback
 
 if TYPE_CHECKING:
     import sqlite3
-    from collections.abc import Sequence
+    from collections.abc import Callable, Collection, Sequence
 
     from ckflow.stores._columns import Table
 
@@ -66,15 +67,25 @@ _UPDATE_RUN_SAME_KEYS: Final = (
     f"WHERE run_id = {_P['run_id']} AND owner = {_P['owner']} AND state = {_P['state']} "
     f"AND created_at = {_P['created_at']}"
 )
-#: the run's row, owned by the writer, holds what the batch's run holds but for its progress, and no event
-#: stored comes after the batch's (same parameters; ``updated_at`` goes on the batch's last event)
+#: the run's key if its row, owned by the writer, holds what the batch's run holds but for its progress, and no
+#: event stored comes after the batch's (same parameters; ``updated_at`` goes on the batch's last event)
 _SAME_RUN: Final = (
-    f"SELECT 1 FROM ckflow_runs AS r WHERE run_id = {_P['run_id']} AND owner = {_P['owner']} "
+    f"SELECT r.run_key FROM ckflow_runs AS r WHERE run_id = {_P['run_id']} AND owner = {_P['owner']} "
     f"AND flow = {_P['flow']} AND state = {_P['state']} AND inputs = {_P['inputs']} "
     f"AND created_at = {_P['created_at']} AND ended_at IS {_P['ended_at']} AND halted = {_P['halted']} "
     f"AND goto IS {_P['goto']} AND next_seq < {_P['next_seq']} "
     f"AND NOT EXISTS (SELECT 1 FROM ckflow_events WHERE run_key = r.run_key AND seq >= {_P['next_seq']})"
 )
+#: ``_SAME_RUN`` of a run under way (not ended, not halted, no goto), whose parameters are the first six of
+#: ``_SAME_RUN``'s, then ``next_seq``: sqlite3 binds None and bools through its adapters (a failed attribute
+#: lookup, an exception made and cleared, some 3,000 instructions each), ints, floats and strings directly
+_SAME_RUN_UNDER_WAY: Final = (
+    "SELECT r.run_key FROM ckflow_runs AS r WHERE run_id = ?1 AND owner = ?2 AND flow = ?3 AND state = ?4 "
+    "AND inputs = ?5 AND created_at = ?6 AND ended_at IS NULL AND halted = 0 AND goto IS NULL AND next_seq < ?7 "
+    "AND NOT EXISTS (SELECT 1 FROM ckflow_events WHERE run_key = r.run_key AND seq >= ?7)"
+)
+_UNDER_WAY: Final = tuple(_sql.FENCE_PARAMS[name] - 1 for name in ("ended_at", "halted", "goto"))
+_NEXT_SEQ: Final = _sql.FENCE_PARAMS["next_seq"] - 1
 #: a write of the run's row makes the progress that events at or after its ``next_seq`` carry stale (only a
 #: writer whose ``next_seq`` goes back has such events: an index probe finds none otherwise)
 _DROP_PROGRESS: Final = (
@@ -102,11 +113,45 @@ def _upsert_by_run_key(table: Table[Any], *more: str) -> str:
     """Insert or replace a row of ``table`` by (run key, its key); its parameters are its row, then ``more``."""
     names = (*table.names, *more)
     values = ", ".join(_run_key(n) if name == "run_id" else f"?{n}" for n, name in enumerate(names, start=1))
+    return f"INSERT INTO {table.name} ({_by_run_key(names)}) VALUES ({values}) {_on_conflict(table, names)}"
+
+
+def _on_conflict(table: Table[Any], names: Sequence[str]) -> str:
     update = ", ".join(f"{c} = excluded.{c}" for c in names if c not in table.key)
-    return (
-        f"INSERT INTO {table.name} ({_by_run_key(names)}) VALUES ({values}) "
-        f"ON CONFLICT ({_by_run_key(table.key)}) DO UPDATE SET {update}"
-    )
+    return f"ON CONFLICT ({_by_run_key(table.key)}) DO UPDATE SET {update}"
+
+
+def _upsert_keyed(table: Table[Any], nulls: Sequence[Collection[str]], *more: str) -> str:
+    """``_upsert_by_run_key`` of ``len(nulls)`` rows in one statement, the run's key bound as ``?1``.
+
+    Each row's columns named in its item of ``nulls`` are spelled NULL rather than bound: sqlite3 binds
+    ints, floats and strings directly, but None (and bools) through its adapters, a failed attribute
+    lookup that makes and clears an exception (some 3,000 instructions a value). The parameters are the
+    run's key, then each row's other columns but its ``run_id`` (``_bound``), row after row.
+    """
+    names = (*table.names, *more)
+    n = 1
+    rows = []
+    for row_nulls in nulls:
+        values = []
+        for name in names:
+            if name == "run_id":
+                values.append("?1")
+            elif name in row_nulls:
+                values.append("NULL")
+            else:
+                n += 1
+                values.append(f"?{n}")
+        rows.append(f"({', '.join(values)})")
+    return f"INSERT INTO {table.name} ({_by_run_key(names)}) VALUES {', '.join(rows)} {_on_conflict(table, names)}"
+
+
+def _bound(table: Table[Any], nulls: Collection[str], *more: str) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+    """What ``_upsert_keyed`` binds of a row (with ``more``) whose columns ``nulls`` are spelled NULL."""
+    names = (*table.names, *more)
+    at = [i for i, name in enumerate(names) if name != "run_id" and name not in nulls]
+    get: Callable[[Sequence[Any]], tuple[Any, ...]] = itemgetter(*at)  # (of several columns: a tuple)
+    return get
 
 
 def _select_by_run_key(table: Table[Any]) -> str:
@@ -120,6 +165,26 @@ _UPSERT_CHECKPOINT: Final = _q(_sql.UPSERT_CHECKPOINT)
 _UPSERT_REGION: Final = _q(_sql.UPSERT_REGION)
 #: an event, with ``run_updated_at`` last (``_sql.prepare(progress=True)``)
 _UPSERT_EVENT: Final = _upsert_by_run_key(_c.EVENTS, _PROGRESS)
+#: ``_UPSERT_TASK`` and ``_UPSERT_EVENT`` of a batch whose fence found the run's key (``_upsert_keyed``)
+_UPSERT_TASK_KEYED: Final = _upsert_keyed(_c.TASKS, [()])
+_UPSERT_EVENT_KEYED: Final = _upsert_keyed(_c.EVENTS, [()], _PROGRESS)
+_task_values: Final = _bound(_c.TASKS, ())
+_event_values: Final = _bound(_c.EVENTS, (), _PROGRESS)
+#: the columns of a task that ran and did not fail nor revert, NULL: where they are in its row, its statement
+#: and the values it binds
+_TASK_NULLS: Final = ("failure", "revert_started_at", "revert_ended_at")
+_TASK_NULL_AT: Final = tuple(_c.TASKS.names.index(name) for name in _TASK_NULLS)
+_UPSERT_TASK_CLEAN: Final = _upsert_keyed(_c.TASKS, [_TASK_NULLS])
+_clean_task: Final = _bound(_c.TASKS, _TASK_NULLS)
+#: a batch's events that are not failures, its last one carrying the run's progress (``prepare``): each batch
+#: of a Linear's task (two events, three at its ends) is one statement binding no NULL
+_FAILURE_KIND_AT: Final = _c.EVENTS.names.index("failure_kind")
+_UPSERT_EVENTS_CLEAN: Final = {
+    n: _upsert_keyed(_c.EVENTS, [("failure_kind", _PROGRESS)] * (n - 1) + [("failure_kind",)], _PROGRESS)
+    for n in (1, 2, 3)
+}
+_clean_event: Final = _bound(_c.EVENTS, ("failure_kind", _PROGRESS), _PROGRESS)
+_clean_last_event: Final = _bound(_c.EVENTS, ("failure_kind",), _PROGRESS)
 _UPSERT_REQUEST: Final = _q(_sql.UPSERT_REQUEST)
 _DELETE_REGION: Final = _q(_sql.DELETE_REGION)
 _RETAIN_CHECKPOINTS: Final = _q(_sql.RETAIN_CHECKPOINTS)
@@ -214,15 +279,23 @@ def load(conn: sqlite3.Connection, run_id: str) -> tuple[Any, ...] | None:
     )
 
 
-def _progress_only(cur: sqlite3.Cursor, w: _sql.Writes) -> bool:
-    """The batch changes nothing of its run but the progress its last event carries; the run's owner wrote it.
+def _progress_only(cur: sqlite3.Cursor, w: _sql.Writes) -> int | None:
+    """The run's key if the batch, by the run's owner, changes nothing but the progress its last event carries.
 
     A commit writes every page it changed to the WAL, whole, at some 2.5 µs a page. Most batches (a task
     done, the next one started) change nothing of the run but its progress, which their last event carries
     (``prepare``; read back through ``ckflow_run_records``): then the run's row is only read, to fence the
     write. A batch that deletes events (retention) writes the row, so that no progress goes with them.
     """
-    return bool(w.progress is not None and not w.retain_events and cur.execute(_SAME_RUN, w.run).fetchone())
+    if w.progress is None or w.retain_events:
+        return None
+    run = w.run
+    ended, halted, goto = _UNDER_WAY
+    if run[ended] is None and run[halted] is False and run[goto] is None:
+        found = cur.execute(_SAME_RUN_UNDER_WAY, (*run[:6], run[_NEXT_SEQ])).fetchone()
+    else:
+        found = cur.execute(_SAME_RUN, run).fetchone()
+    return None if found is None else int(found[0])
 
 
 def _update_run(cur: sqlite3.Cursor, w: _sql.Writes, where: str) -> None:
@@ -240,23 +313,45 @@ def _update_run(cur: sqlite3.Cursor, w: _sql.Writes, where: str) -> None:
     cur.execute(_DROP_PROGRESS, (w.run_id, w.next_seq))
 
 
+def _write_keyed(cur: sqlite3.Cursor, w: _sql.Writes, key: int) -> None:
+    """The batch's tasks and events, the run's key (found by its fence) bound rather than looked up per row."""
+    failure, revert_started, revert_ended = _TASK_NULL_AT
+    for task in w.tasks:
+        if task[failure] is None and task[revert_started] is None and task[revert_ended] is None:
+            cur.execute(_UPSERT_TASK_CLEAN, (key, *_clean_task(task)))
+        else:
+            cur.execute(_UPSERT_TASK_KEYED, (key, *_task_values(task)))
+    *before, last = w.events  # a batch with progress has events
+    statement = _UPSERT_EVENTS_CLEAN.get(len(w.events))
+    if statement is not None and all(event[_FAILURE_KIND_AT] is None for event in w.events):
+        params: tuple[Any, ...] = (key,)
+        for event in before:
+            params += _clean_event(event)
+        cur.execute(statement, params + _clean_last_event(last))
+    else:
+        cur.executemany(_UPSERT_EVENT_KEYED, [(key, *_event_values(event)) for event in w.events])
+
+
 def apply(cur: sqlite3.Cursor, arg: tuple[_sql.Writes, str]) -> None:
     """One batch, in the transaction (or savepoint) its group gave it.
 
     The run's row comes first, fenced by its owner: a lost lease writes nothing.
     """
     w, where = arg
-    if not _progress_only(cur, w):
+    key = _progress_only(cur, w)
+    if key is None:
         _update_run(cur, w, where)
-    if w.tasks:
-        cur.executemany(_UPSERT_TASK, w.tasks)
+        if w.tasks:
+            cur.executemany(_UPSERT_TASK, w.tasks)
+    else:
+        _write_keyed(cur, w, key)
     if w.checkpoints:
         cur.executemany(_UPSERT_CHECKPOINT, w.checkpoints)
     if w.regions:
         cur.executemany(_UPSERT_REGION, w.regions)
     if w.drop_regions:
         cur.executemany(_DELETE_REGION, w.drop_regions)
-    if w.events:
+    if w.events and key is None:
         cur.executemany(_UPSERT_EVENT, w.events)
     if w.retain_checkpoints:
         cur.executemany(_RETAIN_CHECKPOINTS, w.retain_checkpoints)
