@@ -16,6 +16,8 @@ from ckflow.stores import MemoryStore
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from ckflow._records import Batch
+
 
 class Provisioning:
     """create -> [disk: Retry(3)] attach (fails once) -> format, with net beside it -> boot; every step logged."""
@@ -402,7 +404,8 @@ class TestResume:
 
 class HeldRenewal(WatchedStore):
     """A store whose first lease renewal waits for ``go`` once it has started (``renewing``); ``renewed`` is set
-    once it has returned, ``released`` once a lease has been released."""
+    once it has returned, ``released`` once a lease has been released (by ``release``, or by a run's last write,
+    ``Batch.release``)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -412,6 +415,11 @@ class HeldRenewal(WatchedStore):
     async def release(self, run_id: str, owner: str) -> None:
         await super().release(run_id, owner)
         self.released.set()
+
+    async def write(self, batch: Batch) -> None:
+        await super().write(batch)
+        if batch.release:
+            self.released.set()
 
     async def renew(self, owner: str, run_ids: Any, ttl: float) -> Any:
         if self.renewed.is_set():

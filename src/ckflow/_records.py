@@ -244,6 +244,9 @@ class Batch:
     retention: list[Retention] = field(default_factory=list)
     #: control requests that took effect (``done_at``/``error`` set)
     requests: list[ControlRequest] = field(default_factory=list)
+    #: the writer gives up its lease with this write, as ``Store.release`` would once it is applied: the run's
+    #: last write (its end), which then needs no ``release`` of its own
+    release: bool = False
 
 
 @dataclass(frozen=True, slots=True)

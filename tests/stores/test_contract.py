@@ -334,6 +334,84 @@ class TestWrite:
             await store.write(Batch(run=batch.run, owner=OWNER, tasks=[task_record("run-1", "late")]))
         assert [t.task for t in await store.tasks("run-1")] == ["attach", "mount"]
 
+    @pytest.mark.parametrize("n", [1, 2, 8, 9, 30])
+    async def test_batches_of_any_size_read_back_in_order(self, store: Store, n: int) -> None:
+        """Batches of a few rows and of many (PostgreSQL binds up to 8 rows of a table value by value, more as
+        arrays) read back the same, tasks in the order first written and events by seq."""
+        run = run_record()
+        await store.create_run(run)
+        names = [f"t{(i * 7) % n:02d}-{i}" for i in range(n)]
+        first = Batch(
+            run=run.model_copy(update={"next_seq": n}),
+            owner=OWNER,
+            tasks=[task_record("run-1", name, result=str(i)) for i, name in enumerate(names)],
+            events=[event("run-1", seq) for seq in range(n)],
+        )
+        await store.write(first)
+        again = Batch(
+            run=run.model_copy(update={"next_seq": 2 * n}),
+            owner=OWNER,
+            tasks=[task_record("run-1", name, result="again") for name in reversed(names)],
+            events=[event("run-1", seq) for seq in range(n, 2 * n)],
+        )
+        await store.write(again)
+        assert [(t.task, t.result) for t in await store.tasks("run-1")] == [(name, "again") for name in names]
+        assert await store.events("run-1") == [*first.events, *again.events]
+        assert (await store.get_run("run-1")).next_seq == 2 * n
+
+    async def test_releasing_write_gives_the_lease_up(self, store: Store) -> None:
+        """A batch with ``release`` is written as any other, and leaves the run with no owner nor lease, as
+        ``release`` would: anyone may claim it, and the writer's next write raises LeaseLostError."""
+        batch = await filled(store)
+        last = Batch(
+            run=batch.run.model_copy(update={"state": FlowState.SUCCESS, "next_seq": 4, "ended_at": T0 + 9}),
+            owner=OWNER,
+            tasks=[task_record("run-1", "mount", result="2")],
+            events=[event("run-1", 3)],
+            release=True,
+        )
+        await store.write(last)
+        stored = await store.get_run("run-1")
+        assert stored == last.run.model_copy(update={"owner": None, "lease_expires": None})
+        assert [t.result for t in await store.tasks("run-1")] == ['{"id": 1}', "2"]
+        assert [e.seq for e in await store.events("run-1")] == [0, 1, 2, 3]
+        with pytest.raises(LeaseLostError):
+            await store.write(Batch(run=last.run, owner=OWNER, events=[event("run-1", 4)]))
+        assert (await store.claim("run-1", OTHER, 30)).owner == OTHER
+
+    async def test_releasing_write_with_deletions_gives_the_lease_up(self, store: Store) -> None:
+        """``release`` holds in a batch that also drops regions and retains passes (PostgreSQL's transaction)."""
+        batch = await filled(store)
+        await store.write(
+            Batch(
+                run=batch.run.model_copy(update={"next_seq": 4}),
+                owner=OWNER,
+                drop_regions=[1],
+                events=[event("run-1", 3)],
+                retention=[Retention("cp", 1, 0, ("cp",))],
+                release=True,
+            )
+        )
+        stored = await store.get_run("run-1")
+        assert (stored.owner, stored.lease_expires, stored.next_seq) == (None, None, 4)
+        assert (await store.row_counts("run-1"))["regions"] == 0
+
+    async def test_releasing_write_of_another_owner_changes_nothing(self, store: Store) -> None:
+        """A stale owner's releasing batch raises LeaseLostError and leaves the owner's lease as it was."""
+        batch = await filled(store)
+        before = await store.get_run("run-1")
+        with pytest.raises(LeaseLostError):
+            await store.write(
+                Batch(
+                    run=batch.run.model_copy(update={"next_seq": 4}),
+                    owner=OTHER,
+                    events=[event("run-1", 3)],
+                    release=True,
+                )
+            )
+        assert await store.get_run("run-1") == before
+        assert before.owner == OWNER
+
     async def test_write_of_unknown_run_raises_not_found(self, store: Store) -> None:
         """A batch for a run that does not exist (or was deleted) raises RunNotFoundError."""
         with pytest.raises(RunNotFoundError):

@@ -88,12 +88,13 @@ async def writer(gated: GatedPool) -> AsyncIterator[_pg_write.GroupWriter]:
     await opened.close()
 
 
-def batch(run_id: str, *, owner: str = OWNER, task: str = "attach", result: str = "1") -> Batch:
+def batch(run_id: str, *, owner: str = OWNER, task: str = "attach", result: str = "1", release: bool = False) -> Batch:
     return Batch(
         run=run_record(run_id),
         owner=owner,
         tasks=[task_record(run_id, task, result=result)],
         events=[event(run_id, 0 if task == "attach" else 1)],
+        release=release,
     )
 
 
@@ -232,3 +233,40 @@ async def test_a_consumer_starts_only_once_its_producer_is_in_the_store(postgres
             results = [await run.wait() for run in runs]
     assert {r.state for r in results} == {ckflow.FlowState.SUCCESS}
     assert seen == {run.id: ["1"] for run in runs}
+
+
+async def test_a_group_releases_only_the_runs_that_ask(
+    store: PostgresStore, gated: GatedPool, writer: _pg_write.GroupWriter
+) -> None:
+    """In one group, a run whose batch releases its lease is left with no owner, the others keep theirs, and a
+    stale owner's releasing batch is refused without touching the owner's lease."""
+    for run_id in ("busy-0", "busy-1", "a", "b", "c"):
+        await store.create_run(run_record(run_id))
+    outcomes = await group_of(
+        gated,
+        writer,
+        {"a": batch("a", release=True), "b": batch("b"), "c": batch("c", owner=OTHER, release=True)},
+    )
+    assert (outcomes.of["a"], outcomes.of["b"]) == (None, None)
+    assert isinstance(outcomes.of["c"], LeaseLostError)
+    assert len([q for q in gated.sent if q.startswith("WITH w AS")]) == 1
+    owners = [(await store.get_run(run_id)).owner for run_id in ("a", "b", "c")]
+    assert owners == [None, OWNER, OWNER]
+    assert (await stored(store, "a"), await stored(store, "b"), await stored(store, "c")) == (["1"], ["1"], [])
+
+
+async def test_a_releasing_batch_written_again_after_its_commit_is_done(
+    store: PostgresStore, writer: _pg_write.GroupWriter
+) -> None:
+    """A group whose commit's answer was lost writes its runs again alone: a run whose batch released its lease
+    finds its own batch in the store and is done, not LeaseLostError; a different batch of that owner is refused."""
+    await store.create_run(run_record("a"))
+    last = batch("a", release=True)
+    await put(writer, last)
+    await put(writer, last)  # the same batch again: already there, released
+    assert (await store.get_run("a")).owner is None
+    later = batch("a", release=True, result="2")
+    later.run = later.run.model_copy(update={"updated_at": last.run.updated_at + 1})
+    with pytest.raises(LeaseLostError):
+        await put(writer, later)
+    assert await stored(store, "a") == ["1"]

@@ -42,7 +42,7 @@ from ckflow._records import (
 )
 from ckflow._runtime import _task_view as task_view
 from ckflow._runtime._coro import resume
-from ckflow._states import TaskState
+from ckflow._states import TERMINAL, TaskState
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -337,6 +337,8 @@ class Journal:
             events=[self._event(e) for e in self.events],
             retention=self.retention,
             requests=self.requests,
+            # the run's end is its last write: it gives the lease back too
+            release=self.core.run.flow_state in TERMINAL,
         )
         taken = (batch, self.held_nodes, self.after, self.gen)
         self.dirty = {}
@@ -390,6 +392,8 @@ class Journal:
                 return
         finally:
             self.flushing = False
+        if batch.release:
+            self.core.lease_released = True
         self._committed(gen, held, after)
 
     def _committed(self, gen: int, held: list[int], after: list[Callable[[], None]]) -> None:

@@ -386,8 +386,10 @@ class _Local:
 
     @property
     def holds_lease(self) -> bool:
-        """Whether the run's lease is still this engine's to release (it is durable and its journal works)."""
-        return self.core.durable and not self.core.journal_dead
+        """Whether the run's lease is still this engine's to release (it is durable, its journal works, and its last
+        write did not release it)."""
+        core = self.core
+        return core.durable and not core.journal_dead and not core.lease_released
 
     def lease_renewed(self, sent_at: float) -> None:
         """The heartbeat sent at ``sent_at`` renewed the run's lease."""

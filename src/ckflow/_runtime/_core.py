@@ -95,6 +95,8 @@ class RunCore:
         #: ckflow.run(): a run that becomes SUSPENDED ends the drive (there is no handle to resume it with)
         self.stop_on_suspend = False
         self._stop_signalled = False
+        #: the run's last write gave up its lease (``Batch.release``): the engine has none to release
+        self.lease_released = False
         self.t_start = 0.0
         self.t_end = 0.0
         self.settled = Signal()

@@ -130,6 +130,13 @@ class Table(Generic[R]):
         """``rows`` column by column, but for ``run_id``: one list per column of ``names``."""
         return [list(values) for i, values in enumerate(zip(*rows, strict=True)) if i != self._run_at]
 
+    def flat_without_run(self, rows: Sequence[Sequence[Any]]) -> list[Any]:
+        """``rows`` value by value, one row after the other, each but for its ``run_id``."""
+        at = self._run_at
+        if at is None:
+            return [value for row in rows for value in row]
+        return [value for row in rows for i, value in enumerate(row) if i != at]
+
 
 def _row_function(columns: Sequence[Column]) -> Callable[..., tuple[Any, ...]]:
     """``Table.row`` for ``columns``: one tuple display, compiled from the declaration.

@@ -32,7 +32,11 @@ from ckflow.stores import _sql
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-__all__ = ["WRITERS", "GroupWriter", "one_statement", "one_statement_args"]
+__all__ = ["WRITERS", "GroupWriter", "Shape", "one_statement", "one_statement_args"]
+
+#: what ``one_statement`` binds: (table, rows) for each table a batch has rows for, in ``_TABLES``' order; 0 rows
+#: stands for a table whose rows are bound as arrays, column by column
+Shape = tuple[tuple[str, int], ...]
 
 #: writes in flight at once before the next ones are grouped (and connections held between calls); 1 and 2
 #: measured alike on S8 within the machine's noise, and one leaves the larger groups
@@ -42,6 +46,10 @@ WRITERS: Final = 1
 HELD: Final = 3
 #: the most runs one group statement writes
 _MAX_GROUP: Final = 512
+#: a run's statement binds a table's rows value by value (``VALUES``) up to this many rows, as arrays beyond: an
+#: array parameter costs the server a type lookup and a ``unnest`` and asyncpg a check per element, and one
+#: batch of a Linear (a task, two events) went from about 150 to 70 µs a round trip without its commit
+_SCALAR_ROWS: Final = 8
 
 #: the tables that a common batch fills, by the name ``row_counts`` gives them
 _TABLES: Final[dict[str, _c.Table[Any]]] = {
@@ -54,6 +62,11 @@ _TABLES: Final[dict[str, _c.Table[Any]]] = {
 _RUN: Final = _c.RUNS.part(list(_sql.FENCE_PARAMS))
 
 
+def _on_conflict(table: _c.Table[Any]) -> str:
+    update = ", ".join(f"{c} = excluded.{c}" for c in table.names if c not in table.key)
+    return f"ON CONFLICT ({_sql.columns(table.key)}) DO UPDATE SET {update}"
+
+
 def _put(name: str, first: int, values: Callable[[_c.Column], str], fenced: str) -> str:
     """The CTE that upserts the rows of table ``name`` bound column by column as arrays from ``$first``,
     each row only if ``fenced`` (its run passed the fence); ``values(column)`` is the column's value in
@@ -61,13 +74,28 @@ def _put(name: str, first: int, values: Callable[[_c.Column], str], fenced: str)
     table = _TABLES[name]
     bound = [c for c in table.columns if values(c) == c.name]
     arrays = ", ".join(f"${first + i}::{c.pg}[]" for i, c in enumerate(bound))
-    update = ", ".join(f"{c} = excluded.{c}" for c in table.names if c not in table.key)
     return (
         f"put_{name} AS (INSERT INTO {table.name} ({_sql.columns(table.names)}) "
         f"SELECT {', '.join(values(c) for c in table.columns)} "
         f"FROM unnest({arrays}) WITH ORDINALITY AS u({_sql.columns([c.name for c in bound])}, ord) "
-        f"WHERE {fenced} ORDER BY ord "
-        f"ON CONFLICT ({_sql.columns(table.key)}) DO UPDATE SET {update})"
+        f"WHERE {fenced} ORDER BY ord {_on_conflict(table)})"
+    )
+
+
+def _put_rows(name: str, first: int, rows: int, fenced: str) -> str:
+    """The CTE that upserts ``rows`` rows of table ``name`` of one run (``$1``), bound value by value from
+    ``$first`` (each row's columns but ``run_id``, a row after the other), in that order, if ``fenced``."""
+    table = _TABLES[name]
+    bound = [c for c in table.columns if c.name != "run_id"]
+    width = len(bound)
+    values = [
+        f"({r}, {', '.join(f'${first + r * width + i}::{c.pg}' for i, c in enumerate(bound))})" for r in range(rows)
+    ]
+    return (
+        f"put_{name} AS (INSERT INTO {table.name} ({_sql.columns(table.names)}) "
+        f"SELECT {', '.join(_run_is_one(c) for c in table.columns)} "
+        f"FROM (VALUES {', '.join(values)}) AS u(ord, {_sql.columns([c.name for c in bound])}) "
+        f"WHERE {fenced} {'ORDER BY ord ' if rows > 1 else ''}{_on_conflict(table)})"
     )
 
 
@@ -81,38 +109,49 @@ def _bound(column: _c.Column) -> str:
 
 
 @functools.cache
-def one_statement(tables: tuple[str, ...]) -> str:
-    """A whole common batch of one run with rows for ``tables``, as one statement.
+def one_statement(shape: Shape, release: bool = False) -> str:
+    """A whole common batch of one run with rows as ``shape`` says, as one statement (which gives up the
+    writer's lease too, with ``release``).
 
     The fence is the first CTE: the ``UPDATE`` of the run's row, which changes it only while the
     writer owns the run (and takes the row lock that orders this write after a concurrent claim).
-    Every other CTE upserts its rows (``$1`` and, column by column, arrays ``unnest``-ed in order)
-    only if the fence changed the row. The result row says whether the fence passed and, if not,
-    whether the run exists at all.
+    Every other CTE upserts its rows (``$1`` and, value by value or column by column as arrays ``unnest``-ed,
+    the rest of each row, in order) only if the fence changed the row. The result row says whether the fence
+    passed and, if not, whether the run exists at all; with ``release``, also whether the run's row is already
+    this batch's, released (``applied``: this very batch was committed before, by a write whose answer was lost).
     """
-    ctes = [f"fence AS ({_sql.UPDATE_RUN} RETURNING 1)"]
+    ctes = [f"fence AS ({_sql.UPDATE_RUN_RELEASE if release else _sql.UPDATE_RUN} RETURNING 1)"]
     n = len(_sql.FENCE_PARAMS)
-    for name in tables:
-        ctes.append(_put(name, n + 1, _run_is_one, "EXISTS (SELECT 1 FROM fence)"))
-        n += len(_TABLES[name].columns) - 1
-    return (
-        f"WITH {', '.join(ctes)} "
-        "SELECT EXISTS (SELECT 1 FROM fence) AS fenced, EXISTS (SELECT 1 FROM ckflow_runs WHERE run_id = $1) AS found"
-    )
+    for name, rows in shape:
+        if rows:
+            ctes.append(_put_rows(name, n + 1, rows, "EXISTS (SELECT 1 FROM fence)"))
+        else:
+            ctes.append(_put(name, n + 1, _run_is_one, "EXISTS (SELECT 1 FROM fence)"))
+        n += (len(_TABLES[name].columns) - 1) * max(rows, 1)
+    result = "EXISTS (SELECT 1 FROM fence) AS fenced, EXISTS (SELECT 1 FROM ckflow_runs WHERE run_id = $1) AS found"
+    if release:
+        p = _sql.FENCE_PARAMS
+        result += (
+            f", EXISTS (SELECT 1 FROM ckflow_runs WHERE run_id = $1 AND owner IS NULL AND state = ${p['state']} "
+            f"AND updated_at = ${p['updated_at']} AND next_seq = ${p['next_seq']}) AS applied"
+        )
+    return f"WITH {', '.join(ctes)} SELECT {result}"
 
 
 @functools.cache
 def group_statement(tables: tuple[str, ...]) -> str:
     """The common batches of several runs (with rows for ``tables``) as one statement; it returns the ids of
-    the runs whose fence passed, and whose rows it wrote."""
+    the runs whose fence passed, and whose rows it wrote. A run's ``rel`` (bound after its row's columns) gives
+    up its writer's lease as well (``Batch.release``)."""
     arrays = ", ".join(f"${i}::{c.pg}[]" for i, c in enumerate(_RUN.columns, start=1))
-    fenced = [c for c in _sql.FENCE_PARAMS if c not in ("run_id", "owner")]
+    fenced = [f"{c} = w.{c}" for c in _sql.FENCE_PARAMS if c not in ("run_id", "owner")]
+    fenced += [f"{c} = CASE WHEN w.rel THEN NULL ELSE r.{c} END" for c in ("owner", "lease_expires")]
+    n = len(_RUN.columns) + 1
     ctes = [
-        f"w AS (SELECT * FROM unnest({arrays}) AS w({_sql.columns(_RUN.names)}))",
-        f"fence AS (UPDATE {_c.RUNS.name} AS r SET {', '.join(f'{c} = w.{c}' for c in fenced)} FROM w "
+        f"w AS (SELECT * FROM unnest({arrays}, ${n}::boolean[]) AS w({_sql.columns(_RUN.names)}, rel))",
+        f"fence AS (UPDATE {_c.RUNS.name} AS r SET {', '.join(fenced)} FROM w "
         "WHERE r.run_id = w.run_id AND r.owner = w.owner RETURNING r.run_id)",
     ]
-    n = len(_RUN.columns)
     for name in tables:
         ctes.append(_put(name, n + 1, _bound, "u.run_id IN (SELECT run_id FROM fence)"))
         n += len(_TABLES[name].columns)
@@ -129,26 +168,31 @@ def _rows(w: _sql.Writes) -> tuple[tuple[str, list[tuple[Any, ...]]], ...]:
     return (("tasks", w.tasks), ("checkpoints", w.checkpoints), ("regions", w.regions), ("events", w.events))
 
 
-def one_statement_args(w: _sql.Writes) -> tuple[tuple[str, ...], list[Any]] | None:
-    """The tables of ``w``'s rows and the parameters of their ``one_statement``; None if ``w`` is not a common
+def one_statement_args(w: _sql.Writes) -> tuple[Shape, list[Any]] | None:
+    """The shape of ``w``'s rows and the parameters of their ``one_statement``; None if ``w`` is not a common
     batch (it deletes rows or carries requests) or one statement cannot write it (a key twice)."""
     if w.drop_regions or w.retain_checkpoints or w.requests:
         return None
-    tables: list[str] = []
+    shape: list[tuple[str, int]] = []
     args = list(w.run)
     for name, rows in _rows(w):
         if rows:
             table = _TABLES[name]
             if not _distinct(table, rows):
                 return None
-            tables.append(name)
-            args.extend(table.without_run(rows))
-    return tuple(tables), args
+            if len(rows) <= _SCALAR_ROWS:
+                shape.append((name, len(rows)))
+                args.extend(table.flat_without_run(rows))
+            else:
+                shape.append((name, 0))
+                args.extend(table.without_run(rows))
+    return tuple(shape), args
 
 
 def _group_args(group: Sequence[_sql.Writes]) -> tuple[tuple[str, ...], list[Any]]:
     """The tables of ``group``'s rows and the parameters of their ``group_statement``."""
     args: list[Any] = [list(column) for column in zip(*(w.run for w in group), strict=True)]
+    args.append([w.release for w in group])
     tables: list[str] = []
     for i, name in enumerate(_TABLES):
         rows = [row for w in group for row in _rows(w)[i][1]]
@@ -206,8 +250,8 @@ class GroupWriter:
             self._idle.append(conn)
         return result
 
-    async def write(self, w: _sql.Writes, tables: tuple[str, ...], args: list[Any]) -> None:
-        """Write ``w`` (whose ``one_statement_args`` are ``tables`` and ``args``) and return once it is committed.
+    async def write(self, w: _sql.Writes, shape: Shape, args: list[Any]) -> None:
+        """Write ``w`` (whose ``one_statement_args`` are ``shape`` and ``args``) and return once it is committed.
 
         Raises:
             LeaseLostError: ``w``'s writer does not own its run (nothing of it was written).
@@ -218,7 +262,7 @@ class GroupWriter:
             self._active += 1
             self._inflight.add(run_id)
             try:
-                await self._alone(w, tables, args)
+                await self._alone(w, shape, args)
             finally:
                 self._inflight.discard(run_id)
                 self._active -= 1
@@ -229,11 +273,13 @@ class GroupWriter:
         self._drain_soon()  # if a writer's slot is free (the queue holds only runs with a write in flight)
         await done
 
-    async def _alone(self, w: _sql.Writes, tables: tuple[str, ...], args: list[Any]) -> None:
-        found = await self.call("fetchrow", one_statement(tables), args)
+    async def _alone(self, w: _sql.Writes, shape: Shape, args: list[Any]) -> None:
+        found = await self.call("fetchrow", one_statement(shape, w.release), args)
         if not found["fenced"]:
             if not found["found"]:
                 raise RunNotFoundError(w.run_id, self._where)
+            if w.release and found["applied"]:
+                return  # a group's write again, after a commit whose answer was lost: the lease went with it
             raise LeaseLostError(w.run_id, w.owner)
 
     def _drain_soon(self) -> None:

@@ -131,7 +131,8 @@ class Store(Protocol):
         appended; ``retention`` deletes older pass records of a checkpoint
         (``pass_no < keep_from_pass``) and the events of its scope
         (``seq < before_seq`` and ``checkpoint in event_checkpoints``);
-        ``requests`` are updated (marked done).
+        ``requests`` are updated (marked done). With ``release``, the writer's lease is given up as well
+        (the run's owner and lease expiry are cleared), in the same transaction.
 
         Raises:
             LeaseLostError: ``batch.owner`` no longer owns the run; nothing was written.

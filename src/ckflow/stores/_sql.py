@@ -31,6 +31,7 @@ __all__ = [
     "SELECT_RUN",
     "TABLES",
     "UPDATE_RUN",
+    "UPDATE_RUN_RELEASE",
     "UPSERT_CHECKPOINT",
     "UPSERT_EVENT",
     "UPSERT_REGION",
@@ -80,11 +81,22 @@ _fenced_row: Final = RUNS.part(_FENCED).row
 FENCE_PARAMS: Final = {name: n for n, name in enumerate(("run_id", "owner", *_FENCED), start=1)}
 
 INSERT_RUN: Final = _insert(RUNS) + " ON CONFLICT (run_id) DO NOTHING"
+
+
 #: the fence: the run's row changes only while ``$2`` owns it (parameters: ``Writes.run``)
-UPDATE_RUN: Final = (
-    f"UPDATE {RUNS.name} SET {', '.join(f'{c} = ${FENCE_PARAMS[c]}' for c in _FENCED)} "
-    f"WHERE run_id = ${FENCE_PARAMS['run_id']} AND owner = ${FENCE_PARAMS['owner']}"
-)
+def _update_run(*, release: bool) -> str:
+    sets = [f"{c} = ${FENCE_PARAMS[c]}" for c in _FENCED]
+    if release:
+        sets += ["owner = NULL", "lease_expires = NULL"]
+    return (
+        f"UPDATE {RUNS.name} SET {', '.join(sets)} "
+        f"WHERE run_id = ${FENCE_PARAMS['run_id']} AND owner = ${FENCE_PARAMS['owner']}"
+    )
+
+
+UPDATE_RUN: Final = _update_run(release=False)
+#: the fence of a batch that also gives up the writer's lease (``Batch.release``; same parameters)
+UPDATE_RUN_RELEASE: Final = _update_run(release=True)
 SELECT_RUN: Final = f"SELECT {columns(RUNS.read)} FROM ckflow_runs WHERE run_id = $1"
 SELECT_OWNER: Final = "SELECT owner, lease_expires FROM ckflow_runs WHERE run_id = $1"
 UPSERT_TASK: Final = _upsert(TASKS)
@@ -182,6 +194,8 @@ class Writes(NamedTuple):
     #: (run_id, before_seq, checkpoint names) for the dialect's retention of events
     retain_events: list[tuple[str, int, Any]]
     requests: list[tuple[Any, ...]]
+    #: the batch gives up the writer's lease (``Batch.release``)
+    release: bool
 
 
 def _progress(batch: Batch) -> float | None:
@@ -226,6 +240,7 @@ def prepare(batch: Batch, names: Callable[[Sequence[str]], Any], *, progress: bo
         [(run_id, rule.checkpoint, rule.keep_from_pass) for rule in batch.retention],
         [(run_id, rule.before_seq, names(rule.event_checkpoints)) for rule in batch.retention],
         [request_row(req, run_id) for req in batch.requests],
+        batch.release,
     )
 
 

@@ -358,6 +358,8 @@ def apply(cur: sqlite3.Cursor, arg: tuple[_sql.Writes, str]) -> None:
         cur.executemany(_RETAIN_EVENTS, w.retain_events)
     if w.requests:
         cur.executemany(_UPSERT_REQUEST, w.requests)
+    if w.release:
+        cur.execute(_RELEASE, (w.run_id, w.owner))
 
 
 def claim(cur: sqlite3.Cursor, arg: tuple[str, str, float, str | None]) -> tuple[bool, Any] | None:

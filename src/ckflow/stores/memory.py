@@ -215,6 +215,8 @@ class MemoryStore(StoreBase):
             requests = entry.own_requests()
             for req in batch.requests:
                 requests[req.request_id] = _json(req)
+        if batch.release:
+            entry.owner, entry.lease_expires = None, None
         if self._keep_ended is not None and batch.run.state in TERMINAL:
             ended = self._ended
             ended[run_id] = None

@@ -377,6 +377,8 @@ class PostgresStore(StoreBase):
                 await conn.executemany(_RETAIN_EVENTS, w.retain_events)
             if w.requests:
                 await conn.executemany(_sql.UPSERT_REQUEST, w.requests)
+            if w.release:
+                await conn.execute(_RELEASE, w.run_id, w.owner)
 
     # -- leases ------------------------------------------------------------------
 
