@@ -135,15 +135,17 @@ def _load_task(core: RunCore, n: int, record: TaskRecord, mono: Any) -> None:
 
 
 def _provide(core: RunCore, n: int, value: Any) -> None:
-    provides = core.run.nodes[n].provides
-    if not provides:
-        return
+    node = core.run.nodes[n]
+    provides, values = node.provides, core.run.values
     if len(provides) == 1:
-        core.run.values[provides[0]] = value
+        values[node.slot] = value
     elif isinstance(value, dict):
-        core.run.values.update({p: value[p] for p in provides if p in value})
+        for slot, p in enumerate(provides, node.slot):
+            if p in value:
+                values[slot] = value[p]
     elif isinstance(value, list | tuple):
-        core.run.values.update(zip(provides, value, strict=False))
+        for slot, v in zip(range(node.slot, node.slot + len(provides)), value, strict=False):
+            values[slot] = v
 
 
 def _topological(core: RunCore) -> list[int]:
