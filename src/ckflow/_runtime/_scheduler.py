@@ -314,9 +314,9 @@ class Scheduler:
 
     def task_inputs(self, node: Node) -> dict[str, Any]:
         kw: dict[str, Any] = dict(node.const_in) if node.const_in else {}
-        if node.slot_in:
+        if node.value_in:
             values = self.run.values
-            for (param, _name), slot in zip(node.value_in, node.slot_in, strict=True):
+            for param, slot in node.value_in:
                 kw[param] = values[slot]
         if node.input_in:
             inputs = self.run.inputs
