@@ -200,7 +200,8 @@ class _Compiler:
             assert task is not None
             own_inject = task.inject or {}
             defaults = task.parameter_defaults
-            values: list[tuple[str, int]] = []
+            values: list[tuple[str, str]] = []
+            slots: list[int] = []
             consts: dict[str, Any] = {}
             inputs: list[tuple[str, str, bool]] = []
             #: the items of its Graph this task reads from, if it is an item of one (one edge each)
@@ -217,7 +218,8 @@ class _Compiler:
                     if provider == node.id:
                         raise CycleError(self.root.name, [node.name])
                     self._order(provider, node.id, name, linked)
-                    values.append((param, slot))
+                    values.append(binding)  # the task's own (parameter, value name) pair, not a copy
+                    slots.append(slot)
                     continue
                 flow_inject = next((inj for inj in self.flow_injects[node.id] if name in inj), None)
                 if flow_inject is not None:
@@ -227,7 +229,9 @@ class _Compiler:
                 inputs.append((param, name, required))
                 if required:
                     self.required.setdefault(name, []).append(node.name)
-            node.value_in = tuple(values)
+            # Every input from upstream (the usual case): the task's own bindings, no tuple of the node's.
+            node.value_in = bindings if len(values) == len(bindings) else tuple(values)
+            node.slot_in = tuple(slots)
             node.const_in = consts or None
             node.input_in = tuple(inputs)
 

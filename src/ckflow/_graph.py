@@ -87,6 +87,7 @@ class Node:
         "scope",
         "shield",
         "slot",
+        "slot_in",
         "succs",
         "task",
         "timeout",
@@ -101,8 +102,10 @@ class Node:
         self.task = task
         self.preds: tuple[int, ...] = ()
         self.succs: tuple[int, ...] = ()
-        #: (parameter, slot) read from the run's values (a list, by slot: ``ExecutionGraph.value_names``), made upstream
-        self.value_in: tuple[tuple[str, int], ...] = ()
+        #: (parameter, value name) read from the run's values, made upstream
+        self.value_in: tuple[tuple[str, str], ...] = ()
+        #: the slot of each of ``value_in``'s values in the run's list of values, in the same order
+        self.slot_in: tuple[int, ...] = ()
         #: parameter -> constant, from inject
         self.const_in: Mapping[str, Any] | None = None
         #: (parameter, input name, required) read from the run's inputs

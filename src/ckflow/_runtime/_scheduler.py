@@ -314,9 +314,9 @@ class Scheduler:
 
     def task_inputs(self, node: Node) -> dict[str, Any]:
         kw: dict[str, Any] = dict(node.const_in) if node.const_in else {}
-        if node.value_in:
+        if node.slot_in:
             values = self.run.values
-            for param, slot in node.value_in:
+            for (param, _name), slot in zip(node.value_in, node.slot_in, strict=True):
                 kw[param] = values[slot]
         if node.input_in:
             inputs = self.run.inputs
