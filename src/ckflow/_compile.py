@@ -122,10 +122,7 @@ class _Compiler:
         self.task_flow: list[Flow] = []
         #: task node -> the injects of its enclosing flows, innermost first
         self.flow_injects: list[tuple[Mapping[str, Any], ...]] = []
-        #: value name -> its slot (its index in ``value_names``); slot -> the node that provides it
         self.provider: dict[str, int] = {}
-        self.value_names: list[str] = []
-        self.slot_node: list[int] = []
         #: Graph -> its item-level data edges, in the order they were found (the order ready tasks start in
         #: follows it, deterministic without sorting)
         self.graph_edges: dict[int, _GraphEdges] = {}
@@ -182,12 +179,8 @@ class _Compiler:
                 self.path_index.append(index)
                 self.task_flow.append(flow)
                 self.flow_injects.append(injects)
-                self.nodes[node].slot = slot = len(self.value_names)
                 for value in item.provided:
-                    self.provider[value] = slot
-                    self.value_names.append(value)
-                    self.slot_node.append(node)
-                    slot += 1
+                    self.provider[value] = node
             else:
                 self.collect(item, scope, (*path, index), injects)
 
@@ -201,7 +194,6 @@ class _Compiler:
             own_inject = task.inject or {}
             defaults = task.parameter_defaults
             values: list[tuple[str, str]] = []
-            slots: list[int] = []
             consts: dict[str, Any] = {}
             inputs: list[tuple[str, str, bool]] = []
             #: the items of its Graph this task reads from, if it is an item of one (one edge each)
@@ -212,14 +204,12 @@ class _Compiler:
                 if name in own_inject:
                     consts[param] = own_inject[name]
                     continue
-                slot = self.provider.get(name)
-                if slot is not None:
-                    provider = self.slot_node[slot]
+                provider = self.provider.get(name)
+                if provider is not None:
                     if provider == node.id:
                         raise CycleError(self.root.name, [node.name])
                     self._order(provider, node.id, name, linked)
                     values.append(binding)  # the task's own (parameter, value name) pair, not a copy
-                    slots.append(slot)
                     continue
                 flow_inject = next((inj for inj in self.flow_injects[node.id] if name in inj), None)
                 if flow_inject is not None:
@@ -231,7 +221,6 @@ class _Compiler:
                     self.required.setdefault(name, []).append(node.name)
             # Every input from upstream (the usual case): the task's own bindings, no tuple of the node's.
             node.value_in = bindings if len(values) == len(bindings) else tuple(values)
-            node.slot_in = tuple(slots)
             node.const_in = consts or None
             node.input_in = tuple(inputs)
 
@@ -419,7 +408,7 @@ class _Compiler:
             node.succs = node_succs
             node.preds = node_preds
         required = {name: tuple(tasks) for name, tasks in self.required.items()}
-        return ExecutionGraph(self.root.name, nodes, self.scopes, required, tuple(self.value_names))
+        return ExecutionGraph(self.root.name, nodes, self.scopes, required)
 
     def _check_scope_names(self) -> None:
         seen: set[str] = set()

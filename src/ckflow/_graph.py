@@ -86,8 +86,6 @@ class Node:
         "provides",
         "scope",
         "shield",
-        "slot",
-        "slot_in",
         "succs",
         "task",
         "timeout",
@@ -104,15 +102,11 @@ class Node:
         self.succs: tuple[int, ...] = ()
         #: (parameter, value name) read from the run's values, made upstream
         self.value_in: tuple[tuple[str, str], ...] = ()
-        #: the slot of each of ``value_in``'s values in the run's list of values, in the same order
-        self.slot_in: tuple[int, ...] = ()
         #: parameter -> constant, from inject
         self.const_in: Mapping[str, Any] | None = None
         #: (parameter, input name, required) read from the run's inputs
         self.input_in: tuple[tuple[str, str, bool], ...] = ()
         self.provides: tuple[str, ...] = () if task is None else task.provided
-        #: the slot of ``provides[0]`` in the run's list of values; the others follow it
-        self.slot = 0
         self.is_async = True if task is None else task.is_async
         self.shield = False if task is None else bool(task.shield)
         self.timeout: float | None = None if task is None else task.timeout
@@ -140,7 +134,6 @@ class ExecutionGraph:
         "scope_sizes",
         "scopes",
         "task_count",
-        "value_names",
     )
 
     def __init__(
@@ -149,11 +142,8 @@ class ExecutionGraph:
         nodes: list[Node],
         scopes: list[Scope],
         required_inputs: dict[str, tuple[str, ...]],
-        value_names: tuple[str, ...] = (),
     ) -> None:
         self.flow_name = flow_name
-        #: slot -> the name of the value a run keeps there (a run keeps its values in a list, by slot)
-        self.value_names = value_names
         self.nodes = nodes
         self.scopes = scopes
         #: value name -> the tasks that need it from the run's inputs

@@ -135,17 +135,15 @@ def _load_task(core: RunCore, n: int, record: TaskRecord, mono: Any) -> None:
 
 
 def _provide(core: RunCore, n: int, value: Any) -> None:
-    node = core.run.nodes[n]
-    provides, values = node.provides, core.run.values
+    provides = core.run.nodes[n].provides
+    if not provides:
+        return
     if len(provides) == 1:
-        values[node.slot] = value
+        core.run.values[provides[0]] = value
     elif isinstance(value, dict):
-        for slot, p in enumerate(provides, node.slot):
-            if p in value:
-                values[slot] = value[p]
+        core.run.values.update({p: value[p] for p in provides if p in value})
     elif isinstance(value, list | tuple):
-        for slot, v in zip(range(node.slot, node.slot + len(provides)), value, strict=False):
-            values[slot] = v
+        core.run.values.update(zip(provides, value, strict=False))
 
 
 def _topological(core: RunCore) -> list[int]:

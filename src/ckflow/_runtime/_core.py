@@ -477,7 +477,8 @@ class RunCore:
             run_id=run.run_id,
             flow=run.flow,
             state=run.flow_state,
-            outputs=run.outputs() if run.flow_state is FlowState.SUCCESS else {},
+            # A run that succeeded changes its values no more: they are its outputs, not copied (S6: 38 B a task).
+            outputs=run.values if run.flow_state is FlowState.SUCCESS else {},
             tasks=self.task_summaries(),
             failures=list(run.failures),
             regions=list(run.reports),

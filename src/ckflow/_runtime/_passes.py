@@ -158,14 +158,14 @@ class Passes:
         """The values the tasks provided, as one JSON object (text)."""
         parts: list[str] = []
         run = self.run
-        nodes, recorder = run.nodes, run.recorder
+        values, nodes, recorder = run.values, run.nodes, run.recorder
         for m in tasks:
             provides = nodes[m].provides
             text = recorder.result_text(m)
             if len(provides) == 1 and text is not None:
                 parts.append(f"{encode_name(provides[0])}:{text}")
-            elif provides:
-                parts.extend(f"{encode_name(p)}:{encode(v)}" for p, v in run.provided(m).items())
+            else:
+                parts.extend(f"{encode_name(p)}:{encode(values[p])}" for p in provides if p in values)
         return "{" + ",".join(parts) + "}"
 
     def progress(self, chain: tuple[int, ...]) -> None:

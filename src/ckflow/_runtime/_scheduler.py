@@ -314,10 +314,10 @@ class Scheduler:
 
     def task_inputs(self, node: Node) -> dict[str, Any]:
         kw: dict[str, Any] = dict(node.const_in) if node.const_in else {}
-        if node.slot_in:
+        if node.value_in:
             values = self.run.values
-            for (param, _name), slot in zip(node.value_in, node.slot_in, strict=True):
-                kw[param] = values[slot]
+            for param, name in node.value_in:
+                kw[param] = values[name]
         if node.input_in:
             inputs = self.run.inputs
             for param, name, _required in node.input_in:
@@ -481,14 +481,14 @@ class Scheduler:
         provides = node.provides
         if provides:
             if len(provides) == 1:
-                self.run.values[node.slot] = value
+                self.run.values[provides[0]] = value
             else:
                 try:
                     unpacked = _unpack(node.name, provides, value)
                 except (TypeError, KeyError) as exc:
                     self._fail(n, exc, "execute")
                     return
-                self.run.values[node.slot : node.slot + len(provides)] = unpacked
+                self.run.values.update(unpacked)
         self.run.results[n] = value
         self.run.transition(n, SUCCESS)
         self.executing -= 1
@@ -571,15 +571,14 @@ class Scheduler:
         self.owner.maybe_finish()
 
 
-def _unpack(task: str, provides: tuple[str, ...], value: Any) -> list[Any]:
-    """The values of a task that provides several, in the order of ``provides``."""
+def _unpack(task: str, provides: tuple[str, ...], value: Any) -> dict[str, Any]:
     if isinstance(value, Mapping):
         missing = [p for p in provides if p not in value]
         if missing:
             raise KeyError(f"task {task!r} provides {list(provides)} but its returned mapping lacks {missing}")
-        return [value[p] for p in provides]
+        return {p: value[p] for p in provides}
     if isinstance(value, tuple | list) and len(value) == len(provides):
-        return list(value)
+        return dict(zip(provides, value, strict=True))
     raise TypeError(
         f"task {task!r} provides {list(provides)}, so it must return a tuple of {len(provides)} values "
         f"or a mapping with those keys, not {type(value).__name__}"

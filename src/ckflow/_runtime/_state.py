@@ -46,13 +46,11 @@ if TYPE_CHECKING:
     from ckflow._runtime._ports import TelemetryPort
     from ckflow._runtime._recorder import Recorder
 
-__all__ = ["JOIN_TRANSITIONS", "NO_VALUE", "UNSET", "RunMode", "RunState"]
+__all__ = ["JOIN_TRANSITIONS", "UNSET", "RunMode", "RunState"]
 
 _T = TaskState
 #: a time not taken, in the arrays of times (``RunState.started``, ``RunState.ended``)
 UNSET: Final = nan
-#: a value not provided yet, in the run's list of values (``RunState.values``)
-NO_VALUE: Final[Any] = object()
 #: joins and Periodic gates do no work: they succeed when their predecessors have, and are undone at once
 JOIN_TRANSITIONS: Final = frozenset(
     {
@@ -130,9 +128,7 @@ class RunState:
         self.ended = array("d", [UNSET]) * n
         self.rev_started: dict[int, float] = {}
         self.rev_ended: dict[int, float] = {}
-        #: the values the tasks provided, by slot (``ExecutionGraph.value_names``; NO_VALUE if not provided): a
-        #: task's inputs are read by index, not by name from a dict as large as the run (S7)
-        self.values: list[Any] = [NO_VALUE] * len(graph.value_names)
+        self.values: dict[str, Any] = {}
         self.failures: list[Failure] = []
         self.reports: list[RegionReport] = []
         #: (node, scope) -> retries of that node by that checkpoint in its current activation
@@ -156,20 +152,6 @@ class RunState:
         """Feed ``recorder`` from now on (a durable run's journal; the no-op one once the run has ended)."""
         self.recorder = recorder
         self.durable = recorder.durable
-
-    # -- values ---------------------------------------------------------------------
-
-    def provided(self, n: int) -> dict[str, Any]:
-        """The values node ``n`` provided, by name."""
-        node = self.nodes[n]
-        values = self.values
-        pairs = zip(node.provides, values[node.slot : node.slot + len(node.provides)], strict=True)
-        return {name: value for name, value in pairs if value is not NO_VALUE}
-
-    def outputs(self) -> dict[str, Any]:
-        """Every value provided so far, by name, in the order of their slots (the order tasks are written in)."""
-        pairs = zip(self.graph.value_names, self.values, strict=True)
-        return {name: value for name, value in pairs if value is not NO_VALUE}
 
     # -- the one way state changes --------------------------------------------------
 
