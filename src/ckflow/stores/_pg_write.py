@@ -262,7 +262,7 @@ class GroupWriter:
             self._active += 1
             self._inflight.add(run_id)
             try:
-                await self._alone(w, shape, args)
+                self._outcome(w, await self.call("fetchrow", one_statement(shape, w.release), args))
             finally:
                 self._inflight.discard(run_id)
                 self._active -= 1
@@ -273,8 +273,8 @@ class GroupWriter:
         self._drain_soon()  # if a writer's slot is free (the queue holds only runs with a write in flight)
         await done
 
-    async def _alone(self, w: _sql.Writes, shape: Shape, args: list[Any]) -> None:
-        found = await self.call("fetchrow", one_statement(shape, w.release), args)
+    def _outcome(self, w: _sql.Writes, found: Any) -> None:
+        """Raise what ``found`` (the row of ``w``'s ``one_statement``) says of ``w``'s write, if it was refused."""
         if not found["fenced"]:
             if not found["found"]:
                 raise RunNotFoundError(w.run_id, self._where)
@@ -344,7 +344,8 @@ class GroupWriter:
             try:
                 one = one_statement_args(w)
                 assert one is not None, "only common batches are queued"
-                await self._alone(w, *one)
+                shape, args = one
+                self._outcome(w, await self.call("fetchrow", one_statement(shape, w.release), args))
             except Exception as exc:
                 if not done.done():
                     done.set_exception(exc)
