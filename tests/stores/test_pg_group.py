@@ -11,7 +11,17 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import asyncpg
 import pytest
-from tests.stores import OTHER, OWNER, event, run_record, task_record, without_query
+from tests.stores import (
+    OTHER,
+    OWNER,
+    checkpoint_record,
+    event,
+    failure,
+    region_record,
+    run_record,
+    task_record,
+    without_query,
+)
 
 import ckflow
 from ckflow._errors import LeaseLostError
@@ -270,3 +280,37 @@ async def test_a_releasing_batch_written_again_after_its_commit_is_done(
     with pytest.raises(LeaseLostError):
         await put(writer, later)
     assert await stored(store, "a") == ["1"]
+
+
+@pytest.mark.parametrize(
+    "b",
+    [
+        batch("a"),
+        batch("a", release=True),
+        Batch(
+            run=run_record("a"),
+            owner=OWNER,
+            tasks=[task_record("other", "t1", result="2"), task_record("a", "t2")],  # rows keyed by the batch's run
+            checkpoints=[checkpoint_record("a", "c", 0), checkpoint_record("a", "c", 1)],
+            regions=[region_record("a", 1)],
+            events=[event("a", 3), event("a", 4, failure=failure())],
+        ),
+        Batch(run=run_record("a"), owner=OWNER),
+    ],
+)
+def test_a_batch_s_direct_args_are_those_of_its_writes(b: Batch) -> None:
+    """``batch_args`` (a run's write alone) binds what ``one_statement_args`` of the batch's ``Writes`` binds."""
+    assert _pg_write.batch_args(b) == _pg_write.one_statement_args(_sql.prepare(b, list))
+
+
+@pytest.mark.parametrize(
+    "b",
+    [
+        Batch(run=run_record("a"), owner=OWNER, tasks=[task_record("a", "t"), task_record("a", "t")]),  # a key twice
+        Batch(run=run_record("a"), owner=OWNER, events=[event("a", i) for i in range(_pg_write._SCALAR_ROWS + 1)]),
+        Batch(run=run_record("a"), owner=OWNER, drop_regions=[1]),
+    ],
+)
+def test_a_batch_without_direct_args_goes_through_its_writes(b: Batch) -> None:
+    """A key twice, rows bound as arrays, or a batch that is not common: ``batch_args`` leaves it to ``Writes``."""
+    assert _pg_write.batch_args(b) is None

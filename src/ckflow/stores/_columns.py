@@ -96,6 +96,8 @@ class Table(Generic[R]):
         "name",
         "names",
         "read",
+        "rest",
+        "rest_key_of",
         "row",
     )
 
@@ -115,6 +117,13 @@ class Table(Generic[R]):
         #: ``row(record, run_id=None, more=())``: the row of ``record``, in the order of ``names`` (under
         #: ``run_id`` if given), then the values ``more``
         self.row: Callable[..., tuple[Any, ...]] = _row_function(columns)
+        rest = [c.name for c in columns if c.name != "run_id"]
+        #: ``rest(record)``: its row but for ``run_id`` (``flat_without_run`` of its ``row``), built straight away
+        self.rest: Callable[..., tuple[Any, ...]] = _row_function([c for c in columns if c.name != "run_id"])
+        #: ``key_of`` for the rows of ``rest``
+        self.rest_key_of: Callable[[Sequence[Any]], Any] | None = (
+            itemgetter(*(rest.index(k) for k in key if k != "run_id")) if own else None
+        )
         self._loads = tuple((c.name, c.field, c.load) for c in columns if c.read)
 
     def part(self, names: Sequence[str]) -> Table[R]:
@@ -135,7 +144,11 @@ class Table(Generic[R]):
         at = self._run_at
         if at is None:
             return [value for row in rows for value in row]
-        return [value for row in rows for i, value in enumerate(row) if i != at]
+        flat: list[Any] = []
+        for row in rows:  # slices rather than a test per value: S5 pays it for each task and event
+            flat += row[:at]
+            flat += row[at + 1 :]
+        return flat
 
 
 def _row_function(columns: Sequence[Column]) -> Callable[..., tuple[Any, ...]]:

@@ -32,7 +32,9 @@ from ckflow.stores import _sql
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-__all__ = ["WRITERS", "GroupWriter", "Shape", "one_statement", "one_statement_args"]
+    from ckflow._records import Batch
+
+__all__ = ["WRITERS", "GroupWriter", "Shape", "batch_args", "one_statement", "one_statement_args"]
 
 #: what ``one_statement`` binds: (table, rows) for each table a batch has rows for, in ``_TABLES``' order; 0 rows
 #: stands for a table whose rows are bound as arrays, column by column
@@ -158,9 +160,8 @@ def group_statement(tables: tuple[str, ...]) -> str:
     return f"WITH {', '.join(ctes)} SELECT array(SELECT run_id FROM fence)"
 
 
-def _distinct(table: _c.Table[Any], rows: Sequence[tuple[Any, ...]]) -> bool:
-    """No two rows of the run share a key (one statement cannot insert, or update, a row twice)."""
-    key_of = table.key_of
+def _distinct(key_of: Callable[[Sequence[Any]], Any] | None, rows: Sequence[tuple[Any, ...]]) -> bool:
+    """No two rows of the run share a key, ``key_of`` a row (one statement cannot insert, or update, a row twice)."""
     return len(rows) < 2 or key_of is None or len({key_of(row) for row in rows}) == len(rows)
 
 
@@ -178,7 +179,7 @@ def one_statement_args(w: _sql.Writes) -> tuple[Shape, list[Any]] | None:
     for name, rows in _rows(w):
         if rows:
             table = _TABLES[name]
-            if not _distinct(table, rows):
+            if not _distinct(table.key_of, rows):
                 return None
             if len(rows) <= _SCALAR_ROWS:
                 shape.append((name, len(rows)))
@@ -186,6 +187,35 @@ def one_statement_args(w: _sql.Writes) -> tuple[Shape, list[Any]] | None:
             else:
                 shape.append((name, 0))
                 args.extend(table.without_run(rows))
+    return tuple(shape), args
+
+
+def batch_args(batch: Batch) -> tuple[Shape, list[Any]] | None:
+    """``one_statement_args(_sql.prepare(batch, ...))`` built from ``batch`` straight away, for a common batch
+    whose tables have ``_SCALAR_ROWS`` rows at most, else None (``one_statement_args`` tells the rest apart):
+    a Linear's task writes one such batch alone, and building each row once, without its ``run_id``, saves
+    the intermediate rows and lists of ``Writes``."""
+    if batch.drop_regions or batch.retention or batch.requests:
+        return None
+    run = batch.run
+    args = [run.run_id, batch.owner, *_sql.fenced_row(run)]
+    shape: list[tuple[str, int]] = []
+    for name, records in (
+        ("tasks", batch.tasks),
+        ("checkpoints", batch.checkpoints),
+        ("regions", batch.regions),
+        ("events", batch.events),
+    ):
+        if records:
+            if len(records) > _SCALAR_ROWS:
+                return None
+            rest = _TABLES[name].rest
+            rows = [rest(record) for record in records]
+            if not _distinct(_TABLES[name].rest_key_of, rows):
+                return None
+            shape.append((name, len(rows)))
+            for row in rows:
+                args += row
     return tuple(shape), args
 
 
@@ -257,30 +287,40 @@ class GroupWriter:
             LeaseLostError: ``w``'s writer does not own its run (nothing of it was written).
             RunNotFoundError: the run does not exist.
         """
-        run_id = w.run_id
-        if self._active < WRITERS and not self._queue and run_id not in self._inflight:
-            self._active += 1
-            self._inflight.add(run_id)
-            try:
-                await self._alone(w, shape, args)
-            finally:
-                self._inflight.discard(run_id)
-                self._active -= 1
-                self._drain_soon()
+        if self.free(w.run_id):
+            await self.alone(w.run_id, w.owner, w.release, shape, args)
             return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((w, done))
         self._drain_soon()  # if a writer's slot is free (the queue holds only runs with a write in flight)
         await done
 
-    async def _alone(self, w: _sql.Writes, shape: Shape, args: list[Any]) -> None:
-        found = await self.call("fetchrow", one_statement(shape, w.release), args)
+    def free(self, run_id: str) -> bool:
+        """Whether a write of ``run_id`` would go ``alone`` now (rather than wait in the queue)."""
+        return self._active < WRITERS and not self._queue and run_id not in self._inflight
+
+    async def alone(self, run_id: str, owner: str, release: bool, shape: Shape, args: list[Any]) -> None:
+        """Write a batch of ``run_id`` (by ``owner``, giving up its lease with ``release``) whose
+        ``one_statement_args`` are ``shape`` and ``args``, in a statement of its own; only if ``free(run_id)``
+        (said with no await since). Raises as ``write`` does."""
+        self._active += 1
+        self._inflight.add(run_id)
+        try:
+            found = await self.call("fetchrow", one_statement(shape, release), args)
+        finally:
+            self._inflight.discard(run_id)
+            self._active -= 1
+            self._drain_soon()
+        self._outcome(run_id, owner, release, found)
+
+    def _outcome(self, run_id: str, owner: str, release: bool, found: Any) -> None:
+        """Raise what ``found`` (the row of a batch's ``one_statement``) says, if the batch was refused."""
         if not found["fenced"]:
             if not found["found"]:
-                raise RunNotFoundError(w.run_id, self._where)
-            if w.release and found["applied"]:
+                raise RunNotFoundError(run_id, self._where)
+            if release and found["applied"]:
                 return  # a group's write again, after a commit whose answer was lost: the lease went with it
-            raise LeaseLostError(w.run_id, w.owner)
+            raise LeaseLostError(run_id, owner)
 
     def _drain_soon(self) -> None:
         if self._queue and self._active < WRITERS:
@@ -344,7 +384,9 @@ class GroupWriter:
             try:
                 one = one_statement_args(w)
                 assert one is not None, "only common batches are queued"
-                await self._alone(w, *one)
+                shape, args = one
+                found = await self.call("fetchrow", one_statement(shape, w.release), args)
+                self._outcome(w.run_id, w.owner, w.release, found)
             except Exception as exc:
                 if not done.done():
                     done.set_exception(exc)

@@ -39,6 +39,7 @@ __all__ = [
     "UPSERT_TASK",
     "Writes",
     "columns",
+    "fenced_row",
     "list_runs_where",
     "order_pending",
     "prepare",
@@ -75,7 +76,8 @@ def _upsert(table: Table[Any]) -> str:
 
 #: what the fence's ``UPDATE_RUN`` writes of the run's row (its owner, lease and trace stay as they are)
 _FENCED: Final = ("flow", "state", "inputs", "created_at", "updated_at", "ended_at", "halted", "goto", "next_seq")
-_fenced_row: Final = RUNS.part(_FENCED).row
+#: the run's values that ``UPDATE_RUN`` binds after its id and owner (``Writes.run[2:]``)
+fenced_row: Final = RUNS.part(_FENCED).row
 #: the parameter of ``UPDATE_RUN`` (``Writes.run``) that holds each column, by name: ``$1`` is the run's id
 #: and ``$2`` its owner, the writer
 FENCE_PARAMS: Final = {name: n for n, name in enumerate(("run_id", "owner", *_FENCED), start=1)}
@@ -229,7 +231,7 @@ def prepare(batch: Batch, names: Callable[[Sequence[str]], Any], *, progress: bo
     return Writes(
         run_id,
         batch.owner,
-        (run_id, batch.owner, *_fenced_row(run)),
+        (run_id, batch.owner, *fenced_row(run)),
         run.next_seq,
         carried,
         [task_row(t, run_id) for t in batch.tasks],

@@ -347,12 +347,19 @@ class PostgresStore(StoreBase):
         )
 
     async def write(self, batch: Batch) -> None:
+        writer = self._open_writer()
+        run_id = batch.run.run_id
+        if writer.free(run_id) and (direct := _pg_write.batch_args(batch)) is not None:
+            # A run's common batch with no other write in flight (a Linear's every task): its statement's
+            # parameters straight from the batch, and no ``Writes``.
+            await writer.alone(run_id, batch.owner, batch.release, *direct)
+            return
         w = _sql.prepare(batch, _names)
         one = _pg_write.one_statement_args(w)
         if one is not None:
             # The common batch (a run's rows, tasks, passes, regions, events): one statement, one round trip,
             # shared with other runs' batches while writes are in flight (group commit, see ``_pg_write``).
-            await self._open_writer().write(w, *one)
+            await writer.write(w, *one)
             return
         # Deletions (retention, dropped regions) must see the rows this batch adds, and requests may repeat:
         # statement after statement, in one transaction.
