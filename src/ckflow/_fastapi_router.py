@@ -276,6 +276,18 @@ def _flow_routes(api: APIRouter, app_engine: Any) -> None:
         return Response(to_mermaid(flow, run), media_type="text/plain")
 
 
+async def _start(engine: Engine, body: StartRun) -> Run:
+    """Start the run of ``body``; ckflow's errors as HTTP errors (by ``_http_error`` in a plain ``try``: the
+    context manager of ``http_errors`` is a generator and an object more a request)."""
+    try:
+        return await engine.start(body.flow, body.inputs, run_id=body.run_id)
+    except CkflowError as exc:
+        error = _http_error(exc, ("body", "inputs"))
+        if error is None:
+            raise
+        raise error from exc
+
+
 async def _submit(engine: Engine, body: SubmitRun) -> Run:
     """Record the run of ``body`` QUEUED for a worker; errors as HTTP errors (a queue name ckflow refuses: 422)."""
     with http_errors():
@@ -302,14 +314,7 @@ def _run_routes(api: APIRouter, app_engine: Any, tracebacks: bool, submit: bool)
         @api.post("/runs", status_code=201, response_model=RunView, responses=responses)
         async def start(body: StartRun, engine: Engine = app_engine) -> Response:
             """Start a run of a registered flow; answers at once with its view (it does not wait for the end)."""
-            try:  # (not ``http_errors``: its context manager is a generator and an object more a request)
-                run = await engine.start(body.flow, body.inputs, run_id=body.run_id)
-            except CkflowError as exc:
-                error = _http_error(exc, ("body", "inputs"))
-                if error is None:
-                    raise
-                raise error from exc
-            return _json(await run.view(tracebacks=tracebacks), 201)
+            return _json(await (await _start(engine, body)).view(tracebacks=tracebacks), 201)
 
     @api.get("/runs", response_model=RunList)
     async def list_runs(
