@@ -167,14 +167,23 @@ def _bad_cursor(why: str) -> HTTPException:
 
 @contextlib.contextmanager
 def http_errors(inputs_at: Sequence[str] = ("body", "inputs")) -> Iterator[None]:
-    """ckflow's errors as HTTP errors (most specific first: the lookups are RunStateErrors too).
+    """ckflow's errors as HTTP errors (``_http_error``); other errors go through as they are.
 
     A 422's ``detail`` is a list of errors in FastAPI's own shape (``loc``, ``msg``, ``type``); an input's ``loc``
     starts with ``inputs_at``, where the request carries the inputs. ``ckflow.fastapi.run`` uses it too.
     """
     try:
         yield
-    except InvalidInputError as exc:
+    except CkflowError as exc:
+        error = _http_error(exc, inputs_at)
+        if error is None:
+            raise
+        raise error from exc
+
+
+def _http_error(exc: CkflowError, inputs_at: Sequence[str]) -> HTTPException | None:
+    """The HTTP error of ``exc`` (most specific first: the lookups are RunStateErrors too); None if it has none."""
+    if isinstance(exc, InvalidInputError):
         detail = [
             {
                 "loc": [*inputs_at, exc.input, *error.get("loc", [])],
@@ -183,23 +192,24 @@ def http_errors(inputs_at: Sequence[str] = ("body", "inputs")) -> Iterator[None]
             }
             for error in exc.errors
         ] or [{"loc": [*inputs_at, exc.input], "msg": str(exc), "type": "value_error"}]
-        raise HTTPException(_UNPROCESSABLE, detail=detail) from exc
-    except MissingRequirementError as exc:
+        return HTTPException(_UNPROCESSABLE, detail=detail)
+    if isinstance(exc, MissingRequirementError):
         detail = [
             {"loc": [*inputs_at, name], "msg": f"Field required (read by {', '.join(tasks)})", "type": "missing"}
             for name, tasks in exc.missing.items()
         ]
-        raise HTTPException(_UNPROCESSABLE, detail=detail) from exc
-    except InvalidRunIdError as exc:
-        detail = [{"loc": ["body", "run_id"], "msg": str(exc), "type": "value_error"}]
-        raise HTTPException(_UNPROCESSABLE, detail=detail) from exc
-    except (FlowNotRegisteredError, RunNotFoundError, UnknownCheckpointError) as exc:
-        raise HTTPException(404, detail=str(exc)) from exc
-    except (RunExistsError, RunStateError) as exc:
-        raise HTTPException(409, detail=str(exc)) from exc
-    except FlowDefinitionError as exc:  # a registered flow that does not compile: no run of it can start
-        detail = [{"loc": ["body", "flow"], "msg": str(exc), "type": "value_error"}]
-        raise HTTPException(_UNPROCESSABLE, detail=detail) from exc
+        return HTTPException(_UNPROCESSABLE, detail=detail)
+    if isinstance(exc, InvalidRunIdError):
+        return HTTPException(
+            _UNPROCESSABLE, detail=[{"loc": ["body", "run_id"], "msg": str(exc), "type": "value_error"}]
+        )
+    if isinstance(exc, FlowNotRegisteredError | RunNotFoundError | UnknownCheckpointError):
+        return HTTPException(404, detail=str(exc))
+    if isinstance(exc, RunExistsError | RunStateError):
+        return HTTPException(409, detail=str(exc))
+    if isinstance(exc, FlowDefinitionError):  # a registered flow that does not compile: no run of it can start
+        return HTTPException(_UNPROCESSABLE, detail=[{"loc": ["body", "flow"], "msg": str(exc), "type": "value_error"}])
+    return None
 
 
 async def _live(engine: Engine, run_id: str, verb: str) -> Run:
@@ -266,6 +276,18 @@ def _flow_routes(api: APIRouter, app_engine: Any) -> None:
         return Response(to_mermaid(flow, run), media_type="text/plain")
 
 
+async def _start(engine: Engine, body: StartRun) -> Run:
+    """Start the run of ``body``; ckflow's errors as HTTP errors (by ``_http_error`` in a plain ``try``: the
+    context manager of ``http_errors`` is a generator and an object more a request)."""
+    try:
+        return await engine.start(body.flow, body.inputs, run_id=body.run_id)
+    except CkflowError as exc:
+        error = _http_error(exc, ("body", "inputs"))
+        if error is None:
+            raise
+        raise error from exc
+
+
 async def _submit(engine: Engine, body: SubmitRun) -> Run:
     """Record the run of ``body`` QUEUED for a worker; errors as HTTP errors (a queue name ckflow refuses: 422)."""
     with http_errors():
@@ -292,9 +314,7 @@ def _run_routes(api: APIRouter, app_engine: Any, tracebacks: bool, submit: bool)
         @api.post("/runs", status_code=201, response_model=RunView, responses=responses)
         async def start(body: StartRun, engine: Engine = app_engine) -> Response:
             """Start a run of a registered flow; answers at once with its view (it does not wait for the end)."""
-            with http_errors():
-                run = await engine.start(body.flow, body.inputs, run_id=body.run_id)
-            return _json(await run.view(tracebacks=tracebacks), 201)
+            return _json(await (await _start(engine, body)).view(tracebacks=tracebacks), 201)
 
     @api.get("/runs", response_model=RunList)
     async def list_runs(
@@ -363,8 +383,9 @@ async def _page(
 
 
 def _json(view: RunView, status: int = 200) -> Response:
-    """``view`` as the response, serialised once by pydantic (FastAPI would validate the model again first)."""
-    return Response(view.model_dump_json(), status_code=status, media_type="application/json")
+    """``view`` as the response, serialised once by pydantic (FastAPI would validate the model again first), to
+    bytes (``model_dump_json`` decodes them to a str, which the response encodes again)."""
+    return Response(view.__pydantic_serializer__.to_json(view), status_code=status, media_type="application/json")
 
 
 async def _act(run: Run, call: Callable[[Run], Awaitable[None]], tracebacks: bool) -> Response:

@@ -341,19 +341,20 @@ class Scheduler:
 
     def _begin(self, n: int) -> None:
         """``n`` starts: RUNNING, counted, timed."""
-        self.run.transition(n, RUNNING)
-        self.run.executions[n] += 1
+        run = self.run
+        run.transition(n, RUNNING)
+        run.executions[n] += 1
         self.executing += 1
-        t0 = self.run.started[n] = time.monotonic()
+        t0 = run.started[n] = time.monotonic()
         # The last execute's end no longer goes with its start: a task running again has no end (and no
         # duration) until this execute ends, never an end before its start.
-        self.run.ended[n] = UNSET
+        run.ended[n] = UNSET
         if self.walker.retry_watch:
             report = self.walker.retry_watch.pop(n, None)
             if report is not None and report.retry_at is None:
                 report.retry_at = t0
-                if self.run.telemetry is not None:
-                    self.run.telemetry.retry_latency(report)
+                if run.telemetry is not None:
+                    run.telemetry.retry_latency(report)
 
     async def _run_execute(self, n: int, shared: anyio.CancelScope | None = None) -> None:
         """The execute of ``n``, which has begun (``_begin``), to its outcome.
@@ -400,7 +401,13 @@ class Scheduler:
             if telemetry is not None:
                 telemetry.detach(otel_token)
             CURRENT.reset(token)
-        self._settle_execute(n, scope, error, value)
+        if error is None and shared is not None and self.run.stop_reason is None and n not in self.cancel_requested:
+            # The common outcome, a plain task's success (what ``_settle_execute`` would find, asked less)
+            if self.exec_scopes:
+                self.exec_scopes.pop(n, None)
+            self._succeed(n, value)
+        else:
+            self._settle_execute(n, scope, error, value)
         if node.shield:
             # A cancellation of the run (its caller, its engine) waited for this task: it applies now, before
             # anything else starts.
@@ -468,9 +475,10 @@ class Scheduler:
             self._succeed(n, value)
 
     def _succeed(self, n: int, value: Any) -> None:
-        node = self.run.nodes[n]
-        recorder = self.run.recorder
-        durable = self.run.durable
+        run = self.run
+        node = run.nodes[n]
+        recorder = run.recorder
+        durable = run.durable
         if durable:
             try:
                 recorder.encode_result(n, value)
@@ -481,18 +489,18 @@ class Scheduler:
         provides = node.provides
         if provides:
             if len(provides) == 1:
-                self.run.values[provides[0]] = value
+                run.values[provides[0]] = value
             else:
                 try:
                     unpacked = _unpack(node.name, provides, value)
                 except (TypeError, KeyError) as exc:
                     self._fail(n, exc, "execute")
                     return
-                self.run.values.update(unpacked)
-        self.run.results[n] = value
-        self.run.transition(n, SUCCESS)
+                run.values.update(unpacked)
+        run.results[n] = value
+        run.transition(n, SUCCESS)
         self.executing -= 1
-        self.run.ended[n] = time.monotonic()
+        run.ended[n] = time.monotonic()
         self.n_success += 1
         region = self.walker.region_of[n]
         if region is not None:
@@ -506,7 +514,7 @@ class Scheduler:
                 self.passes.progress(node.chain)
         else:
             self.release(n)
-        if self.n_success == self.run.total or self.run.halted:
+        if self.n_success == run.total or run.mode is RunMode.HALTED:
             self.owner.maybe_finish()
 
     def release(self, n: int) -> None:

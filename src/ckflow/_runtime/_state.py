@@ -60,6 +60,8 @@ JOIN_TRANSITIONS: Final = frozenset(
         (_T.SUCCESS, _T.PENDING),  # a Periodic's next iteration, or a resumed run that derives it again
     }
 )
+#: each run state's event name, made once (a run moves twice at least: the names are asked for on every run)
+_RUN_EVENTS: Final = {state: f"ckflow.run.{state.lower()}" for state in FlowState}
 
 
 class RunMode(Enum):
@@ -228,7 +230,9 @@ class RunState:
             level = ERROR
         elif new is FlowState.REVERTED and failed:
             level = WARNING  # a failure reached the root (a cancel that reverts everything is no failure)
-        self.event(f"ckflow.run.{new.lower()}", level, old=old, new=new)
+        name = _RUN_EVENTS[new]
+        if self.takes_event(name, level):  # (else its fields are not even gathered)
+            self.event(name, level, old=old, new=new)
 
     def takes_event(self, name: str, level: int) -> bool:
         """True if ``event(name, level, ...)`` would reach anyone: the store, telemetry, a subscriber or the log.
