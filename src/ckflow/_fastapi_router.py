@@ -12,7 +12,7 @@ import contextlib
 import json
 import math
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Response
 from fastapi.responses import StreamingResponse
@@ -175,10 +175,15 @@ def http_errors(inputs_at: Sequence[str] = ("body", "inputs")) -> Iterator[None]
     try:
         yield
     except CkflowError as exc:
-        error = _http_error(exc, inputs_at)
-        if error is None:
-            raise
-        raise error from exc
+        _raise_as_http(exc, inputs_at)
+
+
+def _raise_as_http(exc: CkflowError, inputs_at: Sequence[str]) -> NoReturn:
+    """Raise ``exc``'s HTTP error from it, or ``exc`` itself if it has none."""
+    error = _http_error(exc, inputs_at)
+    if error is None:
+        raise exc
+    raise error from exc
 
 
 def _http_error(exc: CkflowError, inputs_at: Sequence[str]) -> HTTPException | None:
@@ -282,10 +287,7 @@ async def _start(engine: Engine, body: StartRun) -> Run:
     try:
         return await engine.start(body.flow, body.inputs, run_id=body.run_id)
     except CkflowError as exc:
-        error = _http_error(exc, ("body", "inputs"))
-        if error is None:
-            raise
-        raise error from exc
+        _raise_as_http(exc, ("body", "inputs"))
 
 
 async def _submit(engine: Engine, body: SubmitRun) -> Run:
