@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 STEPS_PER_RUN = 3
 #: the warm-up before the timed round, in the same process: a workflow of this many steps, or this many workflows
@@ -35,16 +36,18 @@ DATABASE = "ckflow_bench_dbos_peer"
 LIMIT = 900.0
 
 
-async def fresh_database(server_dsn: str, name: str) -> None:
-    """Drop the database ``name`` on the server of ``server_dsn`` (a DSN without query) and create it again."""
+async def fresh_database(dsn: str, name: str) -> str:
+    """Drop the database ``name`` on the server of ``dsn`` and create it again; returns its URL."""
     import asyncpg
 
-    conn = await asyncpg.connect(server_dsn, timeout=5)
+    server = urlunsplit(urlsplit(dsn)._replace(query=""))
+    conn = await asyncpg.connect(server, timeout=5)
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
+    return urlunsplit(urlsplit(server)._replace(path=f"/{name}"))
 
 
 async def once(mode: str, url: str, size: int) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from benchmarks._dbos_peer import fresh_database
 from benchmarks._harness import Stat, Table
@@ -33,6 +34,9 @@ from benchmarks.s5_stores import (
     _without_query,
     remove_sqlite,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 #: DBOS's system database on the PostgreSQL server: a database of its own, dropped and created again each round
@@ -93,12 +97,15 @@ def one(engine: str, url: str, work: Path) -> tuple[float, float, float]:
 def _contenders(work: Path, dsn: str, postgres_ok: bool, dbos_ok: bool):
     """name -> a function that measures one round (and cleans up after it)."""
 
-    def ckflow_sqlite() -> tuple[float, float, float]:
-        path = work / "ckflow.db"
-        try:
-            return one("ckflow", f"sqlite:///{path}", work)
-        finally:
-            remove_sqlite(path)
+    def on_sqlite(engine: str, file: str) -> Callable[[], tuple[float, float, float]]:
+        def measure() -> tuple[float, float, float]:
+            path = work / file
+            try:
+                return one(engine, f"sqlite:///{path}", work)
+            finally:
+                remove_sqlite(path)
+
+        return measure
 
     def ckflow_postgres() -> tuple[float, float, float]:
         schema = f"ckflow_s11_{uuid.uuid4().hex[:12]}"
@@ -107,23 +114,14 @@ def _contenders(work: Path, dsn: str, postgres_ok: bool, dbos_ok: bool):
         finally:
             asyncio.run(_drop_schema(dsn, schema))
 
-    def dbos_sqlite() -> tuple[float, float, float]:
-        path = work / "dbos.sqlite"
-        try:
-            return one("dbos", f"sqlite:///{path}", work)
-        finally:
-            remove_sqlite(path)
-
     def dbos_postgres() -> tuple[float, float, float]:
-        asyncio.run(fresh_database(_without_query(dsn, "schema"), DBOS_DATABASE))
-        server = _without_query(dsn, "schema").rsplit("/", 1)[0]
-        return one("dbos", f"{server}/{DBOS_DATABASE}", work)
+        return one("dbos", asyncio.run(fresh_database(dsn, DBOS_DATABASE)), work)
 
-    found = {CKFLOW_SQLITE: ckflow_sqlite}
+    found = {CKFLOW_SQLITE: on_sqlite("ckflow", "ckflow.db")}
     if postgres_ok:
         found[CKFLOW_POSTGRES] = ckflow_postgres
     if dbos_ok:
-        found[DBOS_SQLITE] = dbos_sqlite
+        found[DBOS_SQLITE] = on_sqlite("dbos", "dbos.sqlite")
         if postgres_ok:
             found[DBOS_POSTGRES] = dbos_postgres
     return found

@@ -173,9 +173,7 @@ async def _measure_ckflow(n: int, dbos_n: int, workdir: Path, dsn: str) -> tuple
     if no_dbos is None:
         fns[DBOS_SQLITE] = dbos(f"sqlite:///{workdir}/dbos.sqlite")
         if why is None:
-            server = _without_query(dsn, "schema")
-            await _dbos_peer.fresh_database(server, _dbos_peer.DATABASE)
-            fns[DBOS_POSTGRES] = dbos(f"{server.rsplit('/', 1)[0]}/{_dbos_peer.DATABASE}")
+            fns[DBOS_POSTGRES] = dbos(await _dbos_peer.fresh_database(dsn, _dbos_peer.DATABASE))
         else:
             errors[DBOS_POSTGRES] = why
     else:

@@ -24,7 +24,6 @@ from benchmarks.s5_stores import (
     _drop_schema,
     _postgres_unavailable,
     _with_query,
-    _without_query,
     remove_sqlite,
 )
 
@@ -131,9 +130,8 @@ def run(quick: bool = False) -> Table:
         if no_dbos is None:
             fns[DBOS_SQLITE] = dbos(DBOS_SQLITE, f"sqlite:///{workdir}/dbos.sqlite")
             if why is None:
-                server = _without_query(dsn, "schema")
-                asyncio.run(_dbos_peer.fresh_database(server, _dbos_peer.DATABASE))
-                fns[DBOS_POSTGRES] = dbos(DBOS_POSTGRES, f"{server.rsplit('/', 1)[0]}/{_dbos_peer.DATABASE}")
+                url = asyncio.run(_dbos_peer.fresh_database(dsn, _dbos_peer.DATABASE))
+                fns[DBOS_POSTGRES] = dbos(DBOS_POSTGRES, url)
             else:
                 errors[DBOS_POSTGRES] = why
         else:
