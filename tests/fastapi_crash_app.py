@@ -13,6 +13,7 @@ import os
 
 import anyio
 from examples.fastapi_service import app
+from tests.recovery_worker import note
 
 import ckflow
 from ckflow import Linear, task
@@ -23,16 +24,6 @@ FLOW = "crash-ledger"
 STEPS = 8
 #: the task that waits forever in this process (none unless the environment names one)
 HOLD = os.environ.get("CKFLOW_CRASH_HOLD")
-
-
-def note(ledger: str, what: str) -> None:
-    """Append ``pid what`` to ``ledger`` and fsync it, so that the line outlives a SIGKILL right after."""
-    fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"{os.getpid()} {what}\n".encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def build() -> Linear:

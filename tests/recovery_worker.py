@@ -21,6 +21,7 @@ LEASE_TTL = 60.0
 
 
 def note(ledger: str, what: str) -> None:
+    """Append ``pid what`` to ``ledger`` and fsync it, so that the line outlives a SIGKILL right after."""
     fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, f"{os.getpid()} {what}\n".encode())
