@@ -205,9 +205,15 @@ class TestRecoveryOnStart:
         assert steps.runs == {"first": 1, "second": 1}
 
     async def test_a_lapsed_lease_is_taken_by_a_later_look(self, url: str) -> None:
-        """While its owner renews, a run stays there across looks; once the lease lapses, a later look takes it."""
+        """While its owner renews, a run stays there across looks; once the lease lapses, a later look takes it.
+
+        The owner renews a lease of ``ttl`` every 0.05 s, and the looks (every 0.15 s) go on for longer than one
+        lease: only the renewals keep the run there. ``ttl`` is a second, twenty renewal periods, so that a loaded
+        machine's pause between two renewals (each a few round trips to the store) does not let it lapse.
+        """
         steps = Steps()
         gone = anyio.Event()
+        ttl = 1.0
         with anyio.fail_after(20):
             await steps.left_running(url, owner=FOREIGN, ttl=60)
             steps.gate.set()
@@ -215,12 +221,12 @@ class TestRecoveryOnStart:
 
                 async def foreign_engine() -> None:  # renews its lease until it "dies"
                     while not gone.is_set():
-                        await inner.renew(FOREIGN, ["r"], 0.3)
+                        await inner.renew(FOREIGN, ["r"], ttl)
                         with anyio.move_on_after(0.05):
                             await gone.wait()
 
                 tg.start_soon(foreign_engine)
-                looks = Looks(inner, wanted=3)
+                looks = Looks(inner, wanted=2 + int(ttl / 0.15))
                 async with Engine(store=looks, recover=True, lease_ttl=0.3, heartbeat=0.05) as engine:
                     await looks.enough.wait()
                     assert "r" not in engine.runs
