@@ -147,15 +147,19 @@ class Ownership:
             return None
         if found is None or claimed.state is FlowState.QUEUED:
             try:
-                await self._in_store(store, claimed, op)
+                claimable = await self._in_store(store, claimed, op)
             finally:
                 with anyio.CancelScope(shield=True):
                     await store.release(claimed.run_id, self.id)
+            if claimable and isinstance(store, QueueStore) and claimed.queue is not None:
+                # claimable again, now that it is nobody's: its workers need not wait for their next look
+                await store.notify([claimed.queue])
             return None
         return await self._adopt(store, claimed, found, max_concurrency, on_event, lease_from)
 
-    async def _in_store(self, store: Store, record: RunRecord, op: ControlOp) -> None:
-        """Carry out ``op`` in the store alone: a suspend of a run that nobody runs, or any control of a queued run.
+    async def _in_store(self, store: Store, record: RunRecord, op: ControlOp) -> bool:
+        """Carry out ``op`` in the store alone: a suspend of a run that nobody runs, or any control of a queued run;
+        True if a resume made a queued run claimable again (its workers are to be woken once it is released).
 
         A queued run is left for a worker: a suspend keeps workers off it until a resume, a cancel ends it
         REVERTED with nothing run; going to or back to a checkpoint of a run that has not started is refused.
@@ -171,10 +175,10 @@ class Ownership:
             await self._write_in_store(store, record, FlowState.REVERTED, halted=False, ended=True, control=op)
         elif op == "resume" and record.halted:
             await self._write_in_store(store, record, FlowState.QUEUED, halted=False, ended=False, control=op)
-            if isinstance(store, QueueStore) and record.queue is not None:
-                await store.notify([record.queue])  # claimable again: its workers need not wait for their next look
+            return True
         elif op == "suspend" and not record.halted:
             await self._write_in_store(store, record, FlowState.QUEUED, halted=True, ended=False, control=op)
+        return False
 
     async def _write_in_store(
         self, store: Store, record: RunRecord, state: FlowState, *, halted: bool, ended: bool, control: ControlOp
