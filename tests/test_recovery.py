@@ -18,7 +18,7 @@ from tests.stores.conftest import url_of_kind
 from tests.support import WatchedStore
 
 import ckflow
-from ckflow import Engine, FlowState, Linear, task
+from ckflow import Checkpoint, Engine, FlowState, Linear, task
 from ckflow._engine._recovery import dead_owner
 from ckflow.stores import RunRecord, open_store
 
@@ -41,7 +41,8 @@ async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[s
 
 
 class Steps:
-    """A registered flow ``first -> second``; ``second`` waits at ``gate``, and every execution is counted."""
+    """A registered flow ``first -> cp -> second`` (``cp`` a checkpoint); ``second`` waits at ``gate``, and every
+    execution is counted."""
 
     def __init__(self) -> None:
         self.name = f"recover-{uuid.uuid4().hex[:8]}"
@@ -67,7 +68,7 @@ class Steps:
             await self.gate.wait()
             return a + 1
 
-        return Linear(self.name, first, second)
+        return Linear(self.name, first, Checkpoint("cp"), second)
 
     async def left_running(self, url: str, *, owner: str | None = None, ttl: float = 60.0) -> None:
         """Run ``r`` until ``second`` runs, then shut the engine down (releasing it); ``owner`` then holds it."""
@@ -96,6 +97,21 @@ class Looks(WatchedStore):
         if self.looks >= self.wanted:
             self.enough.set()
         return found
+
+
+class Stale(WatchedStore):
+    """A store that answers ``get_run`` with ``record`` (as read before the run went on) until a claim."""
+
+    def __init__(self, inner: Store, record: RunRecord) -> None:
+        super().__init__(inner)
+        self.record: RunRecord | None = record
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        return self.record if self.record is not None else await self.inner.get_run(run_id)
+
+    async def claim(self, run_id: str, owner: str, ttl: float, *, replacing: str | None = None) -> RunRecord:
+        self.record = None
+        return await self.inner.claim(run_id, owner, ttl, replacing=replacing)
 
 
 async def exited_pid() -> int:
@@ -189,9 +205,15 @@ class TestRecoveryOnStart:
         assert steps.runs == {"first": 1, "second": 1}
 
     async def test_a_lapsed_lease_is_taken_by_a_later_look(self, url: str) -> None:
-        """While its owner renews, a run stays there across looks; once the lease lapses, a later look takes it."""
+        """While its owner renews, a run stays there across looks; once the lease lapses, a later look takes it.
+
+        The owner renews a lease of ``ttl`` every 0.05 s, and the looks (every 0.15 s) go on for longer than one
+        lease: only the renewals keep the run there. ``ttl`` is a second, twenty renewal periods, so that a loaded
+        machine's pause between two renewals (each a few round trips to the store) does not let it lapse.
+        """
         steps = Steps()
         gone = anyio.Event()
+        ttl = 1.0
         with anyio.fail_after(20):
             await steps.left_running(url, owner=FOREIGN, ttl=60)
             steps.gate.set()
@@ -199,12 +221,12 @@ class TestRecoveryOnStart:
 
                 async def foreign_engine() -> None:  # renews its lease until it "dies"
                     while not gone.is_set():
-                        await inner.renew(FOREIGN, ["r"], 0.3)
+                        await inner.renew(FOREIGN, ["r"], ttl)
                         with anyio.move_on_after(0.05):
                             await gone.wait()
 
                 tg.start_soon(foreign_engine)
-                looks = Looks(inner, wanted=3)
+                looks = Looks(inner, wanted=2 + int(ttl / 0.15))
                 async with Engine(store=looks, recover=True, lease_ttl=0.3, heartbeat=0.05) as engine:
                     await looks.enough.wait()
                     assert "r" not in engine.runs
@@ -237,27 +259,55 @@ class TestRecoveryOnStart:
         assert steps.runs == {"first": 1, "second": 2}
 
     async def test_two_resumes_at_once_in_one_engine_run_the_run_once(self, url: str) -> None:
-        """A claim by the engine's own id succeeds again, so the engine itself keeps a second take-over out."""
+        """A claim by the engine's own id succeeds again, so the engine itself keeps a second take-over out.
+
+        ``second`` waits at the gate until both resumes have returned: the run is under way here while the
+        second one looks (were it let end first, that resume would rightly get the ended run's handle).
+        """
         steps = Steps()
         outcomes: list[str] = []
+        resumed: list[ckflow.Run] = []
         with anyio.fail_after(20):
             await steps.left_running(url)
-            steps.gate.set()
             async with Engine(store=url) as engine:
 
                 async def resume() -> None:
                     try:
-                        run = await engine.resume("r")
+                        resumed.append(await engine.resume("r"))
                     except ckflow.RunOwnedError as exc:
                         outcomes.append(f"owned by {exc.owner}")
                     else:
                         outcomes.append("resumed")
-                        assert (await run.wait()).state is FlowState.SUCCESS
 
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(resume)
                     tg.start_soon(resume)
+                steps.gate.set()
+                assert [(await run.wait()).state for run in resumed] == [FlowState.SUCCESS]
         assert sorted(outcomes) == ["owned by " + engine.id, "resumed"]
+        assert steps.runs == {"first": 1, "second": 2}
+
+    async def test_a_control_that_read_the_run_before_it_ended_leaves_it_ended(self, url: str) -> None:
+        """A resume (or goto) acts on the record it read; when another engine ran the run to its end meanwhile,
+        its claim finds the run ended: nothing of it runs or is written again, and the resume's handle gives
+        the result (a goto is refused)."""
+        steps = Steps()
+        with anyio.fail_after(20):
+            await steps.left_running(url)
+            steps.gate.set()
+            async with open_store(url) as inner:
+                before = await inner.get_run("r")
+                async with Engine(store=inner) as first:
+                    assert (await (await first.resume("r")).wait()).state is FlowState.SUCCESS
+                ended = await inner.events("r")
+                async with Engine(store=Stale(inner, before)) as late:
+                    assert (await (await late.resume("r")).wait()).state is FlowState.SUCCESS
+                async with Engine(store=Stale(inner, before)) as late:
+                    run = await late.attach("r")
+                    with pytest.raises(ckflow.RunStateError, match="it is SUCCESS"):
+                        await run.goto("cp")
+                assert await inner.events("r") == ended
+                assert (await inner.get_run("r")).owner is None
         assert steps.runs == {"first": 1, "second": 2}
 
 

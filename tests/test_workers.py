@@ -177,12 +177,14 @@ class TestWorker:
         assert [rid for rid, name in jobs.log if name == "first"] == ["r3", "r1", "r4", "r0", "r2"]
 
     async def test_suspended_queued_run_waits_for_resume(self, pg: str) -> None:
+        """A suspended queued run is left until its resume, which wakes the workers once the run is claimable
+        (the worker looks by itself only every minute: the wake-up alone gets it there in time)."""
         jobs = Jobs()
         async with Engine(store=pg, poll_interval=0.01) as engine:
             held = await engine.submit(jobs.name, {"n": 1}, run_id="held")
             await held.suspend()
             later = await engine.submit(jobs.name, {"n": 2}, run_id="later")
-            async with Worker(pg, concurrency=1, poll_interval=5):
+            async with Worker(pg, concurrency=1, poll_interval=60):
                 await settled(later)
                 assert engine.store is not None
                 record = await engine.store.get_run("held")

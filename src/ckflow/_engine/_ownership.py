@@ -22,7 +22,7 @@ from ckflow._engine._cores import flow_for, restored_core, retains_by_age
 from ckflow._errors import CkflowError, LeaseLostError, RunOwnedError, RunStateError
 from ckflow._events import Event, logger_for, write_log
 from ckflow._records import Batch
-from ckflow._states import FlowState
+from ckflow._states import TERMINAL, FlowState
 from ckflow.stores import QueueStore
 
 if TYPE_CHECKING:
@@ -95,7 +95,8 @@ class Ownership:
 
         Ownership comes first: a run that a live engine holds is RunOwnedError, whether or not its flow is
         known here. ``replacing`` names an owner known to be dead, whose live lease may be taken (``Store.claim``).
-        With ``unfinished``, a run found ended, SUSPENDED or halted once claimed is released and left (None).
+        A run found ended once claimed is released and left (None; a goto or revert_to of it is RunStateError).
+        With ``unfinished``, a run found SUSPENDED or halted once claimed is released and left (None) too.
         A QUEUED run is controlled in the store alone and left for a worker (None): see ``_in_store``.
 
         Raises:
@@ -125,6 +126,14 @@ class Ownership:
     ) -> Run | None:
         lease_from = time.monotonic()
         claimed = await store.claim(record.run_id, self.id, self.lease_ttl, replacing=replacing)
+        if claimed.state in TERMINAL:
+            # It ended between the caller's look and the claim (another resume of it, here or elsewhere, ran it
+            # to its end): an ended run is never run again, nor written to.
+            with anyio.CancelScope(shield=True):
+                await store.release(claimed.run_id, self.id)
+            if op in ("goto", "revert_to"):
+                raise RunStateError(f"Run {claimed.run_id!r} cannot {op.replace('_', ' ')}: it is {claimed.state}.")
+            return None
         try:
             found = flow_for(claimed, flow, required=op != "suspend" and claimed.state is not FlowState.QUEUED)
         except BaseException:
@@ -138,15 +147,19 @@ class Ownership:
             return None
         if found is None or claimed.state is FlowState.QUEUED:
             try:
-                await self._in_store(store, claimed, op)
+                claimable = await self._in_store(store, claimed, op)
             finally:
                 with anyio.CancelScope(shield=True):
                     await store.release(claimed.run_id, self.id)
+            if claimable and isinstance(store, QueueStore) and claimed.queue is not None:
+                # claimable again, now that it is nobody's: its workers need not wait for their next look
+                await store.notify([claimed.queue])
             return None
         return await self._adopt(store, claimed, found, max_concurrency, on_event, lease_from)
 
-    async def _in_store(self, store: Store, record: RunRecord, op: ControlOp) -> None:
-        """Carry out ``op`` in the store alone: a suspend of a run that nobody runs, or any control of a queued run.
+    async def _in_store(self, store: Store, record: RunRecord, op: ControlOp) -> bool:
+        """Carry out ``op`` in the store alone: a suspend of a run that nobody runs, or any control of a queued run;
+        True if a resume made a queued run claimable again (its workers are to be woken once it is released).
 
         A queued run is left for a worker: a suspend keeps workers off it until a resume, a cancel ends it
         REVERTED with nothing run; going to or back to a checkpoint of a run that has not started is refused.
@@ -162,10 +175,10 @@ class Ownership:
             await self._write_in_store(store, record, FlowState.REVERTED, halted=False, ended=True, control=op)
         elif op == "resume" and record.halted:
             await self._write_in_store(store, record, FlowState.QUEUED, halted=False, ended=False, control=op)
-            if isinstance(store, QueueStore) and record.queue is not None:
-                await store.notify([record.queue])  # claimable again: its workers need not wait for their next look
+            return True
         elif op == "suspend" and not record.halted:
             await self._write_in_store(store, record, FlowState.QUEUED, halted=True, ended=False, control=op)
+        return False
 
     async def _write_in_store(
         self, store: Store, record: RunRecord, state: FlowState, *, halted: bool, ended: bool, control: ControlOp
