@@ -6,6 +6,7 @@ decides which writes are in flight and which wait in the queue, without sleeping
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -367,3 +368,21 @@ async def test_a_group_s_rows_read_back_as_a_run_s_alone(
         got = await read(run_id)
         for i, part in enumerate(alone):
             assert got[i] == part, (run_id, i)
+
+
+async def test_a_float_json_cannot_carry_fails_the_group_and_is_written_alone(
+    store: PostgresStore, gated: GatedPool, writer: _pg_write.GroupWriter
+) -> None:
+    """NaN cannot be JSON: the group's statement fails and its runs are written alone, where NaN is a float8
+    like any other, as if they had never been grouped."""
+    for run_id in ("busy-0", "busy-1", "a", "nan"):
+        await store.create_run(run_record(run_id))
+    nan = batch("nan")
+    nan.tasks = [task_record("nan", "attach", result="1", started_at=float("nan"))]
+    outcomes = await group_of(gated, writer, {"a": batch("a"), "nan": nan})
+    assert outcomes.of == {"a": None, "nan": None}
+    assert [q.split(" ", 2)[1] for q in gated.sent] == ["w", "fence", "fence"]  # the group, then each run alone
+    (task,) = await store.tasks("nan")
+    assert task.started_at is not None
+    assert math.isnan(task.started_at)
+    assert await stored(store, "a") == ["1"]
