@@ -163,12 +163,17 @@ def one_statement(shape: Shape, release: bool = False) -> str:
         else:
             ctes.append(_put(name, n + 1))
         n += (len(_TABLES[name].columns) - 1) * max(rows, 1)
-    result = "EXISTS (SELECT 1 FROM fence) AS fenced, EXISTS (SELECT 1 FROM ckflow_runs WHERE run_id = $1) AS found"
+    # ``found`` and ``applied`` matter only when the fence did not pass: the server looks the run up only then
+    # (an uncorrelated sub-select is evaluated when first needed), not on every write of a Linear's tasks
+    fenced = "EXISTS (SELECT 1 FROM fence)"
+    found = "EXISTS (SELECT 1 FROM ckflow_runs WHERE run_id = $1)"
+    result = f"{fenced} AS fenced, CASE WHEN {fenced} THEN true ELSE {found} END AS found"
     if release:
         p = _sql.FENCE_PARAMS
         result += (
-            f", EXISTS (SELECT 1 FROM ckflow_runs WHERE run_id = $1 AND owner IS NULL AND state = ${p['state']} "
-            f"AND updated_at = ${p['updated_at']} AND next_seq = ${p['next_seq']}) AS applied"
+            f", CASE WHEN {fenced} THEN false ELSE EXISTS (SELECT 1 FROM ckflow_runs WHERE run_id = $1 "
+            f"AND owner IS NULL AND state = ${p['state']} AND updated_at = ${p['updated_at']} "
+            f"AND next_seq = ${p['next_seq']}) END AS applied"
         )
     return f"WITH {', '.join(ctes)} SELECT {result}"
 
