@@ -6,6 +6,7 @@ decides which writes are in flight and which wait in the queue, without sleeping
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -109,10 +110,9 @@ def batch(run_id: str, *, owner: str = OWNER, task: str = "attach", result: str 
 
 
 async def put(writer: _pg_write.GroupWriter, b: Batch) -> None:
-    w = _sql.prepare(b, list)
-    one = _pg_write.one_statement_args(w)
-    assert one is not None
-    await writer.write(w, *one)
+    c = _pg_write.common(b)
+    assert c is not None
+    await writer.write(c)
 
 
 class Outcomes:
@@ -295,22 +295,94 @@ async def test_a_releasing_batch_written_again_after_its_commit_is_done(
             regions=[region_record("a", 1)],
             events=[event("a", 3), event("a", 4, failure=failure())],
         ),
+        Batch(run=run_record("a"), owner=OWNER, events=[event("a", i) for i in range(_pg_write._SCALAR_ROWS + 1)]),
         Batch(run=run_record("a"), owner=OWNER),
     ],
 )
-def test_a_batch_s_direct_args_are_those_of_its_writes(b: Batch) -> None:
-    """``batch_args`` (a run's write alone) binds what ``one_statement_args`` of the batch's ``Writes`` binds."""
-    assert _pg_write.batch_args(b) == _pg_write.one_statement_args(_sql.prepare(b, list))
+def test_a_common_batch_s_rows_are_those_of_its_writes(b: Batch) -> None:
+    """``common`` builds each row as ``_sql.prepare`` does (keyed by the batch's run), without its ``run_id``."""
+    c = _pg_write.common(b)
+    w = _sql.prepare(b, list)
+    assert c is not None
+    assert c.run == list(w.run)
+    assert c.release == w.release
+    tables = (("tasks", w.tasks), ("checkpoints", w.checkpoints), ("regions", w.regions), ("events", w.events))
+    assert all(row[0] == "a" for _, rows in tables for row in rows)  # ``run_id`` is every table's first column
+    assert c.rows == [(name, [row[1:] for row in rows]) for name, rows in tables if rows]
 
 
 @pytest.mark.parametrize(
     "b",
     [
         Batch(run=run_record("a"), owner=OWNER, tasks=[task_record("a", "t"), task_record("a", "t")]),  # a key twice
-        Batch(run=run_record("a"), owner=OWNER, events=[event("a", i) for i in range(_pg_write._SCALAR_ROWS + 1)]),
         Batch(run=run_record("a"), owner=OWNER, drop_regions=[1]),
     ],
 )
-def test_a_batch_without_direct_args_goes_through_its_writes(b: Batch) -> None:
-    """A key twice, rows bound as arrays, or a batch that is not common: ``batch_args`` leaves it to ``Writes``."""
-    assert _pg_write.batch_args(b) is None
+def test_a_batch_that_is_not_common_goes_through_its_writes(b: Batch) -> None:
+    """A key twice, or a batch that deletes rows or carries requests: ``common`` leaves it to ``Writes``."""
+    assert _pg_write.common(b) is None
+
+
+BOOM = failure()
+
+
+def every_table(run_id: str) -> Batch:
+    """A batch with rows in every table, and values that JSON text must carry exactly: floats of many digits,
+    tiny and huge, text with quotes, backslashes and characters beyond ASCII, None, booleans, a failure."""
+    odd = 'é "q" \\ \U0001f600 \n'
+    return Batch(
+        run=run_record(run_id, updated_at=0.1 + 0.2, ended_at=None),
+        owner=OWNER,
+        tasks=[
+            task_record(run_id, "t1", result=f'"{odd}"', started_at=1e-7, ended_at=1.7e300, retries={"x": 2}),
+            task_record(run_id, odd, state="FAILURE", failure=BOOM, iteration=2**40),
+        ],
+        checkpoints=[checkpoint_record(run_id, odd, 0, history=[BOOM], next_at=123456789.123456789)],
+        regions=[region_record(run_id, 1, auto_resume=True, parked=False, cause=None, failures=[BOOM])],
+        events=[event(run_id, i, failure=BOOM if i == 3 else None, detail={"k": odd}) for i in range(12)],
+    )
+
+
+async def test_a_group_s_rows_read_back_as_a_run_s_alone(
+    store: PostgresStore, gated: GatedPool, writer: _pg_write.GroupWriter
+) -> None:
+    """Rows bound as a group's JSON text read back equal to the same rows bound by a run's own statement."""
+    for run_id in ("busy-0", "busy-1", "alone", "g1", "g2"):
+        await store.create_run(run_record(run_id))
+    await put(writer, every_table("alone"))
+    outcomes = await group_of(gated, writer, {"g1": every_table("g1"), "g2": every_table("g2")})
+    assert outcomes.of == {"g1": None, "g2": None}
+    assert len([q for q in gated.sent if q.startswith("WITH w AS")]) == 1
+
+    async def read(run_id: str) -> list[Any]:
+        loaded = await store.load(run_id)
+        got: list[Any] = [loaded.run.model_dump(exclude={"run_id", "lease_expires"})]
+        for records in (loaded.tasks, loaded.checkpoints, loaded.regions, await store.events(run_id)):
+            got.append([r.model_dump(exclude={"run_id"}) for r in records])
+        return got
+
+    alone = await read("alone")
+    assert len(alone[1]) == 2
+    assert len(alone[4]) == 12
+    for run_id in ("g1", "g2"):
+        got = await read(run_id)
+        for i, part in enumerate(alone):
+            assert got[i] == part, (run_id, i)
+
+
+async def test_a_float_json_cannot_carry_fails_the_group_and_is_written_alone(
+    store: PostgresStore, gated: GatedPool, writer: _pg_write.GroupWriter
+) -> None:
+    """NaN cannot be JSON: the group's statement fails and its runs are written alone, where NaN is a float8
+    like any other, as if they had never been grouped."""
+    for run_id in ("busy-0", "busy-1", "a", "nan"):
+        await store.create_run(run_record(run_id))
+    nan = batch("nan")
+    nan.tasks = [task_record("nan", "attach", result="1", started_at=float("nan"))]
+    outcomes = await group_of(gated, writer, {"a": batch("a"), "nan": nan})
+    assert outcomes.of == {"a": None, "nan": None}
+    assert [q.split(" ", 2)[1] for q in gated.sent] == ["w", "fence", "fence"]  # the group, then each run alone
+    (task,) = await store.tasks("nan")
+    assert task.started_at is not None
+    assert math.isnan(task.started_at)
+    assert await stored(store, "a") == ["1"]

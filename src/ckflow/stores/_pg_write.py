@@ -4,6 +4,8 @@ The common batch (a run's row, tasks, passes, regions, events) is one statement,
 is the owner fence, and so one round trip (``one_statement``). While ``WRITERS`` such writes are in
 flight, the next ones wait in a queue, and the queue is written as one statement for all its runs
 (``group_statement``), so one round trip and one commit for many runs: group commit across runs.
+Either way a batch's rows are built once from its records (``common``); a group binds them as one
+JSON text per table.
 
 The rules of a group, which each run's writer sees as if it had written alone:
 
@@ -25,6 +27,8 @@ import functools
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final, final
 
+import pydantic_core
+
 from ckflow._errors import LeaseLostError, RunNotFoundError
 from ckflow.stores import _columns as _c
 from ckflow.stores import _sql
@@ -34,7 +38,16 @@ if TYPE_CHECKING:
 
     from ckflow._records import Batch
 
-__all__ = ["WRITERS", "GroupWriter", "Shape", "batch_args", "one_statement", "one_statement_args"]
+__all__ = [
+    "WRITERS",
+    "Common",
+    "GroupWriter",
+    "Shape",
+    "common",
+    "group_statement",
+    "one_statement",
+    "one_statement_args",
+]
 
 #: what ``one_statement`` binds: (table, rows) for each table a batch has rows for, in ``_TABLES``' order; 0 rows
 #: stands for a table whose rows are bound as arrays, column by column
@@ -60,8 +73,16 @@ _TABLES: Final[dict[str, _c.Table[Any]]] = {
     "regions": _c.REGIONS,
     "events": _c.EVENTS,
 }
-#: the run's columns that the fence binds, in ``Writes.run``'s order
-_RUN: Final = _c.RUNS.part(list(_sql.FENCE_PARAMS))
+#: the run's columns that the fence binds, in ``_sql.FENCE_PARAMS``' order, then whether the batch releases the run
+_RUN_REL: Final = (*_c.RUNS.part(list(_sql.FENCE_PARAMS)).columns, _c.Column("rel", "bool"))
+
+
+def _json(rows: object) -> str:
+    """A group's rows as JSON text (a row's values are str, int, float, bool or None): pydantic's encoder, as
+    ``json``'s builds its encoder anew on each call, which made it some 70 K instructions a table. NaN and the
+    infinities come out as ``NaN`` and ``Infinity``, which the server refuses: the group is then written run by
+    run, where each run learns its own outcome."""
+    return pydantic_core.to_json(rows, inf_nan_mode="constants").decode()
 
 
 def _on_conflict(table: _c.Table[Any]) -> str:
@@ -69,18 +90,34 @@ def _on_conflict(table: _c.Table[Any]) -> str:
     return f"ON CONFLICT ({_sql.columns(table.key)}) DO UPDATE SET {update}"
 
 
-def _put(name: str, first: int, values: Callable[[_c.Column], str], fenced: str) -> str:
-    """The CTE that upserts the rows of table ``name`` bound column by column as arrays from ``$first``,
-    each row only if ``fenced`` (its run passed the fence); ``values(column)`` is the column's value in
-    the ``SELECT``, which binds the columns whose value is their own name."""
+def _put(name: str, first: int) -> str:
+    """The CTE that upserts the rows of table ``name`` of a run's batch, bound column by column as arrays from
+    ``$first`` (the run's id is ``$1``), each only if the run passed the fence."""
     table = _TABLES[name]
-    bound = [c for c in table.columns if values(c) == c.name]
+    bound = [c for c in table.columns if c.name != "run_id"]
     arrays = ", ".join(f"${first + i}::{c.pg}[]" for i, c in enumerate(bound))
     return (
         f"put_{name} AS (INSERT INTO {table.name} ({_sql.columns(table.names)}) "
-        f"SELECT {', '.join(values(c) for c in table.columns)} "
+        f"SELECT {', '.join(_run_is_one(c) for c in table.columns)} "
         f"FROM unnest({arrays}) WITH ORDINALITY AS u({_sql.columns([c.name for c in bound])}, ord) "
-        f"WHERE {fenced} ORDER BY ord {_on_conflict(table)})"
+        f"WHERE EXISTS (SELECT 1 FROM fence) ORDER BY ord {_on_conflict(table)})"
+    )
+
+
+def _from_json(columns: Sequence[_c.Column]) -> str:
+    """The values of ``columns`` in a row bound as a JSON array ``v`` (one element per column, in order)."""
+    return ", ".join(f"(v->>{i})::{c.pg} AS {c.name}" for i, c in enumerate(columns))
+
+
+def _put_json(name: str, n: int) -> str:
+    """The CTE that upserts the rows of table ``name`` of several runs, bound as ``$n``: one JSON array of rows,
+    each an array of the row's values, in order; a row only if its run passed the fence."""
+    table = _TABLES[name]
+    return (
+        f"put_{name} AS (INSERT INTO {table.name} ({_sql.columns(table.names)}) "
+        f"SELECT {_sql.columns(table.names)} FROM (SELECT {_from_json(table.columns)}, ord "
+        f"FROM jsonb_array_elements(${n}::jsonb) WITH ORDINALITY AS e(v, ord)) AS u "
+        f"WHERE u.run_id IN (SELECT run_id FROM fence) ORDER BY ord {_on_conflict(table)})"
     )
 
 
@@ -106,10 +143,6 @@ def _run_is_one(column: _c.Column) -> str:
     return "$1" if column.name == "run_id" else column.name
 
 
-def _bound(column: _c.Column) -> str:
-    return column.name
-
-
 @functools.cache
 def one_statement(shape: Shape, release: bool = False) -> str:
     """A whole common batch of one run with rows as ``shape`` says, as one statement (which gives up the
@@ -128,14 +161,19 @@ def one_statement(shape: Shape, release: bool = False) -> str:
         if rows:
             ctes.append(_put_rows(name, n + 1, rows, "EXISTS (SELECT 1 FROM fence)"))
         else:
-            ctes.append(_put(name, n + 1, _run_is_one, "EXISTS (SELECT 1 FROM fence)"))
+            ctes.append(_put(name, n + 1))
         n += (len(_TABLES[name].columns) - 1) * max(rows, 1)
-    result = "EXISTS (SELECT 1 FROM fence) AS fenced, EXISTS (SELECT 1 FROM ckflow_runs WHERE run_id = $1) AS found"
+    # ``found`` and ``applied`` matter only when the fence did not pass: the server looks the run up only then
+    # (an uncorrelated sub-select is evaluated when first needed), not on every write of a Linear's tasks
+    fenced = "EXISTS (SELECT 1 FROM fence)"
+    found = "EXISTS (SELECT 1 FROM ckflow_runs WHERE run_id = $1)"
+    result = f"{fenced} AS fenced, CASE WHEN {fenced} THEN true ELSE {found} END AS found"
     if release:
         p = _sql.FENCE_PARAMS
         result += (
-            f", EXISTS (SELECT 1 FROM ckflow_runs WHERE run_id = $1 AND owner IS NULL AND state = ${p['state']} "
-            f"AND updated_at = ${p['updated_at']} AND next_seq = ${p['next_seq']}) AS applied"
+            f", CASE WHEN {fenced} THEN false ELSE EXISTS (SELECT 1 FROM ckflow_runs WHERE run_id = $1 "
+            f"AND owner IS NULL AND state = ${p['state']} AND updated_at = ${p['updated_at']} "
+            f"AND next_seq = ${p['next_seq']}) END AS applied"
         )
     return f"WITH {', '.join(ctes)} SELECT {result}"
 
@@ -143,20 +181,18 @@ def one_statement(shape: Shape, release: bool = False) -> str:
 @functools.cache
 def group_statement(tables: tuple[str, ...]) -> str:
     """The common batches of several runs (with rows for ``tables``) as one statement; it returns the ids of
-    the runs whose fence passed, and whose rows it wrote. A run's ``rel`` (bound after its row's columns) gives
-    up its writer's lease as well (``Batch.release``)."""
-    arrays = ", ".join(f"${i}::{c.pg}[]" for i, c in enumerate(_RUN.columns, start=1))
+    the runs whose fence passed, and whose rows it wrote. Each table's rows are one parameter, a JSON array of
+    rows (``_group_args``), rather than an array per column: asyncpg checks every element of an array against
+    ``collections.abc`` in Python, some 300 checks a run of S8. ``$1`` holds the runs' fences: each run's
+    ``UPDATE_RUN`` parameters then its ``rel``, which gives up its writer's lease as well (``Batch.release``)."""
     fenced = [f"{c} = w.{c}" for c in _sql.FENCE_PARAMS if c not in ("run_id", "owner")]
     fenced += [f"{c} = CASE WHEN w.rel THEN NULL ELSE r.{c} END" for c in ("owner", "lease_expires")]
-    n = len(_RUN.columns) + 1
     ctes = [
-        f"w AS (SELECT * FROM unnest({arrays}, ${n}::boolean[]) AS w({_sql.columns(_RUN.names)}, rel))",
+        f"w AS (SELECT {_from_json(_RUN_REL)} FROM jsonb_array_elements($1::jsonb) AS e(v))",
         f"fence AS (UPDATE {_c.RUNS.name} AS r SET {', '.join(fenced)} FROM w "
         "WHERE r.run_id = w.run_id AND r.owner = w.owner RETURNING r.run_id)",
     ]
-    for name in tables:
-        ctes.append(_put(name, n + 1, _bound, "u.run_id IN (SELECT run_id FROM fence)"))
-        n += len(_TABLES[name].columns)
+    ctes += [_put_json(name, n) for n, name in enumerate(tables, start=2)]
     return f"WITH {', '.join(ctes)} SELECT array(SELECT run_id FROM fence)"
 
 
@@ -165,41 +201,31 @@ def _distinct(key_of: Callable[[Sequence[Any]], Any] | None, rows: Sequence[tupl
     return len(rows) < 2 or key_of is None or len({key_of(row) for row in rows}) == len(rows)
 
 
-def _rows(w: _sql.Writes) -> tuple[tuple[str, list[tuple[Any, ...]]], ...]:
-    return (("tasks", w.tasks), ("checkpoints", w.checkpoints), ("regions", w.regions), ("events", w.events))
+@final
+class Common:
+    """A run's common batch as the rows its statement binds: built once from the batch's records, whether the
+    batch is written alone (``one_statement_args``) or in a group (``group_statement``)."""
+
+    __slots__ = ("owner", "release", "rows", "run", "run_id")
+
+    def __init__(self, run: list[Any], rows: list[tuple[str, list[tuple[Any, ...]]]], release: bool) -> None:
+        #: the fence's parameters (``UPDATE_RUN``'s): the run's id, the writer, the run's row
+        self.run = run
+        self.run_id: str = run[0]
+        self.owner: str = run[1]
+        #: (table, its rows, each without ``run_id``) for each table the batch has rows for, in ``_TABLES``' order
+        self.rows = rows
+        #: the batch gives up the writer's lease (``Batch.release``)
+        self.release = release
 
 
-def one_statement_args(w: _sql.Writes) -> tuple[Shape, list[Any]] | None:
-    """The shape of ``w``'s rows and the parameters of their ``one_statement``; None if ``w`` is not a common
-    batch (it deletes rows or carries requests) or one statement cannot write it (a key twice)."""
-    if w.drop_regions or w.retain_checkpoints or w.requests:
-        return None
-    shape: list[tuple[str, int]] = []
-    args = list(w.run)
-    for name, rows in _rows(w):
-        if rows:
-            table = _TABLES[name]
-            if not _distinct(table.key_of, rows):
-                return None
-            if len(rows) <= _SCALAR_ROWS:
-                shape.append((name, len(rows)))
-                args.extend(table.flat_without_run(rows))
-            else:
-                shape.append((name, 0))
-                args.extend(table.without_run(rows))
-    return tuple(shape), args
-
-
-def batch_args(batch: Batch) -> tuple[Shape, list[Any]] | None:
-    """``one_statement_args(_sql.prepare(batch, ...))`` built from ``batch`` straight away, for a common batch
-    whose tables have ``_SCALAR_ROWS`` rows at most, else None (``one_statement_args`` tells the rest apart):
-    a Linear's task writes one such batch alone, and building each row once, without its ``run_id``, saves
-    the intermediate rows and lists of ``Writes``."""
+def common(batch: Batch) -> Common | None:
+    """``batch``'s rows, each keyed by its run; None if it is not a common batch (it deletes rows or carries
+    requests) or one statement cannot write it (a key twice): ``PostgresStore.write`` writes it another way."""
     if batch.drop_regions or batch.retention or batch.requests:
         return None
     run = batch.run
-    args = [run.run_id, batch.owner, *_sql.fenced_row(run)]
-    shape: list[tuple[str, int]] = []
+    rows: list[tuple[str, list[tuple[Any, ...]]]] = []
     for name, records in (
         ("tasks", batch.tasks),
         ("checkpoints", batch.checkpoints),
@@ -207,32 +233,48 @@ def batch_args(batch: Batch) -> tuple[Shape, list[Any]] | None:
         ("events", batch.events),
     ):
         if records:
-            if len(records) > _SCALAR_ROWS:
+            table = _TABLES[name]
+            rest = table.rest
+            built = [rest(record) for record in records]
+            if not _distinct(table.rest_key_of, built):
                 return None
-            rest = _TABLES[name].rest
-            rows = [rest(record) for record in records]
-            if not _distinct(_TABLES[name].rest_key_of, rows):
-                return None
+            rows.append((name, built))
+    return Common([run.run_id, batch.owner, *_sql.fenced_row(run)], rows, batch.release)
+
+
+def one_statement_args(c: Common) -> tuple[Shape, list[Any]]:
+    """The shape of ``c``'s rows and the parameters of their ``one_statement``: a table's rows value by value up
+    to ``_SCALAR_ROWS`` of them, column by column as arrays beyond."""
+    args = list(c.run)
+    shape: list[tuple[str, int]] = []
+    for name, rows in c.rows:
+        if len(rows) <= _SCALAR_ROWS:
             shape.append((name, len(rows)))
             for row in rows:
                 args += row
+        else:
+            shape.append((name, 0))
+            args += [list(column) for column in zip(*rows, strict=True)]
     return tuple(shape), args
 
 
-def _group_args(group: Sequence[_sql.Writes]) -> tuple[tuple[str, ...], list[Any]]:
-    """The tables of ``group``'s rows and the parameters of their ``group_statement``."""
-    args: list[Any] = [list(column) for column in zip(*(w.run for w in group), strict=True)]
-    args.append([w.release for w in group])
-    tables: list[str] = []
-    for i, name in enumerate(_TABLES):
-        rows = [row for w in group for row in _rows(w)[i][1]]
-        if rows:
-            tables.append(name)
-            args.extend(list(column) for column in zip(*rows, strict=True))
-    return tuple(tables), args
+def _group_args(group: Sequence[Common]) -> tuple[tuple[str, ...], list[str]]:
+    """The tables of ``group``'s rows and the parameters of their ``group_statement``: JSON texts."""
+    by_table: dict[str, list[tuple[Any, ...]]] = {}
+    for c in group:
+        run_id = (c.run_id,)
+        for name, rows in c.rows:
+            table = by_table.get(name)
+            if table is None:
+                table = by_table[name] = []
+            table += [run_id + row for row in rows]
+    tables = tuple(name for name in _TABLES if name in by_table)
+    args = [_json([[*c.run, c.release] for c in group])]
+    args += [_json(by_table[name]) for name in tables]
+    return tables, args
 
 
-_Queued = tuple[_sql.Writes, "asyncio.Future[None]"]
+_Queued = tuple[Common, "asyncio.Future[None]"]
 
 
 @final
@@ -280,47 +322,40 @@ class GroupWriter:
             self._idle.append(conn)
         return result
 
-    async def write(self, w: _sql.Writes, shape: Shape, args: list[Any]) -> None:
-        """Write ``w`` (whose ``one_statement_args`` are ``shape`` and ``args``) and return once it is committed.
+    async def write(self, c: Common) -> None:
+        """Write ``c`` and return once it is committed.
 
         Raises:
-            LeaseLostError: ``w``'s writer does not own its run (nothing of it was written).
+            LeaseLostError: ``c``'s writer does not own its run (nothing of it was written).
             RunNotFoundError: the run does not exist.
         """
-        if self.free(w.run_id):
-            await self.alone(w.run_id, w.owner, w.release, shape, args)
+        run_id = c.run_id
+        if self._active < WRITERS and not self._queue and run_id not in self._inflight:
+            # alone (in a statement of its own, a Linear's every write), with no coroutine between
+            self._active += 1
+            self._inflight.add(run_id)
+            try:
+                shape, args = one_statement_args(c)
+                found = await self.call("fetchrow", one_statement(shape, c.release), args)
+            finally:
+                self._inflight.discard(run_id)
+                self._active -= 1
+                self._drain_soon()
+            self._outcome(c, found)
             return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((w, done))
+        self._queue.append((c, done))
         self._drain_soon()  # if a writer's slot is free (the queue holds only runs with a write in flight)
         await done
 
-    def free(self, run_id: str) -> bool:
-        """Whether a write of ``run_id`` would go ``alone`` now (rather than wait in the queue)."""
-        return self._active < WRITERS and not self._queue and run_id not in self._inflight
-
-    async def alone(self, run_id: str, owner: str, release: bool, shape: Shape, args: list[Any]) -> None:
-        """Write a batch of ``run_id`` (by ``owner``, giving up its lease with ``release``) whose
-        ``one_statement_args`` are ``shape`` and ``args``, in a statement of its own; only if ``free(run_id)``
-        (said with no await since). Raises as ``write`` does."""
-        self._active += 1
-        self._inflight.add(run_id)
-        try:
-            found = await self.call("fetchrow", one_statement(shape, release), args)
-        finally:
-            self._inflight.discard(run_id)
-            self._active -= 1
-            self._drain_soon()
-        self._outcome(run_id, owner, release, found)
-
-    def _outcome(self, run_id: str, owner: str, release: bool, found: Any) -> None:
-        """Raise what ``found`` (the row of a batch's ``one_statement``) says, if the batch was refused."""
+    def _outcome(self, c: Common, found: Any) -> None:
+        """Raise what ``found`` (the row of ``c``'s ``one_statement``) says, if the batch was refused."""
         if not found["fenced"]:
             if not found["found"]:
-                raise RunNotFoundError(run_id, self._where)
-            if release and found["applied"]:
+                raise RunNotFoundError(c.run_id, self._where)
+            if c.release and found["applied"]:
                 return  # a group's write again, after a commit whose answer was lost: the lease went with it
-            raise LeaseLostError(run_id, owner)
+            raise LeaseLostError(c.run_id, c.owner)
 
     def _drain_soon(self) -> None:
         if self._queue and self._active < WRITERS:
@@ -349,8 +384,8 @@ class GroupWriter:
         return group
 
     def _written(self, group: list[_Queued]) -> None:
-        for w, _ in group:
-            self._inflight.discard(w.run_id)
+        for c, _ in group:
+            self._inflight.discard(c.run_id)
 
     async def _drain(self) -> None:
         try:
@@ -372,21 +407,19 @@ class GroupWriter:
         again = group
         if len(group) > 1:
             try:
-                tables, args = _group_args([w for w, _ in group])
+                tables, args = _group_args([c for c, _ in group])
                 fenced = set(await self.call("fetchval", group_statement(tables), args))
             except Exception:  # each run is written again alone, and learns its own error
                 fenced = set()
-            for w, done in group:
-                if w.run_id in fenced and not done.done():
+            for c, done in group:
+                if c.run_id in fenced and not done.done():
                     done.set_result(None)
             again = [item for item in group if item[0].run_id not in fenced]
-        for w, done in again:
+        for c, done in again:
             try:
-                one = one_statement_args(w)
-                assert one is not None, "only common batches are queued"
-                shape, args = one
-                found = await self.call("fetchrow", one_statement(shape, w.release), args)
-                self._outcome(w.run_id, w.owner, w.release, found)
+                shape, args = one_statement_args(c)
+                found = await self.call("fetchrow", one_statement(shape, c.release), args)
+                self._outcome(c, found)
             except Exception as exc:
                 if not done.done():
                     done.set_exception(exc)

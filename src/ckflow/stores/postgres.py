@@ -348,19 +348,13 @@ class PostgresStore(StoreBase):
 
     async def write(self, batch: Batch) -> None:
         writer = self._open_writer()
-        run_id = batch.run.run_id
-        if writer.free(run_id) and (direct := _pg_write.batch_args(batch)) is not None:
-            # A run's common batch with no other write in flight (a Linear's every task): its statement's
-            # parameters straight from the batch, and no ``Writes``.
-            await writer.alone(run_id, batch.owner, batch.release, *direct)
-            return
-        w = _sql.prepare(batch, _names)
-        one = _pg_write.one_statement_args(w)
-        if one is not None:
+        c = _pg_write.common(batch)
+        if c is not None:
             # The common batch (a run's rows, tasks, passes, regions, events): one statement, one round trip,
             # shared with other runs' batches while writes are in flight (group commit, see ``_pg_write``).
-            await writer.write(w, *one)
+            await writer.write(c)
             return
+        w = _sql.prepare(batch, _names)
         # Deletions (retention, dropped regions) must see the rows this batch adds, and requests may repeat:
         # statement after statement, in one transaction.
         async with self._open_pool().acquire() as conn, conn.transaction():
