@@ -416,9 +416,11 @@ class Engine:
         spawner.spawn(self._main, local, f"ckflow run {local.run_id}")
         return handle
 
-    async def _main(self, local: _Local, scope: anyio.CancelScope) -> None:
-        """Run a run in its task, under ``scope``, which the engine cancels as its task group would (RunTasks)."""
-        with scope:
+    async def _main(self, local: _Local) -> None:
+        """Run a run in its task, under a scope that the engine cancels as its task group would (``RunTasks``)."""
+        spawner = self._spawner
+        assert spawner is not None
+        with spawner.scope():
             try:
                 await local.main()
             finally:

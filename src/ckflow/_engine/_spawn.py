@@ -7,10 +7,12 @@ its own, so on asyncio it spawns them with ``loop.create_task`` and does for the
 
 - one task of the engine's task group, ``keep``, stands for them all: the group's exit waits for it, and it
   returns once the engine closes and the last run's task has ended;
-- each run's task runs inside a cancel scope of its own, made with the task: when the group's scope is
+- each run's task runs inside a cancel scope of its own, made as the task starts: when the group's scope is
   cancelled (the block left by an exception, an enclosing scope cancelled, a run's task raised), ``keep`` is
-  cancelled with it and cancels every run's scope (an anyio cancellation: level-triggered, and taken at the
-  task's first checkpoint if it has not run yet, as the group's would be), then waits for them, shielded;
+  cancelled with it and cancels every run's scope, and a task that has not started yet starts in a cancelled
+  one (an anyio cancellation: level-triggered, taken at the task's first checkpoint, as the group's would
+  be; ``Task.cancel()`` would stop a task that has not started before its first line), then it waits for
+  them all, shielded;
 - an exception that escapes a run's task is raised again in a task of the group, which then fails as it
   would have if the run's task had been its own (the group's scope cancelled, the exception in its group);
 - the engine holds each task until it ends (the event loop keeps only weak references to tasks), and reads
@@ -22,6 +24,7 @@ On any other async library (trio), runs are spawned in the group with ``start_so
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import anyio
@@ -44,39 +47,53 @@ async def _raise(exc: BaseException) -> NoReturn:
 class RunTasks:
     """The tasks of an engine's runs (see the module's docstring); made when the engine opens."""
 
-    __slots__ = ("_closing", "_create", "_done", "_idle", "_native", "_scope_class", "_tasks", "_tg")
+    __slots__ = ("_cancelled", "_closing", "_context", "_create", "_done", "_idle", "_scope_class", "_tasks", "_tg")
 
     def __init__(self, tg: TaskGroup) -> None:
         self._tg = tg
-        #: each live run's task, and the cancel scope it runs in
-        self._tasks: dict[asyncio.Task[None], anyio.CancelScope] = {}
+        #: each live run's task, and the cancel scope it runs in (None until the task has made it)
+        self._tasks: dict[asyncio.Task[None], anyio.CancelScope | None] = {}
         #: no more runs are spawned as plain tasks (the engine closes, or its group's scope was cancelled)
         self._closing = False
+        #: the group's scope was cancelled: a run's task that starts now starts cancelled
+        self._cancelled = False
         self._idle = anyio.Event()
         # The running library's CancelScope class, looked up once (anyio.CancelScope() asks for it each call).
         self._scope_class: type[anyio.CancelScope] = type(anyio.CancelScope())
         self._done = self._task_done
+        #: the context the done callbacks run in: they read no context variable, and asyncio would copy the
+        #: spawner's context for each one otherwise (an object the cyclic GC tracks, per live run)
+        self._context = contextvars.Context()
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # not asyncio: the task group spawns the runs
-            self._native = False
             self._create: Callable[..., asyncio.Task[None]] | None = None
             return
-        self._native = True
         self._create = _task_constructor(loop)
         tg.start_soon(self._keep, name="ckflow engine runs")
 
-    def spawn(self, fn: Callable[[_T, anyio.CancelScope], Coroutine[Any, Any, None]], arg: _T, name: str) -> None:
-        """Run ``fn(arg, scope)`` in a task of its own; ``fn`` enters ``scope`` (made here) around all it does."""
-        scope = self._scope_class()
+    def spawn(self, fn: Callable[[_T], Coroutine[Any, Any, None]], arg: _T, name: str) -> None:
+        """Run ``fn(arg)`` in a task of its own; ``fn`` enters ``scope()`` around all it does."""
         create = self._create
         if create is None or self._closing:
             # not asyncio, or spawned after the group's scope was cancelled: the group runs (and cancels) it
-            self._tg.start_soon(fn, arg, scope, name=name)
+            self._tg.start_soon(fn, arg, name=name)
             return
-        task = create(fn(arg, scope), name=name)
-        self._tasks[task] = scope
-        task.add_done_callback(self._done)
+        task = create(fn(arg), name=name)
+        self._tasks[task] = None
+        task.add_done_callback(self._done, context=self._context)
+
+    def scope(self) -> anyio.CancelScope:
+        """The cancel scope for a run's task to run in, made as the task starts (a run that waits for its first
+        step holds none); cancelled already if the engine's group was."""
+        scope = self._scope_class()
+        if self._create is not None:
+            task = asyncio.current_task()
+            if task is not None and task in self._tasks:
+                self._tasks[task] = scope
+        if self._cancelled:
+            scope.cancel()
+        return scope
 
     def close(self) -> None:
         """The engine closes: no run starts any more, and ``keep`` returns once the last run's task has ended."""
@@ -99,9 +116,10 @@ class RunTasks:
         try:
             await self._idle.wait()
         except BaseException:
-            self._closing = True
+            self._closing = self._cancelled = True
             for scope in self._tasks.values():
-                scope.cancel()
+                if scope is not None:
+                    scope.cancel()
             if self._tasks:
                 with anyio.CancelScope(shield=True):
                     await self._idle.wait()
