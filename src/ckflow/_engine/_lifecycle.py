@@ -34,6 +34,7 @@ from ckflow._engine._cores import (
 from ckflow._engine._handles import Run, _Local, _Stored, new_run
 from ckflow._engine._ownership import Ownership
 from ckflow._engine._recovery import Recovery
+from ckflow._engine._spawn import RunTasks
 from ckflow._errors import RunExistsError, RunNotFoundError, RunStateError
 from ckflow._ids import check_run_id
 from ckflow._registry import registered_flow
@@ -161,6 +162,7 @@ class Engine:
         "_runs",
         "_service",
         "_services",
+        "_spawner",
         "_state",
         "_store",
         "_store_arg",
@@ -206,6 +208,7 @@ class Engine:
         self._keep_ended = keep_ended
         self._state = EngineState.NEW
         self._tg: TaskGroup | None = None
+        self._spawner: RunTasks | None = None
         self._service: TaskGroup | None = None
         self._owner = Ownership(
             self._id,
@@ -248,6 +251,7 @@ class Engine:
             self._service.start_soon(self._owner.beat, store, self._service, name=f"ckflow engine {self._id} heartbeat")
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
+        self._spawner = RunTasks(self._tg)
         self._state = EngineState.OPEN
         if store is not None and self._recovery is not None:
             await self._recover(store, self._service)
@@ -271,12 +275,14 @@ class Engine:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool | None:
-        tg, service = self._tg, self._service
+        tg, service, spawner = self._tg, self._service, self._spawner
         assert tg is not None
         assert service is not None
+        assert spawner is not None
         # The heartbeat goes on while the runs are waited for: it renews their leases and carries out what
         # other processes ask of them (a remote cancel or suspend of a run this engine is finishing).
         self._state = EngineState.CLOSING
+        spawner.close()
         live = list(self._locals.values())
         for local in live:
             if exc is not None:
@@ -294,7 +300,7 @@ class Engine:
 
     async def _close(self, service: TaskGroup) -> None:
         """The runs are over: stop the heartbeat, and close the store if the engine opened it."""
-        self._tg = self._service = None
+        self._tg = self._service = self._spawner = None
         service.cancel_scope.cancel()
         try:
             await service.__aexit__(None, None, None)
@@ -400,23 +406,29 @@ class Engine:
         return new_run(_Stored(self._services, record, None))
 
     def _launch(self, core: RunCore) -> Run:
-        tg = self._open_tg("start")
+        self._open_tg("start")
+        spawner = self._spawner
+        assert spawner is not None
         local = _Local(core)
         handle = new_run(local)
         self._runs[local.run_id] = handle
         self._locals[local.run_id] = local
-        tg.start_soon(self._main, local, name=f"ckflow run {local.run_id}")
+        spawner.spawn(self._main, local, f"ckflow run {local.run_id}")
         return handle
 
     async def _main(self, local: _Local) -> None:
-        try:
-            await local.main()
-        finally:
-            handle = self._runs.pop(local.run_id, None)
-            self._locals.pop(local.run_id, None)
-            if handle is not None:
-                self._keep(local.run_id, handle)
-            await self._owner.release(self._store, local)
+        """Run a run in its task, under a scope that the engine cancels as its task group would (``RunTasks``)."""
+        spawner = self._spawner
+        assert spawner is not None
+        with spawner.scope():
+            try:
+                await local.main()
+            finally:
+                handle = self._runs.pop(local.run_id, None)
+                self._locals.pop(local.run_id, None)
+                if handle is not None:
+                    self._keep(local.run_id, handle)
+                await self._owner.release(self._store, local)
 
     def _keep(self, run_id: str, handle: Run) -> None:
         """An ended run stays reachable (get_run, attach) while a caller holds its handle, and the last

@@ -99,14 +99,27 @@ class RunCore:
         self.lease_released = False
         self.t_start = 0.0
         self.t_end = 0.0
-        self.settled = Signal()
+        #: the run has ended (or this engine stopped running it)
         self.terminal = Signal()
-        self.suspended = Signal()
+        #: the run's drive may stop: when it ends, or also when it is SUSPENDED for ``ckflow.run``, which gives
+        #: it a signal of its own (``main``); an engine's run shares ``terminal`` (a signal less a live run)
+        self.settled = self.terminal
+        self._suspended: Signal | None = None
         self._result: RunResult | None = None
         #: the run is kept in a store (its journal goes once the run has ended; this stays)
         self.durable = False
 
     # -- what the engine and the handles read ------------------------------------------
+
+    @property
+    def suspended(self) -> Signal:
+        """Set once the run is SUSPENDED (or has ended); made on first use, as most runs are never waited on so."""
+        suspended = self._suspended
+        if suspended is None:
+            suspended = self._suspended = Signal()
+            if self.terminal.is_set():
+                suspended.set()
+        return suspended
 
     @property
     def state(self) -> list[TaskState]:
@@ -167,6 +180,8 @@ class RunCore:
     async def main(self, *, stop_on_suspend: bool = False) -> RunResult:
         """Run to the end (or to SUSPENDED if asked); revert everything if cancelled from outside."""
         self.stop_on_suspend = stop_on_suspend
+        if stop_on_suspend:
+            self.settled = Signal()
         self.sched.prepare()
         run = self.run
         telemetry = run.telemetry
@@ -308,7 +323,8 @@ class RunCore:
             settle(region)  # a wait for a region the run's end left undone (a revert_to's) ends too
         self.settled.set()
         self.terminal.set()
-        self.suspended.set()
+        if self._suspended is not None:
+            self._suspended.set()
 
     # -- control -----------------------------------------------------------------------
 
@@ -316,7 +332,7 @@ class RunCore:
         """A SUSPENDED run goes on: RUNNING, and a fresh event for the next suspension."""
         if self.run.flow_state is FlowState.SUSPENDED:
             self.run.set_flow(FlowState.RUNNING)
-            self.suspended = Signal()
+            self._suspended = None  # a fresh one for the next suspension
             if self.stop_on_suspend:
                 self.settled = Signal()
 
@@ -331,7 +347,7 @@ class RunCore:
             return
         if run.flow_state is FlowState.SUSPENDED:
             run.set_flow(FlowState.RUNNING)
-            self.suspended = Signal()
+            self._suspended = None  # a fresh one for the next suspension
         run.halt(False)
         for region in list(self.walker.regions):
             if region.parked:
@@ -375,7 +391,7 @@ class RunCore:
         run.event("ckflow.control.revert_to", checkpoint=name, detail={"retry": retry})
         if run.flow_state is FlowState.SUSPENDED:
             run.set_flow(FlowState.RUNNING)
-            self.suspended = Signal()
+            self._suspended = None  # a fresh one for the next suspension
         self.sched.barrier = NO_BARRIER
         self.goto_name = None
         # retry=False parks the run at the checkpoint; retry=True goes on (also from a suspension).
@@ -417,7 +433,7 @@ class RunCore:
         if run.flow_state is FlowState.SUSPENDED:
             # Suspended before the checkpoint: go forward to it.
             run.set_flow(FlowState.RUNNING)
-            self.suspended = Signal()
+            self._suspended = None  # a fresh one for the next suspension
         run.halt(False)
         self._ready_all()
         self.sched.kick()
