@@ -381,7 +381,7 @@ class RevertWalker:
         if given is None and params:
             # A task restored from the store: rebuild its inputs from the values it was given (still there, since
             # what provided them is reverted after it).
-            given = self.run.kwargs[n] = self._sched().task_inputs(self.run.nodes[n])
+            given = self.run.kwargs[n] = self._sched().task_inputs(n)
         kw: dict[str, Any] = {}
         if given:
             for p in params:
