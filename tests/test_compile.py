@@ -425,6 +425,11 @@ class TestColumns:
             assert (node.succs, node.preds, node.chain) == (g.succs[n], g.preds[n], g.chains[n])
             assert (node.value_in, node.const_in, node.input_in) == (g.value_in[n], g.const_in[n], g.input_in[n])
             assert node.task is g.tasks[n]
+        assert g.pred_counts == [len(p) for p in g.preds]
+        assert all(list(p) == sorted(p) for p in g.preds)  # made from succs, in the order of their ids
+        assert sorted((a, b) for a in range(len(g.succs)) for b in g.succs[a]) == sorted(
+            (a, b) for b in range(len(g.preds)) for a in g.preds[b]
+        )
         node_b = g.nodes[g.index["b"]]
         assert (node_b.timeout, node_b.shield, node_b.is_async) == (5.0, True, True)
         assert node_b.value_in == (("x", "x"),)

@@ -410,9 +410,12 @@ class _Compiler:
         self.resolve_inputs()
         self.build(self.root, ROOT, [0])
         n = len(self.names)
-        # Each node's successors in the order its edges were made, its predecessors in the order of their ids.
+        # Each node's successors in the order its edges were made; of its predecessors only their number (the
+        # graph makes the predecessors themselves from ``succs`` if they are read).
         succs = _group(n, self.edge_from, self.edge_to)
-        preds = _group(n, self.edge_to, self.edge_from, ordered=True)
+        pred_counts = [0] * n
+        for b in self.edge_to:
+            pred_counts[b] += 1
         joins = n - len(self.value_in)  # (joins and gates read nothing)
         self.value_in.extend(itertools.repeat((), joins))
         self.const_in.extend(itertools.repeat(None, joins))
@@ -423,7 +426,7 @@ class _Compiler:
             self.node_scopes,
             self.tasks,
             succs,
-            preds,
+            pred_counts,
             self.value_in,
             self.const_in,
             self.input_in,
@@ -443,9 +446,9 @@ class _Compiler:
             seen.add(scope.name)
 
 
-def _group(n: int, keys: Sequence[int], values: Sequence[int], *, ordered: bool = False) -> list[tuple[int, ...]]:
-    """``values`` grouped by ``keys`` (each in 0..n-1), in their order within each group, or ascending if
-    ``ordered``: a counting sort, its counting and slicing done by the C loops of ``accumulate`` and ``map``."""
+def _group(n: int, keys: Sequence[int], values: Sequence[int]) -> list[tuple[int, ...]]:
+    """``values`` grouped by ``keys`` (each in 0..n-1), in their order within each group: a counting sort, its
+    counting and slicing done by the C loops of ``accumulate`` and ``map``."""
     counts = [0] * n
     for k in keys:
         counts[k] += 1
@@ -457,8 +460,7 @@ def _group(n: int, keys: Sequence[int], values: Sequence[int], *, ordered: bool 
         i = fill[k]
         flat[i] = v
         fill[k] = i + 1
-    groups = map(flat.__getitem__, map(slice, starts, ends))
-    return list(map(tuple, map(sorted, groups) if ordered else groups))
+    return list(map(tuple, map(flat.__getitem__, map(slice, starts, ends))))
 
 
 def _a_cycle(succ: list[tuple[int, ...]], pred: list[tuple[int, ...]], left: list[bool]) -> list[int]:

@@ -162,7 +162,8 @@ class Columns:
     scopes: list[int]
     tasks: list[Task | None]
     succs: list[tuple[int, ...]]
-    preds: list[tuple[int, ...]]
+    #: how many predecessors each node has (the predecessors themselves are made from ``succs`` when first read)
+    pred_counts: list[int]
     value_in: list[tuple[tuple[str, str], ...]]
     const_in: list[Mapping[str, Any] | None]
     input_in: list[tuple[tuple[str, str, bool], ...]]
@@ -178,6 +179,7 @@ class ExecutionGraph:
 
     __slots__ = (
         "_nodes",
+        "_preds",
         "_scope_tasks",
         "branch_regions",
         "chains",
@@ -191,7 +193,7 @@ class ExecutionGraph:
         "loops",
         "names",
         "node_scopes",
-        "preds",
+        "pred_counts",
         "provides",
         "required_inputs",
         "scope_index",
@@ -218,7 +220,8 @@ class ExecutionGraph:
         self.node_scopes = columns.scopes
         self.tasks = tasks = columns.tasks
         self.succs = columns.succs
-        self.preds = columns.preds
+        self.pred_counts = columns.pred_counts
+        self._preds: list[tuple[int, ...]] | None = None
         self.value_in = columns.value_in
         self.const_in = columns.const_in
         self.input_in = columns.input_in
@@ -270,6 +273,19 @@ class ExecutionGraph:
             inside = set(members)
             scopes[s].members = tuple(members)
             scopes[s].entries = tuple(m for m in members if not any(p in inside for p in self.preds[m]))
+
+    @property
+    def preds(self) -> list[tuple[int, ...]]:
+        """Each node's predecessors, ascending: made from ``succs`` when first read (a run that fails nowhere,
+        and has no Periodic, needs only ``pred_counts``)."""
+        preds = self._preds
+        if preds is None:
+            found: list[list[int]] = [[] for _ in self.pred_counts]
+            for n, succs in enumerate(self.succs):
+                for s in succs:
+                    found[s].append(n)
+            preds = self._preds = list(map(tuple, found))
+        return preds
 
     @property
     def nodes(self) -> NodeList:

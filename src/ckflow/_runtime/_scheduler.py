@@ -113,7 +113,7 @@ class Scheduler:
         n = run.total
         #: the compiled graph, read by its columns (``graph.succs[n]``, ...), never through ``Node`` objects
         self.graph = graph = run.graph
-        self.waiting: list[int] = list(map(len, graph.preds))
+        self.waiting: list[int] = graph.pred_counts[:]
         self.queued = bytearray(n)
         self.ready: deque[int] = deque()
         self.executing = 0
