@@ -114,8 +114,8 @@ class Node:
         #: (parameter, input name, required) read from the run's inputs
         self.input_in: tuple[tuple[str, str, bool], ...] = graph.input_in[n]
         self.provides: tuple[str, ...] = graph.provides[n]
-        self.is_async = bool(graph.is_async[n])
-        self.shield = bool(graph.shield[n])
+        self.is_async = graph.is_async[n]
+        self.shield = graph.shield[n]
         self.timeout: float | None = graph.timeout[n]
         #: the checkpoints (scope ids) holding the node, innermost first, the root left out
         self.chain: tuple[int, ...] = graph.chains[n]
@@ -226,8 +226,8 @@ class ExecutionGraph:
         self.const_in = columns.const_in
         self.input_in = columns.input_in
         self.provides: list[tuple[str, ...]] = [() if t is None else t.provided for t in tasks]
-        self.is_async = bytes(True if t is None else t.is_async for t in tasks)
-        self.shield = bytes(t is not None and bool(t.shield) for t in tasks)
+        self.is_async: list[bool] = [True if t is None else t.is_async for t in tasks]
+        self.shield: list[bool] = [t is not None and bool(t.shield) for t in tasks]
         self.timeout: list[float | None] = [None if t is None else t.timeout for t in tasks]
         self.scopes = scopes
         #: value name -> the tasks that need it from the run's inputs

@@ -382,7 +382,7 @@ class Scheduler:
                     kw = self.task_inputs(n)
                     if kw:
                         self.run.kwargs[n] = kw  # its revert gets them too (an empty dict is not kept)
-                    coro = self.start_execute(n, task, kw, bool(graph.is_async[n]))
+                    coro = self.start_execute(n, task, kw, graph.is_async[n])
                     try:
                         yielded = coro.send(None)
                     except StopIteration as stop:
@@ -443,7 +443,7 @@ class Scheduler:
         """
         timeout = self.graph.timeout[n]
         deadline = math.inf if timeout is None else anyio.current_time() + timeout
-        scope = self.scope_class(deadline=deadline, shield=bool(self.graph.shield[n]))
+        scope = self.scope_class(deadline=deadline, shield=self.graph.shield[n])
         scope.__enter__()
         return scope
 
