@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import pytest
@@ -409,3 +410,46 @@ class TestMissingMessage:
         others = set(err.missing) - {err.requirement}
         assert str(sorted(others)) in str(err)
         assert set(err.missing) == {"zeta", "alpha", "mid"}
+
+
+class TestColumns:
+    """A compiled graph keeps its nodes as columns; ``graph.nodes`` gives a ``Node`` view of each on demand."""
+
+    def test_node_views_read_the_columns(self) -> None:
+        a, b = make("a", provides="x"), make("b", requires=("x",)).with_options(timeout=5.0, shield=True)
+        c = make("c", requires=("x",))
+        g = Linear("f", a, Parallel("p", b, c), make("d")).compile()
+        assert len(g.nodes) == len(g.names) == len(g.kinds) == len(g.succs) == len(g.preds)
+        for n, node in enumerate(g.nodes):
+            assert (node.id, node.name, node.kind, node.scope) == (n, g.names[n], g.kinds[n], g.node_scopes[n])
+            assert (node.succs, node.preds, node.chain) == (g.succs[n], g.preds[n], g.chains[n])
+            assert (node.value_in, node.const_in, node.input_in) == (g.value_in[n], g.const_in[n], g.input_in[n])
+            assert node.task is g.tasks[n]
+        assert g.pred_counts == [len(p) for p in g.preds]
+        assert all(list(p) == sorted(p) for p in g.preds)  # made from succs, in the order of their ids
+        assert sorted((a, b) for a in range(len(g.succs)) for b in g.succs[a]) == sorted(
+            (a, b) for b in range(len(g.preds)) for a in g.preds[b]
+        )
+        node_b = g.nodes[g.index["b"]]
+        assert (node_b.timeout, node_b.shield, node_b.is_async) == (5.0, True, True)
+        assert node_b.value_in == (("x", "x"),)
+        assert g.nodes[g.index["a"]].provides == ("x",)
+        assert g.nodes[-1] is g.nodes[len(g.nodes) - 1]  # made once, kept
+        assert [node.id for node in g.nodes[1:3]] == [1, 2]
+        with pytest.raises(IndexError):
+            g.nodes[len(g.nodes)]
+
+    def test_compile_keeps_no_tracked_object_per_task(self) -> None:
+        """A large Graph's compile leaves the cyclic GC no object a task to walk (no ``Node`` until asked)."""
+        items = [make("t0", provides="v0")]
+        items += [
+            make(f"t{i}", requires=("x",), provides=f"v{i}").with_options(rebind={"x": f"v{i - 1}"})
+            for i in range(1, 2_000)
+        ]
+        flow = Graph("big", *items)
+        gc.collect()
+        before = len(gc.get_objects())
+        graph = flow.compile()
+        gc.collect()
+        assert len(gc.get_objects()) - before < 100
+        assert graph.task_count == 2_000

@@ -1,6 +1,6 @@
 """Compile a flow tree into an immutable ``ExecutionGraph``, once per flow object.
 
-The graph holds one ``Node`` per task plus *join* nodes, which do no work:
+The graph holds one node per task plus *join* nodes, which do no work:
 they stand where a fragment with several exits (or entries) is connected to
 another, so that a Linear of two Parallels of n tasks costs 2n edges rather
 than n², and so that a checkpoint's scope is a unit to the outside (a
@@ -25,7 +25,7 @@ from ckflow._errors import (
     ProviderOrderError,
     SiblingDependencyError,
 )
-from ckflow._graph import JOIN, LOOP, ROOT, TASK, ExecutionGraph, Node, Scope
+from ckflow._graph import JOIN, LOOP, ROOT, TASK, Columns, ExecutionGraph, Node, Scope
 from ckflow._task import Task
 
 if TYPE_CHECKING:
@@ -108,7 +108,14 @@ def _exits(piece: _Piece) -> tuple[int, ...]:
 class _Compiler:
     def __init__(self, flow: Flow) -> None:
         self.root = flow
-        self.nodes: list[Node] = []
+        #: the nodes as columns, indexed by node id (no object a node: see ``ExecutionGraph``)
+        self.names: list[str] = []
+        self.kinds = bytearray()
+        self.node_scopes: list[int] = []
+        self.tasks: list[Task | None] = []
+        self.value_in: list[tuple[tuple[str, str], ...]] = []
+        self.const_in: list[Mapping[str, Any] | None] = []
+        self.input_in: list[tuple[tuple[str, str, bool], ...]] = []
         self.scopes: list[Scope] = [Scope(ROOT, flow.name, None, -1, 0)]
         #: the edges, in the order they were made: edge i runs from edge_from[i] to edge_to[i]. Two flat
         #: lists of ints rather than a list per node: ints are not tracked by the cyclic GC, so a large
@@ -131,9 +138,11 @@ class _Compiler:
     # -- nodes and scopes ----------------------------------------------------
 
     def _new_node(self, name: str, kind: int, scope: int, task: Task | None) -> int:
-        node = Node(len(self.nodes), name, kind, scope, task)
-        self.nodes.append(node)
-        return node.id
+        self.names.append(name)
+        self.kinds.append(kind)
+        self.node_scopes.append(scope)
+        self.tasks.append(task)
+        return len(self.names) - 1
 
     def _new_scope(self, checkpoint: Checkpoint, parent: int, periodic: _Periodic | None = None) -> int:
         scope = Scope(len(self.scopes), checkpoint.name, checkpoint, parent, self.scopes[parent].depth + 1)
@@ -188,8 +197,8 @@ class _Compiler:
 
     def resolve_inputs(self) -> None:
         """Second pass: where every input of every task comes from, and the data edges of Graphs."""
-        for node in self.nodes:
-            task = node.task
+        names = self.names
+        for node, task in enumerate(self.tasks):  # (only task nodes so far: joins come in ``build``)
             assert task is not None
             own_inject = task.inject or {}
             defaults = task.parameter_defaults
@@ -206,23 +215,23 @@ class _Compiler:
                     continue
                 provider = self.provider.get(name)
                 if provider is not None:
-                    if provider == node.id:
-                        raise CycleError(self.root.name, [node.name])
-                    self._order(provider, node.id, name, linked)
+                    if provider == node:
+                        raise CycleError(self.root.name, [names[node]])
+                    self._order(provider, node, name, linked)
                     values.append(binding)  # the task's own (parameter, value name) pair, not a copy
                     continue
-                flow_inject = next((inj for inj in self.flow_injects[node.id] if name in inj), None)
+                flow_inject = next((inj for inj in self.flow_injects[node] if name in inj), None)
                 if flow_inject is not None:
                     consts[param] = flow_inject[name]
                     continue
                 required = param not in defaults
                 inputs.append((param, name, required))
                 if required:
-                    self.required.setdefault(name, []).append(node.name)
+                    self.required.setdefault(name, []).append(names[node])
             # Every input from upstream (the usual case): the task's own bindings, no tuple of the node's.
-            node.value_in = bindings if len(values) == len(bindings) else tuple(values)
-            node.const_in = consts or None
-            node.input_in = tuple(inputs)
+            self.value_in.append(bindings if len(values) == len(bindings) else tuple(values))
+            self.const_in.append(consts or None)
+            self.input_in.append(tuple(inputs))
 
     def _order(self, provider: int, consumer: int, name: str, linked: list[int]) -> None:
         """Check that ``provider`` runs before ``consumer``; in a Graph, make it so.
@@ -253,10 +262,10 @@ class _Compiler:
             edges.dst.append(c_index)
         elif flow.kind in _ORDERED:
             if p_index > c_index:
-                raise ProviderOrderError(flow.name, self.nodes[consumer].name, name, self.nodes[provider].name)
+                raise ProviderOrderError(flow.name, self.names[consumer], name, self.names[provider])
         else:
             assert flow.kind == "Parallel"
-            raise SiblingDependencyError(flow.name, self.nodes[consumer].name, name, self.nodes[provider].name)
+            raise SiblingDependencyError(flow.name, self.names[consumer], name, self.names[provider])
 
     def _fork(self, provider: int, consumer: int) -> tuple[Flow, int, int]:
         """The innermost flow holding both tasks, and the positions of the items holding each in it."""
@@ -392,7 +401,7 @@ class _Compiler:
         raise CycleError(flow.name, [self._label(pieces[k]) for k in cycle])
 
     def _label(self, piece: _Piece) -> str:
-        return self.nodes[piece].name if isinstance(piece, int) else piece.label
+        return self.names[piece] if isinstance(piece, int) else piece.label
 
     def compile(self) -> ExecutionGraph:
         self.collect(self.root, ROOT, (), ())
@@ -400,15 +409,30 @@ class _Compiler:
         self._check_scope_names()
         self.resolve_inputs()
         self.build(self.root, ROOT, [0])
-        nodes = self.nodes
-        # Each node's successors in the order its edges were made, its predecessors in the order of their ids.
-        succs = _group(len(nodes), self.edge_from, self.edge_to)
-        preds = _group(len(nodes), self.edge_to, self.edge_from, ordered=True)
-        for node, node_succs, node_preds in zip(nodes, succs, preds, strict=True):
-            node.succs = node_succs
-            node.preds = node_preds
+        n = len(self.names)
+        # Each node's successors in the order its edges were made; of its predecessors only their number (the
+        # graph makes the predecessors themselves from ``succs`` if they are read).
+        succs = _group(n, self.edge_from, self.edge_to)
+        pred_counts = [0] * n
+        for b in self.edge_to:
+            pred_counts[b] += 1
+        joins = n - len(self.value_in)  # (joins and gates read nothing)
+        self.value_in.extend(itertools.repeat((), joins))
+        self.const_in.extend(itertools.repeat(None, joins))
+        self.input_in.extend(itertools.repeat((), joins))
+        columns = Columns(
+            self.names,
+            bytes(self.kinds),
+            self.node_scopes,
+            self.tasks,
+            succs,
+            pred_counts,
+            self.value_in,
+            self.const_in,
+            self.input_in,
+        )
         required = {name: tuple(tasks) for name, tasks in self.required.items()}
-        return ExecutionGraph(self.root.name, nodes, self.scopes, required)
+        return ExecutionGraph(self.root.name, columns, self.scopes, required)
 
     def _check_scope_names(self) -> None:
         seen: set[str] = set()
@@ -422,9 +446,9 @@ class _Compiler:
             seen.add(scope.name)
 
 
-def _group(n: int, keys: Sequence[int], values: Sequence[int], *, ordered: bool = False) -> list[tuple[int, ...]]:
-    """``values`` grouped by ``keys`` (each in 0..n-1), in their order within each group, or ascending if
-    ``ordered``: a counting sort, its counting and slicing done by the C loops of ``accumulate`` and ``map``."""
+def _group(n: int, keys: Sequence[int], values: Sequence[int]) -> list[tuple[int, ...]]:
+    """``values`` grouped by ``keys`` (each in 0..n-1), in their order within each group: a counting sort, its
+    counting and slicing done by the C loops of ``accumulate`` and ``map``."""
     counts = [0] * n
     for k in keys:
         counts[k] += 1
@@ -436,8 +460,7 @@ def _group(n: int, keys: Sequence[int], values: Sequence[int], *, ordered: bool 
         i = fill[k]
         flat[i] = v
         fill[k] = i + 1
-    groups = map(flat.__getitem__, map(slice, starts, ends))
-    return list(map(tuple, map(sorted, groups) if ordered else groups))
+    return list(map(tuple, map(flat.__getitem__, map(slice, starts, ends))))
 
 
 def _a_cycle(succ: list[tuple[int, ...]], pred: list[tuple[int, ...]], left: list[bool]) -> list[int]:

@@ -129,7 +129,7 @@ class Passes:
             snapshot = self._snapshot(tasks)
             for m in tasks if scope != ROOT else ():  # the root's tasks keep their own records
                 result = run.results[m]
-                outlines[run.nodes[m].name] = construct(
+                outlines[self.graph.names[m]] = construct(
                     TaskOutline,
                     state=run.state[m],
                     attempts=run.executions[m],
@@ -158,9 +158,9 @@ class Passes:
         """The values the tasks provided, as one JSON object (text)."""
         parts: list[str] = []
         run = self.run
-        values, nodes, recorder = run.values, run.nodes, run.recorder
+        values, provided, recorder = run.values, self.graph.provides, run.recorder
         for m in tasks:
-            provides = nodes[m].provides
+            provides = provided[m]
             text = recorder.result_text(m)
             if len(provides) == 1 and text is not None:
                 parts.append(f"{encode_name(provides[0])}:{text}")
@@ -208,14 +208,14 @@ class Passes:
         run = self.run
         run.recorder.retain(Retention(info.name, oldest_pass, oldest_seq, tuple(sorted(names))))
         # The run's own memory stays bounded too: failures and region reports of forgotten passes go.
-        tasks = {run.nodes[m].name for m in self.graph.scope_tasks(scope)}
+        tasks = set(map(self.graph.names.__getitem__, self.graph.scope_tasks(scope)))
         run.failures = [f for f in run.failures if not (f.task in tasks and (f.at or now) < oldest_start)]
         cut = oldest_start - wall0
         run.reports = [r for r in run.reports if not (r.checkpoint in names and r.failure_at < cut)]
 
     def iteration_of(self, n: int) -> int:
         """The iteration of ``n``'s innermost Periodic (0 outside any)."""
-        for s in self.graph.nodes[n].chain:
+        for s in self.graph.chains[n]:
             it = self.iteration.get(s)
             if it is not None:
                 return it
@@ -240,22 +240,22 @@ class Passes:
         info = self.graph.scopes[scope]
         run = self.run
         sched = self._sched()
-        nodes, state = run.nodes, run.state
+        graph, state = self.graph, run.state
+        kinds, chains = graph.kinds, graph.chains
         durable = run.durable
         for m in info.members:
-            node = nodes[m]
             if state[m] is SUCCESS:
                 sched.n_success -= 1
-                if durable and node.kind != JOIN:
-                    self.regress(node.chain)
-                if node.kind == TASK:
+                if durable and kinds[m] != JOIN:
+                    self.regress(chains[m])
+                if kinds[m] == TASK:
                     run.results[m] = None
                     run.recorder.forget_result(m)
                     run.kwargs[m] = None
                     run.transition(m, PENDING)
                 else:
                     run.join_transition(m, PENDING)
-            for s in node.chain:
+            for s in chains[m]:
                 run.retries.pop((m, s), None)
                 if s == scope:
                     break
@@ -268,7 +268,7 @@ class Passes:
         self.iteration[scope] = iteration + 1
         waiting, held = sched.waiting, run.recorder.held
         for m in (*info.members, info.gate):
-            waiting[m] = sum(1 for p in nodes[m].preds if state[p] is not SUCCESS or held(p))
+            waiting[m] = sum(1 for p in graph.preds[m] if state[p] is not SUCCESS or held(p))
         for e in info.entries:
             waiting[e] += 1  # the next iteration also waits for its time
         run.event(

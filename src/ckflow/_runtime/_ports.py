@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     import anyio
     from anyio.abc import TaskGroup
 
-    from ckflow._compile import Node
     from ckflow._models import RegionReport
     from ckflow._states import FlowState, TaskState
 
@@ -126,6 +125,6 @@ class SchedulerPort(Protocol):
         """The coroutine of a task's call (a plain ``def`` runs in a worker thread)."""
         ...
 
-    def task_inputs(self, node: Node) -> dict[str, Any]:
-        """The inputs of ``node``'s execute, from inject, upstream values and the run's inputs."""
+    def task_inputs(self, n: int) -> dict[str, Any]:
+        """The inputs of node ``n``'s execute, from inject, upstream values and the run's inputs."""
         ...

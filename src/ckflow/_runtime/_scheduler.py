@@ -40,7 +40,6 @@ from ckflow._runtime._state import UNSET, RunMode
 from ckflow._states import FAILURE, PENDING, RUNNING, SUCCESS
 
 if TYPE_CHECKING:
-    from ckflow._compile import Node
     from ckflow._runtime._passes import Passes
     from ckflow._runtime._ports import RunPort
     from ckflow._runtime._recorder import Recorder
@@ -80,6 +79,7 @@ class Scheduler:
         "cancel_requested",
         "exec_scopes",
         "executing",
+        "graph",
         "idle_helpers",
         "limit",
         "limiter",
@@ -111,7 +111,9 @@ class Scheduler:
         self.owner = owner
         self.limit = max_concurrency
         n = run.total
-        self.waiting: list[int] = [len(node.preds) for node in run.nodes]
+        #: the compiled graph, read by its columns (``graph.succs[n]``, ...), never through ``Node`` objects
+        self.graph = graph = run.graph
+        self.waiting: list[int] = graph.pred_counts[:]
         self.queued = bytearray(n)
         self.ready: deque[int] = deque()
         self.executing = 0
@@ -223,7 +225,7 @@ class Scheduler:
         state = self.run.state
         queued = self.queued
         waiting = self.waiting
-        nodes = self.run.nodes
+        shield, timeout = self.graph.shield, self.graph.timeout
         recorder, durable = self.run.recorder, self.run.durable
         while True:
             if durable and (revert_ready or ready) and self._lease_lapsed(recorder):
@@ -254,16 +256,15 @@ class Scheduler:
                         await recorder.flush()
                         continue
                     return True
-                node = nodes[n]
                 tg = self.tg
-                if node.shield and tg is not None:
+                if shield[n] and tg is not None:
                     # A shielded task runs in a task of its own: a plain asyncio cancellation of the task that
                     # runs this worker (asyncio.timeout around ckflow.run, say) cannot be shielded inside it.
                     self._begin(n)
                     tg.start_soon(self._execute_apart, n)
                 else:
                     self._begin(n)
-                    await self._run_execute(n, None if node.timeout is not None or node.shield else scope)
+                    await self._run_execute(n, None if timeout[n] is not None or shield[n] else scope)
                     if scope.cancel_called:
                         return False
             steps += 1
@@ -282,8 +283,9 @@ class Scheduler:
         """``n`` has no unfinished predecessor: queue it, or pass straight through a join."""
         if self.walker.region_of[n] is not None:
             return
-        nodes = self.run.nodes
-        if nodes[n].kind == TASK:
+        graph = self.graph
+        kinds = graph.kinds
+        if kinds[n] == TASK:
             if not self.queued[n]:
                 self.queued[n] = 1
                 self.ready.append(n)
@@ -291,18 +293,18 @@ class Scheduler:
         stack = [n]
         while stack:
             j = stack.pop()
-            if nodes[j].kind == LOOP and not self.passes.iteration_done(j):
+            if kinds[j] == LOOP and not self.passes.iteration_done(j):
                 continue  # the Periodic goes round again; what follows it waits
             # A join does no work: it succeeds the moment its last predecessor has.
             self.run.state[j] = SUCCESS
             self.n_success += 1
-            if nodes[j].kind == LOOP and nodes[j].chain and self.run.durable:
-                self.passes.progress(nodes[j].chain)
-            for s in nodes[j].succs:
+            if kinds[j] == LOOP and graph.chains[j] and self.run.durable:
+                self.passes.progress(graph.chains[j])
+            for s in graph.succs[j]:
                 w = self.waiting[s] - 1
                 self.waiting[s] = w
                 if w == 0 and self.walker.region_of[s] is None:
-                    if nodes[s].kind != TASK:
+                    if kinds[s] != TASK:
                         stack.append(s)
                     elif not self.queued[s]:
                         self.queued[s] = 1
@@ -312,15 +314,19 @@ class Scheduler:
 
     # -- execute -----------------------------------------------------------------
 
-    def task_inputs(self, node: Node) -> dict[str, Any]:
-        kw: dict[str, Any] = dict(node.const_in) if node.const_in else {}
-        if node.value_in:
+    def task_inputs(self, n: int) -> dict[str, Any]:
+        graph = self.graph
+        const_in = graph.const_in[n]
+        kw: dict[str, Any] = dict(const_in) if const_in else {}
+        value_in = graph.value_in[n]
+        if value_in:
             values = self.run.values
-            for param, name in node.value_in:
+            for param, name in value_in:
                 kw[param] = values[name]
-        if node.input_in:
+        input_in = graph.input_in[n]
+        if input_in:
             inputs = self.run.inputs
-            for param, name, _required in node.input_in:
+            for param, name, _required in input_in:
                 if name in inputs:
                     kw[param] = inputs[name]
         return kw
@@ -361,10 +367,10 @@ class Scheduler:
 
         ``shared``: the worker's scope, which this task runs in (see ``_work``); None for a scope of its own.
         """
-        node = self.run.nodes[n]
-        task = node.task
+        graph = self.graph
+        task = graph.tasks[n]
         assert task is not None
-        scope = self._own_scope(node) if shared is None else shared
+        scope = self._own_scope(n) if shared is None else shared
         error: Exception | None = None
         value: Any = None
         token = CURRENT.set((self.owner, n))
@@ -373,10 +379,10 @@ class Scheduler:
         try:
             try:
                 try:
-                    kw = self.task_inputs(node)
+                    kw = self.task_inputs(n)
                     if kw:
                         self.run.kwargs[n] = kw  # its revert gets them too (an empty dict is not kept)
-                    coro = self.start_execute(n, task, kw, node.is_async)
+                    coro = self.start_execute(n, task, kw, graph.is_async[n])
                     try:
                         yielded = coro.send(None)
                     except StopIteration as stop:
@@ -408,7 +414,7 @@ class Scheduler:
             self._succeed(n, value)
         else:
             self._settle_execute(n, scope, error, value)
-        if node.shield:
+        if graph.shield[n]:
             # A cancellation of the run (its caller, its engine) waited for this task: it applies now, before
             # anything else starts.
             await checkpoint_if_cancelled()
@@ -427,7 +433,7 @@ class Scheduler:
             self._settle_execute(n, scope, None, None)
         raise exc
 
-    def _own_scope(self, node: Node) -> anyio.CancelScope:
+    def _own_scope(self, n: int) -> anyio.CancelScope:
         """A cancel scope of the task's own (it has a timeout, or is shielded), entered now.
 
         It is entered before the task's first step, so that any scope or task group the task itself opens
@@ -435,8 +441,9 @@ class Scheduler:
         awaited, never cut short, whoever cancels (the walker, the caller of ckflow.run, an engine that shuts
         down); its own timeout still applies.
         """
-        deadline = math.inf if node.timeout is None else anyio.current_time() + node.timeout
-        scope = self.scope_class(deadline=deadline, shield=node.shield)
+        timeout = self.graph.timeout[n]
+        deadline = math.inf if timeout is None else anyio.current_time() + timeout
+        scope = self.scope_class(deadline=deadline, shield=self.graph.shield[n])
         scope.__enter__()
         return scope
 
@@ -451,7 +458,7 @@ class Scheduler:
 
     def _settle_execute(self, n: int, scope: anyio.CancelScope, error: Exception | None, value: Any) -> None:
         """The execute of ``n`` has returned, raised or been cancelled through ``scope``: record its outcome."""
-        if self.run.nodes[n].shield and not self.run.durable and anyio.current_effective_deadline() == -math.inf:
+        if self.graph.shield[n] and not self.run.durable and anyio.current_effective_deadline() == -math.inf:
             # The run's caller was cancelled while this task ran shielded: the run is cancelled, and everything
             # that ran, this task included, is reverted; its late success must not end the run SUCCESS, a
             # result its caller will never see.
@@ -465,9 +472,9 @@ class Scheduler:
         elif n in self.cancel_requested:
             self.cancel_requested.discard(n)
             self._cancelled(n, "cancelled by the revert walker")
-        elif scope.cancel_called and self.run.nodes[n].timeout is not None:
+        elif scope.cancel_called and self.graph.timeout[n] is not None:
             # The deadline passed; a task that ignored it (a thread cannot be interrupted) still timed out.
-            name, timeout = self.run.nodes[n].name, self.run.nodes[n].timeout
+            name, timeout = self.graph.names[n], self.graph.timeout[n]
             self._fail(n, TimeoutError(f"task {name!r} timed out after {timeout} s"), "timeout")
         elif error is not None:
             self._fail(n, error, "execute")
@@ -476,23 +483,23 @@ class Scheduler:
 
     def _succeed(self, n: int, value: Any) -> None:
         run = self.run
-        node = run.nodes[n]
+        graph = self.graph
         recorder = run.recorder
         durable = run.durable
         if durable:
             try:
                 recorder.encode_result(n, value)
             except TypeError as exc:
-                error = ResultNotSerializableError(node.name, type(value).__qualname__, str(exc), value=value)
+                error = ResultNotSerializableError(graph.names[n], type(value).__qualname__, str(exc), value=value)
                 self._fail(n, error, "execute")
                 return
-        provides = node.provides
+        provides = graph.provides[n]
         if provides:
             if len(provides) == 1:
                 run.values[provides[0]] = value
             else:
                 try:
-                    unpacked = _unpack(node.name, provides, value)
+                    unpacked = _unpack(graph.names[n], provides, value)
                 except (TypeError, KeyError) as exc:
                     self._fail(n, exc, "execute")
                     return
@@ -510,8 +517,8 @@ class Scheduler:
             return
         if durable and recorder.hold(n):
             # The successors start once the result is in the store (``release``, when it is).
-            if node.chain:
-                self.passes.progress(node.chain)
+            if graph.chains[n]:
+                self.passes.progress(graph.chains[n])
         else:
             self.release(n)
         if self.n_success == run.total or run.mode is RunMode.HALTED:
@@ -520,7 +527,7 @@ class Scheduler:
     def release(self, n: int) -> None:
         """``n`` succeeded (durably, for a durable run): its successors have one predecessor less to wait for."""
         waiting = self.waiting
-        for s in self.run.nodes[n].succs:
+        for s in self.graph.succs[n]:
             w = waiting[s] - 1
             waiting[s] = w
             if w == 0:
@@ -548,8 +555,7 @@ class Scheduler:
     def _fail(self, n: int, exc: BaseException, kind: FailureKind) -> None:
         # The failure's moment is now, before recording and logging it: latencies count from here.
         failed_at = self.run.ended[n] = time.monotonic()
-        node = self.run.nodes[n]
-        failure = Failure.from_exception(node.name, kind, exc, self.run.attempt(n))
+        failure = Failure.from_exception(self.graph.names[n], kind, exc, self.run.attempt(n))
         self.run.failures.append(failure)
         self.run.results[n] = failure
         seq = self.run.transition(n, FAILURE, log=False)
@@ -568,7 +574,7 @@ class Scheduler:
         self.owner.maybe_finish()
 
     def _cancelled(self, n: int, why: str) -> None:
-        failure = Failure.cancellation(self.run.nodes[n].name, self.run.attempt(n), why)
+        failure = Failure.cancellation(self.graph.names[n], self.run.attempt(n), why)
         self.run.results[n] = failure
         self.run.transition(n, FAILURE)
         self.executing -= 1

@@ -41,7 +41,8 @@ from ckflow._states import (
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from ckflow._compile import ExecutionGraph, Node
+    from ckflow._compile import ExecutionGraph
+    from ckflow._graph import NodeList
     from ckflow._models import RegionReport
     from ckflow._runtime._ports import TelemetryPort
     from ckflow._runtime._recorder import Recorder
@@ -112,11 +113,11 @@ class RunState:
 
     def __init__(self, graph: ExecutionGraph, run_id: str, inputs: Mapping[str, Any], recorder: Recorder) -> None:
         self.graph = graph
-        self.nodes: list[Node] = graph.nodes
+        self.nodes: NodeList = graph.nodes
         self.run_id = run_id
         self.flow = graph.flow_name
         self.inputs = dict(inputs)
-        n = len(graph.nodes)
+        n = len(graph.names)
         self.total = n
         self.state: list[TaskState] = [PENDING] * n
         self.results: list[Any] = [None] * n

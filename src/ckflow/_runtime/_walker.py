@@ -126,7 +126,7 @@ class RevertWalker:
             self.run.event(
                 "ckflow.walker.exhausted",
                 WARNING,
-                task=self.run.nodes[n].name,
+                task=self.run.graph.names[n],
                 checkpoint=scopes[s].name,
                 detail={"on_exhausted": self._on_exhausted(scopes[s].checkpoint)},
             )
@@ -158,7 +158,7 @@ class RevertWalker:
             RegionReport,
             checkpoint=run.graph.scopes[scope].name,
             action=action._value_,  # (not ``value``: no call through the enum's descriptor)
-            cause=None if cause is None else run.nodes[cause].name,
+            cause=None if cause is None else run.graph.names[cause],
             members=list(names),
             failure_at=failure_at,
             first_revert_at=None,
@@ -259,16 +259,16 @@ class RevertWalker:
     def arm_region(self, region: Region) -> None:
         """Cancel the region's running members and start the reverts that wait for nothing."""
         members = region.members
-        nodes = self.run.nodes
+        shield = self.run.graph.shield
         state = self.run.state
         for m in members:
-            if state[m] is RUNNING and not nodes[m].shield and m not in self._sched().cancel_requested:
+            if state[m] is RUNNING and not shield[m] and m not in self._sched().cancel_requested:
                 exec_scope = self._sched().exec_scopes.get(m)
                 if exec_scope is not None:
                     self._sched().cancel_requested.add(m)
                     exec_scope.cancel()
                     self.run.event(
-                        "ckflow.walker.cancel", DEBUG, task=nodes[m].name, checkpoint=region.report.checkpoint
+                        "ckflow.walker.cancel", DEBUG, task=self.run.graph.names[m], checkpoint=region.report.checkpoint
                     )
         rev_wait = region.rev_wait
         outstanding = 0
@@ -280,7 +280,7 @@ class RevertWalker:
                 outstanding += 1
                 if st is not REVERTING:
                     w = 0
-                    for s in nodes[m].succs:
+                    for s in self.run.graph.succs[m]:
                         if s in members and state[s] in _OUTSTANDING:
                             w += 1
                     rev_wait[m] = w
@@ -300,8 +300,8 @@ class RevertWalker:
     def schedule_revert(self, region: Region, n: int) -> None:
         if self.run.mode is RunMode.FAILED or self.run.stop_reason is not None:
             return
-        node = self.run.nodes[n]
-        if node.kind == TASK:
+        graph = self.run.graph
+        if graph.kinds[n] == TASK:
             if region.gen:
                 region.held.append(n)  # the region's record is not in the store yet
             elif not self.revert_queued[n]:  # (``queue_revert`` without its checks, made above)
@@ -311,8 +311,8 @@ class RevertWalker:
         # Undoing a join (or a Periodic's gate) is instant.
         self.run.join_transition(n, REVERTED)
         self._sched().n_success -= 1
-        if node.kind == LOOP and node.chain and self.run.durable:
-            self.passes.regress(node.chain)
+        if graph.kinds[n] == LOOP and graph.chains[n] and self.run.durable:
+            self.passes.regress(graph.chains[n])
         self._revert_finished(region, n)
 
     def queue_revert(self, n: int) -> None:
@@ -325,14 +325,14 @@ class RevertWalker:
         self.revert_queued[n] = 0
         region = self.region_of[n]
         if region is None or self.run.state[n] not in _REVERTIBLE:
-            raise CkflowInternalError(f"revert of {self.run.nodes[n].name!r} scheduled outside a region")
-        node = self.run.nodes[n]
-        task = node.task
+            raise CkflowInternalError(f"revert of {self.run.graph.names[n]!r} scheduled outside a region")
+        task = self.run.graph.tasks[n]
         assert task is not None
         if self.run.state[n] is SUCCESS:
             self._sched().n_success -= 1
-            if self.run.durable and node.chain:
-                self.passes.regress(node.chain)
+            chain = self.run.graph.chains[n]
+            if self.run.durable and chain:
+                self.passes.regress(chain)
         self.run.transition(n, REVERTING)
         self.reverting += 1
         t0 = self.run.rev_started[n] = time.monotonic()
@@ -381,7 +381,7 @@ class RevertWalker:
         if given is None and params:
             # A task restored from the store: rebuild its inputs from the values it was given (still there, since
             # what provided them is reverted after it).
-            given = self.run.kwargs[n] = self._sched().task_inputs(self.run.nodes[n])
+            given = self.run.kwargs[n] = self._sched().task_inputs(n)
         kw: dict[str, Any] = {}
         if given:
             for p in params:
@@ -396,7 +396,7 @@ class RevertWalker:
         self.run.rev_ended[n] = time.monotonic()
         region = self.region_of[n] or region  # it may have merged into a wider region meanwhile
         if error is not None:
-            failure = Failure.from_exception(self.run.nodes[n].name, "revert", error, self.run.attempt(n))
+            failure = Failure.from_exception(self.run.graph.names[n], "revert", error, self.run.attempt(n))
             self.run.failures.append(failure)
             self.run.results[n] = failure
             self.run.transition(n, REVERT_FAILURE)
@@ -412,7 +412,7 @@ class RevertWalker:
         region.outstanding -= 1
         rev_wait = region.rev_wait
         state = self.run.state
-        for p in self.run.nodes[n].preds:
+        for p in self.run.graph.preds[n]:
             w = rev_wait.get(p)
             if w is not None:
                 w -= 1
@@ -443,7 +443,7 @@ class RevertWalker:
             return
         checkpoint = scope.checkpoint
         assert checkpoint is not None
-        tasks = [m for m in region.members if self.run.nodes[m].kind == TASK and self.run.state[m] is REVERTED]
+        tasks = [m for m in region.members if self.run.graph.kinds[m] == TASK and self.run.state[m] is REVERTED]
         retry_number = max((self.run.attempt_under(m, region.scope) for m in tasks), default=1)
         delay = _policy.delay(checkpoint.retry, retry_number, _policy.rng())
         self.run.event(
@@ -507,12 +507,11 @@ class RevertWalker:
         """Each member of ``region`` back to PENDING, its retries counted (or cleared, ``fresh``) and its nested
         checkpoints' counts dropped; returns each member scope's chain (scope ids, innermost first)."""
         run, recorder, scope = self.run, self.run.recorder, region.scope
-        nodes, state, region_of = run.nodes, run.state, self.region_of
+        graph, state, region_of = run.graph, run.state, self.region_of
         chain_cache: dict[int, list[int]] = {}
         for m in region.members:
             region_of[m] = None
-            node = nodes[m]
-            if node.kind != TASK:
+            if graph.kinds[m] != TASK:
                 if state[m] is REVERTED:
                     run.join_transition(m, PENDING)
                 continue
@@ -526,9 +525,10 @@ class RevertWalker:
             else:
                 recorder.touch(m)  # its retries change below
             # Nested checkpoints start a new activation whenever an enclosing scope retries.
-            chain = chain_cache.get(node.scope)
+            node_scope = graph.node_scopes[m]
+            chain = chain_cache.get(node_scope)
             if chain is None:
-                chain = chain_cache[node.scope] = run.graph.scope_chain(m)
+                chain = chain_cache[node_scope] = graph.scope_chain(m)
             for s in chain:
                 if s in holding:
                     break
@@ -545,13 +545,13 @@ class RevertWalker:
         A predecessor whose success is not yet in the store still counts as unfinished.
         """
         run = self.run
-        nodes, state, held = run.nodes, run.state, run.recorder.held
+        graph, state, held = run.graph, run.state, run.recorder.held
         waiting = self._sched().waiting
         touched = set(members)
         for m in members:
-            touched.update(nodes[m].succs)
+            touched.update(graph.succs[m])
         for m in touched:
-            waiting[m] = sum(1 for p in nodes[m].preds if state[p] is not SUCCESS or held(p))
+            waiting[m] = sum(1 for p in graph.preds[m] if state[p] is not SUCCESS or held(p))
         return [m for m in sorted(members) if waiting[m] == 0 and state[m] is PENDING]
 
     def _start_reset(self, first: list[int]) -> None:
@@ -578,7 +578,7 @@ class RevertWalker:
             self.revert_queued[n] = 0
         self.revert_ready.clear()
         for n, scope in self._sched().exec_scopes.items():
-            if not self.run.nodes[n].shield and n not in self._sched().cancel_requested:
+            if not self.run.graph.shield[n] and n not in self._sched().cancel_requested:
                 self._sched().cancel_requested.add(n)
                 scope.cancel()
         self.cancel_waits()
