@@ -26,11 +26,8 @@ if TYPE_CHECKING:
 
 TABLES: list[_c.Table[Any]] = [_c.RUNS, _c.TASKS, _c.CHECKPOINTS, _c.REGIONS, _c.EVENTS, _c.REQUESTS]
 #: what SQLite keeps otherwise than the declarations say: tasks and events by the run's integer key; the
-#: progress an event carries and its own key (SQLite's schema v4); the runs' own key
-SQLITE_ONLY: dict[str, tuple[str, ...]] = {
-    "ckflow_runs": ("run_key",),
-    "ckflow_events": ("event_key", "run_updated_at"),
-}
+#: progress an event carries; the runs' own key
+SQLITE_ONLY: dict[str, tuple[str, ...]] = {"ckflow_runs": ("run_key",), "ckflow_events": ("run_updated_at",)}
 
 
 def _sqlite_names(table: _c.Table[Any]) -> list[str]:

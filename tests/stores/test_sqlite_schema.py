@@ -1,7 +1,8 @@
-"""SQLite's schema version 4 (events keyed by run and seq in one integer): a store of version 3 migrated and resumed."""
+"""SQLite's schema version 4 (events in a table keyed by run and seq): a store of version 3 migrated and resumed."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
@@ -10,7 +11,7 @@ from tests.support import Crash, WatchedStore
 
 import ckflow
 from ckflow import Checkpoint, Engine, FlowState, Linear, Retry, TaskState, task
-from ckflow.stores import _schema
+from ckflow.stores import _schema, _sqlite_ops
 from ckflow.stores._sqlite_conn import SCHEMA_VERSION
 from ckflow.stores.sqlite import SQLiteStore
 
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 
     from ckflow._records import Batch
 
-#: what each table of version 3 holds, column by column (version 4 adds ``event_key`` alone)
+#: what each table of version 3 holds, column by column (version 4 has the same columns)
 _V3_COLUMNS = {
     "ckflow_runs": "run_key, run_id, flow, state, inputs, owner, lease_expires, created_at, updated_at, ended_at, "
     "halted, goto, next_seq, trace, queue, priority",
@@ -29,6 +30,17 @@ _V3_COLUMNS = {
     "ckflow_regions": "*",
     "ckflow_events": "run_key, seq, checkpoint, failure_kind, body, run_updated_at",
     "ckflow_requests": "*",
+}
+
+#: how each read or write of a run's events finds them in version 4: by the table's key, or the failures' index
+_PLANS = {
+    _sqlite_ops._SAME_RUN_UNDER_WAY: "ckflow_events USING PRIMARY KEY (run_key=? AND seq>?)",
+    _sqlite_ops.EVENTS: "ckflow_events USING PRIMARY KEY (run_key=? AND seq>?)",
+    _sqlite_ops._RETAIN_EVENTS: "ckflow_events USING PRIMARY KEY (run_key=? AND seq<?)",
+    _sqlite_ops._DROP_PROGRESS: "ckflow_events USING PRIMARY KEY (run_key=? AND seq>?)",
+    _sqlite_ops._SELECT_RUN: "p USING PRIMARY KEY (run_key=? AND seq=?)",
+    _sqlite_ops._DELETE[3]: "ckflow_events USING PRIMARY KEY (run_key=?)",
+    _sqlite_ops._SELECT_FAILURES: "ckflow_events USING INDEX ckflow_events_failures (run_key=?)",
 }
 
 
@@ -84,7 +96,8 @@ def as_version_3(new: Path, old: Path) -> None:
         conn.execute("ATTACH DATABASE ? AS new", (str(new),))
         for table, columns in _V3_COLUMNS.items():
             into = "" if columns == "*" else f" ({columns})"
-            conn.execute(f"INSERT INTO {table}{into} SELECT {columns} FROM new.{table} ORDER BY rowid")
+            order = "run_key, seq" if table == "ckflow_events" else "rowid"  # v4's events have no rowid
+            conn.execute(f"INSERT INTO {table}{into} SELECT {columns} FROM new.{table} ORDER BY {order}")
         assert conn.execute("SELECT count(*) FROM ckflow_events").fetchone()[0] > 10
     conn.close()
 
@@ -130,8 +143,12 @@ async def test_a_version_3_store_is_migrated_read_and_resumed(tmp_path: Path) ->
         indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert "ckflow_events_by_run" not in indexes
         assert "ckflow_events_failures" in indexes
-        keys = conn.execute("SELECT count(*) FROM ckflow_events WHERE event_key <> run_key * 4294967296 + seq")
-        assert keys.fetchone() == (0,)
+        sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'ckflow_events'").fetchone()[0]
+        assert sql.endswith("WITHOUT ROWID")
+        for statement, plan in _PLANS.items():
+            params = ["cut"] * max(int(n) for n in re.findall(r"\?(\d+)", statement))
+            found = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {statement}", params)]
+            assert any(step.startswith(f"SEARCH {plan}") for step in found), found
         conn.execute("UPDATE ckflow_runs SET lease_expires = 0 WHERE run_id = 'cut'")  # its engine is long gone
     conn.close()
 
@@ -142,16 +159,3 @@ async def test_a_version_3_store_is_migrated_read_and_resumed(tmp_path: Path) ->
     assert result.state is FlowState.SUCCESS
     assert result.outputs == {"a": 3, "b": 30, "c": 35}
     assert log == ["last"]  # what was stored as done is not done again
-
-
-async def test_an_event_past_the_bound_of_a_run_is_refused(tmp_path: Path) -> None:
-    """A run's seqs are under 2^32 (its events are a range of one integer key): beyond it, the write fails."""
-    path = tmp_path / "runs.db"
-    async with Engine(store=f"sqlite:///{path}") as engine:
-        await (await engine.start(flow([]), {"x": 1}, run_id="done")).wait()
-    with sqlite3.connect(path) as conn, pytest.raises(sqlite3.IntegrityError, match="CHECK"):
-        conn.execute(
-            "INSERT INTO ckflow_events (event_key, run_key, seq, body) SELECT run_key * 4294967296 + 4294967296, "
-            "run_key, 4294967296, '{}' FROM ckflow_runs"
-        )
-    conn.close()

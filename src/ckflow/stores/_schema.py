@@ -264,41 +264,27 @@ POSTGRES_V3: Final = (
     'CREATE TABLE ckflow_queues (name text COLLATE "C" PRIMARY KEY, concurrency bigint)',
 )
 
-#: Version 4, SQLite only (its schema's version runs ahead of PostgreSQL's from here): an event is kept by one
-#: integer, ``event_key``, its run's key times 2^32 plus its seq (so at most 2^32 events a run and 2^31 runs a
-#: store), the table's rowid: a run's events are a range of it, in seq order, and the table has no index of
-#: its own but that of failures (a commit writes every page it changed, and ``ckflow_events_by_run`` was one
-#: more leaf a commit: S5's write went from 5.8 pages a task to 4.4). The events are copied over as they are.
+#: Version 4, SQLite only (its schema's version runs ahead of PostgreSQL's from here): the events are a table
+#: ``WITHOUT ROWID`` whose primary key is (run_key, seq), so a run's events are a range of the table itself, in
+#: seq order, and it has no index of its own but that of failures (a commit writes every page it changed, and
+#: ``ckflow_events_by_run`` was one more leaf a commit). The events are copied over as they are; the view is made
+#: again as it was, on the new table.
 SQLITE_V4: Final = (
     """CREATE TABLE ckflow_events_v4 (
-        event_key INTEGER PRIMARY KEY,
         run_key INTEGER NOT NULL,
-        seq INTEGER NOT NULL CHECK (seq BETWEEN 0 AND 4294967295),
+        seq INTEGER NOT NULL,
         checkpoint TEXT,
         failure_kind TEXT,
         body TEXT NOT NULL,
-        run_updated_at REAL
-    )""",
-    "INSERT INTO ckflow_events_v4 (event_key, run_key, seq, checkpoint, failure_kind, body, run_updated_at) "
-    "SELECT run_key * 4294967296 + seq, run_key, seq, checkpoint, failure_kind, body, run_updated_at "
-    "FROM ckflow_events ORDER BY run_key, seq",
+        run_updated_at REAL,
+        PRIMARY KEY (run_key, seq)
+    ) WITHOUT ROWID""",
+    "INSERT INTO ckflow_events_v4 (run_key, seq, checkpoint, failure_kind, body, run_updated_at) "
+    "SELECT run_key, seq, checkpoint, failure_kind, body, run_updated_at FROM ckflow_events ORDER BY run_key, seq",
     "DROP VIEW ckflow_run_records",
     "DROP TABLE ckflow_events",
     "ALTER TABLE ckflow_events_v4 RENAME TO ckflow_events",
     "CREATE INDEX ckflow_events_failures ON ckflow_events (run_key, seq) "
     "WHERE failure_kind IS NOT NULL AND failure_kind <> 'cancelled'",
-    # the run's last event is the greatest key in its range
-    """CREATE VIEW ckflow_run_records AS SELECT
-        r.run_id AS run_id, r.flow AS flow, r.state AS state, r.inputs AS inputs, r.owner AS owner,
-        r.lease_expires AS lease_expires, r.created_at AS created_at,
-        coalesce(p.run_updated_at, r.updated_at) AS updated_at,
-        r.ended_at AS ended_at, r.halted AS halted, r.goto AS goto,
-        coalesce(p.seq + 1, r.next_seq) AS next_seq, r.trace AS trace, r.queue AS queue, r.priority AS priority
-    FROM ckflow_runs AS r LEFT JOIN ckflow_events AS p
-        ON p.event_key = (
-            SELECT max(event_key) FROM ckflow_events
-            WHERE event_key BETWEEN r.run_key * 4294967296 AND r.run_key * 4294967296 + 4294967295
-        )
-        AND p.seq >= r.next_seq
-        AND p.run_updated_at IS NOT NULL""",
+    SQLITE_V3[-1],
 )

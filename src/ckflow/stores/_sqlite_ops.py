@@ -55,33 +55,6 @@ _q = _sql.qmark
 _P: Final = {name: f"?{n}" for name, n in _sql.FENCE_PARAMS.items()}
 _INSERT_RUN: Final = _q(_sql.INSERT_RUN)
 _UPDATE_RUN: Final = _q(_sql.UPDATE_RUN)
-
-
-def _run_key(n: int) -> str:
-    """The run's integer key, by which its tasks and events are kept (``_schema.SQLITE_V1``), from its id ``?n``."""
-    return f"(SELECT run_key FROM ckflow_runs WHERE run_id = ?{n})"
-
-
-_RUN_KEY: Final = _run_key(1)
-#: an event's key is its run's key times ``_SPAN`` plus its seq (``_schema.SQLITE_V4``): a run's events are a range
-_SPAN: Final = 4294967296
-
-
-def _event_key(run_key: str, seq: str) -> str:
-    return f"{run_key} * {_SPAN} + {seq}"
-
-
-def _events_of(run_key: str, from_seq: str = "0", before_seq: str | None = None) -> str:
-    """The test of the events of run ``run_key`` (an SQL expression) from ``from_seq`` on, or up to ``before_seq``.
-
-    A range of the table's key, which SQLite searches as such; seqs out of range (``_schema.SQLITE_V4``) stand
-    for the range's ends.
-    """
-    low = "0" if from_seq == "0" else f"max({from_seq}, 0)"
-    high = f"{_SPAN - 1}" if before_seq is None else f"min({before_seq}, {_SPAN}) - 1"
-    return f"event_key BETWEEN {_event_key(run_key, low)} AND {_event_key(run_key, high)}"
-
-
 #: a run as the store reads it (its row, with the progress its last events carry: ``ckflow_run_records``)
 RUN_RECORDS: Final = "ckflow_run_records"
 _SELECT_RUN: Final = f"SELECT {_sql.columns(_c.RUNS.read)} FROM {RUN_RECORDS} WHERE run_id = ?1"
@@ -101,7 +74,7 @@ _SAME_RUN: Final = (
     f"AND flow = {_P['flow']} AND state = {_P['state']} AND inputs = {_P['inputs']} "
     f"AND created_at = {_P['created_at']} AND ended_at IS {_P['ended_at']} AND halted = {_P['halted']} "
     f"AND goto IS {_P['goto']} AND next_seq < {_P['next_seq']} "
-    f"AND NOT EXISTS (SELECT 1 FROM ckflow_events WHERE {_events_of('r.run_key', _P['next_seq'])})"
+    f"AND NOT EXISTS (SELECT 1 FROM ckflow_events WHERE run_key = r.run_key AND seq >= {_P['next_seq']})"
 )
 #: ``_SAME_RUN`` of a run under way (not ended, not halted, no goto), whose parameters are the first six of
 #: ``_SAME_RUN``'s, then ``next_seq``: sqlite3 binds None and bools through its adapters (a failed attribute
@@ -109,15 +82,24 @@ _SAME_RUN: Final = (
 _SAME_RUN_UNDER_WAY: Final = (
     "SELECT r.run_key FROM ckflow_runs AS r WHERE run_id = ?1 AND owner = ?2 AND flow = ?3 AND state = ?4 "
     "AND inputs = ?5 AND created_at = ?6 AND ended_at IS NULL AND halted = 0 AND goto IS NULL AND next_seq < ?7 "
-    f"AND NOT EXISTS (SELECT 1 FROM ckflow_events WHERE {_events_of('r.run_key', '?7')})"
+    "AND NOT EXISTS (SELECT 1 FROM ckflow_events WHERE run_key = r.run_key AND seq >= ?7)"
 )
 _UNDER_WAY: Final = tuple(_sql.FENCE_PARAMS[name] - 1 for name in ("ended_at", "halted", "goto"))
 _NEXT_SEQ: Final = _sql.FENCE_PARAMS["next_seq"] - 1
 #: a write of the run's row makes the progress that events at or after its ``next_seq`` carry stale (only a
-#: writer whose ``next_seq`` goes back has such events: a probe of their range of keys finds none otherwise)
+#: writer whose ``next_seq`` goes back has such events: an index probe finds none otherwise)
 _DROP_PROGRESS: Final = (
-    f"UPDATE ckflow_events SET run_updated_at = NULL WHERE {_events_of(_RUN_KEY, '?2')} AND run_updated_at IS NOT NULL"
+    "UPDATE ckflow_events SET run_updated_at = NULL "
+    "WHERE run_key = (SELECT run_key FROM ckflow_runs WHERE run_id = ?1) AND seq >= ?2 AND run_updated_at IS NOT NULL"
 )
+
+
+def _run_key(n: int) -> str:
+    """The run's integer key, by which its tasks and events are kept (``_schema.SQLITE_V1``), from its id ``?n``."""
+    return f"(SELECT run_key FROM ckflow_runs WHERE run_id = ?{n})"
+
+
+_RUN_KEY: Final = _run_key(1)
 #: the column of SQLite's events that carries the run's progress (``_sql.prepare(progress=True)``)
 _PROGRESS: Final = "run_updated_at"
 
@@ -130,23 +112,13 @@ def _by_run_key(names: Sequence[str]) -> str:
 def _upsert_by_run_key(table: Table[Any], *more: str) -> str:
     """Insert or replace a row of ``table`` by (run key, its key); its parameters are its row, then ``more``."""
     names = (*table.names, *more)
-    values = [_run_key(n) if name == "run_id" else f"?{n}" for n, name in enumerate(names, start=1)]
-    if table is _c.EVENTS:
-        values.append(_event_key(_RUN_KEY, f"?{names.index('seq') + 1}"))
-    return f"INSERT INTO {table.name} ({_insert_columns(table, names)}) VALUES ({', '.join(values)}) " + _on_conflict(
-        table, names
-    )
-
-
-def _insert_columns(table: Table[Any], names: Sequence[str]) -> str:
-    """``names`` with the run's integer key for its id, and for an event its own key last (``_schema.SQLITE_V4``)."""
-    return _by_run_key((*names, "event_key") if table is _c.EVENTS else names)
+    values = ", ".join(_run_key(n) if name == "run_id" else f"?{n}" for n, name in enumerate(names, start=1))
+    return f"INSERT INTO {table.name} ({_by_run_key(names)}) VALUES ({values}) {_on_conflict(table, names)}"
 
 
 def _on_conflict(table: Table[Any], names: Sequence[str]) -> str:
     update = ", ".join(f"{c} = excluded.{c}" for c in names if c not in table.key)
-    key = "event_key" if table is _c.EVENTS else _by_run_key(table.key)
-    return f"ON CONFLICT ({key}) DO UPDATE SET {update}"
+    return f"ON CONFLICT ({_by_run_key(table.key)}) DO UPDATE SET {update}"
 
 
 def _upsert_keyed(table: Table[Any], nulls: Sequence[Collection[str]], *more: str) -> str:
@@ -170,11 +142,8 @@ def _upsert_keyed(table: Table[Any], nulls: Sequence[Collection[str]], *more: st
             else:
                 n += 1
                 values.append(f"?{n}")
-        if table is _c.EVENTS:
-            values.append(_event_key("?1", values[names.index("seq")]))
         rows.append(f"({', '.join(values)})")
-    columns = _insert_columns(table, names)
-    return f"INSERT INTO {table.name} ({columns}) VALUES {', '.join(rows)} {_on_conflict(table, names)}"
+    return f"INSERT INTO {table.name} ({_by_run_key(names)}) VALUES {', '.join(rows)} {_on_conflict(table, names)}"
 
 
 def _bound(table: Table[Any], nulls: Collection[str], *more: str) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
@@ -185,10 +154,10 @@ def _bound(table: Table[Any], nulls: Collection[str], *more: str) -> Callable[[S
     return get
 
 
-def _select_by_run_key(table: Table[Any], where: str) -> str:
-    """The rows of run ``?1`` in ``table`` that pass ``where``, as its columns read back (its id is ``?1`` itself)."""
+def _select_by_run_key(table: Table[Any]) -> str:
+    """The rows of run ``?1`` in ``table``, as its columns read back (the run's id is ``?1`` itself)."""
     names = _sql.columns(["?1 AS run_id" if name == "run_id" else name for name in table.read])
-    return f"SELECT {names} FROM {table.name} WHERE {where}"
+    return f"SELECT {names} FROM {table.name} WHERE run_key = {_RUN_KEY}"
 
 
 _UPSERT_TASK: Final = _upsert_by_run_key(_c.TASKS)
@@ -220,23 +189,24 @@ _UPSERT_REQUEST: Final = _q(_sql.UPSERT_REQUEST)
 _DELETE_REGION: Final = _q(_sql.DELETE_REGION)
 _RETAIN_CHECKPOINTS: Final = _q(_sql.RETAIN_CHECKPOINTS)
 _RETAIN_EVENTS: Final = (
-    f"DELETE FROM ckflow_events WHERE {_events_of(_RUN_KEY, before_seq='?2')} "
+    f"DELETE FROM ckflow_events WHERE run_key = {_RUN_KEY} AND seq < ?2 "
     "AND checkpoint IN (SELECT value FROM json_each(?3))"
 )
 _SELECT_LATEST_CHECKPOINTS: Final = _q(_sql.SELECT_LATEST_CHECKPOINTS)
-#: failures of execute and revert (not cancellations), through the events' partial index
+#: failures of execute and revert (not cancellations), through the events' partial index (named: the events being
+#: a table ``WITHOUT ROWID`` (``_schema.SQLITE_V4``), SQLite would otherwise read all the run's events by their key)
 _SELECT_FAILURES: Final = (
-    f"SELECT body FROM ckflow_events WHERE run_key = {_RUN_KEY} AND failure_kind IS NOT NULL "
-    "AND failure_kind <> 'cancelled' ORDER BY seq"
+    "SELECT body FROM ckflow_events INDEXED BY ckflow_events_failures "
+    f"WHERE run_key = {_RUN_KEY} AND failure_kind IS NOT NULL AND failure_kind <> 'cancelled' ORDER BY seq"
 )
 #: each count is named after its table (``_sql.TABLES``)
 _ROW_COUNTS: Final = "SELECT " + ", ".join(
     f"(SELECT count(*) FROM ckflow_{table} WHERE "
-    + {"tasks": f"run_key = {_RUN_KEY})", "events": f"{_events_of(_RUN_KEY)})"}.get(table, "run_id = ?1)")
+    + (f"run_key = {_RUN_KEY})" if table in ("tasks", "events") else "run_id = ?1)")
     + f" AS {table}"
     for table in _sql.TABLES
 )
-TASKS: Final = _select_by_run_key(_c.TASKS, f"run_key = {_RUN_KEY}") + " ORDER BY rowid"
+TASKS: Final = _select_by_run_key(_c.TASKS) + " ORDER BY rowid"
 _REGIONS: Final = f"SELECT {_sql.columns(_c.REGIONS.read)} FROM ckflow_regions WHERE run_id = ?1 ORDER BY rowid"
 CHECKPOINTS: Final = (
     f"SELECT {_sql.columns(_c.CHECKPOINTS.read)} FROM ckflow_checkpoints WHERE run_id = ?1 ORDER BY checkpoint, pass_no"
@@ -245,7 +215,7 @@ CHECKPOINTS_OF: Final = (
     f"SELECT {_sql.columns(_c.CHECKPOINTS.read)} FROM ckflow_checkpoints WHERE run_id = ?1 AND checkpoint = ?2 "
     "ORDER BY pass_no"
 )
-EVENTS: Final = _select_by_run_key(_c.EVENTS, _events_of(_RUN_KEY, "?2 + 1")) + " ORDER BY event_key LIMIT ?3"
+EVENTS: Final = _select_by_run_key(_c.EVENTS) + " AND seq > ?2 ORDER BY seq LIMIT ?3"
 REQUESTS: Final = (
     f"SELECT {_sql.columns(_c.REQUESTS.read)} FROM ckflow_requests WHERE run_id = ?1 ORDER BY requested_at, rowid"
 )
@@ -260,14 +230,13 @@ _RENEW: Final = (
 _CLAIM: Final = "UPDATE ckflow_runs SET owner = ?2, lease_expires = ?3 WHERE run_id = ?1"
 _RELEASE: Final = "UPDATE ckflow_runs SET owner = NULL, lease_expires = NULL WHERE run_id = ?1 AND owner = ?2"
 _RUN_EXISTS: Final = "SELECT 1 FROM ckflow_runs WHERE run_id = ?1"
-_IN_IDS: Final = "run_id IN (SELECT value FROM json_each(?1))"
 _DELETE: Final = tuple(
     f"DELETE FROM ckflow_{table} WHERE "
-    + {
-        "tasks": f"run_key IN (SELECT run_key FROM ckflow_runs WHERE {_IN_IDS})",
-        "events": f"event_key IN (SELECT event_key FROM ckflow_runs AS r JOIN ckflow_events "
-        f"ON {_events_of('r.run_key')} WHERE {_IN_IDS})",
-    }.get(table, _IN_IDS)
+    + (
+        "run_key IN (SELECT run_key FROM ckflow_runs WHERE run_id IN (SELECT value FROM json_each(?1)))"
+        if table in ("tasks", "events")
+        else "run_id IN (SELECT value FROM json_each(?1))"
+    )
     for table in (*_sql.TABLES, "runs")
 )
 
