@@ -16,8 +16,7 @@ from tests.support import WatchedStore
 
 import ckflow
 from ckflow import Checkpoint, Engine, FlowState, Linear, Parallel, Retry, TaskState, task
-from ckflow.stores import MemoryStore, open_store
-from ckflow.stores._sqlite_conn import SCHEMA_VERSION
+from ckflow.stores import SCHEMA_VERSION, MemoryStore, open_store
 from ckflow.testing import EventRecorder
 
 if TYPE_CHECKING:

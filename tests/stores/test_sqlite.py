@@ -16,9 +16,8 @@ from tests.stores import OWNER, T0, event, failure, run_record, task_record
 from ckflow._errors import SchemaVersionError, StoreUnavailableError
 from ckflow._records import Batch
 from ckflow._states import TaskState
-from ckflow.stores import _sqlite_commit, _sqlite_conn, _sqlite_ops, open_store
+from ckflow.stores import SCHEMA_VERSION, _sqlite_commit, _sqlite_conn, _sqlite_ops, open_store
 from ckflow.stores import sqlite as sqlite_store
-from ckflow.stores._sqlite_conn import SCHEMA_VERSION
 from ckflow.stores.sqlite import SQLiteStore
 
 if TYPE_CHECKING:

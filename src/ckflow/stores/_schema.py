@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["POSTGRES_V1", "POSTGRES_V2", "POSTGRES_V3", "SQLITE_V1", "SQLITE_V2", "SQLITE_V3", "SQLITE_V4"]
+__all__ = ["POSTGRES_V1", "POSTGRES_V2", "POSTGRES_V3", "SQLITE_V1", "SQLITE_V2", "SQLITE_V3"]
 
 # -- the schema, version 1, in each dialect ---------------------------------------------------------
 # The same tables and columns in both, but for how SQLite keys the rows written with every task; indexes
@@ -262,29 +262,4 @@ POSTGRES_V3: Final = (
     'ALTER TABLE ckflow_runs ADD COLUMN queue text COLLATE "C", ADD COLUMN priority bigint NOT NULL DEFAULT 0',
     "CREATE INDEX ckflow_runs_queued ON ckflow_runs (queue, priority DESC, created_at, run_id) WHERE state = 'QUEUED'",
     'CREATE TABLE ckflow_queues (name text COLLATE "C" PRIMARY KEY, concurrency bigint)',
-)
-
-#: Version 4, SQLite only (its schema's version runs ahead of PostgreSQL's from here): the events are a table
-#: ``WITHOUT ROWID`` whose primary key is (run_key, seq), so a run's events are a range of the table itself, in
-#: seq order, and it has no index of its own but that of failures (a commit writes every page it changed, and
-#: ``ckflow_events_by_run`` was one more leaf a commit). The events are copied over as they are; the view is made
-#: again as it was, on the new table.
-SQLITE_V4: Final = (
-    """CREATE TABLE ckflow_events_v4 (
-        run_key INTEGER NOT NULL,
-        seq INTEGER NOT NULL,
-        checkpoint TEXT,
-        failure_kind TEXT,
-        body TEXT NOT NULL,
-        run_updated_at REAL,
-        PRIMARY KEY (run_key, seq)
-    ) WITHOUT ROWID""",
-    "INSERT INTO ckflow_events_v4 (run_key, seq, checkpoint, failure_kind, body, run_updated_at) "
-    "SELECT run_key, seq, checkpoint, failure_kind, body, run_updated_at FROM ckflow_events ORDER BY run_key, seq",
-    "DROP VIEW ckflow_run_records",
-    "DROP TABLE ckflow_events",
-    "ALTER TABLE ckflow_events_v4 RENAME TO ckflow_events",
-    "CREATE INDEX ckflow_events_failures ON ckflow_events (run_key, seq) "
-    "WHERE failure_kind IS NOT NULL AND failure_kind <> 'cancelled'",
-    SQLITE_V3[-1],
 )

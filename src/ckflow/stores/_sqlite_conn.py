@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, quote, unquote
 
 from ckflow._errors import SchemaVersionError, StoreCorruptError, StoreNotFoundError, StoreUnavailableError
 from ckflow.stores import _schema
+from ckflow.stores._protocol import SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 __all__ = [
     "BUSY_TIMEOUT_MS",
     "FILE_MODE",
-    "SCHEMA_VERSION",
     "LoopSide",
     "commit_mark",
     "connect",
@@ -94,15 +94,8 @@ def _to_v3(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-def _to_v4(conn: sqlite3.Connection) -> None:
-    for statement in _schema.SQLITE_V4:
-        conn.execute(statement)
-
-
-_MIGRATIONS: Final[tuple[Callable[[sqlite3.Connection], None], ...]] = (_create_v1, _to_v2, _to_v3, _to_v4)
-#: The version of SQLite's schema that this ckflow writes: one a step. From version 4 (``_schema.SQLITE_V4``),
-#: which only SQLite has, it runs ahead of PostgreSQL's (``_protocol.SCHEMA_VERSION``).
-SCHEMA_VERSION: Final = len(_MIGRATIONS)
+_MIGRATIONS: Final[tuple[Callable[[sqlite3.Connection], None], ...]] = (_create_v1, _to_v2, _to_v3)
+assert len(_MIGRATIONS) == SCHEMA_VERSION, "one migration step per schema version"
 
 # -- transactions ----------------------------------------------------------------------------
 

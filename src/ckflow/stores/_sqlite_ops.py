@@ -193,11 +193,10 @@ _RETAIN_EVENTS: Final = (
     "AND checkpoint IN (SELECT value FROM json_each(?3))"
 )
 _SELECT_LATEST_CHECKPOINTS: Final = _q(_sql.SELECT_LATEST_CHECKPOINTS)
-#: failures of execute and revert (not cancellations), through the events' partial index (named: the events being
-#: a table ``WITHOUT ROWID`` (``_schema.SQLITE_V4``), SQLite would otherwise read all the run's events by their key)
+#: failures of execute and revert (not cancellations), through the events' partial index
 _SELECT_FAILURES: Final = (
-    "SELECT body FROM ckflow_events INDEXED BY ckflow_events_failures "
-    f"WHERE run_key = {_RUN_KEY} AND failure_kind IS NOT NULL AND failure_kind <> 'cancelled' ORDER BY seq"
+    f"SELECT body FROM ckflow_events WHERE run_key = {_RUN_KEY} AND failure_kind IS NOT NULL "
+    "AND failure_kind <> 'cancelled' ORDER BY seq"
 )
 #: each count is named after its table (``_sql.TABLES``)
 _ROW_COUNTS: Final = "SELECT " + ", ".join(
