@@ -435,7 +435,7 @@ class Session:
         self._pending.append((fn, arg, future))
         if self._commit_handle is not None:
             return future  # a group is forming: this change joins it
-        task = asyncio.current_task()
+        task = asyncio.current_task(loop)  # the loop given: on Python 3.11 finding it costs a getpid() system call
         if (self._writer is None or self._writer is task) and self._alone < _ALONE_MAX:
             # No other task has made a change in this iteration: commit now, and the caller finds its future
             # done, so awaiting it does not suspend (a Linear's next task starts without the loop going round).
