@@ -265,7 +265,7 @@ class RevertWalker:
             if state[m] is RUNNING and not shield[m] and m not in self._sched().cancel_requested:
                 exec_scope = self._sched().exec_scopes.get(m)
                 if exec_scope is not None:
-                    self._sched().cancel_requested.add(m)
+                    self._sched().cancel_requested[m] = None
                     exec_scope.cancel()
                     self.run.event(
                         "ckflow.walker.cancel", DEBUG, task=self.run.graph.names[m], checkpoint=region.report.checkpoint
@@ -579,7 +579,7 @@ class RevertWalker:
         self.revert_ready.clear()
         for n, scope in self._sched().exec_scopes.items():
             if not self.run.graph.shield[n] and n not in self._sched().cancel_requested:
-                self._sched().cancel_requested.add(n)
+                self._sched().cancel_requested[n] = None
                 scope.cancel()
         self.cancel_waits()
 
