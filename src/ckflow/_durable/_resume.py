@@ -242,7 +242,7 @@ def _load_region(core: RunCore, record: RegionRecord) -> None:
         members=sorted(record.members),
         failure_at=time.monotonic(),
     )
-    core.run.reports.append(report)
+    core.run.add_report(report)
     region = Region(record.region_id, scope, graph.scopes[scope].depth, action, members, report)
     region.failures = list(record.failures)
     region.auto_resume = record.auto_resume

@@ -557,7 +557,7 @@ class Scheduler:
         # The failure's moment is now, before recording and logging it: latencies count from here.
         failed_at = self.run.ended[n] = time.monotonic()
         failure = Failure.from_exception(self.graph.names[n], kind, exc, self.run.attempt(n))
-        self.run.failures.append(failure)
+        self.run.add_failure(failure)
         self.run.results[n] = failure
         seq = self.run.transition(n, FAILURE, log=False)
         self.executing -= 1

@@ -165,7 +165,7 @@ class RevertWalker:
             reverts_done_at=None,
             retry_at=None,
         )
-        run.reports.append(report)
+        run.add_report(report)
         self.region_ids += 1
         region = Region(self.region_ids, scope, run.graph.scopes[scope].depth, action, members, report)
         region.auto_resume = auto_resume
@@ -397,7 +397,7 @@ class RevertWalker:
         region = self.region_of[n] or region  # it may have merged into a wider region meanwhile
         if error is not None:
             failure = Failure.from_exception(self.run.graph.names[n], "revert", error, self.run.attempt(n))
-            self.run.failures.append(failure)
+            self.run.add_failure(failure)
             self.run.results[n] = failure
             self.run.transition(n, REVERT_FAILURE)
             region.outstanding -= 1
