@@ -247,7 +247,7 @@ def _load_region(core: RunCore, record: RegionRecord) -> None:
     region.failures = list(record.failures)
     region.auto_resume = record.auto_resume
     core.walker.region_ids = max(core.walker.region_ids, record.region_id)
-    core.walker.regions.add(region)
+    core.walker.regions[region] = None
     if scope == ROOT:
         core.walker.root_region = region
     for m in members:

@@ -85,7 +85,8 @@ class RevertWalker:
         self.sched: SchedulerPort | None = None
         #: called when the walker may have left the run idle (the run then checks whether it has ended)
         n = run.total
-        self.regions: set[Region] = set()
+        #: the open regions, in the order they opened (a dict as an ordered set: while empty, untracked by the GC)
+        self.regions: dict[Region, None] = {}
         #: the region that reverts everything (a failure reached the root, or a cancel)
         self.root_region: Region | None = None
         self.region_of: list[Region | None] = [None] * n
@@ -174,7 +175,7 @@ class RevertWalker:
             region.failures.extend(r.failures)
         if failure is not None:
             region.failures.append(failure)
-        self.regions.add(region)
+        self.regions[region] = None
         if scope == ROOT:
             self.root_region = region
         for m in members:
@@ -221,7 +222,7 @@ class RevertWalker:
             if r.backoff is not None:
                 r.backoff.cancel()
             failure_at = min(failure_at, r.report.failure_at)
-            self.regions.discard(r)
+            self.regions.pop(r, None)
             r.report.action = f"merged into {scopes[scope].name}"
             self.run.recorder.drop_region(r.id)
         return scope, action, failure_at, merged, list(old.values())
@@ -476,7 +477,7 @@ class RevertWalker:
         ``fresh`` starts a new activation of the checkpoint (an operator resumed a
         parked run): its budget starts over instead of counting this retry.
         """
-        self.regions.discard(region)
+        self.regions.pop(region, None)
         scope = region.scope
         # The scope and the scopes holding it: a member's own scopes below these start a new activation. (A
         # revert_to's region also holds what ran downstream of the scope, outside it.)
