@@ -33,7 +33,6 @@ from ckflow._events import Event
 from ckflow._records import (
     Batch,
     CheckpointRecord,
-    ControlRequest,
     RegionRecord,
     Retention,
     RunRecord,
@@ -78,7 +77,6 @@ class Journal:
         "owner",
         "record",
         "regions",
-        "requests",
         "retention",
         "run_dirty",
         "seq",
@@ -110,16 +108,17 @@ class Journal:
         self.gen = 1
         self.flushing = False
         self.dirty: dict[int, None] = {}
+        # The lists below are made by their first entry (None until then, and again after each write): a
+        # live run that waits holds no empty containers for the cyclic GC to visit.
         #: task transitions as (seq, node, old, new, monotonic, attempt, failure), or built events
-        self.events: list[tuple[int, int, TaskState, TaskState, float, int, Failure | None] | Event] = []
+        self.events: list[tuple[int, int, TaskState, TaskState, float, int, Failure | None] | Event] | None = None
         self.checkpoints: dict[tuple[str, int], CheckpointRecord] = {}
         self.regions: dict[int, RegionRecord] = {}
-        self.drop_regions: list[int] = []
-        self.retention: list[Retention] = []
-        self.requests: list[ControlRequest] = []
+        self.drop_regions: list[int] | None = None
+        self.retention: list[Retention] | None = None
         self.run_dirty = False
         #: nodes whose successors wait for this generation's commit
-        self.held_nodes: list[int] = []
+        self.held_nodes: list[int] | None = None
         n = core.run.total
         #: node -> the generation whose commit releases its successors (0: none)
         self.hold_gen: list[int] = [0] * n
@@ -128,7 +127,7 @@ class Journal:
         #: the store failed or the lease was lost: nothing more is written
         self.dead = False
         #: called once this generation is committed
-        self.after: list[Callable[[], None]] = []
+        self.after: list[Callable[[], None]] | None = None
         #: add to a time.monotonic() reading to get wall-clock time
         self.wall0 = time.time() - time.monotonic()
 
@@ -139,7 +138,12 @@ class Journal:
         seq = self.seq
         self.seq = seq + 1
         self.dirty[n] = None
-        self.events.append((seq, n, old, new, time.monotonic(), attempt, failure))
+        entry = (seq, n, old, new, time.monotonic(), attempt, failure)
+        events = self.events
+        if events is None:
+            self.events = [entry]
+        else:
+            events.append(entry)
         return seq
 
     def event(self, name: str, fields: dict[str, Any]) -> int:
@@ -148,11 +152,13 @@ class Journal:
         self.seq = seq + 1
         core = self.core
         mono = time.monotonic()
-        self.events.append(
-            Event(
-                name=name, run_id=core.run_id, flow=core.flow, monotonic=mono, wall=mono + self.wall0, seq=seq, **fields
-            )
+        built = Event(
+            name=name, run_id=core.run_id, flow=core.flow, monotonic=mono, wall=mono + self.wall0, seq=seq, **fields
         )
+        if self.events is None:
+            self.events = [built]
+        else:
+            self.events.append(built)
         return seq
 
     def touch(self, n: int) -> None:
@@ -176,7 +182,10 @@ class Journal:
     def hold(self, n: int) -> bool:
         """Task ``n`` succeeded: its successors wait for this generation's commit."""
         self.hold_gen[n] = self.gen
-        self.held_nodes.append(n)
+        if self.held_nodes is None:
+            self.held_nodes = [n]
+        else:
+            self.held_nodes.append(n)
         return True
 
     def held(self, n: int) -> bool:
@@ -189,20 +198,29 @@ class Journal:
 
     def drop_region(self, region_id: int) -> None:
         self.regions.pop(region_id, None)
-        self.drop_regions.append(region_id)
+        if self.drop_regions is None:
+            self.drop_regions = [region_id]
+        else:
+            self.drop_regions.append(region_id)
 
     def checkpoint(self, key: tuple[str, int], record: Callable[[], CheckpointRecord]) -> None:
         self.checkpoints[key] = record()
 
     def retain(self, rule: Retention) -> None:
-        self.retention.append(rule)
+        if self.retention is None:
+            self.retention = [rule]
+        else:
+            self.retention.append(rule)
 
     def on_commit(self, callback: Callable[[], None]) -> bool:
         """Call ``callback`` once this generation is committed (at once if nothing more will be written)."""
         if self.dead:
             callback()
             return False
-        self.after.append(callback)
+        if self.after is None:
+            self.after = [callback]
+        else:
+            self.after.append(callback)
         return True
 
     @property
@@ -218,7 +236,6 @@ class Journal:
                 or self.checkpoints
                 or self.regions
                 or self.drop_regions
-                or self.requests
                 or self.after
             )
         )
@@ -325,7 +342,7 @@ class Journal:
             seq=seq,
         )
 
-    def _take(self) -> tuple[Batch, list[int], list[Callable[[], None]], int]:
+    def _take(self) -> tuple[Batch, list[int] | None, list[Callable[[], None]] | None, int]:
         """Turn the gathered generation into a batch, and start gathering the next one."""
         batch = Batch(
             run=self.run_record(),
@@ -333,24 +350,22 @@ class Journal:
             tasks=[self.task_record(n) for n in self.dirty],
             checkpoints=list(self.checkpoints.values()),
             regions=list(self.regions.values()),
-            drop_regions=self.drop_regions,
-            events=[self._event(e) for e in self.events],
-            retention=self.retention,
-            requests=self.requests,
+            drop_regions=self.drop_regions or [],
+            events=[self._event(e) for e in self.events or ()],
+            retention=self.retention or [],
             # the run's end is its last write: it gives the lease back too
             release=self.core.run.flow_state in TERMINAL,
         )
         taken = (batch, self.held_nodes, self.after, self.gen)
         self.dirty = {}
-        self.events = []
+        self.events = None
         self.checkpoints = {}
         self.regions = {}
-        self.drop_regions = []
-        self.retention = []
-        self.requests = []
+        self.drop_regions = None
+        self.retention = None
         self.run_dirty = False
-        self.held_nodes = []
-        self.after = []
+        self.held_nodes = None
+        self.after = None
         self.gen += 1
         return taken
 
@@ -387,7 +402,7 @@ class Journal:
                     error.__cause__ = exc
                 self.core.stop(error)
                 # Whoever waited for this write (a suspend, the run's end) wakes up and finds the error.
-                for callback in after:
+                for callback in after or ():
                     callback()
                 return
         finally:
@@ -396,14 +411,14 @@ class Journal:
             self.core.lease_released = True
         self._committed(gen, held, after)
 
-    def _committed(self, gen: int, held: list[int], after: list[Callable[[], None]]) -> None:
+    def _committed(self, gen: int, held: list[int] | None, after: list[Callable[[], None]] | None) -> None:
         """Generation ``gen`` is in the store: release what waited for it."""
         hold_gen, sched = self.hold_gen, self.core.sched
-        for n in held:
+        for n in held or ():
             # A node reverted (and maybe run again) since it was held is no longer this generation's.
             if hold_gen[n] == gen:
                 hold_gen[n] = 0
                 sched.released(n)
-        for callback in after:
+        for callback in after or ():
             callback()
         self.core.maybe_finish()

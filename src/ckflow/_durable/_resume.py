@@ -242,12 +242,12 @@ def _load_region(core: RunCore, record: RegionRecord) -> None:
         members=sorted(record.members),
         failure_at=time.monotonic(),
     )
-    core.run.reports.append(report)
+    core.run.add_report(report)
     region = Region(record.region_id, scope, graph.scopes[scope].depth, action, members, report)
     region.failures = list(record.failures)
     region.auto_resume = record.auto_resume
     core.walker.region_ids = max(core.walker.region_ids, record.region_id)
-    core.walker.regions.add(region)
+    core.walker.regions[region] = None
     if scope == ROOT:
         core.walker.root_region = region
     for m in members:

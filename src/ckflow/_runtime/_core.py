@@ -186,7 +186,7 @@ class RunCore:
         run = self.run
         telemetry = run.telemetry
         self.t_start = time.monotonic()
-        self.passes.pass_start = [start or self.t_start for start in self.passes.pass_start]
+        self.passes.pass_start = {s: start or self.t_start for s, start in self.passes.pass_start.items()}
         if run.flow_state is FlowState.PENDING and self.walker.root_region is None:
             run.set_flow(FlowState.RUNNING)
             self.sched.start_ready()

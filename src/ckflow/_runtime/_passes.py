@@ -57,14 +57,16 @@ class Passes:
         n_scopes = len(graph.scopes)
         #: the scheduler, set once it exists (it calls into this part, and this part calls back)
         self.sched: SchedulerPort | None = None
+        # These four map scope -> number as dicts, not lists: a dict that holds only numbers is not tracked by
+        # the cyclic GC, and every live run has them (issue 15, S8).
         #: scope -> the number of its current pass (activation), from 1
-        self.pass_no = [1] * n_scopes
+        self.pass_no = dict.fromkeys(range(n_scopes), 1)
         #: scope -> time.monotonic() at the start of its current pass (0: the run's start)
-        self.pass_start = [0.0] * n_scopes
+        self.pass_start = dict.fromkeys(range(n_scopes), 0.0)
         #: scope -> the sequence number of the run's first event in its current pass
-        self.pass_seq = [0] * n_scopes
+        self.pass_seq = dict.fromkeys(range(n_scopes), 0)
         #: durable runs: scope -> its tasks (and Periodic gates) that are not SUCCESS now
-        self.remaining = list(graph.scope_sizes)
+        self.remaining = dict(enumerate(graph.scope_sizes))
         #: scope -> its retained passes: (pass, completed at, first seq, started at), wall-clock times
         self.retained: dict[int, deque[tuple[int, float, int, float]]] = {}
         #: Periodic scope -> its current iteration, from 1

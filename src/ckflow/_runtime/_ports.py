@@ -97,7 +97,7 @@ class SchedulerPort(Protocol):
     #: node -> the cancel scope of its execute, while it is suspended in it
     exec_scopes: dict[int, anyio.CancelScope]
     #: nodes whose execute the walker cancelled
-    cancel_requested: set[int]
+    cancel_requested: dict[int, None]
     #: the running async library's CancelScope class (``anyio.CancelScope`` asks for it on every call)
     scope_class: type[anyio.CancelScope]
 

@@ -121,7 +121,8 @@ class Scheduler:
         self.idle_helpers = 0
         #: workers inside their loop now
         self.workers = 0
-        self.cancel_requested: set[int] = set()
+        #: nodes the revert walker cancelled; a dict of ints, not a set: the cyclic GC does not track it
+        self.cancel_requested: dict[int, None] = {}
         self.exec_scopes: dict[int, anyio.CancelScope] = {}
         #: goto(): the members of the checkpoint's scope, which nothing may start until resume()
         self.barrier: frozenset[int] = NO_BARRIER
@@ -467,10 +468,10 @@ class Scheduler:
             self.exec_scopes.pop(n, None)
         if self.run.stop_reason is not None and self.run.durable and scope.cancel_called:
             # Cancelled because this engine stopped running the run: owed an execution, not a revert.
-            self.cancel_requested.discard(n)
+            self.cancel_requested.pop(n, None)
             self._interrupted(n)
         elif n in self.cancel_requested:
-            self.cancel_requested.discard(n)
+            self.cancel_requested.pop(n, None)
             self._cancelled(n, "cancelled by the revert walker")
         elif scope.cancel_called and self.graph.timeout[n] is not None:
             # The deadline passed; a task that ignored it (a thread cannot be interrupted) still timed out.
@@ -556,7 +557,7 @@ class Scheduler:
         # The failure's moment is now, before recording and logging it: latencies count from here.
         failed_at = self.run.ended[n] = time.monotonic()
         failure = Failure.from_exception(self.graph.names[n], kind, exc, self.run.attempt(n))
-        self.run.failures.append(failure)
+        self.run.add_failure(failure)
         self.run.results[n] = failure
         seq = self.run.transition(n, FAILURE, log=False)
         self.executing -= 1

@@ -21,7 +21,7 @@ from __future__ import annotations
 from array import array
 from enum import Enum
 from math import isnan, nan
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from ckflow._events import DEBUG, ERROR, INFO, TASK_LOG, WARNING, EventHub
 from ckflow._failure import Failure
@@ -39,7 +39,7 @@ from ckflow._states import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from ckflow._compile import ExecutionGraph
     from ckflow._graph import NodeList
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = ["JOIN_TRANSITIONS", "UNSET", "RunMode", "RunState"]
 
 _T = TaskState
+_I = TypeVar("_I")
 #: a time not taken, in the arrays of times (``RunState.started``, ``RunState.ended``)
 UNSET: Final = nan
 #: joins and Periodic gates do no work: they succeed when their predecessors have, and are undone at once
@@ -132,8 +133,10 @@ class RunState:
         self.rev_started: dict[int, float] = {}
         self.rev_ended: dict[int, float] = {}
         self.values: dict[str, Any] = {}
-        self.failures: list[Failure] = []
-        self.reports: list[RegionReport] = []
+        #: made by the first failure or region (``add_failure``, ``add_report``): until then an empty tuple, which a
+        #: live run's cyclic-GC passes do not visit
+        self.failures: Sequence[Failure] = ()
+        self.reports: Sequence[RegionReport] = ()
         #: (node, scope) -> retries of that node by that checkpoint in its current activation
         self.retries: dict[tuple[int, int], int] = {}
         #: scope -> failures of earlier attempts in its current activation
@@ -321,6 +324,20 @@ class RunState:
         self.mode = RunMode.STOPPED
         self.stop_reason = reason
 
+    def add_failure(self, failure: Failure) -> None:
+        self.failures = _appended(self.failures, failure)
+
+    def add_report(self, report: RegionReport) -> None:
+        self.reports = _appended(self.reports, report)
+
     def succeeded(self, n: int) -> bool:
         """True if node ``n`` is SUCCESS now."""
         return self.state[n] is SUCCESS
+
+
+def _appended(items: Sequence[_I], item: _I) -> list[_I]:
+    """``items`` with ``item`` appended: the same list, or a new one if ``items`` is not a list yet."""
+    if isinstance(items, list):
+        items.append(item)
+        return items
+    return [item]

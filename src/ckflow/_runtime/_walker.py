@@ -85,7 +85,8 @@ class RevertWalker:
         self.sched: SchedulerPort | None = None
         #: called when the walker may have left the run idle (the run then checks whether it has ended)
         n = run.total
-        self.regions: set[Region] = set()
+        #: the open regions, in the order they opened (a dict as an ordered set: while empty, untracked by the GC)
+        self.regions: dict[Region, None] = {}
         #: the region that reverts everything (a failure reached the root, or a cancel)
         self.root_region: Region | None = None
         self.region_of: list[Region | None] = [None] * n
@@ -165,7 +166,7 @@ class RevertWalker:
             reverts_done_at=None,
             retry_at=None,
         )
-        run.reports.append(report)
+        run.add_report(report)
         self.region_ids += 1
         region = Region(self.region_ids, scope, run.graph.scopes[scope].depth, action, members, report)
         region.auto_resume = auto_resume
@@ -174,7 +175,7 @@ class RevertWalker:
             region.failures.extend(r.failures)
         if failure is not None:
             region.failures.append(failure)
-        self.regions.add(region)
+        self.regions[region] = None
         if scope == ROOT:
             self.root_region = region
         for m in members:
@@ -221,7 +222,7 @@ class RevertWalker:
             if r.backoff is not None:
                 r.backoff.cancel()
             failure_at = min(failure_at, r.report.failure_at)
-            self.regions.discard(r)
+            self.regions.pop(r, None)
             r.report.action = f"merged into {scopes[scope].name}"
             self.run.recorder.drop_region(r.id)
         return scope, action, failure_at, merged, list(old.values())
@@ -265,7 +266,7 @@ class RevertWalker:
             if state[m] is RUNNING and not shield[m] and m not in self._sched().cancel_requested:
                 exec_scope = self._sched().exec_scopes.get(m)
                 if exec_scope is not None:
-                    self._sched().cancel_requested.add(m)
+                    self._sched().cancel_requested[m] = None
                     exec_scope.cancel()
                     self.run.event(
                         "ckflow.walker.cancel", DEBUG, task=self.run.graph.names[m], checkpoint=region.report.checkpoint
@@ -397,7 +398,7 @@ class RevertWalker:
         region = self.region_of[n] or region  # it may have merged into a wider region meanwhile
         if error is not None:
             failure = Failure.from_exception(self.run.graph.names[n], "revert", error, self.run.attempt(n))
-            self.run.failures.append(failure)
+            self.run.add_failure(failure)
             self.run.results[n] = failure
             self.run.transition(n, REVERT_FAILURE)
             region.outstanding -= 1
@@ -476,7 +477,7 @@ class RevertWalker:
         ``fresh`` starts a new activation of the checkpoint (an operator resumed a
         parked run): its budget starts over instead of counting this retry.
         """
-        self.regions.discard(region)
+        self.regions.pop(region, None)
         scope = region.scope
         # The scope and the scopes holding it: a member's own scopes below these start a new activation. (A
         # revert_to's region also holds what ran downstream of the scope, outside it.)
@@ -579,7 +580,7 @@ class RevertWalker:
         self.revert_ready.clear()
         for n, scope in self._sched().exec_scopes.items():
             if not self.run.graph.shield[n] and n not in self._sched().cancel_requested:
-                self._sched().cancel_requested.add(n)
+                self._sched().cancel_requested[n] = None
                 scope.cancel()
         self.cancel_waits()
 
