@@ -380,6 +380,21 @@ class TestDataLookup:
         result = await ckflow.run(flow)
         assert result.outputs["seen"] == "inner"
 
+    def test_each_binding_reads_its_own_source(self) -> None:
+        """Bindings mixing a task inject, providers, a flow inject and a run input each read their own source.
+
+        The compiler looks up every binding's provider before it walks the bindings; an inject between two
+        provided bindings, and tasks with none, must not shift which provider a later binding gets.
+        """
+        a, b = make("a", provides="x"), make("b", provides="z")
+        c = make("c", requires=("w", "x", "y", "z", "u", "v")).with_options(inject={"y": 1})
+        g = Graph("g", a, make("e"), b, c, inject={"u": 2}).compile()
+        n = g.index["c"]
+        assert g.value_in[n] == (("x", "x"), ("z", "z"))
+        assert g.const_in[n] == {"y": 1, "u": 2}
+        assert g.input_in[n] == (("w", "w", True), ("v", "v", True))
+        assert task_preds(g, "c") == {"a", "b"}
+
     async def test_inputs_beat_default(self) -> None:
         """Without provider or inject, the run inputs beat the parameter default."""
         result = await ckflow.run(Linear("f", reader()), inputs={"x": "input"})

@@ -198,8 +198,14 @@ class _Compiler:
     def resolve_inputs(self) -> None:
         """Second pass: where every input of every task comes from, and the data edges of Graphs."""
         names = self.names
-        for node, task in enumerate(self.tasks):  # (only task nodes so far: joins come in ``build``)
-            assert task is not None
+        tasks = cast("list[Task]", self.tasks)  # (only task nodes so far: joins come in ``build``)
+        # The provider of every binding's value name, looked up all at once in one C loop (``map``) before the
+        # walk below: the lookups are independent, so a large flow's cache misses on the provider dict overlap
+        # there, where one lookup a binding in the walk waits for each miss in turn.
+        bindings_of = list(map(operator.attrgetter("bindings"), tasks))
+        all_names = map(operator.itemgetter(1), itertools.chain.from_iterable(bindings_of))
+        providers = iter(list(map(self.provider.get, all_names)))
+        for node, task in enumerate(tasks):
             own_inject = task.inject or {}
             defaults = task.parameter_defaults
             values: list[tuple[str, str]] = []
@@ -207,13 +213,13 @@ class _Compiler:
             inputs: list[tuple[str, str, bool]] = []
             #: the items of its Graph this task reads from, if it is an item of one (one edge each)
             linked: list[int] = []
-            bindings = task.bindings
+            bindings = bindings_of[node]
             for binding in bindings:
                 param, name = binding
+                provider = next(providers)
                 if name in own_inject:
                     consts[param] = own_inject[name]
                     continue
-                provider = self.provider.get(name)
                 if provider is not None:
                     if provider == node:
                         raise CycleError(self.root.name, [names[node]])
