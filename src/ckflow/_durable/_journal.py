@@ -41,6 +41,7 @@ from ckflow._records import (
 )
 from ckflow._runtime import _task_view as task_view
 from ckflow._runtime._coro import resume
+from ckflow._runtime._state import appended
 from ckflow._states import TERMINAL, TaskState
 
 if TYPE_CHECKING:
@@ -138,12 +139,7 @@ class Journal:
         seq = self.seq
         self.seq = seq + 1
         self.dirty[n] = None
-        entry = (seq, n, old, new, time.monotonic(), attempt, failure)
-        events = self.events
-        if events is None:
-            self.events = [entry]
-        else:
-            events.append(entry)
+        self.events = appended(self.events, (seq, n, old, new, time.monotonic(), attempt, failure))
         return seq
 
     def event(self, name: str, fields: dict[str, Any]) -> int:
@@ -155,10 +151,7 @@ class Journal:
         built = Event(
             name=name, run_id=core.run_id, flow=core.flow, monotonic=mono, wall=mono + self.wall0, seq=seq, **fields
         )
-        if self.events is None:
-            self.events = [built]
-        else:
-            self.events.append(built)
+        self.events = appended(self.events, built)
         return seq
 
     def touch(self, n: int) -> None:
@@ -182,10 +175,7 @@ class Journal:
     def hold(self, n: int) -> bool:
         """Task ``n`` succeeded: its successors wait for this generation's commit."""
         self.hold_gen[n] = self.gen
-        if self.held_nodes is None:
-            self.held_nodes = [n]
-        else:
-            self.held_nodes.append(n)
+        self.held_nodes = appended(self.held_nodes, n)
         return True
 
     def held(self, n: int) -> bool:
@@ -198,29 +188,20 @@ class Journal:
 
     def drop_region(self, region_id: int) -> None:
         self.regions.pop(region_id, None)
-        if self.drop_regions is None:
-            self.drop_regions = [region_id]
-        else:
-            self.drop_regions.append(region_id)
+        self.drop_regions = appended(self.drop_regions, region_id)
 
     def checkpoint(self, key: tuple[str, int], record: Callable[[], CheckpointRecord]) -> None:
         self.checkpoints[key] = record()
 
     def retain(self, rule: Retention) -> None:
-        if self.retention is None:
-            self.retention = [rule]
-        else:
-            self.retention.append(rule)
+        self.retention = appended(self.retention, rule)
 
     def on_commit(self, callback: Callable[[], None]) -> bool:
         """Call ``callback`` once this generation is committed (at once if nothing more will be written)."""
         if self.dead:
             callback()
             return False
-        if self.after is None:
-            self.after = [callback]
-        else:
-            self.after.append(callback)
+        self.after = appended(self.after, callback)
         return True
 
     @property

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from ckflow._runtime._ports import TelemetryPort
     from ckflow._runtime._recorder import Recorder
 
-__all__ = ["JOIN_TRANSITIONS", "UNSET", "RunMode", "RunState"]
+__all__ = ["JOIN_TRANSITIONS", "UNSET", "RunMode", "RunState", "appended"]
 
 _T = TaskState
 _I = TypeVar("_I")
@@ -325,18 +325,19 @@ class RunState:
         self.stop_reason = reason
 
     def add_failure(self, failure: Failure) -> None:
-        self.failures = _appended(self.failures, failure)
+        self.failures = appended(self.failures, failure)
 
     def add_report(self, report: RegionReport) -> None:
-        self.reports = _appended(self.reports, report)
+        self.reports = appended(self.reports, report)
 
     def succeeded(self, n: int) -> bool:
         """True if node ``n`` is SUCCESS now."""
         return self.state[n] is SUCCESS
 
 
-def _appended(items: Sequence[_I], item: _I) -> list[_I]:
-    """``items`` with ``item`` appended: the same list, or a new one if ``items`` is not a list yet."""
+def appended(items: Sequence[_I] | None, item: _I) -> list[_I]:
+    """``items`` with ``item`` appended: the same list, or a new one if ``items`` is not a list yet (None or an
+    empty tuple: a container made by its first entry, so that a live run keeps no empty ones for the cyclic GC)."""
     if isinstance(items, list):
         items.append(item)
         return items
