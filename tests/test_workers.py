@@ -218,6 +218,39 @@ class TestWorker:
             await store.set_queue_limit("limited", None)
             assert len(await store.claim_queued("w", ["limited"], 5, 60.0, flows=[jobs.name])) == 5
 
+    async def test_a_claim_never_waits_for_a_queue_lock_another_claimer_holds(self, pg: str, postgres_dsn: str) -> None:
+        """A worker cut off from the server in the middle of its claim of a limited queue keeps that queue's lock
+        until the server notices: another worker's claim leaves the queue's QUEUED runs for later and goes on
+        with its other queues at once, instead of waiting (and taking over nothing) meanwhile."""
+        import asyncpg
+
+        from ckflow.stores import _pg_queue
+
+        jobs = Jobs()
+        limited = f"limited-{uuid.uuid4().hex[:8]}"
+        store: Any = open_store(pg)
+        async with store:
+            async with Engine(store=store) as engine:
+                for i in range(2):
+                    await engine.submit(jobs.name, {"n": i}, run_id=f"limited-{i}", queue=limited)
+                await engine.submit(jobs.name, {"n": 9}, run_id="plain")
+            await store.set_queue_limit(limited, 3)
+            cut_off = await asyncpg.connect(postgres_dsn)
+            try:
+                holding = cut_off.transaction()
+                await holding.start()
+                await cut_off.execute(
+                    "SELECT pg_advisory_xact_lock($1, $2)", _pg_queue._QUEUE_LOCK, _pg_queue._lock_key(limited)
+                )
+                with anyio.fail_after(5):
+                    claimed = await store.claim_queued("w", [limited, "default"], 5, 60.0, flows=[jobs.name])
+                assert [r.run_id for r in claimed] == ["plain"]
+                await holding.rollback()
+            finally:
+                await cut_off.close()
+            claimed = await store.claim_queued("w", [limited, "default"], 5, 60.0, flows=[jobs.name])
+            assert sorted(r.run_id for r in claimed) == ["limited-0", "limited-1"]
+
     async def test_drain_releases_runs_for_another_worker_at_once(self, pg: str) -> None:
         """A drained worker stops the run it could not finish within its grace and releases it: another worker
         takes it at once (no lease to wait for), executes the interrupted task again and not the finished one."""

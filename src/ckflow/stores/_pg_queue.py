@@ -12,7 +12,10 @@ nor take one run twice. A queue with a limit (``ckflow_queues.concurrency``) is 
 transaction-scoped advisory lock of its own: the runs under way in it (PENDING or RUNNING, whoever runs them)
 are counted inside the lock, and only the slots left are claimed, so that the limit holds across all
 workers (two claims of one queue never count at once; a run that ends only frees a slot). Runs taken over
-were counted already and take no new slot.
+were counted already and take no new slot. The lock is tried, never waited for: a claim that finds it held
+takes the queue's runs to take over and leaves its QUEUED runs to the next claim, so that a worker cut off
+from the server in the middle of its claim (its transaction and lock kept until the server notices) cannot
+stop the other workers' claims, nor their take-over of its runs.
 
 A submit notifies the store's channel with the run's queue (``pg_notify``, delivered at commit), and a
 worker listens on it through a connection of its own; polling is the fallback.
@@ -126,8 +129,12 @@ async def _claim_limited(
         if room > 0:
             limit = await conn.fetchval(_LIMIT, queue)
             if limit is not None:
-                await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", _QUEUE_LOCK, _lock_key(queue))
-                room = min(room, limit - await conn.fetchval(_UNDER_WAY, queue))
+                # Not waited for: its holder may be a worker cut off from the server in the middle of its claim,
+                # whose transaction (and lock) the server keeps until it notices; waiting would stop this
+                # worker's claims of every queue, runs to take over included. The queue's QUEUED runs wait for
+                # the next claim instead.
+                locked = await conn.fetchval("SELECT pg_try_advisory_xact_lock($1, $2)", _QUEUE_LOCK, _lock_key(queue))
+                room = min(room, limit - await conn.fetchval(_UNDER_WAY, queue)) if locked else 0
             if room > 0:
                 ids += [row[0] for row in await conn.fetch(_QUEUED, queue, flows, skip, room)]
         if not ids:
