@@ -99,14 +99,14 @@ _CLAIMABLE: Final = (
     "SELECT owner, lease_expires, owner IS NULL OR owner IS NOT DISTINCT FROM $2 "
     f"OR coalesce(lease_expires, 0) <= {_NOW} AS claimable FROM ckflow_runs WHERE run_id = $1"
 )
+#: one statement, not a transaction of two: a heartbeat cut off from the server between two statements would
+#: keep its runs' rows locked until the server noticed, and another engine's take-over would skip them meanwhile.
+#: Each renewed run is a row (``renewed``), with its pending requests' columns, or NULLs if it has none.
 _RENEW: Final = (
-    f"WITH now AS (SELECT {_NOW} AS t) "
-    "UPDATE ckflow_runs AS r SET lease_expires = now.t + $3 FROM now "
-    "WHERE r.run_id = ANY($1::text[]) AND r.owner = $2 RETURNING r.run_id"
-)
-_PENDING: Final = (
-    f"SELECT {_sql.columns(_c.REQUESTS.read)} FROM ckflow_requests "
-    "WHERE run_id = ANY($1::text[]) AND done_at IS NULL ORDER BY pos"
+    f"WITH now AS (SELECT {_NOW} AS t), renewed AS (UPDATE ckflow_runs AS r SET lease_expires = now.t + $3 FROM now "
+    "WHERE r.run_id = ANY($1::text[]) AND r.owner = $2 RETURNING r.run_id) "
+    f"SELECT renewed.run_id AS renewed, {_sql.columns(_c.REQUESTS.read, 'q.')} FROM renewed "
+    "LEFT JOIN ckflow_requests AS q ON q.run_id = renewed.run_id AND q.done_at IS NULL ORDER BY q.pos"
 )
 _RELEASE: Final = "UPDATE ckflow_runs SET owner = NULL, lease_expires = NULL WHERE run_id = $1 AND owner = $2"
 _RUN_EXISTS: Final = "SELECT 1 FROM ckflow_runs WHERE run_id = $1 FOR KEY SHARE"
@@ -403,10 +403,10 @@ class PostgresStore(StoreBase):
         ids = list(run_ids)
         if not ids:
             return Renewal(lost=[], requests=[])
-        async with self._open_pool().acquire() as conn, conn.transaction():
-            owned = {row["run_id"] for row in await conn.fetch(_RENEW, ids, owner, ttl)}
-            rows = await conn.fetch(_PENDING, sorted(owned)) if owned else []
-        lost, pending = _sql.order_pending(ids, owned, map(_c.REQUESTS.record, rows))
+        rows = await self._open_pool().fetch(_RENEW, ids, owner, ttl)
+        owned = {row["renewed"] for row in rows}
+        requests = [_c.REQUESTS.record(row) for row in rows if row["run_id"] is not None]
+        lost, pending = _sql.order_pending(ids, owned, requests)
         return Renewal(lost=lost, requests=pending)
 
     async def release(self, run_id: str, owner: str) -> None:
