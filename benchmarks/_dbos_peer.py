@@ -23,10 +23,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
 STEPS_PER_RUN = 3
+_H = TypeVar("_H")
 #: the warm-up before the timed round, in the same process: a workflow of this many steps, or this many workflows
 WARMUP = 50
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +38,34 @@ ROOT = Path(__file__).resolve().parent.parent
 DATABASE = "ckflow_bench_dbos_peer"
 #: a peer that takes longer than this is reported as failed, not waited for
 LIMIT = 900.0
+
+
+async def start_all(
+    start: Callable[[], Awaitable[_H]], finish: Callable[[_H], Awaitable[None]], n: int
+) -> tuple[float, list[float]]:
+    """S8's shape, for ckflow and for DBOS alike: ``start()`` ``n`` times one after the other, a task per
+    started one awaiting ``finish(handle)`` (created as soon as it has started), then await them all.
+
+    Returns the wall time from the first start to the last end, and each one's latency: from just before its
+    ``start()`` to its ``finish`` returning.
+    """
+    latencies = [0.0] * n
+    last_end = 0.0
+
+    async def watch(i: int, handle: _H, started: float) -> None:
+        nonlocal last_end
+        await finish(handle)
+        ended = time.perf_counter()
+        latencies[i] = ended - started
+        last_end = max(last_end, ended)
+
+    first = time.perf_counter()
+    async with asyncio.TaskGroup() as tg:
+        for i in range(n):
+            started = time.perf_counter()
+            handle = await start()
+            tg.create_task(watch(i, handle, started))
+    return last_end - first, latencies
 
 
 async def fresh_database(dsn: str, name: str) -> str:
@@ -118,24 +150,11 @@ def concurrent(url: str, size: int) -> dict[str, Any]:
             x = await step(x)
         return x
 
+    async def finish(handle: Any) -> None:
+        assert await handle.get_result() == STEPS_PER_RUN
+
     async def one_round(size: int) -> tuple[float, list[float]]:
-        latencies = [0.0] * size
-        last_end = 0.0
-
-        async def watch(i: int, handle: Any, started: float) -> None:
-            nonlocal last_end
-            assert await handle.get_result() == STEPS_PER_RUN
-            ended = time.perf_counter()
-            latencies[i] = ended - started
-            last_end = max(last_end, ended)
-
-        first = time.perf_counter()
-        async with asyncio.TaskGroup() as tg:
-            for i in range(size):
-                started = time.perf_counter()
-                handle = await dbos.start_workflow_async(flow)
-                tg.create_task(watch(i, handle, started))
-        return last_end - first, latencies
+        return await start_all(lambda: dbos.start_workflow_async(flow), finish, size)
 
     async def main() -> dict[str, Any]:
         await one_round(WARMUP)

@@ -10,7 +10,6 @@ import gc
 import os
 import statistics
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -42,30 +41,18 @@ DBOS_ROWS = {DBOS_SQLITE: SQLITE, DBOS_POSTGRES: POSTGRES}
 
 
 async def start_all(engine: ckflow.Engine, flow: ckflow.Flow, runs: int) -> tuple[float, list[float]]:
-    """Start ``runs`` runs one after the other, then await them all.
+    """Start ``runs`` runs one after the other, then await them all (``_dbos_peer.start_all``).
 
     Returns the wall time from the first start to the last end, and each run's latency: from just
     before its ``engine.start`` to its ``wait()`` returning (seen by a task per run, created as
     soon as the run has started).
     """
-    latencies = [0.0] * runs
-    last_end = 0.0
 
-    async def watch(i: int, run: ckflow.Run, started: float) -> None:
-        nonlocal last_end
+    async def finish(run: ckflow.Run) -> None:
         result = await run.wait()
-        ended = time.perf_counter()
         assert result.state == ckflow.FlowState.SUCCESS, result.state
-        latencies[i] = ended - started
-        last_end = max(last_end, ended)
 
-    first = time.perf_counter()
-    async with asyncio.TaskGroup() as tg:
-        for i in range(runs):
-            started = time.perf_counter()
-            run = await engine.start(flow)
-            tg.create_task(watch(i, run, started))
-    return last_end - first, latencies
+    return await _dbos_peer.start_all(lambda: engine.start(flow), finish, runs)
 
 
 def run(quick: bool = False) -> Table:
